@@ -1,0 +1,106 @@
+{{/*
+Names and labels. Every helper here and in _sidecar.tpl takes the root context of either this chart
+or an application chart that depends on it; "llm-sidecar.values" finds the sidecar's values in both.
+*/}}
+
+{{/* The llm-sidecar values: .Values of this chart, or .Values.llm-sidecar of a parent chart. */}}
+{{- define "llm-sidecar.values" -}}
+{{- if hasKey .Values "llm-sidecar" -}}
+{{- toYaml (index .Values "llm-sidecar") -}}
+{{- else -}}
+{{- toYaml .Values -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llm-sidecar.name" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+{{- default "llm-sidecar" $v.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The object name prefix. It does not use .Chart.Name, so an application chart that includes the
+sidecar template computes the same ConfigMap name as this chart.
+*/}}
+{{- define "llm-sidecar.fullname" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+{{- if $v.fullnameOverride -}}
+{{- $v.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default "llm-sidecar" $v.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llm-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llm-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llm-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "llm-sidecar.labels" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+helm.sh/chart: {{ include "llm-sidecar.chart" . }}
+{{ include "llm-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: llm-sidecar
+{{- with $v.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of one component: call with (list $ "sglang"). */}}
+{{- define "llm-sidecar.componentLabels" -}}
+{{ include "llm-sidecar.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "llm-sidecar.componentSelector" -}}
+{{ include "llm-sidecar.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "llm-sidecar.sglangService" -}}
+{{- printf "%s-sglang" (include "llm-sidecar.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llm-sidecar.jaegerService" -}}
+{{- printf "%s-jaeger" (include "llm-sidecar.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llm-sidecar.image" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+{{- $img := $v.sidecar.image -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The sidecar configuration file (DESIGN.md "Configuration"): model_list, router_settings and
+sidecar_settings from values; with sglang.enabled a model_list entry for the shared SGLang Service.
+*/}}
+{{- define "llm-sidecar.config" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+{{- $models := list -}}
+{{- range $v.config.modelList }}{{ $models = append $models . }}{{ end -}}
+{{- if $v.sglang.enabled -}}
+{{- $served := default $v.sglang.modelPath $v.sglang.servedModelName -}}
+{{- $params := dict "model" (printf "sglang/%s" $served) "api_base" (printf "http://%s:%d/v1" (include "llm-sidecar.sglangService" .) (int $v.sglang.port)) -}}
+{{- $params = merge $params (deepCopy (default dict $v.sglang.litellmParams)) -}}
+{{- $models = append $models (dict "model_name" (default $served $v.sglang.modelName) "litellm_params" $params) -}}
+{{- end -}}
+{{- $cfg := dict "model_list" $models -}}
+{{- with $v.config.routerSettings }}{{ $_ := set $cfg "router_settings" . }}{{ end -}}
+{{- with $v.config.sidecarSettings }}{{ $_ := set $cfg "sidecar_settings" . }}{{ end -}}
+{{- toYaml $cfg -}}
+{{- end -}}
