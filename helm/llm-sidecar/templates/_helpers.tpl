@@ -81,7 +81,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if $img.digest -}}
 {{- printf "%s@%s" $img.repository $img.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag | toString) -}}
+{{- $appVersion := .Chart.AppVersion -}}
+{{- if ne .Chart.Name "llm-sidecar" -}}
+{{- /* Included from an application chart: the default tag is the llm-sidecar subchart's appVersion. */ -}}
+{{- $sub := index (default dict .Subcharts) "llm-sidecar" -}}
+{{- $appVersion = $sub.Chart.AppVersion | default "" -}}
+{{- end -}}
+{{- $tag := default $appVersion ($img.tag | toString) -}}
+{{- if not $tag }}{{ fail "llm-sidecar: set sidecar.image.tag (or sidecar.image.digest)" }}{{ end -}}
+{{- printf "%s:%s" $img.repository $tag -}}
 {{- end -}}
 {{- end -}}
 
@@ -102,5 +110,9 @@ sidecar_settings from values; with sglang.enabled a model_list entry for the sha
 {{- $cfg := dict "model_list" $models -}}
 {{- with $v.config.routerSettings }}{{ $_ := set $cfg "router_settings" . }}{{ end -}}
 {{- with $v.config.sidecarSettings }}{{ $_ := set $cfg "sidecar_settings" . }}{{ end -}}
-{{- toYaml $cfg -}}
+{{- /*
+Go writes small and large floats as 1e-07; YAML 1.1 readers such as PyYAML (the sidecar's) take that
+for a string. Give such exponents a mantissa with a dot (1.0e-07) so they stay numbers.
+*/ -}}
+{{- regexReplaceAll "(?m)((?:^|:|-)\\s+-?[0-9]+)([eE][-+]?[0-9]+)$" (toYaml $cfg) "${1}.0${2}" -}}
 {{- end -}}
