@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -12,26 +13,50 @@ import pytest
 import yaml
 from k8s_helpers import CHART, KUBE_VERSION, check_config, parse_manifests, validate_strict
 
-SGLANG = {"enabled": True, "modelPath": "Qwen/Qwen2.5-7B-Instruct", "servedModelName": "qwen2.5-7b",
-          "tensorParallelSize": 2, "replicas": 2, "nodeSelector": {"gpu": "a100"}}
+SGLANG = {
+    "enabled": True,
+    "modelPath": "Qwen/Qwen2.5-7B-Instruct",
+    "servedModelName": "qwen2.5-7b",
+    "tensorParallelSize": 2,
+    "replicas": 2,
+    "nodeSelector": {"gpu": "a100"},
+}
 
 CUSTOM_MODELS = {
     "modelList": [
-        {"model_name": "claude-sonnet", "litellm_params": {
-            "model": "anthropic/claude-sonnet-4-5", "api_base": "https://api.anthropic.com",
-            "api_key": "file:/etc/llm-sidecar/keys/anthropic", "timeout": 60, "rpm": 600}},
-        {"model_name": "gemini-flash", "litellm_params": {
-            "model": "gemini/gemini-2.0-flash", "api_base": "https://generativelanguage.googleapis.com",
-            "api_key": "file:/etc/llm-sidecar/keys/gemini", "order": 2},
-         "model_info": {"input_cost_per_token": 1.0e-7, "output_cost_per_token": 4.0e-7}},
+        {
+            "model_name": "claude-sonnet",
+            "litellm_params": {
+                "model": "anthropic/claude-sonnet-4-5",
+                "api_base": "https://api.anthropic.com",
+                "api_key": "file:/etc/llm-sidecar/keys/anthropic",
+                "timeout": 60,
+                "rpm": 600,
+            },
+        },
+        {
+            "model_name": "gemini-flash",
+            "litellm_params": {
+                "model": "gemini/gemini-2.0-flash",
+                "api_base": "https://generativelanguage.googleapis.com",
+                "api_key": "file:/etc/llm-sidecar/keys/gemini",
+                "order": 2,
+            },
+            "model_info": {"input_cost_per_token": 1.0e-7, "output_cost_per_token": 4.0e-7},
+        },
     ],
-    "routerSettings": {"routing_strategy": "latency-based-routing", "num_retries": 1,
-                       "fallbacks": [{"claude-sonnet": ["gemini-flash"]}]},
+    "routerSettings": {
+        "routing_strategy": "latency-based-routing",
+        "num_retries": 1,
+        "fallbacks": [{"claude-sonnet": ["gemini-flash"]}],
+    },
 }
-CUSTOM_KEYS = {"files": [
-    {"name": "anthropic", "secretName": "llm-keys", "secretKey": "anthropic"},
-    {"name": "gemini", "secretName": "llm-keys", "secretKey": "gemini", "optional": True},
-]}
+CUSTOM_KEYS = {
+    "files": [
+        {"name": "anthropic", "secretName": "llm-keys", "secretKey": "anthropic"},
+        {"name": "gemini", "secretName": "llm-keys", "secretKey": "gemini", "optional": True},
+    ]
+}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -40,20 +65,30 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "classic": {"example": {"enabled": True}, "sidecar": {"form": "classic"}},
     "custom-models": {"example": {"enabled": True}, "config": CUSTOM_MODELS, "providerKeys": CUSTOM_KEYS},
     "monitoring": {"example": {"enabled": True}, "monitoring": {"enabled": True}},
-    "sglang-only": {"example": {"enabled": True}, "sglang": SGLANG, "config": {"modelList": []},
-                    "providerKeys": {"files": []}},
+    "sglang-only": {
+        "example": {"enabled": True},
+        "sglang": SGLANG,
+        "config": {"modelList": []},
+        "providerKeys": {"files": []},
+    },
 }
 
 
 def render(chart, values: dict[str, Any]) -> list[dict[str, Any]]:
     out = chart.render(values=values, name="demo", namespace="ai")
-    return [obj for path, text in sorted(out.items()) if not path.endswith("NOTES.txt")
-            for obj in parse_manifests(text)]
+    return [
+        obj
+        for path, text in sorted(out.items())
+        if not path.endswith("NOTES.txt")
+        for obj in parse_manifests(text)
+    ]
 
 
 def find(objects, kind: str, suffix: str = "") -> dict[str, Any]:
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
-    assert len(matches) == 1, f"expected one {kind} named *{suffix}, got {[o['metadata']['name'] for o in matches]}"
+    assert len(matches) == 1, (
+        f"expected one {kind} named *{suffix}, got {[o['metadata']['name'] for o in matches]}"
+    )
     return matches[0]
 
 
@@ -105,8 +140,16 @@ def test_default_form_is_a_native_sidecar(chart):
     sidecar = sidecar_of(deployment)
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["args"][:2] == ["--config", "/etc/llm-sidecar/config.yaml"]
-    assert sidecar["args"][2:] == ["--host", "127.0.0.1", "--port", "4000", "--admin-host", "0.0.0.0",
-                                   "--admin-port", "4001"]
+    assert sidecar["args"][2:] == [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "4000",
+        "--admin-host",
+        "0.0.0.0",
+        "--admin-port",
+        "4001",
+    ]
     assert sidecar["ports"] == [{"name": "sidecar-admin", "containerPort": 4001, "protocol": "TCP"}]
     assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "sidecar-admin"}
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "sidecar-admin"}
@@ -135,7 +178,9 @@ def test_provider_keys_are_files_not_env(chart):
     deployment = find(objects, "Deployment", "-example")
     sidecar = sidecar_of(deployment)
     assert not [e for e in sidecar["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-    keys = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "llm-sidecar-keys")
+    keys = next(
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "llm-sidecar-keys"
+    )
     items = {s["secret"]["items"][0]["path"]: s["secret"] for s in keys["projected"]["sources"]}
     assert items["anthropic"]["name"] == "llm-keys" and items["gemini"]["optional"] is True
     mount = next(m for m in sidecar["volumeMounts"] if m["name"] == "llm-sidecar-keys")
@@ -188,7 +233,7 @@ def test_sglang_deployment_and_sidecar_entry(chart):
     assert container["image"].startswith("lmsysorg/sglang:")
     argv = container["command"] + container["args"]
     assert argv[:3] == ["python3", "-m", "sglang.launch_server"]
-    pairs = dict(zip(argv[3::1], argv[4::1], strict=False))
+    pairs = dict(itertools.pairwise(argv))
     assert pairs["--model-path"] == "Qwen/Qwen2.5-7B-Instruct"
     assert pairs["--tp"] == "2" and pairs["--port"] == "30000" and pairs["--host"] == "0.0.0.0"
     assert "--enable-metrics" in argv
@@ -218,8 +263,9 @@ def test_jaeger_receives_the_sidecars_traces(chart):
     service = find(objects, "Service", "-jaeger")
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{service['metadata']['name']}:4317"
     assert {p["port"] for p in service["spec"]["ports"]} >= {4317, 4318}
-    assert find(objects, "Deployment", "-jaeger")["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
-        "jaegertracing/all-in-one:")
+    assert find(objects, "Deployment", "-jaeger")["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ].startswith("jaegertracing/all-in-one:")
 
 
 def test_monitoring_objects_and_metric_contract(chart):
@@ -229,8 +275,14 @@ def test_monitoring_objects_and_metric_contract(chart):
     assert pod_monitor["spec"]["selector"]["matchLabels"] == {"llm-sidecar/enabled": "true"}
     rules = find(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
     alerts = {r["alert"]: r["expr"] for r in rules}
-    assert set(alerts) == {"LLMSidecarHighErrorRate", "LLMSidecarHighLatency", "LLMSidecarSustainedFallbacks",
-                           "LLMSidecarBreakerOpen", "LLMSidecarProviderKeyRejected", "LLMSidecarBudgetNearLimit"}
+    assert set(alerts) == {
+        "LLMSidecarHighErrorRate",
+        "LLMSidecarHighLatency",
+        "LLMSidecarSustainedFallbacks",
+        "LLMSidecarBreakerOpen",
+        "LLMSidecarProviderKeyRejected",
+        "LLMSidecarBudgetNearLimit",
+    }
     assert "> 0.05" in alerts["LLMSidecarHighErrorRate"] and "> 10" in alerts["LLMSidecarHighLatency"]
     assert 'error_class="auth"' in alerts["LLMSidecarProviderKeyRejected"]
     dashboard = json.loads(find(objects, "ConfigMap", "-dashboard")["data"]["llm-sidecar.json"])
@@ -252,8 +304,10 @@ def test_defaults_render_only_the_config(chart):
         ({"sglang": {"enabled": True}}, "/sglang/modelPath"),
         ({"sidecar": {"form": "sidecar"}}, "'native', 'classic'"),
         ({"sidecar": {"port": 70000}}, "/sidecar/port"),
-        ({"config": {"modelList": [{"model_name": "x", "litellm_params": {"model": "gpt-4o"}}]}},
-         "/config/modelList/0/litellm_params/model"),
+        (
+            {"config": {"modelList": [{"model_name": "x", "litellm_params": {"model": "gpt-4o"}}]}},
+            "/config/modelList/0/litellm_params/model",
+        ),
         ({"replicaCount": 3}, "'replicaCount' not allowed"),
     ],
 )
@@ -275,7 +329,8 @@ def test_application_chart_includes_the_sidecar(helm, tmp_path):
     shutil.copytree(CHART, app / "charts" / "llm-sidecar")
     (app / "Chart.yaml").write_text(
         "apiVersion: v2\nname: my-app\nversion: 1.0.0\ndependencies:\n"
-        "  - name: llm-sidecar\n    version: 0.1.0\n")
+        "  - name: llm-sidecar\n    version: 0.1.0\n"
+    )
     (app / "values.yaml").write_text("llm-sidecar:\n  sidecar:\n    form: native\n")
     (app / "templates" / "deployment.yaml").write_text(APP_DEPLOYMENT)
     with helm.Chart.load(str(app)) as parent:
