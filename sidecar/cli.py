@@ -1,0 +1,155 @@
+"""The ``llm-sidecar`` command: serve, check-config, fake-provider, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from sidecar import config as config_module
+from sidecar.config import Config, ConfigError
+
+log = logging.getLogger("sidecar")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-sidecar", description="A fast LLM gateway sidecar.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the API and admin ports")
+    serve.add_argument("--config", default=os.environ.get("SIDECAR_CONFIG"),
+                       help="config file (default: $SIDECAR_CONFIG)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4000)
+    serve.add_argument("--admin-host", default="0.0.0.0")
+    serve.add_argument("--admin-port", type=int, default=4001)
+    serve.set_defaults(func=_serve)
+
+    check = commands.add_parser("check-config", help="validate a config file; exit non-zero on problems")
+    check.add_argument("path")
+    check.add_argument("--skip-secrets", action="store_true",
+                       help="do not require os.environ/ and file: secrets to resolve (e.g. in CI)")
+    check.set_defaults(func=_check_config)
+
+    fake = commands.add_parser("fake-provider", help="run a fault-injecting fake upstream")
+    fake.add_argument("--port", type=int, required=True)
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--name", default="fake")
+    fake.add_argument("--error-rate", type=float, default=0.0)
+    fake.add_argument("--error-status", type=int, default=429)
+    fake.add_argument("--retry-after", type=float, default=None)
+    fake.add_argument("--latency", type=float, default=0.0)
+    fake.add_argument("--ttft", type=float, default=0.0)
+    fake.add_argument("--chunk-delay", type=float, default=0.0)
+    fake.add_argument("--chunks", type=int, default=5)
+    fake.add_argument("--hang", action="store_true")
+    fake.add_argument("--reset", action="store_true")
+    fake.add_argument("--drop-after", type=int, default=None)
+    fake.add_argument("--malformed", action="store_true")
+    fake.add_argument("--require-key", default=None)
+    fake.add_argument("--seed", type=int, default=None)
+    fake.set_defaults(func=_fake_provider)
+
+    demo = commands.add_parser("demo", help="show failover in front of local fake providers")
+    demo.add_argument("--requests", type=int, default=300)
+    demo.add_argument("--concurrency", type=int, default=8)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = config_module.load(args.path, resolve_secrets=not args.skip_secrets)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    print(f"{args.path}: ok — {len(config.groups)} model group(s), {len(config.deployments)} deployment(s)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not args.config:
+        print("llm-sidecar serve: --config PATH or SIDECAR_CONFIG is required", file=sys.stderr)
+        return 2
+    try:
+        config = config_module.load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    _setup_logging(config.sidecar.log_level)
+    _run(_serve_async(config, args))
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format='{"level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}')
+
+
+async def _serve_async(config: Config, args: argparse.Namespace) -> None:
+    from sidecar.server.app import create_admin_app, create_app
+    from sidecar.server.keys import AppState
+
+    state = AppState(config)
+    grace = config.sidecar.shutdown_grace_seconds
+    access_log = logging.getLogger("aiohttp.access") if config.sidecar.access_log else None
+    api = web.AppRunner(create_app(state), handle_signals=False, handler_cancellation=True,
+                        shutdown_timeout=grace, access_log=access_log)
+    admin = web.AppRunner(create_admin_app(state), handle_signals=False, shutdown_timeout=1.0, access_log=None)
+    await api.setup()
+    await admin.setup()
+    await web.TCPSite(api, args.host, args.port, backlog=1024).start()
+    await web.TCPSite(admin, args.admin_host, args.admin_port).start()
+    log.info("serving on %s:%d (admin %s:%d)", args.host, args.port, args.admin_host, args.admin_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests for up to %gs", grace)
+    state.draining = True
+    await api.cleanup()
+    await admin.cleanup()
+    log.info("stopped")
+
+
+def _fake_provider(args: argparse.Namespace) -> int:
+    from sidecar.testing.fake_provider import Faults, run
+
+    faults = Faults(error_rate=args.error_rate, error_status=args.error_status, retry_after=args.retry_after,
+                    latency=args.latency, ttft=args.ttft, chunk_delay=args.chunk_delay, chunks=args.chunks,
+                    hang=args.hang, reset=args.reset, drop_after=args.drop_after, malformed=args.malformed,
+                    require_key=args.require_key, seed=args.seed)
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run(args.port, faults, args.host, args.name))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sidecar.testing.demo import run_demo
+
+    return _run(run_demo(args.requests, args.concurrency))
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    """Run on uvloop when available (it is a dependency; the fallback keeps `python -m` usable anywhere)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)

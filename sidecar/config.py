@@ -1,0 +1,506 @@
+"""Configuration: YAML → validated, immutable typed objects, resolved once at load.
+
+Accepts LiteLLM's proxy keys where the features overlap (``model_list``, ``router_settings``,
+``litellm_settings``, ``general_settings.master_key``, ``environment_variables``) and our own extensions
+under ``sidecar_settings``. Every problem is collected with its location — unknown keys included — so one
+run of ``llm-sidecar check-config`` reports them all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+PROVIDERS: Mapping[str, str | None] = {
+    # provider prefix → default api_base (None: must be configured)
+    "openai": "https://api.openai.com/v1",
+    "azure": None,
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "vertex_ai": None,
+    "groq": "https://api.groq.com/openai/v1",
+    "together_ai": "https://api.together.xyz/v1",
+    "fireworks_ai": "https://api.fireworks.ai/inference/v1",
+    "ollama": "http://localhost:11434/v1",
+    "hosted_vllm": None,
+    "sglang": "http://localhost:30000/v1",
+}
+STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing",
+              "cost-based-routing")
+RETRY_POLICY_KEYS = ("RateLimitErrorRetries", "TimeoutErrorRetries", "InternalServerErrorRetries",
+                     "AuthenticationErrorRetries", "BadRequestErrorRetries",
+                     "ContentPolicyViolationErrorRetries")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; ``problems`` are ``location: message`` strings."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A credential from ``os.environ/NAME``, ``file:/path`` or a literal.
+
+    File secrets are re-read by ``refresh()`` (the server calls it on a timer), so a rotated Kubernetes
+    Secret takes effect without a restart. ``repr`` never shows the value.
+    """
+
+    __slots__ = ("_mtime", "path", "value")
+
+    def __init__(self, value: str, path: str | None = None, mtime: float = 0.0) -> None:
+        self.value = value
+        self.path = path
+        self._mtime = mtime
+
+    def refresh(self) -> bool:
+        """Re-read a file secret if it changed; True when the value changed."""
+        if self.path is None:
+            return False
+        try:
+            mtime = os.stat(self.path).st_mtime
+            if mtime == self._mtime:
+                return False
+            with open(self.path, encoding="utf-8") as handle:
+                value = handle.read().strip()
+        except OSError:
+            return False  # keep the last good value; the file may be mid-rotation
+        self._mtime = mtime
+        changed, self.value = value != self.value, value
+        return changed
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    input_cost_per_token: float | None = None
+    output_cost_per_token: float | None = None
+    cache_read_input_token_cost: float | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream: a provider model at an address with a key. ``id`` names it in headers and traces."""
+
+    id: str
+    model_name: str
+    provider: str
+    model: str
+    api_base: str
+    api_key: Secret | None = None
+    api_version: str | None = None
+    timeout: float | None = None
+    stream_timeout: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float = 1.0
+    order: int | None = None
+    supports_prefill: bool | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+    vertex_project: str | None = None
+    vertex_location: str | None = None
+    vertex_credentials: str | None = None
+    model_info: ModelInfo = field(default_factory=ModelInfo)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGroup:
+    name: str
+    deployments: tuple[Deployment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    routing_strategy: str = "simple-shuffle"
+    num_retries: int = 2
+    retry_policy: Mapping[str, int] = field(default_factory=dict)
+    timeout: float = 600.0
+    stream_timeout: float | None = None
+    allowed_fails: int = 3
+    cooldown_time: float = 10.0
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    content_policy_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    max_body_size_mb: float = 32.0
+    shutdown_grace_seconds: float = 30.0
+    inbound_api_keys: tuple[Secret, ...] = ()
+    log_level: str = "info"
+    access_log: bool = False
+    max_connections_per_host: int = 256
+    retry_after_cap_seconds: float = 60.0
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_size_mb * MIB)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    groups: Mapping[str, ModelGroup]
+    router: RouterSettings
+    sidecar: SidecarSettings
+
+    @property
+    def deployments(self) -> tuple[Deployment, ...]:
+        return tuple(d for g in self.groups.values() for d in g.deployments)
+
+
+def load(path: str, *, resolve_secrets: bool = True) -> Config:
+    """Read and validate a config file. Raises ``ConfigError`` listing every problem."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse(data, resolve_secrets=resolve_secrets)
+
+
+def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, str] | None = None) -> Config:
+    problems: list[str] = []
+    root = _Section(data if data is not None else {}, "", problems)
+    env = dict(os.environ if environ is None else environ)
+    extra_env = root.mapping("environment_variables")
+    env.update({str(k): str(v) for k, v in extra_env.items()})
+    secrets = _SecretResolver(env, problems, enabled=resolve_secrets)
+
+    litellm = root.section("litellm_settings")
+    general = root.section("general_settings")
+    router = _router_settings(root.section("router_settings"), litellm)
+    sidecar = _sidecar_settings(root.section("sidecar_settings"), general, secrets)
+    groups = _model_list(root.list("model_list"), secrets, problems)
+    for section in (litellm, general):
+        section.finish()
+    root.finish()
+    _check_fallbacks(router, groups, problems)
+    if not groups and not problems:
+        problems.append("model_list: at least one deployment is required")
+    if problems:
+        raise ConfigError(problems)
+    return Config(groups, router, sidecar)
+
+
+# ---- sections ------------------------------------------------------------------------------------
+
+
+def _router_settings(s: _Section, litellm: _Section) -> RouterSettings:
+    default = RouterSettings()
+    retries = litellm.integer("num_retries", default.num_retries, minimum=0)
+    timeout = litellm.number("request_timeout", default.timeout, minimum=0.001)
+    fallbacks = {k: litellm.fallbacks(k) for k in
+                 ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")}
+    policy = s.section("retry_policy")
+    retry_policy = {k: policy.integer(k, None, minimum=0) for k in RETRY_POLICY_KEYS}
+    policy.finish()
+    settings = RouterSettings(
+        routing_strategy=s.choice("routing_strategy", default.routing_strategy, STRATEGIES),
+        num_retries=s.integer("num_retries", retries, minimum=0),
+        retry_policy={k: v for k, v in retry_policy.items() if v is not None},
+        timeout=s.number("timeout", timeout, minimum=0.001),
+        stream_timeout=s.number("stream_timeout", None, minimum=0.001),
+        allowed_fails=s.integer("allowed_fails", default.allowed_fails, minimum=1),
+        cooldown_time=s.number("cooldown_time", default.cooldown_time, minimum=0),
+        fallbacks=s.fallbacks("fallbacks") or fallbacks["fallbacks"],
+        context_window_fallbacks=s.fallbacks("context_window_fallbacks")
+        or fallbacks["context_window_fallbacks"],
+        content_policy_fallbacks=s.fallbacks("content_policy_fallbacks")
+        or fallbacks["content_policy_fallbacks"],
+    )
+    s.finish()
+    return settings
+
+
+def _sidecar_settings(s: _Section, general: _Section, secrets: _SecretResolver) -> SidecarSettings:
+    default = SidecarSettings()
+    keys: list[Secret] = []
+    master = general.get("master_key")
+    if master is not None:
+        keys.extend(secrets.resolve_all([master], f"{general.where}.master_key"))
+    raw_keys = s.get("inbound_api_keys")
+    if raw_keys is not None:
+        if isinstance(raw_keys, list):
+            keys.extend(secrets.resolve_all(raw_keys, f"{s.where}.inbound_api_keys"))
+        else:
+            s.problem("inbound_api_keys", "expected a list of keys")
+    settings = SidecarSettings(
+        max_body_size_mb=s.number("max_body_size_mb", default.max_body_size_mb, minimum=0.001),
+        shutdown_grace_seconds=s.number("shutdown_grace_seconds", default.shutdown_grace_seconds, minimum=0),
+        inbound_api_keys=tuple(keys),
+        log_level=s.choice("log_level", default.log_level, LOG_LEVELS),
+        access_log=s.boolean("access_log", default.access_log),
+        max_connections_per_host=s.integer("max_connections_per_host", default.max_connections_per_host,
+                                           minimum=1),
+        retry_after_cap_seconds=s.number("retry_after_cap_seconds", default.retry_after_cap_seconds,
+                                         minimum=0),
+    )
+    s.finish()
+    return settings
+
+
+def _model_list(items: list[Any], secrets: _SecretResolver, problems: list[str]) -> dict[str, ModelGroup]:
+    members: dict[str, list[Deployment]] = {}
+    seen_ids: set[str] = set()
+    for i, item in enumerate(items):
+        entry = _Section(item, f"model_list[{i}]", problems)
+        deployment = _deployment(entry, secrets, seen_ids)
+        entry.finish()
+        if deployment is not None:
+            seen_ids.add(deployment.id)
+            members.setdefault(deployment.model_name, []).append(deployment)
+    return {name: ModelGroup(name, tuple(deps)) for name, deps in members.items()}
+
+
+def _deployment(entry: _Section, secrets: _SecretResolver, seen_ids: set[str]) -> Deployment | None:
+    name = entry.string("model_name", None, required=True)
+    params = entry.section("litellm_params", required=True)
+    info = entry.section("model_info")
+    model_ref = params.string("model", None, required=True)
+    provider, model = _split_model(model_ref, params)
+    base_default = PROVIDERS.get(provider) if provider else None
+    api_base = secrets.plain(params.string("api_base", base_default), f"{params.where}.api_base")
+    if provider and not api_base:
+        params.problem("api_base", f"required for provider '{provider}'")
+    key_ref = params.get("api_key")
+    api_key = secrets.resolve(key_ref, f"{params.where}.api_key") if key_ref is not None else None
+    headers = params.mapping("extra_headers")
+    deployment_id = info.string("id", None) or _unique_id(model_ref or "", seen_ids)
+    deployment = Deployment(
+        id=deployment_id,
+        model_name=name or "",
+        provider=provider or "",
+        model=model or "",
+        api_base=(api_base or "").rstrip("/"),
+        api_key=api_key,
+        api_version=secrets.plain(params.string("api_version", None), f"{params.where}.api_version"),
+        timeout=params.number("timeout", None, minimum=0.001),
+        stream_timeout=params.number("stream_timeout", None, minimum=0.001),
+        rpm=params.integer("rpm", None, minimum=1),
+        tpm=params.integer("tpm", None, minimum=1),
+        weight=params.number("weight", 1.0, minimum=0) or 0.0,
+        order=params.integer("order", None, minimum=0),
+        supports_prefill=params.boolean("supports_prefill", None),
+        extra_headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        vertex_project=params.string("vertex_project", None),
+        vertex_location=params.string("vertex_location", None),
+        vertex_credentials=params.string("vertex_credentials", None),
+        model_info=_model_info(info),
+    )
+    params.finish()
+    info.finish()
+    if name is None or provider is None or model is None or not api_base:
+        return None
+    return deployment
+
+
+def _model_info(s: _Section) -> ModelInfo:
+    return ModelInfo(
+        input_cost_per_token=s.number("input_cost_per_token", None, minimum=0),
+        output_cost_per_token=s.number("output_cost_per_token", None, minimum=0),
+        cache_read_input_token_cost=s.number("cache_read_input_token_cost", None, minimum=0),
+        max_input_tokens=s.integer("max_input_tokens", None, minimum=1),
+        max_output_tokens=s.integer("max_output_tokens", None, minimum=1),
+    )
+
+
+def _split_model(ref: str | None, params: _Section) -> tuple[str | None, str | None]:
+    if ref is None:
+        return None, None
+    provider, sep, model = ref.partition("/")
+    if not sep or not model:
+        params.problem("model", f"expected '<provider>/<model>', got '{ref}'")
+        return None, None
+    if provider not in PROVIDERS:
+        params.problem("model", f"unknown provider '{provider}' (known: {', '.join(PROVIDERS)})")
+        return None, None
+    return provider, model
+
+
+def _unique_id(base: str, seen: set[str]) -> str:
+    candidate, n = base, 2
+    while candidate in seen:
+        candidate, n = f"{base}#{n}", n + 1
+    return candidate
+
+
+def _check_fallbacks(router: RouterSettings, groups: Mapping[str, ModelGroup], problems: list[str]) -> None:
+    if not groups:
+        return
+    for key in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+        for source, targets in getattr(router, key).items():
+            for name in (source, *targets):
+                if name not in groups:
+                    problems.append(f"router_settings.{key}: unknown model group '{name}'")
+
+
+# ---- the reader ---------------------------------------------------------------------------------
+
+
+class _Section:
+    """A mapping being read: typed getters record problems with locations; ``finish`` flags unknown keys."""
+
+    def __init__(self, data: object, where: str, problems: list[str], *, required: bool = False) -> None:
+        self.where = where
+        self.problems = problems
+        self.seen: set[str] = set()
+        if data is None and not required:
+            data = {}
+        if not isinstance(data, dict):
+            self.report(where or "(top level)", "expected a mapping")
+            data = {}
+        self.data: dict[str, Any] = data
+
+    def report(self, location: str, message: str) -> None:
+        self.problems.append(f"{location}: {message}")
+
+    def problem(self, key: str, message: str) -> None:
+        self.report(self._at(key), message)
+
+    def _at(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def section(self, key: str, *, required: bool = False) -> _Section:
+        value = self.get(key)
+        if value is None and required:
+            self.problem(key, "is required")
+        return _Section(value, self._at(key), self.problems)
+
+    def mapping(self, key: str) -> dict[Any, Any]:
+        value = self.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(key, "expected a mapping")
+            return {}
+        return value
+
+    def list(self, key: str) -> list[Any]:
+        value = self.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(key, "expected a list")
+            return []
+        return value
+
+    def _typed(self, key: str, default: Any, ok: Callable[[Any], bool], expected: str, required: bool) -> Any:
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.problem(key, "is required")
+            return default
+        if not ok(value):
+            self.problem(key, f"expected {expected}, got {value!r}")
+            return default
+        return value
+
+    def string(self, key: str, default: str | None, *, required: bool = False) -> str | None:
+        value = self._typed(key, default, lambda v: isinstance(v, str) and v != "", "a non-empty string",
+                            required)
+        return value  # type: ignore[no-any-return]
+
+    def boolean(self, key: str, default: bool | None) -> Any:
+        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false", False)
+
+    def integer(self, key: str, default: int | None, *, minimum: int) -> Any:
+        return self._typed(key, default, lambda v: _is_int(v) and v >= minimum,
+                           f"an integer >= {minimum}", False)
+
+    def number(self, key: str, default: float | None, *, minimum: float) -> Any:
+        value = self._typed(key, default, lambda v: _is_number(v) and v >= minimum,
+                            f"a number >= {minimum}", False)
+        return float(value) if value is not None else None
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._typed(key, default, lambda v: v in choices, f"one of {', '.join(choices)}", False)
+        return value  # type: ignore[no-any-return]
+
+    def fallbacks(self, key: str) -> dict[str, tuple[str, ...]]:
+        """LiteLLM's shape: ``[{group: [fallback, ...]}, ...]``."""
+        out: dict[str, tuple[str, ...]] = {}
+        for i, item in enumerate(self.list(key)):
+            valid = isinstance(item, dict) and all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(t, str) for t in v)
+                for k, v in item.items()
+            )
+            if not valid:
+                self.report(f"{self._at(key)}[{i}]", "expected {group: [fallback group, ...]}")
+                continue
+            out.update({k: tuple(v) for k, v in item.items()})
+        return out
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                self.problem(str(key), "unknown key")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _SecretResolver:
+    """Resolves ``os.environ/NAME`` and ``file:/path`` references, recording what cannot be resolved."""
+
+    def __init__(self, env: Mapping[str, str], problems: list[str], *, enabled: bool) -> None:
+        self.env = env
+        self.problems = problems
+        self.enabled = enabled
+
+    def resolve(self, ref: object, where: str) -> Secret | None:
+        if not isinstance(ref, str) or not ref:
+            self.problems.append(f"{where}: expected a string")
+            return None
+        if ref.startswith("os.environ/"):
+            name = ref.removeprefix("os.environ/")
+            value = self.env.get(name)
+            if value is None and self.enabled:
+                self.problems.append(f"{where}: environment variable {name} is not set")
+            return Secret(value or "")
+        if ref.startswith("file:"):
+            path = ref.removeprefix("file:")
+            if not self.enabled:
+                return Secret("", path)
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    value = handle.read().strip()
+                return Secret(value, path, os.stat(path).st_mtime)
+            except OSError as exc:
+                self.problems.append(f"{where}: cannot read secret file {path}: {exc.strerror}")
+                return None
+        return Secret(ref)
+
+    def resolve_all(self, refs: list[Any], where: str) -> list[Secret]:
+        out = [self.resolve(ref, f"{where}[{i}]") for i, ref in enumerate(refs)]
+        return [s for s in out if s is not None]
+
+    def plain(self, value: str | None, where: str) -> str | None:
+        """Non-secret strings may also come from ``os.environ/NAME`` (LiteLLM allows it for api_base)."""
+        if value is None or not value.startswith("os.environ/"):
+            return value
+        secret = self.resolve(value, where)
+        return secret.value if secret else None

@@ -1,0 +1,84 @@
+"""Canonical request, response and stream values that every format translates to and from.
+
+The canonical request *is* the OpenAI Chat Completions body, validated once at ingress and never mutated
+afterwards: OpenAI's shape is the superset every other provider maps onto (see the translation table in
+the provider reference), and keeping it as the parsed dict lets an OpenAI-to-OpenAI call forward fields we
+do not know untouched and costs no per-request object building on the hot path. Translators for other
+providers read it and build their own bodies; a retry on another provider re-translates from the same value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Endpoint(StrEnum):
+    """The OpenAI operation a request asks for; selects the upstream path and the validation rules."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+class WireFormat(StrEnum):
+    """The dialect the app spoke; errors and answers go back in it."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One validated request from the app.
+
+    ``body`` is OpenAI-shaped and read-only by convention. ``source`` keeps the app's own body when it spoke
+    another dialect, so a same-dialect upstream can receive it without a lossy round trip.
+    """
+
+    model: str
+    body: dict[str, Any]
+    endpoint: Endpoint = Endpoint.CHAT
+    stream: bool = False
+    include_usage: bool = False
+    wire: WireFormat = WireFormat.OPENAI
+    source: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    """A complete upstream answer in OpenAI shape.
+
+    ``raw`` holds the upstream's bytes when they are already valid OpenAI JSON and can be forwarded as they
+    came; ``data`` is the parsed form for translation and accounting.
+    """
+
+    data: dict[str, Any]
+    raw: bytes | None = None
+    usage: Usage | None = None
+
+    @property
+    def model(self) -> str:
+        model = self.data.get("model")
+        return model if isinstance(model, str) else ""
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """One OpenAI ``chat.completion.chunk`` event: ``raw`` is its JSON payload, ready to forward."""
+
+    raw: bytes
+    data: dict[str, Any] = field(default_factory=dict)
+    usage: Usage | None = None

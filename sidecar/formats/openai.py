@@ -1,0 +1,210 @@
+"""OpenAI wire format: request validation, response and stream-chunk reading, error bodies.
+
+Validation checks what the sidecar relies on and what an upstream would reject with a less helpful
+message; every other field passes through as the app sent it. Each problem is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk, Usage
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+
+
+def parse_request(raw: bytes, endpoint: Endpoint) -> ChatRequest:
+    """Bytes from the app → validated canonical request, or ``InvalidRequest`` naming the field."""
+    body = loads_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    _VALIDATORS[endpoint](body)
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    if endpoint is Endpoint.EMBEDDINGS and stream:
+        raise InvalidRequest("embeddings cannot be streamed", param="stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+        include_usage = options.get("include_usage") is True
+    return ChatRequest(model, body, endpoint, stream, include_usage)
+
+
+def loads_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _validate_chat(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' is required and must be a non-empty array", param="messages")
+    for i, message in enumerate(messages):
+        _validate_message(message, f"messages[{i}]")
+    _validate_sampling(body)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not _is_list_of(stop, str):
+        raise InvalidRequest("'stop' must be a string or an array of strings", param="stop")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise InvalidRequest("'tools' must be an array", param="tools")
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+                raise InvalidRequest("each tool must be an object with a 'type'", param=f"tools[{i}]")
+            function = tool.get("function")
+            if tool["type"] == "function" and not (
+                isinstance(function, dict) and isinstance(function.get("name"), str)
+            ):
+                raise InvalidRequest("a function tool needs 'function.name'", param=f"tools[{i}].function")
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str | dict):
+        raise InvalidRequest("'tool_choice' must be a string or an object", param="tool_choice")
+    if body.get("response_format") is not None and not isinstance(body["response_format"], dict):
+        raise InvalidRequest("'response_format' must be an object", param="response_format")
+
+
+def _validate_message(message: object, where: str) -> None:
+    if not isinstance(message, dict):
+        raise InvalidRequest(f"'{where}' must be an object", param=where)
+    role = message.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}", param=f"{where}.role")
+    content = message.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest("each content part must be an object with a 'type'",
+                                     param=f"{where}.content[{j}]")
+    elif content is None:
+        if role != "assistant":
+            raise InvalidRequest(f"'{where}.content' is required", param=f"{where}.content")
+    elif not isinstance(content, str):
+        raise InvalidRequest(f"'{where}.content' must be a string or an array of parts", param=f"{where}.content")
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise InvalidRequest(f"'{where}.tool_call_id' is required for tool messages",
+                             param=f"{where}.tool_call_id")
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None and not isinstance(tool_calls, list):
+        raise InvalidRequest(f"'{where}.tool_calls' must be an array", param=f"{where}.tool_calls")
+
+
+def _validate_sampling(body: dict[str, Any]) -> None:
+    for name in NUMBER_FIELDS:
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise InvalidRequest(f"'{name}' must be a number", param=name)
+    for name in POSITIVE_INT_FIELDS:
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidRequest("'seed' must be an integer", param="seed")
+
+
+def _validate_completions(body: dict[str, Any]) -> None:
+    prompt = body.get("prompt")
+    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt)):
+        raise InvalidRequest("'prompt' is required: a string or a non-empty array", param="prompt")
+    _validate_sampling(body)
+
+
+def _validate_embeddings(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    valid = (isinstance(value, str) and value) or (
+        isinstance(value, list) and value and all(isinstance(v, str | int | list) for v in value)
+    )
+    if not valid:
+        raise InvalidRequest("'input' is required: a non-empty string or array", param="input")
+
+
+_VALIDATORS: dict[Endpoint, Callable[[dict[str, Any]], None]] = {
+    Endpoint.CHAT: _validate_chat,
+    Endpoint.COMPLETIONS: _validate_completions,
+    Endpoint.EMBEDDINGS: _validate_embeddings,
+}
+
+
+def _is_list_of(value: object, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+
+# ---- upstream answers --------------------------------------------------------------------------------
+
+
+def usage_from(data: object) -> Usage | None:
+    """OpenAI ``usage`` object → Usage (None when absent or not an object)."""
+    if not isinstance(data, dict):
+        return None
+    details = data.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(
+        prompt_tokens=_int(data.get("prompt_tokens")),
+        completion_tokens=_int(data.get("completion_tokens")),
+        cached_tokens=_int(cached),
+    )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_response(raw: bytes, endpoint: Endpoint) -> ChatResponse:
+    """An upstream's 200 body → ChatResponse. ``ValueError`` when it is not a well-formed answer."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"upstream body is not JSON: {exc}") from None
+    key = "data" if endpoint is Endpoint.EMBEDDINGS else "choices"
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise ValueError(f"upstream body has no '{key}' array")
+    return ChatResponse(data, raw, usage_from(data.get("usage")))
+
+
+def parse_chunk(raw: bytes) -> StreamChunk:
+    """One ``data:`` payload of an upstream stream. ``ValueError`` when it is not a JSON object."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"stream event is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("stream event is not a JSON object")
+    usage = data.get("usage")
+    return StreamChunk(raw, data, usage_from(usage) if usage else None)
+
+
+def error_message_of(data: object) -> str:
+    """The human message inside an OpenAI-style (or flat) error body, if any."""
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+        if isinstance(data.get("message"), str):
+            return data["message"]
+    return ""
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})

@@ -1,0 +1,18 @@
+"""Provider adapters by prefix: ``ADAPTERS[deployment.provider](deployment)`` binds one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from sidecar.config import Deployment
+from sidecar.providers.base import Adapter
+from sidecar.providers.openai_compatible import ROWS, OpenAICompatibleAdapter
+
+ADAPTERS: Mapping[str, Callable[[Deployment], Adapter]] = {
+    **{name: OpenAICompatibleAdapter for name in ROWS},
+}
+
+
+def bind(deployment: Deployment) -> Adapter:
+    """The adapter for a deployment. ``KeyError`` for a provider with no adapter in this build."""
+    return ADAPTERS[deployment.provider](deployment)

@@ -1,0 +1,82 @@
+"""The adapter seam: what every provider module provides, and the values that cross it.
+
+An adapter is bound to one deployment when the router is built, so URLs and static headers are computed
+once; per request it only builds the body. Adapters translate and classify — they never decide where a
+request goes next, and they never touch the network (``providers.http`` does).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.config import Deployment
+from sidecar.core.errors import UpstreamError
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One HTTP request to an upstream, ready to send."""
+
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class StreamReader(Protocol):
+    """Turns an upstream's body bytes into OpenAI stream chunks, incrementally.
+
+    An event that cannot be parsed is skipped and counted in ``skipped`` (one bad event must not kill a
+    healthy stream); an in-band error event raises ``UpstreamError``. ``done`` is True once the upstream's
+    end marker arrived; ``usage`` is the last usage the upstream reported.
+    """
+
+    done: bool
+    skipped: int
+    usage: Usage | None
+
+    def feed(self, data: bytes) -> list[StreamChunk]: ...
+
+    def finish(self) -> list[StreamChunk]: ...
+
+
+class Adapter(Protocol):
+    """A provider adapter bound to one deployment."""
+
+    deployment: Deployment
+
+    def prepare(self, request: ChatRequest) -> UpstreamCall: ...
+
+    def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse: ...
+
+    def stream_reader(self, request: ChatRequest) -> StreamReader: ...
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError: ...
+
+    def refresh_credentials(self) -> None: ...
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` (milliseconds) or ``retry-after`` (seconds or an HTTP date) → seconds."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,117 @@
+"""The only caller of the client session: send a call, or open a stream, with our deadlines.
+
+Every aiohttp and asyncio failure is mapped here, once, into ``core.errors`` — like httpx's
+``map_httpcore_exceptions`` — so the router reasons only about error classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
+from sidecar.providers.base import UpstreamCall
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@contextmanager
+def map_errors(phase: str) -> Iterator[None]:
+    """aiohttp/asyncio exceptions → UpstreamTimeout / UpstreamConnectionError / UpstreamServerError.
+
+    ``phase`` names the limit in force (connect, first_byte, idle, total) for timeouts and traces.
+    Messages never include the upstream's address.
+    """
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase) from None
+    except aiohttp.ClientConnectorError:
+        raise UpstreamConnectionError("could not connect to the upstream") from None
+    except aiohttp.ServerDisconnectedError:
+        raise UpstreamConnectionError("the upstream closed the connection") from None
+    except aiohttp.ClientPayloadError:
+        raise UpstreamServerError("the upstream's answer was cut off") from None
+    except aiohttp.ClientResponseError:
+        raise UpstreamServerError("the upstream sent an invalid HTTP response") from None
+    except (aiohttp.ClientError, OSError):
+        raise UpstreamConnectionError("the connection to the upstream failed") from None
+
+
+async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: float) -> Answer:
+    """POST and read the whole answer before ``deadline`` (loop time)."""
+    with map_errors("total"):
+        async with asyncio.timeout_at(deadline):
+            async with session.post(call.url, data=call.body, headers=call.headers) as response:
+                body = await response.read()
+                return Answer(response.status, _headers(response), body)
+
+
+class UpstreamStream:
+    """An open streaming answer: status and headers known, body read chunk by chunk under deadlines."""
+
+    __slots__ = ("_timeout", "headers", "response", "status", "total_deadline")
+
+    def __init__(self, response: aiohttp.ClientResponse, timeout: asyncio.Timeout, total_deadline: float) -> None:
+        self.response = response
+        self.status = response.status
+        self.headers = _headers(response)
+        self._timeout = timeout
+        self.total_deadline = total_deadline
+
+    async def read_body(self) -> bytes:
+        """The whole body of a non-2xx answer, under the total deadline."""
+        self._timeout.reschedule(self.total_deadline)
+        with map_errors("total"):
+            return await self.response.read()
+
+    async def next_chunk(self, until: float, phase: str) -> bytes:
+        """The next bytes of the body (b"" at its end), or UpstreamTimeout(phase) if ``until`` passes first.
+
+        Between reads only the total deadline runs, so time spent writing to a slow app is not
+        mistaken for a stalled upstream.
+        """
+        if until >= self.total_deadline:
+            until, phase = self.total_deadline, "total"
+        self._timeout.reschedule(until)
+        with map_errors(phase):
+            try:
+                data = await self.response.content.readany()
+            except asyncio.CancelledError:
+                if self._timeout.expired():
+                    raise TimeoutError from None
+                raise
+        self._timeout.reschedule(self.total_deadline)
+        return data
+
+
+@asynccontextmanager
+async def stream(session: aiohttp.ClientSession, call: UpstreamCall, *, first_byte_deadline: float,
+                 total_deadline: float) -> AsyncIterator[UpstreamStream]:
+    """Open a streaming POST whose headers must arrive before ``first_byte_deadline``.
+
+    Leaving the block early (an error, the app gone) closes the upstream connection, so the upstream
+    sees the cancellation; a fully read body returns the connection to the pool.
+    """
+    async with asyncio.timeout_at(min(first_byte_deadline, total_deadline)) as timeout:
+        with map_errors("first_byte"):
+            response = await session.post(call.url, data=call.body, headers=call.headers)
+        try:
+            yield UpstreamStream(response, timeout, total_deadline)
+        finally:
+            response.release()
+
+
+def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k.lower(): v for k, v in response.headers.items()}

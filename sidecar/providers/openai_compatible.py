@@ -1,0 +1,205 @@
+"""Every upstream that speaks the OpenAI wire format, as rows of one table.
+
+OpenAI, Azure OpenAI, Groq, Together, Fireworks, Ollama, vLLM and SGLang differ only in URL layout, the
+auth header and a few error quirks; the body is forwarded as the app sent it with ``model`` replaced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from sidecar.config import Deployment
+from sidecar.core.errors import (
+    ContentPolicyViolation,
+    ContextWindowExceeded,
+    RateLimited,
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk, Usage
+from sidecar.formats import openai as wire
+from sidecar.formats.sse import DONE, SSEDecoder
+from sidecar.providers.base import UpstreamCall, retry_after_seconds
+
+PATHS: Mapping[Endpoint, str] = {
+    Endpoint.CHAT: "/chat/completions",
+    Endpoint.COMPLETIONS: "/completions",
+    Endpoint.EMBEDDINGS: "/embeddings",
+}
+CONTEXT_PATTERNS = re.compile(
+    r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long|longer than the model",
+    re.IGNORECASE,
+)
+MAX_MESSAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    auth: str  # "bearer", "api-key" or "optional-bearer" (sent only when a key is configured)
+    usage_in_streams: bool = True  # accepts stream_options.include_usage
+
+
+ROWS: Mapping[str, Row] = {
+    "openai": Row("bearer"),
+    "azure": Row("api-key"),
+    "groq": Row("bearer"),
+    "together_ai": Row("bearer"),
+    "fireworks_ai": Row("bearer"),
+    "ollama": Row("optional-bearer"),
+    "hosted_vllm": Row("optional-bearer"),
+    "sglang": Row("optional-bearer"),
+}
+
+
+class OpenAICompatibleAdapter:
+    """Adapter for one OpenAI-wire-format deployment; URLs and headers computed at construction."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.row = ROWS[deployment.provider]
+        self.urls = {endpoint: self._url(endpoint) for endpoint in Endpoint}
+        self.headers: dict[str, str] = {}
+        self.refresh_credentials()
+
+    def _url(self, endpoint: Endpoint) -> str:
+        dep = self.deployment
+        if dep.provider == "azure" and "/openai/v1" not in dep.api_base:
+            version = dep.api_version or "2024-10-21"
+            return f"{dep.api_base}/openai/deployments/{dep.model}{PATHS[endpoint]}?api-version={version}"
+        return dep.api_base + PATHS[endpoint]
+
+    def refresh_credentials(self) -> None:
+        headers = {"content-type": "application/json", **dict(self.deployment.extra_headers)}
+        key = self.deployment.api_key.value if self.deployment.api_key else ""
+        if self.row.auth == "api-key":
+            headers["api-key"] = key
+        elif key or self.row.auth == "bearer":
+            headers["authorization"] = f"Bearer {key}"
+        self.headers = headers
+
+    def prepare(self, request: ChatRequest) -> UpstreamCall:
+        body = {**request.body, "model": self.deployment.model}
+        if request.stream and not request.include_usage and self.row.usage_in_streams:
+            # Ask for usage so tokens and cost are known; the extra usage chunk is not forwarded.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return UpstreamCall(self.urls[request.endpoint], self.headers, orjson.dumps(body))
+
+    def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
+        try:
+            response = wire.parse_response(body, request.endpoint)
+        except ValueError as exc:
+            raise UpstreamServerError(f"the upstream sent a malformed answer: {exc}", upstream_status=200) from None
+        choices = response.data.get("choices") or ()
+        if any(isinstance(c, dict) and c.get("finish_reason") == "abort" for c in choices):
+            raise UpstreamServerError("the upstream aborted the generation", upstream_status=200)
+        return response
+
+    def stream_reader(self, request: ChatRequest) -> OpenAIStreamReader:
+        return OpenAIStreamReader(drop_usage_chunk=not request.include_usage)
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+        return classify_openai_error(status, headers, body)
+
+
+class OpenAIStreamReader:
+    """OpenAI SSE → chunks; forwards each event's JSON as it came, except a usage chunk nobody asked for."""
+
+    __slots__ = ("decoder", "done", "drop_usage_chunk", "skipped", "usage")
+
+    def __init__(self, *, drop_usage_chunk: bool) -> None:
+        self.decoder = SSEDecoder()
+        self.done = False
+        self.skipped = 0
+        self.usage: Usage | None = None
+        self.drop_usage_chunk = drop_usage_chunk
+
+    def feed(self, data: bytes) -> list[StreamChunk]:
+        return self._chunks(self.decoder.feed(data))
+
+    def finish(self) -> list[StreamChunk]:
+        return self._chunks(self.decoder.flush())
+
+    def _chunks(self, events: list) -> list[StreamChunk]:  # type: ignore[type-arg]
+        out: list[StreamChunk] = []
+        for event in events:
+            if event.data == DONE:
+                self.done = True
+                continue
+            if self.done or not event.data:
+                continue
+            try:
+                chunk = wire.parse_chunk(event.data)
+            except ValueError:
+                self.skipped += 1
+                continue
+            if "error" in chunk.data:
+                raise in_band_error(chunk.data)
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+                if self.drop_usage_chunk and not chunk.data.get("choices"):
+                    continue
+            if _aborted(chunk.data):
+                raise UpstreamServerError("the upstream aborted the generation mid-stream", upstream_status=200)
+            out.append(chunk)
+        return out
+
+
+def _aborted(data: dict) -> bool:  # type: ignore[type-arg]
+    choices = data.get("choices")
+    return bool(choices) and any(isinstance(c, dict) and c.get("finish_reason") == "abort" for c in choices)
+
+
+def in_band_error(data: dict) -> UpstreamError:  # type: ignore[type-arg]
+    """An ``{"error": ...}`` event inside a stream: a failed upstream, classified by its code."""
+    error = data.get("error")
+    code = str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
+    message = _clip(wire.error_message_of(data)) or "the upstream reported an error mid-stream"
+    if "rate_limit" in code or code == "429":
+        return RateLimited(message, upstream_status=200)
+    return UpstreamServerError(message, upstream_status=200)
+
+
+def classify_openai_error(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+    """An OpenAI-format (or SGLang flat) error answer → the error class that decides what happens next."""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    message = _clip(wire.error_message_of(data)) or f"upstream answered {status}"
+    error = data.get("error") if isinstance(data, dict) else None
+    fields = error if isinstance(error, dict) else data if isinstance(data, dict) else {}
+    code = fields.get("code") if isinstance(fields.get("code"), str) else None
+    param = fields.get("param") if isinstance(fields.get("param"), str) else None
+    kwargs = {"upstream_status": status, "body": body, "code": code, "param": param}
+    if status == 429:
+        if code == "insufficient_quota":
+            return UpstreamAuthError(message, **kwargs)  # not transient: fail over, do not retry
+        return RateLimited(message, retry_after=retry_after_seconds(headers), **kwargs)
+    if code == "content_filter":
+        return ContentPolicyViolation(message, **kwargs)
+    if status in (400, 403, 413) and (code == "context_length_exceeded" or CONTEXT_PATTERNS.search(message)):
+        return ContextWindowExceeded(message, **kwargs)
+    if status in (401, 403):
+        return UpstreamAuthError(message, **kwargs)
+    if status == 404:
+        error_ = UpstreamServerError(message, **kwargs)  # a deployment misconfiguration: fail over
+        error_.retryable = False
+        return error_
+    if status == 408:
+        return UpstreamTimeout(message, phase="upstream", **kwargs)
+    if 400 <= status < 500 and status != 409:
+        rejected = UpstreamBadRequest(message, **kwargs)
+        rejected.status = status  # passed through to the app as the upstream said it
+        return rejected
+    return UpstreamServerError(message, retry_after=retry_after_seconds(headers), **kwargs)
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "…"

@@ -1,0 +1,74 @@
+"""Application factories: the API app on loopback and the admin app for probes and Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from sidecar.config import Config
+from sidecar.router import Router
+from sidecar.server import middleware, routes
+from sidecar.server.keys import STATE, AppState
+
+CREDENTIAL_REFRESH_SECONDS = 10.0
+
+
+def create_app(state: AppState) -> web.Application:
+    sidecar = state.config.sidecar
+    stack = [middleware.errors]
+    if sidecar.inbound_api_keys:
+        stack.append(middleware.inbound_auth(sidecar.inbound_api_keys))
+    # One byte over the limit so our own check (with its clear message) fires first.
+    app = web.Application(middlewares=stack, client_max_size=sidecar.max_body_bytes + 1)
+    app[STATE] = state
+    app.add_routes(routes.api_routes())
+    app.cleanup_ctx.append(_upstreams)
+    app.on_shutdown.append(_drain)
+    return app
+
+
+def create_admin_app(state: AppState) -> web.Application:
+    app = web.Application(middlewares=[middleware.errors])
+    app[STATE] = state
+    app.add_routes(routes.HEALTH_ROUTES)
+    return app
+
+
+def new_session(config: Config) -> aiohttp.ClientSession:
+    """One pooled session for every upstream: keep-alive per host, DNS cached, our own deadlines."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=config.sidecar.max_connections_per_host,
+        ttl_dns_cache=300,
+        keepalive_timeout=60,
+    )
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                 auto_decompress=True, skip_auto_headers=("User-Agent",))
+
+
+async def _upstreams(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    state.session = new_session(state.config)
+    state.router = Router(state.config, state.session)
+    refresher = asyncio.create_task(_refresh_credentials(state.router))
+    yield
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher
+    await state.session.close()
+
+
+async def _refresh_credentials(router: Router) -> None:
+    """File secrets (mounted Kubernetes Secrets) are re-read on a timer, never on the request path."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(CREDENTIAL_REFRESH_SECONDS)
+        await loop.run_in_executor(None, router.refresh_credentials)
+
+
+async def _drain(app: web.Application) -> None:
+    app[STATE].draining = True

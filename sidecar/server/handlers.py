@@ -1,0 +1,117 @@
+"""Thin handlers: read the body, parse it, hand it to the router, render the answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from sidecar.core.errors import BodyTooLarge, SidecarError
+from sidecar.core.types import ChatRequest, Endpoint, StreamChunk
+from sidecar.formats import openai as openai_format
+from sidecar.formats.sse import DONE_EVENT
+from sidecar.router import Outcome
+from sidecar.server.keys import STATE, AppState
+from sidecar.server.middleware import REQUEST_ID, request_id_of
+
+JSON = "application/json"
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+
+
+def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
+    headers = {REQUEST_ID: request_id, "x-sidecar-attempts": str(outcome.attempts)}
+    if outcome.deployment is not None:
+        headers["x-sidecar-deployment"] = outcome.deployment
+    if outcome.fallback is not None:
+        headers["x-sidecar-fallback"] = outcome.fallback
+    return headers
+
+
+async def read_body(request: web.Request, state: AppState) -> bytes:
+    length = request.content_length
+    if length is not None and length > state.config.sidecar.max_body_bytes:
+        raise BodyTooLarge(f"the request body is larger than {state.config.sidecar.max_body_size_mb:g} MiB")
+    return await request.read()
+
+
+class OpenAIStreamSink:
+    """Renders chunks as OpenAI SSE onto the app's connection; ``write`` waits for it to drain."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    async def start(self, outcome: Outcome) -> None:
+        headers = {**SSE_HEADERS, **outcome_headers(outcome, request_id_of(self.request))}
+        self.response = web.StreamResponse(status=200, headers=headers)
+        await self.response.prepare(self.request)
+
+    async def send(self, chunks: list[StreamChunk]) -> None:
+        assert self.response is not None
+        if len(chunks) == 1:
+            await self.response.write(b"data: " + chunks[0].raw + b"\n\n")
+        else:
+            await self.response.write(b"".join(b"data: " + c.raw + b"\n\n" for c in chunks))
+
+    async def finish(self) -> None:
+        assert self.response is not None
+        await self.response.write(DONE_EVENT)
+        await self.response.write_eof()
+
+    async def fail(self, error: SidecarError) -> None:
+        assert self.response is not None
+        body = openai_format.error_body(error.message, error.type, error.param, error.code)
+        await self.response.write(b"data: " + body + b"\n\n")
+
+
+def openai_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        chat = openai_format.parse_request(await read_body(request, state), endpoint)
+        return await serve(request, state, chat)
+
+    return handler
+
+
+async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web.StreamResponse:
+    """Route one OpenAI-format request and render the answer; records the outcome either way."""
+    router = state.router
+    assert router is not None
+    metrics = state.metrics
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    metrics.in_flight += 1
+    outcome: Outcome | None = None
+    result = "error"
+    try:
+        if chat.stream:
+            sink = OpenAIStreamSink(request)
+            outcome = await router.stream(chat, sink)
+            result = "success" if not outcome.errors or outcome.deployment else "error"
+            assert sink.response is not None
+            return sink.response
+        response, outcome = await router.complete(chat)
+        result = "success"
+        body = response.raw if response.raw is not None else orjson.dumps(response.data)
+        return web.Response(body=body, headers=outcome_headers(outcome, request_id_of(request)),
+                            content_type=JSON)
+    except asyncio.CancelledError:
+        result = "cancelled"
+        raise
+    finally:
+        metrics.in_flight -= 1
+        deployment = outcome.deployment if outcome and outcome.deployment else ""
+        group = chat.model if router.has_group(chat.model) else ""  # app-chosen names are not labels
+        metrics.observe(group, deployment, result, loop.time() - started,
+                        outcome.errors if outcome else [])
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-sidecar"}
+            for name in state.config.groups]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=JSON)

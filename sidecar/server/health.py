@@ -1,0 +1,30 @@
+"""/healthz, /readyz and /metrics: read-only views of the process and the router."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sidecar.server import keys
+
+OK = b'{"status":"ok"}'
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(body=OK, content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[keys.STATE]
+    router = state.router
+    if router is None or state.draining:
+        reason = "draining" if state.draining else "starting"
+        return web.json_response({"status": reason}, status=503)
+    missing = router.unavailable_groups()
+    if missing:
+        return web.json_response({"status": "unavailable", "model_groups": missing}, status=503)
+    return web.Response(body=OK, content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[keys.STATE].metrics.render()
+    return web.Response(body=text.encode(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,73 @@
+"""Request id, inbound auth and error rendering: every failure leaves as a well-formed error body."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from sidecar.config import Secret
+from sidecar.core.errors import BodyTooLarge, InboundAuthError, SidecarError
+from sidecar.formats import openai as openai_format
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("sidecar.server")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+REQUEST_ID = "x-request-id"
+
+
+def request_id_of(request: web.Request) -> str:
+    return request.get(REQUEST_ID) or ""
+
+
+def error_response(error: SidecarError, request_id: str) -> web.Response:
+    status = error.status
+    headers = {REQUEST_ID: request_id}
+    retry_after = getattr(error, "retry_after", None)
+    if status == 429 and retry_after:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    body = openai_format.error_body(error.message, error.type, error.param, error.code)
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id in and out; every exception becomes an OpenAI-shaped error, never a stack trace."""
+    request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except SidecarError as error:
+        return error_response(error, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(BodyTooLarge("the request body is too large"), request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = SidecarError(exc.reason)
+        error.status, error.type = exc.status, "invalid_request_error"
+        return error_response(error, request_id)
+    except Exception:
+        log.exception("unexpected error handling request %s", request_id)
+        return error_response(SidecarError("internal error in the sidecar"), request_id)
+    if not response.prepared:
+        response.headers[REQUEST_ID] = request_id
+    return response
+
+
+def inbound_auth(keys: tuple[Secret, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Require one of the configured keys (Bearer or x-api-key) on API routes; no-op when none is set."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            offered = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+            offered = offered.removeprefix("Bearer ").strip().encode()
+            if not any(hmac.compare_digest(offered, key.value.encode()) for key in keys):
+                raise InboundAuthError("a valid API key for the sidecar is required")
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,115 @@
+"""Real processes for integration tests: fake providers and the sidecar, each on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PROVIDER_KEY = "sk-provider-SECRET-4242"
+APP_KEY = "sk-app-key-should-not-travel"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if requests.get(url, timeout=0.5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready in {timeout}s:\n{log.read_text()}")
+
+
+class FakeProvider:
+    """``llm-sidecar fake-provider`` in its own process, driven through its control route."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"fake-{name}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "fake-provider", "--port", str(self.port), "--name", name],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        _wait_http(f"{self.url}/_control", self.process, self.log)
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.url}/v1"
+
+    def set(self, **faults: Any) -> None:
+        requests.post(f"{self.url}/_control/faults", json=faults).raise_for_status()
+
+    def clear(self) -> None:
+        self.set(error_rate=0.0, fail_next=0, error_status=429, error_code=None, retry_after=None, latency=0.0,
+                 ttft=0.0, chunk_delay=0.0, hang=False, reset=False, drop_after=None, stall_after=None,
+                 malformed=False, malformed_event_at=None, no_done=False, chunks=5, text="",
+                 require_key=None)
+        requests.post(f"{self.url}/_control/reset").raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/_control").json()["stats"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class Sidecar:
+    """``llm-sidecar serve`` with a config written to a temp file; logs captured for inspection."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, name: str = "sidecar",
+                 env: dict[str, str] | None = None) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.config_path = workdir / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log = workdir / f"{name}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path), "--port",
+             str(self.port), "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
+        )
+        _wait_http(f"{self.admin_url}/readyz", self.process, self.log)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.terminate()
+        return self.process.wait(30)
+
+
+def deployment(group: str, provider: FakeProvider, **params: Any) -> dict[str, Any]:
+    return {"model_name": group, "litellm_params": {"model": f"openai/{provider.name}-model",
+                                                    "api_base": provider.api_base, "api_key": PROVIDER_KEY,
+                                                    **params}}
