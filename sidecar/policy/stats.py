@@ -4,8 +4,10 @@ Everything is O(1) per update (the p95 is computed lazily from a 64-sample ring)
 
 The error rate decays with *time*, not with traffic. That matters: health ordering sends traffic away from
 a deployment with a high error rate, so a count-based rate (last N outcomes) would never change again and
-the deployment would be starved forever after it recovers. Here failures fade with a half-life (10 s by
-default), so a deployment that stopped failing is "healthy" again within a few half-lives and gets traffic.
+the deployment would be starved forever after it recovers. Here outcomes fade with a half-life (5 s by
+default) and their total weight is capped (10 outcomes), so however long the outage was, a deployment that
+stopped failing looks healthy again after at most ~23 s (log2(10 / 0.43) half-lives, 0.43 being the failure
+mass below which the rate is under the 0.3 threshold) and is tried again — within issue 3's 30 s promise.
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ class DeploymentStats:
         "in_flight",
         "last_seen",
         "latency",
+        "max_weight",
         "ttft",
         "unhealthy_rate",
     )
 
-    def __init__(self, *, alpha: float = 0.3, error_half_life: float = 10.0,
-                 unhealthy_rate: float = 0.3) -> None:
+    def __init__(self, *, alpha: float = 0.3, error_half_life: float = 5.0, unhealthy_rate: float = 0.3,
+                 max_weight: float = 10.0) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError("alpha must be in (0, 1]")
         if error_half_life <= 0:
@@ -53,6 +56,7 @@ class DeploymentStats:
         self.alpha = alpha
         self.error_half_life = error_half_life
         self.unhealthy_rate = unhealthy_rate
+        self.max_weight = max_weight
         self.latency: float | None = None
         self.ttft: float | None = None
         self.in_flight = 0
@@ -81,6 +85,12 @@ class DeploymentStats:
         self._err_total += 1.0
         if not ok:
             self._err_mass += 1.0
+        if self._err_total > self.max_weight:
+            # Keep the ratio, bound the weight: recovery time must not grow with the outage's length.
+            scale = self.max_weight / self._err_total
+            self._err_total *= scale
+            self._err_mass *= scale
+        if not ok:
             return
         self.latency = self._ewma(self.latency, latency)
         if ttft is not None:
