@@ -77,18 +77,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 def render(chart, values: dict[str, Any]) -> list[dict[str, Any]]:
     out = chart.render(values=values, name="demo", namespace="ai")
     return [
-        obj
-        for path, text in sorted(out.items())
-        if not path.endswith("NOTES.txt")
-        for obj in parse_manifests(text)
+        obj for path, text in sorted(out.items()) if not path.endswith("NOTES.txt") for obj in parse_manifests(text)
     ]
 
 
 def find(objects, kind: str, suffix: str = "") -> dict[str, Any]:
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
-    assert len(matches) == 1, (
-        f"expected one {kind} named *{suffix}, got {[o['metadata']['name'] for o in matches]}"
-    )
+    assert len(matches) == 1, f"expected one {kind} named *{suffix}, got {[o['metadata']['name'] for o in matches]}"
     return matches[0]
 
 
@@ -178,9 +173,7 @@ def test_provider_keys_are_files_not_env(chart):
     deployment = find(objects, "Deployment", "-example")
     sidecar = sidecar_of(deployment)
     assert not [e for e in sidecar["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-    keys = next(
-        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "llm-sidecar-keys"
-    )
+    keys = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "llm-sidecar-keys")
     items = {s["secret"]["items"][0]["path"]: s["secret"] for s in keys["projected"]["sources"]}
     assert items["anthropic"]["name"] == "llm-keys" and items["gemini"]["optional"] is True
     mount = next(m for m in sidecar["volumeMounts"] if m["name"] == "llm-sidecar-keys")
@@ -263,9 +256,9 @@ def test_jaeger_receives_the_sidecars_traces(chart):
     service = find(objects, "Service", "-jaeger")
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{service['metadata']['name']}:4317"
     assert {p["port"] for p in service["spec"]["ports"]} >= {4317, 4318}
-    assert find(objects, "Deployment", "-jaeger")["spec"]["template"]["spec"]["containers"][0][
-        "image"
-    ].startswith("jaegertracing/all-in-one:")
+    assert find(objects, "Deployment", "-jaeger")["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+        "jaegertracing/all-in-one:"
+    )
 
 
 def test_monitoring_objects_and_metric_contract(chart):
@@ -328,8 +321,7 @@ def test_application_chart_includes_the_sidecar(helm, tmp_path):
     (app / "templates").mkdir(parents=True)
     shutil.copytree(CHART, app / "charts" / "llm-sidecar")
     (app / "Chart.yaml").write_text(
-        "apiVersion: v2\nname: my-app\nversion: 1.0.0\ndependencies:\n"
-        "  - name: llm-sidecar\n    version: 0.1.0\n"
+        "apiVersion: v2\nname: my-app\nversion: 1.0.0\ndependencies:\n  - name: llm-sidecar\n    version: 0.1.0\n"
     )
     (app / "values.yaml").write_text("llm-sidecar:\n  sidecar:\n    form: native\n")
     (app / "templates" / "deployment.yaml").write_text(APP_DEPLOYMENT)

@@ -86,11 +86,7 @@ def test_with_sglang_points_the_sidecar_at_its_service():
     assert "--enable-metrics" in container["args"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     config = yaml.safe_load(the(objects, "ConfigMap", "llm-sidecar-config")["data"]["config.yaml"])
-    sglang = [
-        e["litellm_params"]
-        for e in config["model_list"]
-        if e["litellm_params"]["model"].startswith("sglang/")
-    ]
+    sglang = [e["litellm_params"] for e in config["model_list"] if e["litellm_params"]["model"].startswith("sglang/")]
     assert [p["api_base"] for p in sglang] == [f"http://{service['metadata']['name']}:30000/v1"]
 
 
