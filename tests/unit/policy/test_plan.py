@@ -1,0 +1,81 @@
+"""Fallback plans and the value objects the router records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.config import RouterSettings
+from sidecar.policy.plan import Attempt, FallbackStep, Skip, groups_to_try
+
+
+def settings(**tables: dict[str, tuple[str, ...]]) -> RouterSettings:
+    return RouterSettings(**tables)  # type: ignore[arg-type]
+
+
+def test_no_fallbacks() -> None:
+    assert groups_to_try("gpt-4o", RouterSettings()) == ("gpt-4o",)
+
+
+def test_group_then_its_fallbacks_in_order() -> None:
+    r = settings(fallbacks={"gpt-4o": ("claude-sonnet", "llama-70b")})
+    assert groups_to_try("gpt-4o", r) == ("gpt-4o", "claude-sonnet", "llama-70b")
+    assert groups_to_try("claude-sonnet", r) == ("claude-sonnet",)
+
+
+def test_chains_breadth_first() -> None:
+    r = settings(fallbacks={"a": ("b", "c"), "b": ("d",), "d": ("e",)})
+    assert groups_to_try("a", r) == ("a", "b", "c", "d", "e")
+
+
+def test_cycles_and_duplicates_end() -> None:
+    r = settings(fallbacks={"a": ("b", "a", "b"), "b": ("a", "c"), "c": ("a",)})
+    assert groups_to_try("a", r) == ("a", "b", "c")
+    assert groups_to_try("b", r) == ("b", "a", "c")
+
+
+def test_context_window_fallbacks() -> None:
+    r = settings(fallbacks={"mini": ("other",)}, context_window_fallbacks={"mini": ("gpt-4o",)})
+    assert groups_to_try("mini", r, "context_window_exceeded") == ("mini", "gpt-4o")
+    assert groups_to_try("mini", r) == ("mini", "other")
+
+
+def test_content_policy_fallbacks_only_when_configured() -> None:
+    r = settings(fallbacks={"a": ("b",)}, content_policy_fallbacks={"a": ("lenient",)})
+    assert groups_to_try("a", r, "content_policy") == ("a", "lenient")
+    assert groups_to_try("a", settings(fallbacks={"a": ("b",)}), "content_policy") == ("a",)
+
+
+def test_other_causes_use_the_general_fallbacks() -> None:
+    r = settings(fallbacks={"a": ("b",)})
+    assert groups_to_try("a", r, "rate_limited") == ("a", "b")
+    assert groups_to_try("a", r, "server_error") == ("a", "b")
+
+
+names = st.sampled_from("abcdef")
+
+
+@given(names, st.dictionaries(names, st.lists(names, max_size=4).map(tuple), max_size=6))
+def test_plan_is_duplicate_free_and_starts_with_the_group(group: str, table: dict) -> None:
+    out = groups_to_try(group, settings(fallbacks=table))
+    assert out[0] == group
+    assert len(out) == len(set(out))
+    reachable = {group}
+    for g in out:
+        reachable.update(table.get(g, ()))
+    assert set(out) == reachable
+
+
+def test_value_objects_are_frozen() -> None:
+    a = Attempt(deployment="d1", group="g", number=2, retry=1)
+    s = Skip(deployment="d2", reason="breaker_open")
+    f = FallbackStep(from_group="g", to_group="h", cause="rate_limited")
+    for value in (a, s, f):
+        name = dataclasses.fields(value)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, "x")
+    assert a == Attempt("d1", "g", 2, 1)
+    assert hash(f) == hash(FallbackStep("g", "h", "rate_limited"))
