@@ -33,7 +33,8 @@ def test_starts_closed_and_allows() -> None:
 
 
 def test_state_is_a_str_enum() -> None:
-    assert BreakerState.HALF_OPEN == "half_open"
+    assert BreakerState("half_open") is BreakerState.HALF_OPEN
+    assert isinstance(BreakerState.HALF_OPEN, str)
     assert str(BreakerState.OPEN) == "open"
 
 
@@ -286,6 +287,17 @@ events = st.lists(
 )
 
 
+def act(b: CircuitBreaker, action: str, now: float) -> Transition | None:
+    if action == "ok":
+        return b.record_success(now)
+    if action == "fail":
+        return b.record_failure(now)
+    if action == "cool":
+        return b.cool_down(now, 2.0)
+    b.release_probe()
+    return None
+
+
 @settings(max_examples=300)
 @given(events)
 def test_invariants_under_any_event_sequence(seq: list[tuple[str, float]]) -> None:
@@ -304,9 +316,7 @@ def test_invariants_under_any_event_sequence(seq: list[tuple[str, float]]) -> No
             if b.state is HALF_OPEN and allowed:
                 assert not b.allow(now)
         else:
-            t = {"ok": b.record_success, "fail": b.record_failure,
-                 "release": lambda n: b.release_probe(),
-                 "cool": lambda n: b.cool_down(n, 2.0)}[action](now)
+            t = act(b, action, now)
         if t is not None:
             assert t.old is state and t.new is not state and t.at == now
             state = t.new

@@ -59,7 +59,7 @@ names = st.sampled_from("abcdef")
 
 
 @given(names, st.dictionaries(names, st.lists(names, max_size=4).map(tuple), max_size=6))
-def test_plan_is_duplicate_free_and_starts_with_the_group(group: str, table: dict) -> None:
+def test_plan_is_duplicate_free_and_starts_with_the_group(group: str, table: dict[str, tuple[str, ...]]) -> None:
     out = groups_to_try(group, settings(fallbacks=table))
     assert out[0] == group
     assert len(out) == len(set(out))

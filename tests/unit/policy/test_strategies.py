@@ -14,6 +14,7 @@ from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import STRATEGIES, Candidate, order
 
 NAMES = sorted(STRATEGIES)
+Spec = tuple[float, int | None, bool, int]  # weight, order tier, recently failing, in flight
 
 
 def cand(name: str, *, weight: float = 1.0, tier: int | None = None, tpm: int | None = None,
@@ -44,7 +45,7 @@ cand_specs = st.lists(
 )
 
 
-def build(specs: list[tuple[float, int | None, bool, int]]) -> list[Candidate]:
+def build(specs: list[Spec]) -> list[Candidate]:
     out = []
     for i, (weight, tier, bad, busy) in enumerate(specs):
         stats = failing() if bad else DeploymentStats()
@@ -59,7 +60,7 @@ def tier_key(c: Candidate) -> float:
 
 @settings(max_examples=200)
 @given(st.sampled_from(NAMES), cand_specs, st.integers(0, 2**32))
-def test_output_is_a_permutation_with_tiers_then_health(name: str, specs: list, seed: int) -> None:
+def test_output_is_a_permutation_with_tiers_then_health(name: str, specs: list[Spec], seed: int) -> None:
     cands = build(specs)
     out = order(name, cands, random.Random(seed), now=0.0)
     assert sorted(ids(out)) == sorted(ids(cands))
@@ -69,7 +70,7 @@ def test_output_is_a_permutation_with_tiers_then_health(name: str, specs: list, 
 
 @settings(max_examples=200)
 @given(cand_specs, st.integers(0, 2**32))
-def test_weight_zero_is_never_first_when_others_exist(specs: list, seed: int) -> None:
+def test_weight_zero_is_never_first_when_others_exist(specs: list[Spec], seed: int) -> None:
     cands = build(specs)
     out = order("simple-shuffle", cands, random.Random(seed), now=0.0)
     if out and out[0].deployment.weight == 0:
