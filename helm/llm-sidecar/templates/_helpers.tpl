@@ -85,7 +85,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if ne .Chart.Name "llm-sidecar" -}}
 {{- /* Included from an application chart: the default tag is the llm-sidecar subchart's appVersion. */ -}}
 {{- $sub := index (default dict .Subcharts) "llm-sidecar" -}}
-{{- $appVersion = $sub.Chart.AppVersion | default "" -}}
+{{- $appVersion = "" -}}
+{{- with $sub }}{{ $appVersion = .Chart.AppVersion }}{{ end -}}
 {{- end -}}
 {{- $tag := default $appVersion ($img.tag | toString) -}}
 {{- if not $tag }}{{ fail "llm-sidecar: set sidecar.image.tag (or sidecar.image.digest)" }}{{ end -}}
