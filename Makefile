@@ -27,3 +27,17 @@ run: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Performance: `make bench` (BENCH_ARGS="--duration 3" for a quick look), `make bench-soak` (1,000,000 requests).
+# nginx and wrk come from Debian's packages, installed only when missing.
+BENCH_TOOLS = command -v nginx >/dev/null && command -v wrk >/dev/null \
+	|| apt-get install -y nginx wrk || (apt-get update && apt-get install -y nginx wrk)
+.PHONY: bench bench-soak
+
+bench: install
+	@$(BENCH_TOOLS)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-soak: install
+	@$(BENCH_TOOLS)
+	$(PY) bench/run.py --soak $(BENCH_ARGS)
