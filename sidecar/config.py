@@ -136,6 +136,28 @@ class RouterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CatchAll:
+    """The last resort when every deployment and fallback failed (non-streaming and streaming alike)."""
+
+    static_response: str | None = None  # a fixed answer, e.g. "The assistant is unavailable right now."
+    last_good: bool = False  # answer with the last good answer to the identical request
+    max_entries: int = 1024
+
+    @property
+    def enabled(self) -> bool:
+        return self.static_response is not None or self.last_good
+
+
+@dataclass(frozen=True, slots=True)
+class Hedging:
+    """Start the next candidate when the first has not produced a first byte after ``after`` seconds
+    (a number, or ``None`` for the deployment's observed p95 time to first byte)."""
+
+    after: float | None = None
+    fallback_after: float = 2.0  # used with p95 until enough samples exist
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarSettings:
     max_body_size_mb: float = 32.0
     shutdown_grace_seconds: float = 30.0
@@ -144,6 +166,9 @@ class SidecarSettings:
     access_log: bool = False
     max_connections_per_host: int = 256
     retry_after_cap_seconds: float = 60.0
+    stream_idle_timeout: float = 30.0
+    catch_all: CatchAll = field(default_factory=CatchAll)
+    hedging: Mapping[str, Hedging] = field(default_factory=dict)
 
     @property
     def max_body_bytes(self) -> int:
@@ -190,6 +215,8 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
         section.finish()
     root.finish()
     _check_fallbacks(router, groups, problems)
+    problems.extend(f"sidecar_settings.hedging.{name}: unknown model group" for name in sidecar.hedging
+                    if groups and name not in groups)
     if not groups and not problems:
         problems.append("model_list: at least one deployment is required")
     if problems:
@@ -249,9 +276,39 @@ def _sidecar_settings(s: _Section, general: _Section, secrets: _SecretResolver) 
                                            minimum=1),
         retry_after_cap_seconds=s.number("retry_after_cap_seconds", default.retry_after_cap_seconds,
                                          minimum=0),
+        stream_idle_timeout=s.number("stream_idle_timeout", default.stream_idle_timeout, minimum=0.001),
+        catch_all=_catch_all(s.section("catch_all")),
+        hedging=_hedging(s.section("hedging")),
     )
     s.finish()
     return settings
+
+
+def _catch_all(s: _Section) -> CatchAll:
+    default = CatchAll()
+    settings = CatchAll(
+        static_response=s.string("static_response", None),
+        last_good=s.boolean("last_good", default.last_good),
+        max_entries=s.integer("max_entries", default.max_entries, minimum=1),
+    )
+    s.finish()
+    return settings
+
+
+def _hedging(s: _Section) -> dict[str, Hedging]:
+    out: dict[str, Hedging] = {}
+    for group in list(s.data):
+        entry = s.section(str(group))
+        after = entry.get("after")
+        if after is not None and after != "p95" and not (_is_number(after) and after > 0):
+            entry.problem("after", f"expected a number of seconds > 0 or 'p95', got {after!r}")
+            after = None
+        out[str(group)] = Hedging(
+            after=float(after) if _is_number(after) else None,
+            fallback_after=entry.number("fallback_after", Hedging().fallback_after, minimum=0.001),
+        )
+        entry.finish()
+    return out
 
 
 def _model_list(items: list[Any], secrets: _SecretResolver, problems: list[str]) -> dict[str, ModelGroup]:

@@ -1,44 +1,66 @@
 """The one place policy meets I/O: one request's attempts, from plan to answer.
 
-For each request: the model group and its fallbacks give the groups to try; the group's strategy orders
-its deployments; each attempt goes through the adapter and ``providers.http`` under one shrinking
-deadline; the outcome is recorded and the next step asked of policy. A stream may move to another
-deployment only before ``StreamSink.start`` — the commit point — after which it can only finish or fail.
+For each request: ``policy.plan`` gives the model group and its fallbacks; ``policy.strategies`` orders a
+group's deployments; each deployment's ``CircuitBreaker`` admits or skips it; an attempt goes through the
+adapter and ``providers.http`` under one shrinking deadline; its failure is classified (``core.errors``)
+and ``RetryPolicy.decide`` says retry, fail over or give up. Every decision is appended to
+``Outcome.trail`` as a value, so telemetry can put it on the trace.
+
+A stream may move to another deployment freely before ``StreamSink.start`` — the commit point. After it, a
+failure continues the answer on the next candidate (prefill or splice, see ``formats.continuation``) or
+ends the stream with an explicit error; it never ends like a success.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 
+from sidecar.catch_all import CatchAllStore
 from sidecar.config import Config, Deployment
 from sidecar.core.errors import (
+    AllRateLimited,
     DeadlineExceeded,
     NoHealthyUpstream,
+    RateLimited,
     SidecarError,
     UnknownModel,
-    UpstreamBadRequest,
     UpstreamError,
-    UpstreamServerError,
 )
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage
+from sidecar.policy.breaker import CircuitBreaker, Transition
+from sidecar.policy.limits import TokenBucket
+from sidecar.policy.plan import Attempt, FallbackStep, Skip, fallback_table, groups_to_try
+from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
+from sidecar.policy.stats import DeploymentStats
+from sidecar.policy.strategies import order
 from sidecar.providers import bind, http
 from sidecar.providers.base import Adapter
+from sidecar.streaming import StreamAttempt
 
-IDLE_TIMEOUT = 30.0  # no chunk for this long mid-stream: the upstream has stalled
+log = logging.getLogger("sidecar.router")
+T = TypeVar("T")
+PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama"})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Target:
-    """A deployment with its bound adapter (and, as resilience grows, its breaker and stats)."""
+    """A deployment with everything the router keeps about it: adapter, breaker, statistics, limits."""
 
     deployment: Deployment
     adapter: Adapter
+    breaker: CircuitBreaker
+    stats: DeploymentStats
+    rpm: TokenBucket | None
+    accepts_prefill: bool
+    rate_limited: bool = False  # the breaker is open because the upstream said Retry-After
 
 
 @dataclass(slots=True)
@@ -47,16 +69,28 @@ class Outcome:
 
     group: str
     deployment: str | None = None
+    answered_group: str | None = None
     attempts: int = 0
-    fallback: str | None = None
     usage: Usage | None = None
     ttft: float | None = None
     skipped_events: int = 0
+    catch_all: str | None = None
+    failed: bool = False  # a committed stream that ended with an in-band error
     errors: list[str] = field(default_factory=list)
+    trail: list[object] = field(default_factory=list)
+
+    @property
+    def fallback(self) -> str | None:
+        """The model group that answered, when it was not the one asked for."""
+        group = self.answered_group
+        return group if group is not None and group != self.group else None
 
 
 class StreamSink(Protocol):
     """Where a stream goes: the handler renders chunks in the app's wire format."""
+
+    @property
+    def started(self) -> bool: ...
 
     async def start(self, outcome: Outcome) -> None:
         """Commit: send status and headers. After this the router cannot fail over transparently."""
@@ -72,147 +106,249 @@ class StreamSink(Protocol):
 class Router:
     def __init__(self, config: Config, session: aiohttp.ClientSession, *,
                  rng: random.Random | None = None, clock: Callable[[], float] | None = None) -> None:
+        settings = config.router
         self.config = config
         self.session = session
         self.rng = rng or random.Random()
         self.clock = clock or asyncio.get_running_loop().time
+        self.timeout = settings.timeout
+        self.strategy = settings.routing_strategy
+        self.retry_policy = RetryPolicy.from_settings(settings, config.sidecar.retry_after_cap_seconds)
+        self.retry_after_cap = config.sidecar.retry_after_cap_seconds
+        self.idle_timeout = config.sidecar.stream_idle_timeout
+        self.catch_all = CatchAllStore(config.sidecar.catch_all)
         self.targets: Mapping[str, tuple[Target, ...]] = {
-            name: tuple(Target(d, bind(d)) for d in group.deployments) for name, group in config.groups.items()
+            name: tuple(self._target(d) for d in group.deployments) for name, group in config.groups.items()
         }
-        self.timeout = config.router.timeout
+        self.plans = {name: groups_to_try(name, settings) for name in config.groups}
+
+    def _target(self, deployment: Deployment) -> Target:
+        settings = self.config.router
+        prefill = deployment.supports_prefill
+        return Target(
+            deployment=deployment,
+            adapter=bind(deployment),
+            breaker=CircuitBreaker(deployment.id, settings.allowed_fails, settings.cooldown_time),
+            stats=DeploymentStats(),
+            rpm=TokenBucket(deployment.rpm) if deployment.rpm else None,
+            accepts_prefill=deployment.provider in PREFILL_PROVIDERS if prefill is None else prefill,
+        )
+
+    # ---- read-only views ------------------------------------------------------------------------
 
     def has_group(self, name: str) -> bool:
         return name in self.targets
 
-    def refresh_credentials(self) -> None:
-        for targets in self.targets.values():
-            for target in targets:
-                key = target.deployment.api_key
-                if key is not None and key.refresh():
-                    target.adapter.refresh_credentials()
+    def all_targets(self) -> list[Target]:
+        return [t for targets in self.targets.values() for t in targets]
 
     def unavailable_groups(self) -> list[str]:
-        """Model groups with no deployment that can be tried now (for /readyz)."""
-        return [name for name, targets in self.targets.items() if not targets]
+        """Model groups none of whose deployments (nor fallbacks) can be tried now (for /readyz)."""
+        now = self.clock()
+        return [name for name, plan in self.plans.items()
+                if not any(t.breaker.ready_at(now) <= now for g in plan for t in self.targets[g])]
 
-    def _candidates(self, group: str) -> list[Target]:
-        targets = self.targets[group]
-        if len(targets) == 1:
-            return [targets[0]]
-        weights = [t.deployment.weight for t in targets]
-        remaining, ordered = list(targets), []
-        while remaining:
-            pick = self.rng.choices(range(len(remaining)), weights=weights)[0] if sum(weights) else 0
-            ordered.append(remaining.pop(pick))
-            weights.pop(pick)
-        return ordered
+    def refresh_credentials(self) -> None:
+        for target in self.all_targets():
+            key = target.deployment.api_key
+            if key is not None and key.refresh():
+                target.adapter.refresh_credentials()
 
-    def _check(self, request: ChatRequest) -> None:
-        if request.model not in self.targets:
-            raise UnknownModel(f"the model '{request.model}' does not exist", param="model")
+    # ---- entry points ---------------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest) -> tuple[ChatResponse, Outcome]:
-        self._check(request)
-        outcome = Outcome(request.model)
-        deadline = self.clock() + self.timeout
-        last: UpstreamError | None = None
-        for target in self._candidates(request.model):
-            outcome.attempts += 1
-            try:
-                response = await self._call(target, request, deadline)
-            except UpstreamBadRequest:
+        """A whole answer, from the first deployment that gives one (or the catch-all)."""
+        outcome = self._outcome(request)
+
+        async def attempt(target: Target, deadline: float) -> ChatResponse:
+            return await self._call(target, request, deadline)
+
+        try:
+            response = await self._route(request, outcome, attempt)
+        except (NoHealthyUpstream, AllRateLimited, DeadlineExceeded) as error:
+            fallback = self.catch_all.response(request)
+            if fallback is None:
                 raise
+            outcome.catch_all, outcome.deployment = fallback[1], "catch-all"
+            log.warning("every upstream failed (%s); answered from the catch-all", error.error_class)
+            return fallback[0], outcome
+        outcome.usage = response.usage
+        self.catch_all.remember(request, response)
+        return response, outcome
+
+    async def stream(self, request: ChatRequest, sink: StreamSink) -> Outcome:
+        """Stream an answer into ``sink``. Errors before the commit point are raised; after it, in-band."""
+        outcome = self._outcome(request)
+        stream = StreamAttempt(self, request, sink, outcome)
+        try:
+            await self._route(request, outcome, stream.run)
+        except SidecarError as error:
+            if sink.started:
+                outcome.failed = True
+                await sink.fail(error)
+                return outcome
+            if isinstance(error, NoHealthyUpstream | AllRateLimited | DeadlineExceeded):
+                fallback = self.catch_all.response(request)
+                if fallback is not None:
+                    outcome.catch_all, outcome.deployment = fallback[1], "catch-all"
+                    await stream.replay(fallback[0])
+                    return outcome
+            raise
+        self.catch_all.remember_text(request, stream.progress)
+        return outcome
+
+    def _outcome(self, request: ChatRequest) -> Outcome:
+        if request.model not in self.targets:
+            raise UnknownModel(f"the model '{request.model}' does not exist", param="model")
+        return Outcome(request.model)
+
+    # ---- the attempt loop -----------------------------------------------------------------------
+
+    async def _route(self, request: ChatRequest, outcome: Outcome,
+                     attempt: Callable[[Target, float], Awaitable[T]]) -> T:
+        deadline = self.clock() + self.timeout
+        pending = deque(self.plans[request.model])
+        tried: set[str] = set()
+        only_rate_limited, previous = True, None
+        while pending:
+            group = pending.popleft()
+            tried.add(group)
+            if previous is not None:
+                outcome.trail.append(FallbackStep(previous, group, outcome.errors[-1] if outcome.errors else "skipped"))
+            previous = group
+            now = self.clock()
+            for i, target in enumerate(order(self.strategy, self.targets[group], self.rng, now)):
+                if not self._admit(target, outcome, now):
+                    only_rate_limited = only_rate_limited and target.rate_limited
+                    continue
+                has_alternative = i + 1 < len(self.targets[group]) or bool(pending)
+                try:
+                    result = await self._attempts(target, group, outcome, deadline, attempt, has_alternative)
+                except GiveUpError as give_up:
+                    extra = self._fallbacks_for(give_up.error, group, tried)
+                    if not extra:
+                        raise give_up.error from None
+                    pending = deque(extra)
+                    break
+                if result is not _FAILED:
+                    outcome.answered_group = group
+                    return result  # type: ignore[return-value]
+                only_rate_limited = only_rate_limited and outcome.errors[-1] == "rate_limited"
+                if self.clock() >= deadline:
+                    raise DeadlineExceeded("the request ran out of time before an upstream answered")
+        raise self._exhausted(request.model, only_rate_limited and bool(outcome.errors))
+
+    def _admit(self, target: Target, outcome: Outcome, now: float) -> bool:
+        allowed, transition = target.breaker.admit(now)
+        self._note(transition, outcome)
+        if not allowed:
+            outcome.trail.append(Skip(target.deployment.id, "breaker_open"))
+            return False
+        if target.rpm is not None and target.rpm.take(1, now) > 0:
+            target.breaker.release_probe()
+            outcome.trail.append(Skip(target.deployment.id, "rpm_limit"))
+            return False
+        return True
+
+    async def _attempts(self, target: Target, group: str, outcome: Outcome, deadline: float,
+                        attempt: Callable[[Target, float], Awaitable[T]], has_alternative: bool) -> T | object:
+        """Attempts on one deployment: the first, then retries while the policy says so."""
+        retries = 0
+        while True:
+            outcome.attempts += 1
+            outcome.trail.append(Attempt(target.deployment.id, group, outcome.attempts, retries))
+            started = self.clock()
+            target.stats.started(started)
+            try:
+                result = await attempt(target, deadline)
             except UpstreamError as error:
-                outcome.errors.append(error.error_class)
-                last = error
+                now = self.clock()
+                target.stats.finished(now, now - started, ok=not error.counts_as_failure)
+                self._record_failure(target, error, outcome, now)
+                decision = self.retry_policy.decide(error, retries, now, deadline, self.rng,
+                                                    has_alternative=has_alternative,
+                                                    bytes_received=error.committed)
+                outcome.trail.append(decision)
+                if isinstance(decision, GiveUp):
+                    raise GiveUpError(error) from None
+                if not isinstance(decision, Retry):
+                    return _FAILED
+                await asyncio.sleep(decision.delay)
+                if not self._admit(target, outcome, self.clock()):
+                    return _FAILED
+                retries += 1
                 continue
+            except BaseException:
+                target.stats.finished(self.clock(), self.clock() - started, ok=True)
+                target.breaker.release_probe()
+                raise
+            now = self.clock()
+            target.stats.finished(now, now - started, ok=True, ttft=outcome.ttft)
+            target.rate_limited = False
+            self._note(target.breaker.record_success(now), outcome)
             outcome.deployment = target.deployment.id
-            outcome.usage = response.usage
-            return response, outcome
-        raise self._exhausted(last, deadline)
+            return result
+
+    def _record_failure(self, target: Target, error: UpstreamError, outcome: Outcome, now: float) -> None:
+        outcome.errors.append(error.error_class)
+        if not error.counts_as_failure:
+            target.breaker.release_probe()
+            return
+        self._note(target.breaker.record_failure(now), outcome)
+        if isinstance(error, RateLimited) and error.retry_after:
+            target.rate_limited = True
+            self._note(target.breaker.cool_down(now, min(error.retry_after, self.retry_after_cap)), outcome)
+
+    def _note(self, transition: Transition | None, outcome: Outcome) -> None:
+        if transition is not None:
+            outcome.trail.append(transition)
+            log.warning("breaker %s: %s -> %s (%s)", transition.deployment, transition.old.value,
+                        transition.new.value, transition.reason)
+
+    def _fallbacks_for(self, error: UpstreamError, group: str, tried: set[str]) -> list[str]:
+        """Groups configured for a context-window or content-policy rejection, not yet tried."""
+        if error.error_class not in ("context_window_exceeded", "content_policy"):
+            return []
+        table = fallback_table(self.config.router, error.error_class)
+        if group not in table:
+            return []
+        return [g for g in groups_to_try(group, self.config.router, error.error_class)[1:] if g not in tried]
+
+    def _exhausted(self, group: str, only_rate_limited: bool) -> SidecarError:
+        now = self.clock()
+        if only_rate_limited:
+            soonest = min(t.breaker.ready_at(now) for g in self.plans[group] for t in self.targets[g])
+            return AllRateLimited("every upstream for this model is rate limited; retry later",
+                                  retry_after=max(1.0, soonest - now))
+        return NoHealthyUpstream("no upstream could answer the request; try again later")
+
+    # ---- one non-streaming call -----------------------------------------------------------------
 
     async def _call(self, target: Target, request: ChatRequest, deadline: float) -> ChatResponse:
         adapter = target.adapter
-        call = adapter.prepare(request)
         limit = target.deployment.timeout
         attempt_deadline = min(deadline, self.clock() + limit) if limit else deadline
-        answer = await http.send(self.session, call, attempt_deadline)
+        answer = await http.send(self.session, adapter.prepare(request), attempt_deadline)
         if answer.status != 200:
             raise adapter.classify_error(answer.status, answer.headers, answer.body)
         return adapter.read_response(request, answer.body)
 
-    async def stream(self, request: ChatRequest, sink: StreamSink) -> Outcome:
-        self._check(request)
-        outcome = Outcome(request.model)
-        started = self.clock()
-        deadline = started + self.timeout
-        last: UpstreamError | None = None
-        for target in self._candidates(request.model):
-            outcome.attempts += 1
-            try:
-                await self._stream_from(target, request, sink, outcome, deadline)
-                return outcome
-            except UpstreamBadRequest:
-                raise
-            except UpstreamError as error:
-                outcome.errors.append(error.error_class)
-                if outcome.ttft is not None:  # committed: the app already has part of the answer
-                    await sink.fail(error)
-                    return outcome
-                last = error
-        raise self._exhausted(last, deadline)
-
-    async def _stream_from(self, target: Target, request: ChatRequest, sink: StreamSink, outcome: Outcome,
-                           deadline: float) -> None:
-        adapter = target.adapter
-        start = self.clock()
-        first_byte = start + self._ttft_limit(target.deployment)
-        async with http.stream(self.session, adapter.prepare(request), first_byte_deadline=first_byte,
-                               total_deadline=deadline) as upstream:
-            if upstream.status != 200:
-                body = await upstream.read_body()
-                raise adapter.classify_error(upstream.status, upstream.headers, body)
-            reader = adapter.stream_reader(request)
-            chunks: list[StreamChunk] = []
-            while not chunks:
-                data = await upstream.next_chunk(first_byte, "first_byte")
-                chunks = reader.feed(data) if data else reader.finish()
-                if not data and not chunks:
-                    raise UpstreamServerError("the upstream ended the stream before any content")
-            outcome.deployment = target.deployment.id
-            outcome.ttft = self.clock() - start
-            await sink.start(outcome)
-            finished = _finishes(chunks)
-            await sink.send(chunks)
-            while data:
-                data = await upstream.next_chunk(self.clock() + IDLE_TIMEOUT, "idle")
-                chunks = reader.feed(data) if data else reader.finish()
-                if chunks:
-                    finished = finished or _finishes(chunks)
-                    await sink.send(chunks)
-            outcome.usage = reader.usage
-            outcome.skipped_events = reader.skipped
-            if not (reader.done or finished):
-                raise UpstreamServerError("the upstream stream was cut off before the answer finished")
-        await sink.finish()
-
-    def _ttft_limit(self, deployment: Deployment) -> float:
+    def ttft_limit(self, deployment: Deployment) -> float:
+        """Time allowed to the first token of a stream: the deployment's, the router's, or a third of
+        the whole-request timeout (capped at 60 s) — well under ``timeout`` so there is time to fail over."""
         limit = deployment.stream_timeout or self.config.router.stream_timeout
         if limit is None:
-            limit = max(1.0, min(60.0, (deployment.timeout or self.timeout) / 3))
+            limit = min(60.0, (deployment.timeout or self.timeout) / 3)
         return limit
 
-    def _exhausted(self, last: UpstreamError | None, deadline: float) -> SidecarError:
-        if self.clock() >= deadline:
-            return DeadlineExceeded("the request ran out of time before an upstream answered")
-        if last is not None and last.status == 429:
-            return last
-        return NoHealthyUpstream("no upstream could answer the request; try again later")
+
+class GiveUpError(Exception):
+    """Internal: the policy said to pass ``error`` to the app (unless the plan has a fallback for it)."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
-def _finishes(chunks: list[StreamChunk]) -> bool:
-    for chunk in chunks:
-        for choice in chunk.data.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                return True
-    return False
+_FAILED = object()  # sentinel: this deployment is done for this request; move on
+

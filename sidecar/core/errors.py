@@ -89,6 +89,7 @@ class UpstreamError(SidecarError):
     type = "api_error"
     retryable = True
     counts_as_failure = True
+    committed = False  # set when the failure came after the app had part of a streamed answer
 
     def __init__(
         self,

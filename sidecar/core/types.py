@@ -34,7 +34,9 @@ class ChatRequest:
     """One validated request from the app.
 
     ``body`` is OpenAI-shaped and read-only by convention. ``source`` keeps the app's own body when it spoke
-    another dialect, so a same-dialect upstream can receive it without a lossy round trip.
+    another dialect, so a same-dialect upstream can receive it without a lossy round trip; ``native_only``
+    names the fields of ``source`` that have no OpenAI counterpart, which an upstream of another dialect
+    must refuse (a 400 naming them) rather than drop.
     """
 
     model: str
@@ -44,6 +46,8 @@ class ChatRequest:
     include_usage: bool = False
     wire: WireFormat = WireFormat.OPENAI
     source: dict[str, Any] | None = None
+    native_only: tuple[str, ...] = ()
+    continuation: bool = False  # the last message is our own partial answer, to be continued (prefill)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +66,14 @@ class ChatResponse:
     """A complete upstream answer in OpenAI shape.
 
     ``raw`` holds the upstream's bytes when they are already valid OpenAI JSON and can be forwarded as they
-    came; ``data`` is the parsed form for translation and accounting.
+    came; ``data`` is the parsed form for translation and accounting. ``native`` holds the upstream's own
+    body when it speaks the app's dialect (``ChatRequest.source`` was passed through), to be returned as is.
     """
 
     data: dict[str, Any]
     raw: bytes | None = None
     usage: Usage | None = None
+    native: bytes | None = None
 
     @property
     def model(self) -> str:
@@ -77,8 +83,14 @@ class ChatResponse:
 
 @dataclass(slots=True)
 class StreamChunk:
-    """One OpenAI ``chat.completion.chunk`` event: ``raw`` is its JSON payload, ready to forward."""
+    """One OpenAI ``chat.completion.chunk`` event: ``raw`` is its JSON payload, ready to forward.
+
+    ``native`` carries the upstream's own SSE event bytes when it speaks the app's dialect; a sink for that
+    dialect forwards them verbatim and ignores chunks without them (an event that maps to no OpenAI chunk
+    still arrives, as a chunk with empty ``data`` and ``raw``).
+    """
 
     raw: bytes
     data: dict[str, Any] = field(default_factory=dict)
     usage: Usage | None = None
+    native: bytes | None = None

@@ -6,6 +6,7 @@ message; every other field passes through as the app sent it. Each problem is a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -208,3 +209,31 @@ def error_message_of(data: object) -> str:
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def completion_from_text(text: str, model: str, completion_id: str) -> dict[str, Any]:
+    """A minimal chat.completion carrying ``text`` (for answers the sidecar makes itself)."""
+    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+def chunks_from_completion(data: dict[str, Any]) -> list[StreamChunk]:
+    """A whole chat.completion replayed as stream chunks: role, content, finish."""
+    base = {"id": data.get("id", "chatcmpl-sidecar"), "object": "chat.completion.chunk",
+            "created": data.get("created", int(time.time())), "model": data.get("model", "")}
+    choice = (data.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    deltas = [({"role": "assistant", "content": ""}, None)]
+    if message.get("content"):
+        deltas.append(({"content": message["content"]}, None))
+    if message.get("tool_calls"):
+        calls = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
+        deltas.append(({"tool_calls": calls}, None))
+    deltas.append(({}, choice.get("finish_reason") or "stop"))
+    out = []
+    for delta, finish in deltas:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        out.append(StreamChunk(orjson.dumps(chunk), chunk))
+    return out

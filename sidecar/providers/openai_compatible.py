@@ -44,6 +44,7 @@ MAX_MESSAGE = 500
 class Row:
     auth: str  # "bearer", "api-key" or "optional-bearer" (sent only when a key is configured)
     usage_in_streams: bool = True  # accepts stream_options.include_usage
+    continue_final_message: bool = False  # prefill needs vLLM/SGLang's continue_final_message switch
 
 
 ROWS: Mapping[str, Row] = {
@@ -53,8 +54,8 @@ ROWS: Mapping[str, Row] = {
     "together_ai": Row("bearer"),
     "fireworks_ai": Row("bearer"),
     "ollama": Row("optional-bearer"),
-    "hosted_vllm": Row("optional-bearer"),
-    "sglang": Row("optional-bearer"),
+    "hosted_vllm": Row("optional-bearer", continue_final_message=True),
+    "sglang": Row("optional-bearer", continue_final_message=True),
 }
 
 
@@ -89,6 +90,8 @@ class OpenAICompatibleAdapter:
         if request.stream and not request.include_usage and self.row.usage_in_streams:
             # Ask for usage so tokens and cost are known; the extra usage chunk is not forwarded.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        if request.continuation and self.row.continue_final_message:
+            body["continue_final_message"], body["add_generation_prompt"] = True, False
         return UpstreamCall(self.urls[request.endpoint], self.headers, orjson.dumps(body))
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:

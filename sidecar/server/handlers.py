@@ -45,6 +45,10 @@ class OpenAIStreamSink:
         self.request = request
         self.response: web.StreamResponse | None = None
 
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
     async def start(self, outcome: Outcome) -> None:
         headers = {**SSE_HEADERS, **outcome_headers(outcome, request_id_of(self.request))}
         self.response = web.StreamResponse(status=200, headers=headers)
@@ -91,7 +95,7 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web
         if chat.stream:
             sink = OpenAIStreamSink(request)
             outcome = await router.stream(chat, sink)
-            result = "success" if not outcome.errors or outcome.deployment else "error"
+            result = "error" if outcome.failed else "success"
             assert sink.response is not None
             return sink.response
         response, outcome = await router.complete(chat)

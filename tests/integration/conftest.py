@@ -40,8 +40,8 @@ def solo(workdir: Path, primary: FakeProvider) -> Iterator[Sidecar]:
     """A sidecar whose every model group has just the primary, and a small body limit."""
     config = {
         "model_list": [deployment("solo", primary), deployment("embed", primary)],
-        "router_settings": {"timeout": 10, "num_retries": 0},
-        "sidecar_settings": {"max_body_size_mb": 1},
+        "router_settings": {"timeout": 10, "num_retries": 0, "cooldown_time": 0},
+        "sidecar_settings": {"max_body_size_mb": 1, "retry_after_cap_seconds": 0},
     }
     sidecar = Sidecar(config, workdir, "solo")
     yield sidecar

@@ -161,7 +161,7 @@ def test_upstream_500_on_the_only_deployment_is_503(client: openai.OpenAI, prima
 
 
 def test_upstream_429_on_the_only_deployment_is_429(client: openai.OpenAI, primary: FakeProvider) -> None:
-    primary.set(error_rate=1.0, error_status=429, retry_after=3)
+    primary.set(error_rate=1.0, error_status=429, retry_after=0.5)
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="solo", messages=MESSAGES)
     assert int(info.value.response.headers["retry-after"]) >= 1

@@ -1,0 +1,116 @@
+"""Pieces every non-OpenAI translator shares: OpenAI chunk/completion builders, data URLs, tool arguments.
+
+Translators build OpenAI dicts with these so every dialect produces the same shapes the OpenAI SDK parses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.types import Usage
+
+DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.DOTALL)
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; used when neither the app nor model_info gives one
+
+#: OpenAI fields that change nothing about the answer itself; dropped when the target has no counterpart.
+HINT_FIELDS = frozenset({"stream", "stream_options", "model", "messages", "store", "service_tier", "metadata",
+                         "prompt_cache_key", "prompt_cache_retention", "safety_identifier"})
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """``data:image/png;base64,XXX`` → ("image/png", "XXX"); None for any other URL."""
+    match = DATA_URL.match(url)
+    if match is None:
+        return None
+    return match.group("mime") or "application/octet-stream", match.group("data")
+
+
+def tool_arguments(arguments: object, where: str) -> dict[str, Any]:
+    """An OpenAI ``function.arguments`` JSON string → the object other providers want."""
+    if arguments in (None, ""):
+        return {}
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = orjson.loads(arguments) if isinstance(arguments, str | bytes) else None
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{where}' must be a JSON object encoded as a string", param=where)
+    return value
+
+
+def text_of(content: object, where: str) -> str:
+    """A string or a list of text parts → one string; other part types are a 400 naming them."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content if isinstance(content, list) else ()):
+        if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
+            raise InvalidRequest(f"only text parts are supported in '{where}'", param=f"{where}[{j}]")
+        texts.append(str(part.get("text") or part.get("refusal") or ""))
+    return "".join(texts)
+
+
+def stop_list(stop: object) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else [str(s) for s in stop]  # type: ignore[union-attr]
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def reject(body: dict[str, Any], fields: dict[str, object], provider: str) -> None:
+    """400 for each field present with a value other than its harmless default (None means: any value)."""
+    for name, harmless in fields.items():
+        if name in body and body[name] is not None and body[name] != harmless:
+            raise InvalidRequest(f"'{name}' cannot be translated for {provider} upstreams", param=name)
+
+
+# ---- OpenAI shapes ----------------------------------------------------------------------------------
+
+
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    data: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                            "total_tokens": usage.total_tokens}
+    if usage.cached_tokens:
+        data["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return data
+
+
+def completion(id_: str, model: str, created: int, message: dict[str, Any], finish: str | None,
+               usage: Usage | None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": id_, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+    }
+    if usage is not None:
+        data["usage"] = usage_dict(usage)
+    return data
+
+
+def chunk(id_: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": id_, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def usage_chunk(id_: str, model: str, created: int, usage: Usage) -> dict[str, Any]:
+    return {"id": id_, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+            "usage": usage_dict(usage)}
+
+
+class StreamErrorEvent(Exception):
+    """An in-band error event in a provider's stream; ``payload`` is its JSON, classified by the adapter."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__("the upstream reported an error mid-stream")
+        self.payload = payload

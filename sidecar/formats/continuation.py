@@ -1,0 +1,119 @@
+"""Continuing a cut stream on another upstream without the app seeing a seam (pure, no I/O).
+
+``StreamProgress`` records what the app already received. When the stream breaks, the router asks the next
+deployment either to *continue* that text (the partial answer sent as an assistant prefill) or to answer
+again from scratch; ``Splicer`` turns the new upstream's chunks into exactly the part the app is missing:
+
+* prefill: the new stream is only the continuation — drop its role chunk, keep the rest;
+* splice: the new stream repeats the answer — hold it back until it has reproduced the sent text exactly,
+  then forward only what comes after; if it says something else, raise ``Diverged`` (the router ends the
+  stream with an explicit error rather than a stitched answer that never existed).
+
+Either way chunk ids are rewritten to the first stream's id, so the app sees one completion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from sidecar.core.types import StreamChunk
+
+
+class Diverged(Exception):
+    """The replacement answer does not reproduce what the app already has."""
+
+
+class StreamProgress:
+    """What the app has received of choice 0, and whether that is enough to continue elsewhere."""
+
+    __slots__ = ("continuable", "finished", "id", "model", "text")
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.id: str | None = None
+        self.model: str | None = None
+        self.continuable = True
+        self.finished = False
+
+    def observe(self, chunks: list[StreamChunk]) -> None:
+        for chunk in chunks:
+            data = chunk.data
+            if self.id is None and isinstance(data.get("id"), str):
+                self.id = data["id"]
+                self.model = data.get("model") if isinstance(data.get("model"), str) else None
+            for choice in data.get("choices") or ():
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    self.finished = True
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if not isinstance(delta, dict) or choice.get("index", 0) != 0:
+                    self.continuable = False  # n > 1 or legacy completions: no single text to continue
+                    continue
+                if delta.get("tool_calls") or delta.get("function_call"):
+                    self.continuable = False  # a half-sent tool call cannot be resumed faithfully
+                content = delta.get("content")
+                if isinstance(content, str):
+                    self.text += content
+
+
+def prefill_body(body: dict[str, Any], sent: str) -> dict[str, Any]:
+    """The original request plus the partial answer as a trailing assistant message."""
+    return {**body, "messages": [*body["messages"], {"role": "assistant", "content": sent}]}
+
+
+class Splicer:
+    """Adapts a replacement stream so that it continues exactly where the app's stream broke."""
+
+    __slots__ = ("_forwarding", "_received", "id", "prefilled", "sent")
+
+    def __init__(self, sent: str, *, prefilled: bool, stream_id: str | None) -> None:
+        self.sent = sent
+        self.prefilled = prefilled
+        self.id = stream_id
+        self._received = ""
+        self._forwarding = prefilled
+
+    def feed(self, chunks: list[StreamChunk]) -> list[StreamChunk]:
+        out: list[StreamChunk] = []
+        for chunk in chunks:
+            kept = self._one(chunk)
+            if kept is not None:
+                out.append(kept)
+        return out
+
+    def _one(self, chunk: StreamChunk) -> StreamChunk | None:
+        data = dict(chunk.data)
+        if self.id is not None:
+            data["id"] = self.id
+        choices = data.get("choices") or []
+        choice = choices[0] if choices and isinstance(choices[0], dict) else None
+        delta = choice.get("delta") if choice else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        finish = choice.get("finish_reason") if choice else None
+        if isinstance(delta, dict) and "role" in delta and not content and not finish:
+            return None  # the app already has the role chunk
+        if self._forwarding:
+            return _encode(data, chunk)
+        if not isinstance(content, str):
+            if finish:
+                raise Diverged("the replacement answer ended before reproducing the text already sent")
+            return None
+        self._received += content
+        if len(self._received) <= len(self.sent):
+            if not self.sent.startswith(self._received):
+                raise Diverged("the replacement answer differs from the text already sent")
+            if len(self._received) < len(self.sent) or not finish:
+                if len(self._received) == len(self.sent):
+                    self._forwarding = True
+                return None
+        elif not self._received.startswith(self.sent):
+            raise Diverged("the replacement answer differs from the text already sent")
+        self._forwarding = True
+        rest = self._received[len(self.sent):]
+        data["choices"] = [{**choice, "delta": {**delta, "content": rest}}, *choices[1:]]  # type: ignore[dict-item]
+        return _encode(data, chunk)
+
+
+def _encode(data: dict[str, Any], chunk: StreamChunk) -> StreamChunk:
+    return StreamChunk(orjson.dumps(data), data, chunk.usage)

@@ -1,0 +1,99 @@
+"""One streaming attempt for the router: open, wait for the first token, pump chunks to the sink.
+
+Before the first chunk reaches the sink, any failure is an ordinary failed attempt and the router moves
+on. After it, the attempt marks its error ``committed``; the router then calls ``run`` on the next
+candidate, which continues the answer where it broke — by prefill where the deployment accepts one, else
+by splicing a full new answer (``formats.continuation``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from sidecar.core.errors import NoHealthyUpstream, UpstreamBadRequest, UpstreamError, UpstreamServerError
+from sidecar.core.types import ChatRequest, ChatResponse
+from sidecar.formats.continuation import Diverged, Splicer, StreamProgress, prefill_body
+from sidecar.formats.openai import chunks_from_completion
+from sidecar.providers import http
+
+if TYPE_CHECKING:
+    from sidecar.router import Outcome, Router, StreamSink, Target
+
+
+class StreamAttempt:
+    """The state one streamed request carries across attempts: what the app already has."""
+
+    def __init__(self, router: Router, request: ChatRequest, sink: StreamSink, outcome: Outcome) -> None:
+        self.router = router
+        self.request = request
+        self.sink = sink
+        self.outcome = outcome
+        self.progress = StreamProgress()
+
+    async def run(self, target: Target, deadline: float) -> None:
+        if not self.sink.started:
+            await self._pump(target, self.request, deadline, None)
+            return
+        if not self.progress.continuable:
+            raise NoHealthyUpstream("the upstream stream broke and this answer cannot be resumed elsewhere")
+        sent, stream_id = self.progress.text, self.progress.id
+        if target.accepts_prefill:
+            body = prefill_body(self.request.body, sent)
+            prefilled = dataclasses.replace(self.request, body=body, continuation=True)
+            try:
+                await self._pump(target, prefilled, deadline, Splicer(sent, prefilled=True, stream_id=stream_id))
+                return
+            except UpstreamBadRequest:
+                target.accepts_prefill = False  # learnt: this deployment rejects prefill; splice from now on
+        await self._pump(target, self.request, deadline, Splicer(sent, prefilled=False, stream_id=stream_id))
+
+    async def _pump(self, target: Target, request: ChatRequest, deadline: float, splicer: Splicer | None) -> None:
+        router, sink, outcome = self.router, self.sink, self.outcome
+        adapter, deployment = target.adapter, target.deployment
+        start = router.clock()
+        first_byte = start + router.ttft_limit(deployment)
+        total = min(deadline, start + deployment.timeout) if deployment.timeout else deadline
+        try:
+            async with http.stream(router.session, adapter.prepare(request), first_byte_deadline=first_byte,
+                                   total_deadline=total) as upstream:
+                if upstream.status != 200:
+                    body = await upstream.read_body()
+                    raise adapter.classify_error(upstream.status, upstream.headers, body)
+                reader = adapter.stream_reader(request)
+                until, phase = first_byte, "first_byte"
+                data = b"-"
+                while data:
+                    data = await upstream.next_chunk(until, phase)
+                    chunks = reader.feed(data) if data else reader.finish()
+                    if splicer is not None:
+                        chunks = splicer.feed(chunks)
+                    if chunks:
+                        if not sink.started:
+                            outcome.ttft = router.clock() - start
+                            outcome.deployment, outcome.answered_group = deployment.id, deployment.model_name
+                            await sink.start(outcome)
+                        self.progress.observe(chunks)
+                        await sink.send(chunks)
+                    until, phase = router.clock() + router.idle_timeout, "idle"
+                outcome.usage = reader.usage
+                outcome.skipped_events += reader.skipped
+                if not (reader.done or self.progress.finished):
+                    raise UpstreamServerError("the upstream stream was cut off before the answer finished")
+        except Diverged as exc:
+            error = UpstreamServerError(f"could not resume the stream: {exc}")
+            error.retryable = False
+            raise self._mark(error) from None
+        except UpstreamError as error:
+            raise self._mark(error) from None
+        await sink.finish()
+
+    def _mark(self, error: UpstreamError) -> UpstreamError:
+        error.committed = self.sink.started
+        return error
+
+    async def replay(self, response: ChatResponse) -> None:
+        """Send a whole answer the sidecar already has (the catch-all) as a stream."""
+        await self.sink.start(self.outcome)
+        await self.sink.send(chunks_from_completion(response.data))
+        await self.sink.finish()
