@@ -296,9 +296,9 @@ class GeminiToOpenAI:
         candidate = _candidate(data)
         parts = _Parts(candidate or {}, self.calls)
         self.calls += len(parts.calls)
-        if parts.thoughts:
+        if "".join(parts.thoughts):
             out.append(self._chunk({"reasoning_content": "".join(parts.thoughts)}))
-        if parts.text:
+        if "".join(parts.text):
             out.append(self._chunk({"content": "".join(parts.text)}))
         for call in parts.calls:
             out.append(self._chunk({"tool_calls": [call]}))
