@@ -121,6 +121,7 @@ class Router:
             name: tuple(self._target(d) for d in group.deployments) for name, group in config.groups.items()
         }
         self.plans = {name: groups_to_try(name, settings) for name in config.groups}
+        self.hedging = config.sidecar.hedging
 
     def _target(self, deployment: Deployment) -> Target:
         settings = self.config.router
@@ -181,7 +182,7 @@ class Router:
         outcome = self._outcome(request)
         stream = StreamAttempt(self, request, sink, outcome)
         try:
-            await self._route(request, outcome, stream.run)
+            await self._route(request, outcome, stream.run, stream)
         except SidecarError as error:
             if sink.started:
                 outcome.failed = True
@@ -205,7 +206,7 @@ class Router:
     # ---- the attempt loop -----------------------------------------------------------------------
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
-                     attempt: Callable[[Target, float], Awaitable[T]]) -> T:
+                     attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None) -> T:
         deadline = self.clock() + self.timeout
         pending = deque(self.plans[request.model])
         tried: set[str] = set()
@@ -217,13 +218,19 @@ class Router:
                 outcome.trail.append(FallbackStep(previous, group, outcome.errors[-1] if outcome.errors else "skipped"))
             previous = group
             now = self.clock()
-            for i, target in enumerate(order(self.strategy, self.targets[group], self.rng, now)):
-                if not self._admit(target, outcome, now):
+            candidates = deque(order(self.strategy, self.targets[group], self.rng, now))
+            hedge = self.hedging.get(group)
+            while candidates:
+                target = candidates.popleft()
+                if not self._admit(target, outcome, self.clock()):
                     only_rate_limited = only_rate_limited and target.rate_limited
                     continue
-                has_alternative = i + 1 < len(self.targets[group]) or bool(pending)
+                has_alternative = bool(candidates) or bool(pending)
                 try:
-                    result = await self._attempts(target, group, outcome, deadline, attempt, has_alternative)
+                    if hedge is not None and candidates:
+                        result = await self._race(target, candidates, group, outcome, deadline, attempt, race)
+                    else:
+                        result = await self._attempts(target, group, outcome, deadline, attempt, has_alternative)
                 except GiveUpError as give_up:
                     extra = self._fallbacks_for(give_up.error, group, tried)
                     if not extra:
@@ -289,6 +296,56 @@ class Router:
             outcome.deployment = target.deployment.id
             return result
 
+    async def _race(self, first: Target, candidates: deque[Target], group: str, outcome: Outcome, deadline: float,
+                    attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None) -> T | object:
+        """Hedging: if ``first`` has not answered (or, for a stream, sent its first token) after the group's
+        hedge delay, start the next admitted candidate too; the first good answer wins, the other is
+        cancelled — which closes its upstream connection."""
+        tasks = {asyncio.create_task(self._attempts(first, group, outcome, deadline, attempt, True)): first}
+        committed = asyncio.create_task(race.committed.wait()) if race is not None else None
+        try:
+            done, _ = await asyncio.wait([*tasks, *([committed] if committed else [])],
+                                         timeout=self._hedge_delay(group, first))
+            if not done:
+                while candidates and not self._admit(candidates[0], outcome, self.clock()):
+                    candidates.popleft()
+                if candidates:
+                    second = candidates.popleft()
+                    outcome.trail.append(Skip(second.deployment.id, "hedge_started"))
+                    tasks[asyncio.create_task(self._attempts(second, group, outcome, deadline, attempt,
+                                                             bool(candidates)))] = second
+            return await self._first_good(tasks, committed, race)
+        finally:
+            for task in [*tasks, *([committed] if committed else [])]:
+                task.cancel()
+            await asyncio.gather(*tasks, *([committed] if committed else []), return_exceptions=True)
+
+    async def _first_good(self, tasks: dict[asyncio.Task[T | object], Target], committed: asyncio.Task[bool] | None,
+                          race: RaceState | None) -> T | object:
+        waiting: set[asyncio.Future[object]] = {*tasks, *([committed] if committed else [])}
+        while waiting - {committed}:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is committed:  # a stream claimed the app: cancel the attempts that did not
+                    assert race is not None
+                    for other, target in tasks.items():
+                        if target is not race.owner:
+                            other.cancel()
+                    continue
+                if task.cancelled():
+                    continue
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                if task.result() is not _FAILED:
+                    return task.result()
+        return _FAILED
+
+    def _hedge_delay(self, group: str, target: Target) -> float:
+        hedge = self.hedging[group]
+        if hedge.after is not None:
+            return hedge.after
+        return target.stats.p95_ttft or hedge.fallback_after
+
     def _record_failure(self, target: Target, error: UpstreamError, outcome: Outcome, now: float) -> None:
         outcome.errors.append(error.error_class)
         if not error.counts_as_failure:
@@ -340,6 +397,13 @@ class Router:
         if limit is None:
             limit = min(60.0, (deployment.timeout or self.timeout) / 3)
         return limit
+
+
+class RaceState(Protocol):
+    """What a hedged stream shares with the race: set ``committed`` when a target claims the app."""
+
+    committed: asyncio.Event
+    owner: Target | None
 
 
 class GiveUpError(Exception):

@@ -8,6 +8,7 @@ by splicing a full new answer (``formats.continuation``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ class StreamAttempt:
         self.sink = sink
         self.outcome = outcome
         self.progress = StreamProgress()
+        self.committed = asyncio.Event()  # set when an attempt sends the app its first chunk (hedging)
+        self.owner: Target | None = None
 
     async def run(self, target: Target, deadline: float) -> None:
         if not self.sink.started:
@@ -70,9 +73,13 @@ class StreamAttempt:
                         chunks = splicer.feed(chunks)
                     if chunks:
                         if not sink.started:
+                            self.owner = target
+                            self.committed.set()
                             outcome.ttft = router.clock() - start
                             outcome.deployment, outcome.answered_group = deployment.id, deployment.model_name
                             await sink.start(outcome)
+                        elif self.owner is not target and splicer is None:
+                            raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
                         self.progress.observe(chunks)
                         await sink.send(chunks)
                     until, phase = router.clock() + router.idle_timeout, "idle"
