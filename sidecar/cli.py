@@ -91,14 +91,18 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    _setup_logging(config.sidecar.log_level)
+    _setup_logging(config)
     _run(_serve_async(config, args))
     return 0
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format='{"level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}')
+def _setup_logging(config: Config) -> None:
+    """JSON lines on stderr at ``sidecar_settings.log_level``; configured keys are redacted everywhere."""
+    from sidecar.telemetry.logs import setup_logging
+
+    secrets = [k.value for k in config.sidecar.inbound_api_keys]
+    secrets += [d.api_key.value for d in config.deployments if d.api_key is not None]
+    setup_logging(config.sidecar.log_level, secrets)
 
 
 async def _serve_async(config: Config, args: argparse.Namespace) -> None:

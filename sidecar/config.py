@@ -112,6 +112,7 @@ class Deployment:
     vertex_project: str | None = None
     vertex_location: str | None = None
     vertex_credentials: str | None = None
+    propagate_trace: bool = True  # send the attempt's W3C traceparent to this upstream
     model_info: ModelInfo = field(default_factory=ModelInfo)
 
 
@@ -158,6 +159,14 @@ class Hedging:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """``sidecar_settings.telemetry``: prompt and completion text on spans only when opted in (truncated)."""
+
+    capture_content: bool = False
+    content_max_chars: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarSettings:
     max_body_size_mb: float = 32.0
     shutdown_grace_seconds: float = 30.0
@@ -169,6 +178,7 @@ class SidecarSettings:
     stream_idle_timeout: float = 30.0
     catch_all: CatchAll = field(default_factory=CatchAll)
     hedging: Mapping[str, Hedging] = field(default_factory=dict)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @property
     def max_body_bytes(self) -> int:
@@ -279,6 +289,17 @@ def _sidecar_settings(s: _Section, general: _Section, secrets: _SecretResolver) 
         stream_idle_timeout=s.number("stream_idle_timeout", default.stream_idle_timeout, minimum=0.001),
         catch_all=_catch_all(s.section("catch_all")),
         hedging=_hedging(s.section("hedging")),
+        telemetry=_telemetry(s.section("telemetry")),
+    )
+    s.finish()
+    return settings
+
+
+def _telemetry(s: _Section) -> TelemetrySettings:
+    default = TelemetrySettings()
+    settings = TelemetrySettings(
+        capture_content=bool(s.boolean("capture_content", default.capture_content)),
+        content_max_chars=s.integer("content_max_chars", default.content_max_chars, minimum=0),
     )
     s.finish()
     return settings
@@ -357,6 +378,7 @@ def _deployment(entry: _Section, secrets: _SecretResolver, seen_ids: set[str]) -
         vertex_project=params.string("vertex_project", None),
         vertex_location=params.string("vertex_location", None),
         vertex_credentials=params.string("vertex_credentials", None),
+        propagate_trace=bool(params.boolean("propagate_trace", True)),
         model_info=_model_info(info),
     )
     params.finish()

@@ -44,6 +44,8 @@ from sidecar.policy.strategies import order
 from sidecar.providers import bind, http
 from sidecar.providers.base import Adapter
 from sidecar.streaming import StreamAttempt
+from sidecar.telemetry.record import CURRENT_OUTCOME
+from sidecar.telemetry.tracing import Tracing
 
 log = logging.getLogger("sidecar.router")
 T = TypeVar("T")
@@ -105,9 +107,11 @@ class StreamSink(Protocol):
 
 class Router:
     def __init__(self, config: Config, session: aiohttp.ClientSession, *,
-                 rng: random.Random | None = None, clock: Callable[[], float] | None = None) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] | None = None,
+                 observer: Tracing | None = None) -> None:
         settings = config.router
         self.config = config
+        self.observer = observer  # CLIENT span per attempt when tracing is on; None costs nothing
         self.session = session
         self.rng = rng or random.Random()
         self.clock = clock or asyncio.get_running_loop().time
@@ -261,14 +265,18 @@ class Router:
                         attempt: Callable[[Target, float], Awaitable[T]], has_alternative: bool) -> T | object:
         """Attempts on one deployment: the first, then retries while the policy says so."""
         retries = 0
+        CURRENT_OUTCOME.set(outcome)  # for the handler's metrics and log line, even if routing raises
         while True:
             outcome.attempts += 1
             outcome.trail.append(Attempt(target.deployment.id, group, outcome.attempts, retries))
             started = self.clock()
             target.stats.started(started)
+            span = self.observer.attempt(target.deployment, outcome, retries) if self.observer else None
             try:
                 result = await attempt(target, deadline)
             except UpstreamError as error:
+                if span is not None:
+                    span.failed(error)
                 now = self.clock()
                 target.stats.finished(now, now - started, ok=not error.counts_as_failure)
                 self._record_failure(target, error, outcome, now)
@@ -285,10 +293,14 @@ class Router:
                     return _FAILED
                 retries += 1
                 continue
-            except BaseException:
+            except BaseException as error:
+                if span is not None:
+                    span.failed(error)
                 target.stats.finished(self.clock(), self.clock() - started, ok=True)
                 target.breaker.release_probe()
                 raise
+            if span is not None:
+                span.succeeded(result, outcome)
             now = self.clock()
             target.stats.finished(now, now - started, ok=True, ttft=outcome.ttft)
             target.rate_limited = False

@@ -7,8 +7,9 @@ Every aiohttp and asyncio failure is mapped here, once, into ``core.errors`` —
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,6 +18,15 @@ from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, Up
 from sidecar.providers.base import UpstreamCall
 
 READ_SIZE = 64 * 1024
+# Headers added to the calls of the current attempt (the W3C traceparent of its CLIENT span); set by
+# telemetry only for a sampled request to a deployment with propagate_trace, so the precomputed, shared
+# UpstreamCall.headers mapping is copied only then.
+TRACE_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("sidecar_trace_headers", default=None)
+
+
+def _call_headers(call: UpstreamCall) -> Mapping[str, str]:
+    extra = TRACE_HEADERS.get()
+    return call.headers if extra is None else {**call.headers, **extra}
 
 
 @dataclass(slots=True)
@@ -53,7 +63,7 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: flo
     """POST and read the whole answer before ``deadline`` (loop time)."""
     with map_errors("total"):
         async with asyncio.timeout_at(deadline):
-            async with session.post(call.url, data=call.body, headers=call.headers) as response:
+            async with session.post(call.url, data=call.body, headers=_call_headers(call)) as response:
                 body = await response.read()
                 return Answer(response.status, _headers(response), body)
 
@@ -106,7 +116,7 @@ async def stream(session: aiohttp.ClientSession, call: UpstreamCall, *, first_by
     """
     async with asyncio.timeout_at(min(first_byte_deadline, total_deadline)) as timeout:
         with map_errors("first_byte"):
-            response = await session.post(call.url, data=call.body, headers=call.headers)
+            response = await session.post(call.url, data=call.body, headers=_call_headers(call))
         try:
             yield UpstreamStream(response, timeout, total_deadline)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,6 +14,7 @@ from sidecar.config import Config
 from sidecar.router import Router
 from sidecar.server import middleware, routes
 from sidecar.server.keys import STATE, AppState
+from sidecar.telemetry.tracing import Tracing
 
 CREDENTIAL_REFRESH_SECONDS = 10.0
 
@@ -53,13 +55,16 @@ def new_session(config: Config) -> aiohttp.ClientSession:
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.session = new_session(state.config)
-    state.router = Router(state.config, state.session)
+    state.tracing = Tracing.from_env(state.config, os.environ)
+    state.router = Router(state.config, state.session, observer=state.tracing)
     refresher = asyncio.create_task(_refresh_credentials(state.router))
     yield
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
     await state.session.close()
+    if state.tracing is not None:
+        await asyncio.get_running_loop().run_in_executor(None, state.tracing.shutdown)
 
 
 async def _refresh_credentials(router: Router) -> None:

@@ -8,13 +8,17 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from sidecar.core.cost import format_cost, request_cost
 from sidecar.core.errors import BodyTooLarge, SidecarError
 from sidecar.core.types import ChatRequest, Endpoint, StreamChunk
 from sidecar.formats import openai as openai_format
 from sidecar.formats.sse import DONE_EVENT
+from sidecar.policy.plan import FallbackStep
 from sidecar.router import Outcome
 from sidecar.server.keys import STATE, AppState
 from sidecar.server.middleware import REQUEST_ID, request_id_of
+from sidecar.telemetry.logs import log_request
+from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
 
 JSON = "application/json"
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -89,29 +93,58 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web
     loop = asyncio.get_running_loop()
     started = loop.time()
     metrics.in_flight += 1
+    CURRENT_OUTCOME.set(None)  # keep-alive requests share a task's context
+    group = chat.model if router.has_group(chat.model) else ""  # app-chosen names are not labels
+    record = RequestRecord(request_id_of(request), group, stream=chat.stream)
+    tracing = state.tracing
+    spans = None if tracing is None else tracing.start_request(request.method, request.path, request.headers,
+                                                                chat.model, chat.body)
     outcome: Outcome | None = None
-    result = "error"
     try:
         if chat.stream:
             sink = OpenAIStreamSink(request)
             outcome = await router.stream(chat, sink)
-            result = "error" if outcome.failed else "success"
+            record.outcome, record.status = ("error" if outcome.failed else "success"), 200
             assert sink.response is not None
             return sink.response
         response, outcome = await router.complete(chat)
-        result = "success"
+        record.outcome, record.status = "success", 200
+        headers = outcome_headers(outcome, record.request_id)
+        record.cost = request_cost(outcome.usage, state.prices.get(outcome.deployment or ""))
+        if record.cost is not None:
+            headers["x-sidecar-cost"] = format_cost(record.cost)
         body = response.raw if response.raw is not None else orjson.dumps(response.data)
-        return web.Response(body=body, headers=outcome_headers(outcome, request_id_of(request)),
-                            content_type=JSON)
+        return web.Response(body=body, headers=headers, content_type=JSON)
+    except SidecarError as error:
+        record.status, record.error_type = error.status, error.error_class
+        raise
     except asyncio.CancelledError:
-        result = "cancelled"
+        record.outcome, record.status = "cancelled", 499
         raise
     finally:
         metrics.in_flight -= 1
-        deployment = outcome.deployment if outcome and outcome.deployment else ""
-        group = chat.model if router.has_group(chat.model) else ""  # app-chosen names are not labels
-        metrics.observe(group, deployment, result, loop.time() - started,
-                        outcome.errors if outcome else [])
+        record.seconds = loop.time() - started
+        _fill(record, outcome or CURRENT_OUTCOME.get(), state)  # type: ignore[arg-type]
+        if spans is not None:
+            record.trace_id = spans.trace_id
+            spans.finish(record, outcome or CURRENT_OUTCOME.get())  # type: ignore[arg-type]
+        metrics.observe(record)
+        log_request(record)
+
+
+def _fill(record: RequestRecord, outcome: Outcome | None, state: AppState) -> None:
+    """Copy what the router did into the record (the outcome may be partial when routing raised)."""
+    if outcome is None:
+        return
+    record.deployment = outcome.deployment or ""
+    record.attempts, record.errors, record.ttft, record.usage = (outcome.attempts, outcome.errors, outcome.ttft,
+                                                                 outcome.usage)
+    record.fallback = outcome.fallback
+    if record.fallback is not None:
+        record.fallback_cause = next((s.cause for s in reversed(outcome.trail) if isinstance(s, FallbackStep)),
+                                     None)
+    if record.cost is None and record.usage is not None:
+        record.cost = request_cost(record.usage, state.prices.get(record.deployment))
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -26,5 +26,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[keys.STATE].metrics.render()
+    state = request.app[keys.STATE]
+    breakers = [(t.deployment.id, t.breaker.state) for t in state.router.all_targets()] if state.router else []
+    text = state.metrics.render(breakers)
     return web.Response(body=text.encode(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})

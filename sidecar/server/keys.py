@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from sidecar.config import Config
+from sidecar.config import Config, ModelInfo
 from sidecar.router import Router
 from sidecar.telemetry import RequestMetrics
+from sidecar.telemetry.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -19,6 +20,11 @@ class AppState:
     session: aiohttp.ClientSession | None = None
     draining: bool = False
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    tracing: Tracing | None = None  # None: tracing off (OTEL_* say so), and the request path skips it
+    prices: dict[str, ModelInfo] = field(default_factory=dict)  # deployment id -> model_info
+
+    def __post_init__(self) -> None:
+        self.prices = {d.id: d.model_info for d in self.config.deployments}
 
 
 STATE = web.AppKey("state", AppState)

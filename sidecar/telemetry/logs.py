@@ -1,0 +1,110 @@
+"""Structured logs: every record one JSON line (orjson), secrets redacted, one line per request.
+
+Redaction runs on every message and field, so a key that reaches a log line by any path — an upstream
+error body echoing our Authorization header, an exception text — leaves as ``[REDACTED]``. It masks the
+configured secret values exactly, and by shape anything that looks like a bearer token or an API key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from sidecar.telemetry.record import RequestRecord
+
+REDACTED = "[REDACTED]"
+REQUEST_LOG = logging.getLogger("sidecar.request")
+_SHAPES = [
+    r"(?i:\b(?P<sc>bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}",
+    r"(?P<kp>(?i:\"?(?:authorization|x-api-key|api[-_]?key|x-goog-api-key)\"?\s*[:=]\s*\"?))"
+    r"(?i:(?:bearer|basic)\s+)?[^\s\",}]{4,}",
+    r"\b(?:sk|pk|rk|gsk|xai|fw)[-_][A-Za-z0-9_-]{8,}",
+    r"\bAIza[0-9A-Za-z_-]{20,}",
+]
+
+
+class Redactor:
+    """Masks known secret values and key-shaped strings in text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.set_secrets(secrets)
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        exact = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        patterns = [re.escape(s) for s in exact] + _SHAPES
+        self._pattern = re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub(self._mask, text)
+
+    @staticmethod
+    def _mask(match: re.Match[str]) -> str:
+        scheme, prefix = match.group("sc"), match.group("kp")
+        if scheme:
+            return f"{scheme} {REDACTED}"
+        return f"{prefix}{REDACTED}" if prefix else REDACTED
+
+
+REDACT = Redactor()
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "message", ...fields}`` with every string redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": REDACT(record.getMessage()),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = REDACT(self.formatException(record.exc_info))
+        return orjson.dumps(line).decode()
+
+
+def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    """Root logging to stderr as JSON lines at ``level`` (sidecar_settings.log_level)."""
+    REDACT.set_secrets(secrets)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def log_request(record: RequestRecord) -> None:
+    """The one line per request, at INFO (errors at WARNING). Skipped entirely when the level hides it."""
+    level = logging.INFO if record.outcome != "error" else logging.WARNING
+    if not REQUEST_LOG.isEnabledFor(level):
+        return
+    usage = record.usage
+    fields = {
+        "request_id": record.request_id,
+        "trace_id": record.trace_id,
+        "model_group": record.group,
+        "deployment": record.deployment or None,
+        "attempts": record.attempts,
+        "errors": record.errors,
+        "fallback": record.fallback,
+        "fallback_cause": record.fallback_cause,
+        "outcome": record.outcome,
+        "status": record.status,
+        "error_type": record.error_type,
+        "stream": record.stream,
+        "latency_ms": round(record.seconds * 1000, 3),
+        "ttft_ms": round(record.ttft * 1000, 3) if record.ttft is not None else None,
+        "input_tokens": usage.prompt_tokens if usage else None,
+        "output_tokens": usage.completion_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
+        "cost_usd": record.cost,
+    }
+    REQUEST_LOG.log(level, "request", extra={"fields": fields})

@@ -1,0 +1,304 @@
+"""Telemetry end to end: the real sidecar exports OTLP/HTTP to a receiver in this suite that decodes the
+real protobuf; /metrics is parsed with prometheus_client; the request log is one JSON line per request."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import requests
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar, deployment, free_port
+
+PROMPT = "PROMPT-TEXT-must-not-appear-7731"
+PRIMARY, SPARE, PRICED = "primary-dep", "spare-dep", "priced-dep"
+SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
+STATUS_ERROR = 2
+
+
+@dataclass
+class Span:
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent: str
+    attributes: dict[str, Any]
+    status: int
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver: POST /v1/traces with an ExportTraceServiceRequest protobuf body."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.resources: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.add(body)
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, body: bytes) -> None:
+        message = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in message.resource_spans:
+            self.resources.append({a.key: _value(a.value) for a in resource_spans.resource.attributes})
+            for scope in resource_spans.scope_spans:
+                for s in scope.spans:
+                    self.spans.append(Span(
+                        s.name, s.kind, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
+                        {a.key: _value(a.value) for a in s.attributes}, s.status.code,
+                        [(e.name, {a.key: _value(a.value) for a in e.attributes}) for e in s.events]))
+
+    def trace(self, request_id: str, timeout: float = 10.0) -> list[Span]:
+        """Every span of the trace whose SERVER span carries ``request_id``, once the route span is in."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = [s for s in self.spans
+                      if s.kind == SERVER and s.attributes.get("sidecar.request_id") == request_id]
+            if server:
+                spans = [s for s in self.spans if s.trace_id == server[0].trace_id]
+                if any(s.name.startswith("route ") for s in spans):
+                    return spans
+            time.sleep(0.05)
+        raise AssertionError(f"no trace for request {request_id} in {len(self.spans)} spans")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@dataclass
+class Tree:
+    server: Span
+    route: Span
+    clients: list[Span]
+
+    @classmethod
+    def of(cls, spans: list[Span]) -> Tree:
+        server = next(s for s in spans if s.kind == SERVER)
+        route = next(s for s in spans if s.parent == server.span_id)
+        clients = [s for s in spans if s.kind == CLIENT]
+        assert all(c.parent == route.span_id for c in clients)
+        return cls(server, route, clients)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [attrs for n, attrs in self.route.events if n == name]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def _config(primary: FakeProvider, backup: FakeProvider) -> dict[str, Any]:
+    prices = {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1.0e-5}
+    return {
+        "model_list": [
+            {**deployment("main", primary), "model_info": {"id": PRIMARY}},
+            {**deployment("spare", backup), "model_info": {"id": SPARE}},
+            {**deployment("priced", backup), "model_info": {"id": PRICED, **prices}},
+        ],
+        "router_settings": {"timeout": 10, "num_retries": 1, "allowed_fails": 3, "cooldown_time": 60,
+                            "fallbacks": [{"main": ["spare"]}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def traced(workdir: Path, primary: FakeProvider, backup: FakeProvider, receiver: Receiver) -> Iterator[Sidecar]:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "50",
+           "OTEL_SERVICE_NAME": "sidecar-under-test", "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+    process = Sidecar(_config(primary, backup), workdir, "traced", env=env)
+    yield process
+    process.stop()
+
+
+def _chat(process: Sidecar, model: str = "main", headers: dict[str, str] | None = None) -> tuple[str, Any]:
+    request_id = uuid.uuid4().hex
+    client = openai.OpenAI(base_url=process.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": PROMPT}],
+        extra_headers={"x-request-id": request_id, **(headers or {})})
+    return request_id, raw
+
+
+def _no_secrets(spans: list[Span]) -> None:
+    for span in spans:
+        values = [span.attributes] + [attrs for _, attrs in span.events]
+        text = orjson.dumps(values, default=str).decode()
+        for secret in (PROMPT, PROVIDER_KEY, APP_KEY):
+            assert secret not in text, (span.name, secret)
+
+
+def test_plain_success_span_tree(traced: Sidecar, receiver: Receiver, primary: FakeProvider) -> None:
+    request_id, raw = _chat(traced)
+    assert raw.headers["x-sidecar-deployment"] == PRIMARY
+    tree = Tree.of(receiver.trace(request_id))
+    assert tree.server.name == "POST /v1/chat/completions"
+    assert tree.server.attributes["http.response.status_code"] == 200
+    assert tree.route.name == "route main"
+    assert tree.route.attributes["sidecar.routing.strategy"] == "simple-shuffle"
+    assert tree.route.attributes["sidecar.routing.candidates"] == [PRIMARY]
+    assert tree.route.attributes["sidecar.routing.chosen"] == PRIMARY
+    [client] = tree.clients
+    assert client.name == "chat primary-model"
+    attrs = client.attributes
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["gen_ai.request.model"] == "primary-model"
+    assert attrs["gen_ai.response.model"] == "primary-model"
+    assert attrs["gen_ai.usage.input_tokens"] >= 1 and attrs["gen_ai.usage.output_tokens"] >= 1
+    assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
+    assert attrs["server.address"] == "127.0.0.1" and attrs["sidecar.retry"] == 0
+    assert attrs["http.response.status_code"] == 200
+    assert client.status != STATUS_ERROR
+    assert any(r.get("service.name") == "sidecar-under-test" for r in receiver.resources)
+    # the upstream got the CLIENT span's context
+    traceparent = primary.stats()["last_headers"]["traceparent"]
+    assert traceparent == f"00-{client.trace_id}-{client.span_id}-01"
+    _no_secrets(receiver.trace(request_id))
+
+
+def test_traceparent_is_continued(traced: Sidecar, receiver: Receiver) -> None:
+    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    request_id, _ = _chat(traced, headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    tree = Tree.of(receiver.trace(request_id))
+    assert tree.server.trace_id == trace_id and tree.server.parent == parent
+    assert tree.clients[0].trace_id == trace_id
+
+
+def test_retry_then_success(traced: Sidecar, receiver: Receiver, primary: FakeProvider) -> None:
+    primary.set(fail_next=1, error_status=500)
+    request_id, raw = _chat(traced)
+    assert raw.headers["x-sidecar-attempts"] == "2"
+    tree = Tree.of(receiver.trace(request_id))
+    failed, ok = tree.clients
+    assert failed.status == STATUS_ERROR and failed.attributes["error.type"] == "server_error"
+    assert failed.attributes["http.response.status_code"] == 500
+    assert ok.status != STATUS_ERROR and ok.attributes["sidecar.retry"] == 1
+    assert [e["sidecar.reason"] for e in tree.events("retry")]
+    assert tree.route.attributes["sidecar.routing.retries"] == 1
+    _no_secrets(receiver.trace(request_id))
+
+
+def test_failover_to_another_provider(traced: Sidecar, receiver: Receiver, primary: FakeProvider) -> None:
+    primary.set(fail_next=2, error_status=500)
+    request_id, raw = _chat(traced)
+    assert raw.headers["x-sidecar-deployment"] == SPARE and raw.headers["x-sidecar-fallback"] == "spare"
+    tree = Tree.of(receiver.trace(request_id))
+    errors = [c for c in tree.clients if c.status == STATUS_ERROR]
+    assert errors and all(c.attributes["error.type"] == "server_error" for c in errors)
+    assert all(c.name == "chat primary-model" for c in errors)
+    assert tree.clients[-1].name == "chat backup-model" and tree.clients[-1].status != STATUS_ERROR
+    [step] = tree.events("fallback")
+    assert step == {"sidecar.fallback.from": "main", "sidecar.fallback.to": "spare",
+                    "sidecar.fallback.cause": "server_error"}
+    assert tree.route.attributes["sidecar.routing.fallbacks"] == ["main -> spare: server_error"]
+    assert tree.server.attributes["sidecar.fallback"] == "spare"
+    _no_secrets(receiver.trace(request_id))
+
+
+def test_metrics_after_known_traffic(traced: Sidecar, receiver: Receiver) -> None:
+    for _ in range(3):
+        _, raw = _chat(traced, model="priced")
+        assert float(raw.headers["x-sidecar-cost"]) > 0
+    samples = _metrics(traced)
+    assert samples[("llm_sidecar_requests_total",
+                    (("deployment", PRICED), ("model_group", "priced"), ("outcome", "success")))] == 3
+    assert samples[("llm_sidecar_request_duration_seconds_count",
+                    (("deployment", PRICED), ("model_group", "priced"), ("outcome", "success")))] == 3
+    tokens_in = samples[("llm_sidecar_tokens_total",
+                         (("deployment", PRICED), ("direction", "input"), ("model_group", "priced")))]
+    tokens_out = samples[("llm_sidecar_tokens_total",
+                          (("deployment", PRICED), ("direction", "output"), ("model_group", "priced")))]
+    cost = samples[("llm_sidecar_cost_usd_total", (("deployment", PRICED), ("model_group", "priced")))]
+    assert cost == pytest.approx(tokens_in * 2.5e-6 + tokens_out * 1.0e-5)
+    assert samples[("llm_sidecar_failed_attempts_total",
+                    (("error_class", "server_error"), ("model_group", "main")))] >= 3
+    assert samples[("llm_sidecar_fallbacks_total",
+                    (("cause", "server_error"), ("fallback", "spare"), ("model_group", "main")))] == 1
+    assert samples[("llm_sidecar_breaker_state", (("deployment", PRIMARY),))] == 0
+    assert samples[("llm_sidecar_in_flight", ())] == 0
+    # the request log line: one JSON object per request, with the trace id
+    lines = [orjson.loads(line) for line in traced.logs().splitlines() if '"sidecar.request"' in line]
+    priced = [entry for entry in lines if entry["model_group"] == "priced"]
+    assert len(priced) == 3
+    assert priced[0]["deployment"] == PRICED and priced[0]["cost_usd"] > 0 and len(priced[0]["trace_id"]) == 32
+    assert PROVIDER_KEY not in traced.logs() and APP_KEY not in traced.logs()
+
+
+def test_skip_because_breaker_is_open(traced: Sidecar, receiver: Receiver, primary: FakeProvider) -> None:
+    primary.set(error_rate=1.0, error_status=500)
+    for _ in range(6):  # the primary fails until its breaker opens; then it is skipped without a call
+        request_id, raw = _chat(traced)
+        tree = Tree.of(receiver.trace(request_id))
+        if tree.events("skip") and not tree.events("attempt")[:-1]:
+            break
+    else:
+        raise AssertionError("the primary's breaker never opened")
+    assert raw.headers["x-sidecar-deployment"] == SPARE
+    assert tree.events("skip") == [{"sidecar.deployment": PRIMARY, "sidecar.reason": "breaker_open"}]
+    assert tree.route.attributes["sidecar.routing.skipped"] == [f"{PRIMARY}: breaker_open"]
+    assert [c.name for c in tree.clients] == ["chat backup-model"]
+    [step] = tree.events("fallback")
+    assert step["sidecar.fallback.cause"] == "skipped"
+    opened = [s for s in receiver.spans if s.kind != CLIENT
+              for n, attrs in s.events if n == "breaker_transition" and attrs["sidecar.breaker.to"] == "open"]
+    assert opened
+    assert _metrics(traced)[("llm_sidecar_breaker_state", (("deployment", PRIMARY),))] == 1
+
+
+def test_unreachable_collector_never_breaks_serving(workdir: Path, primary: FakeProvider,
+                                                     backup: FakeProvider) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_BSP_SCHEDULE_DELAY": "10",
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    process = Sidecar(_config(primary, backup), workdir, "lost-collector", env=env)
+    try:
+        started = time.monotonic()
+        for _ in range(30):
+            _, raw = _chat(process, model="spare")
+            assert raw.http_response.status_code == 200
+        assert time.monotonic() - started < 10
+    finally:
+        assert process.stop() == 0
+
+
+def _metrics(process: Sidecar) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(f"{process.admin_url}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
