@@ -50,6 +50,7 @@ class Faults:
     chunks: int = 5
     text: str = ""
     require_key: str | None = None
+    reject_prefill: bool = False
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -134,7 +135,7 @@ async def _answer(request: web.Request, kind: str) -> web.StreamResponse:
     model = body.get("model", "fake-model") if isinstance(body, dict) else "fake-model"
     if isinstance(body, dict) and body.get("stream"):
         return await _stream(request, kind, model, body)
-    await asyncio.sleep(faults.latency + faults.ttft)
+    await _sleep_watching(request, faults.latency + faults.ttft)
     if faults.malformed:
         return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
     pieces = _pieces(request.app, body)
@@ -160,8 +161,11 @@ async def _common_faults(request: web.Request) -> web.StreamResponse | None:
         assert request.transport is not None
         request.transport.abort()
         raise asyncio.CancelledError
+    if faults.reject_prefill and _prefill(stats.last_body) is not None:
+        return _error(400, "This model does not support assistant message prefill.", "invalid_request_error",
+                      None, stats)
     if faults.hang:
-        await asyncio.sleep(3600)
+        await _sleep_watching(request, 3600)
     if faults.fail_next > 0 or (faults.error_rate and app["rng"].random() < faults.error_rate):
         faults.fail_next = max(0, faults.fail_next - 1)
         stats.errors_injected += 1
@@ -191,7 +195,7 @@ async def _stream(request: web.Request, kind: str, model: str, body: dict[str, A
     await asyncio.sleep(faults.latency)
     response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
     await response.prepare(request)
-    await asyncio.sleep(faults.ttft)
+    await _sleep_watching(request, faults.ttft)
     pieces = _pieces(app, body)
     chunks = [_chunk(kind, model, {"role": "assistant", "content": ""}, None)] if kind == "chat" else []
     chunks += [_chunk(kind, model, {"content": p}, None) for p in pieces]
@@ -248,9 +252,33 @@ async def _models(request: web.Request) -> web.Response:
 # ---- bodies ---------------------------------------------------------------------------------------
 
 
+async def _sleep_watching(request: web.Request, seconds: float) -> None:
+    """Sleep; a client that goes away meanwhile (the handler is cancelled) counts as a disconnect."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        request.app[STATS_KEY].disconnects += 1
+        raise
+
+
+def _prefill(body: Any) -> str | None:
+    """The assistant prefill of a chat request (its last message is the assistant's), else None."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    return last.get("content") if last.get("role") == "assistant" and isinstance(last.get("content"), str) \
+        else None
+
+
 def _pieces(app: web.Application, body: Any) -> list[str]:
+    """The answer in ``chunks`` pieces; after an assistant prefill that starts the full text, only the rest
+    (the model continues its own answer, as prefill-capable engines do)."""
     faults = app[FAULTS_KEY]
     text = faults.text or f"Hello from {app['name']}."
+    prefill = _prefill(body)
+    if prefill and text.startswith(prefill):
+        text = text[len(prefill):]
     n = max(1, faults.chunks)
     size = max(1, -(-len(text) // n))
     return [text[i:i + size] for i in range(0, len(text), size)]
