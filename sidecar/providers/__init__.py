@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from sidecar.config import Deployment
+from sidecar.providers.anthropic import AnthropicAdapter
 from sidecar.providers.base import Adapter
+from sidecar.providers.gemini import GeminiAdapter
 from sidecar.providers.openai_compatible import ROWS, OpenAICompatibleAdapter
 
 ADAPTERS: Mapping[str, Callable[[Deployment], Adapter]] = {
     **{name: OpenAICompatibleAdapter for name in ROWS},
+    "anthropic": AnthropicAdapter,
+    "gemini": GeminiAdapter,
+    "vertex_ai": GeminiAdapter,
 }
 
 

@@ -16,6 +16,7 @@ from sidecar.config import Deployment
 from sidecar.core.errors import (
     ContentPolicyViolation,
     ContextWindowExceeded,
+    InvalidRequest,
     RateLimited,
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -86,6 +87,9 @@ class OpenAICompatibleAdapter:
         self.headers = headers
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
+        if request.native_only:  # an Anthropic-only feature the app asked for: refuse, never drop
+            raise InvalidRequest(f"'{request.native_only[0]}' cannot be translated for OpenAI-format upstreams",
+                                 param=request.native_only[0])
         body = {**request.body, "model": self.deployment.model}
         if request.stream and not request.include_usage and self.row.usage_in_streams:
             # Ask for usage so tokens and cost are known; the extra usage chunk is not forwarded.

@@ -11,11 +11,13 @@ from aiohttp import web
 
 from sidecar.config import Secret
 from sidecar.core.errors import BodyTooLarge, InboundAuthError, SidecarError
+from sidecar.formats import anthropic_ingress
 from sidecar.formats import openai as openai_format
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("sidecar.server")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/messages"})  # errors there use Anthropic's shape
 REQUEST_ID = "x-request-id"
 
 
@@ -23,36 +25,41 @@ def request_id_of(request: web.Request) -> str:
     return request.get(REQUEST_ID) or ""
 
 
-def error_response(error: SidecarError, request_id: str) -> web.Response:
+def error_response(error: SidecarError, request_id: str, *, anthropic: bool = False) -> web.Response:
+    """The error body in the app's dialect: OpenAI's, or Anthropic's on the Messages routes."""
     status = error.status
     headers = {REQUEST_ID: request_id}
     retry_after = getattr(error, "retry_after", None)
     if status == 429 and retry_after:
         headers["retry-after"] = str(max(1, round(retry_after)))
-    body = openai_format.error_body(error.message, error.type, error.param, error.code)
+    if anthropic:
+        body = anthropic_ingress.error_body(status, error.message)
+    else:
+        body = openai_format.error_body(error.message, error.type, error.param, error.code)
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in and out; every exception becomes an OpenAI-shaped error, never a stack trace."""
+    """Request id in and out; every exception becomes an error body in the app's dialect, never a stack trace."""
     request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    anthropic = request.path in ANTHROPIC_PATHS
     try:
         response = await handler(request)
     except SidecarError as error:
-        return error_response(error, request_id)
+        return error_response(error, request_id, anthropic=anthropic)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(BodyTooLarge("the request body is too large"), request_id)
+        return error_response(BodyTooLarge("the request body is too large"), request_id, anthropic=anthropic)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error = SidecarError(exc.reason)
         error.status, error.type = exc.status, "invalid_request_error"
-        return error_response(error, request_id)
+        return error_response(error, request_id, anthropic=anthropic)
     except Exception:
         log.exception("unexpected error handling request %s", request_id)
-        return error_response(SidecarError("internal error in the sidecar"), request_id)
+        return error_response(SidecarError("internal error in the sidecar"), request_id, anthropic=anthropic)
     if not response.prepared:
         response.headers[REQUEST_ID] = request_id
     return response

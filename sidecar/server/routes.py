@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.core.types import Endpoint
-from sidecar.server import handlers, health
+from sidecar.server import handlers, health, messages
 
 HEALTH_ROUTES = [
     web.get("/healthz", health.healthz),
@@ -22,5 +22,6 @@ def api_routes() -> list[web.RouteDef]:
             web.post(f"{prefix}/completions", handlers.openai_handler(Endpoint.COMPLETIONS)),
             web.post(f"{prefix}/embeddings", handlers.openai_handler(Endpoint.EMBEDDINGS)),
             web.get(f"{prefix}/models", handlers.list_models),
+            web.post(f"{prefix}/messages", messages.messages_handler),
         ]
     return routes + HEALTH_ROUTES

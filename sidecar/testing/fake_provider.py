@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -89,6 +90,9 @@ def create_fake_app(faults: Faults | None = None, name: str = "fake") -> web.App
         web.post("/_control/faults", _control_faults),
         web.post("/_control/reset", _control_reset),
     ])
+    from sidecar.testing import fake_anthropic, fake_gemini  # they import this module's helpers
+
+    app.add_routes(fake_anthropic.ROUTES + fake_gemini.ROUTES)
     return app
 
 
@@ -144,8 +148,13 @@ async def _answer(request: web.Request, kind: str) -> web.StreamResponse:
     return _json(answer)
 
 
-async def _common_faults(request: web.Request) -> web.StreamResponse | None:
-    """Bookkeeping and the faults shared by every route; a response when the request ends here."""
+async def _common_faults(request: web.Request, *,
+                         injected: Callable[[Faults, Stats], web.Response] | None = None,
+                         authorized: Callable[[web.Request, str], bool] | None = None) -> web.StreamResponse | None:
+    """Bookkeeping and the faults shared by every route; a response when the request ends here.
+
+    Other dialects pass ``injected`` (their native error bodies) and ``authorized`` (their key headers).
+    """
     app, faults, stats = request.app, request.app[FAULTS_KEY], request.app[STATS_KEY]
     stats.requests += 1
     stats.request_times.append(time.time())
@@ -155,7 +164,9 @@ async def _common_faults(request: web.Request) -> web.StreamResponse | None:
         stats.last_body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _error(400, "invalid JSON body", "invalid_request_error", None, stats)
-    if faults.require_key is not None and request.headers.get("authorization") != f"Bearer {faults.require_key}":
+    if faults.require_key is not None and not (authorized or _bearer_ok)(request, faults.require_key):
+        if injected is not None:
+            return injected(Faults(error_status=401), stats)
         return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key", stats)
     if faults.reset:
         assert request.transport is not None
@@ -170,8 +181,15 @@ async def _common_faults(request: web.Request) -> web.StreamResponse | None:
         faults.fail_next = max(0, faults.fail_next - 1)
         stats.errors_injected += 1
         await asyncio.sleep(faults.latency)
-        return _injected_error(faults, stats)
+        return (injected or _injected_error)(faults, stats)
     return None
+
+
+common_faults = _common_faults
+
+
+def _bearer_ok(request: web.Request, key: str) -> bool:
+    return request.headers.get("authorization") == f"Bearer {key}"
 
 
 def _injected_error(faults: Faults, stats: Stats) -> web.Response:

@@ -1,0 +1,174 @@
+"""Anthropic Messages adapter: ``{api_base}/v1/messages`` with ``x-api-key`` and ``anthropic-version``.
+
+When the app itself spoke Anthropic (``request.source``), its body goes upstream with only ``model``
+replaced — no lossy round trip — and the answer's own bytes ride along (``ChatResponse.native``,
+``StreamChunk.native``) for the Anthropic ingress to return verbatim. The router still sees OpenAI chunks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+
+import orjson
+
+from sidecar.config import Deployment
+from sidecar.core.errors import (
+    ContextWindowExceeded,
+    RateLimited,
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage, WireFormat
+from sidecar.formats import anthropic as wire
+from sidecar.formats.anthropic_stream import AnthropicToOpenAI
+from sidecar.formats.common import StreamErrorEvent
+from sidecar.formats.openai import usage_from
+from sidecar.formats.sse import encode_event
+from sidecar.providers.base import UpstreamCall, retry_after_seconds
+
+CONTEXT = re.compile(r"prompt is too long|context window|too many tokens", re.IGNORECASE)
+MAX_MESSAGE = 500
+
+
+def passthrough(request: ChatRequest) -> bool:
+    """The app spoke Anthropic and nothing was changed since: forward its own body."""
+    return request.wire is WireFormat.ANTHROPIC and request.source is not None and not request.continuation
+
+
+class AnthropicAdapter:
+    """Adapter for one Anthropic deployment; URL and static headers computed at construction."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.version = deployment.api_version or wire.VERSION
+        self.url = f"{deployment.api_base}/v1/messages"
+        self.headers: dict[str, str] = {}
+        self.refresh_credentials()
+
+    def refresh_credentials(self) -> None:
+        key = self.deployment.api_key.value if self.deployment.api_key else ""
+        self.headers = {"content-type": "application/json", "anthropic-version": self.version,
+                        **dict(self.deployment.extra_headers), "x-api-key": key}
+
+    def prepare(self, request: ChatRequest) -> UpstreamCall:
+        if passthrough(request):
+            body = {**request.source, "model": self.deployment.model}  # type: ignore[dict-item]
+        else:
+            body = wire.to_messages_body(request.body, self.deployment.model,
+                                         default_max_tokens=self.deployment.model_info.max_output_tokens,
+                                         version=self.version)
+        return UpstreamCall(self.url, self.headers, orjson.dumps(body))
+
+    def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
+        try:
+            data = orjson.loads(body)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            completion = wire.to_openai_completion(data, int(time.time()))
+        except ValueError as exc:
+            raise UpstreamServerError(f"the upstream sent a malformed answer: {exc}", upstream_status=200) from None
+        return ChatResponse(completion, None, usage_from(completion.get("usage")),
+                            native=body if passthrough(request) else None)
+
+    def stream_reader(self, request: ChatRequest) -> AnthropicStreamReader:
+        return AnthropicStreamReader(include_usage=request.include_usage, native=passthrough(request),
+                                     model=self.deployment.model)
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+        return classify_anthropic_error(status, headers, body)
+
+
+class AnthropicStreamReader:
+    """Messages SSE → OpenAI chunks; with ``native``, every upstream event also rides along as bytes."""
+
+    __slots__ = ("native", "translator")
+
+    def __init__(self, *, include_usage: bool, native: bool, model: str) -> None:
+        self.translator = AnthropicToOpenAI(created=int(time.time()), include_usage=include_usage, model=model)
+        self.native = native
+
+    @property
+    def done(self) -> bool:
+        return self.translator.done
+
+    @property
+    def skipped(self) -> int:
+        return self.translator.skipped
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.translator.usage
+
+    def feed(self, data: bytes) -> list[StreamChunk]:
+        return self._chunks(lambda: self.translator.feed(data))
+
+    def finish(self) -> list[StreamChunk]:
+        return self._chunks(self.translator.finish)
+
+    def _chunks(self, translate) -> list[StreamChunk]:  # type: ignore[no-untyped-def]
+        try:
+            translated = translate()
+        except StreamErrorEvent as exc:
+            raise in_band_error(exc.payload) from None
+        out: list[StreamChunk] = []
+        for item in translated:
+            chunks = [StreamChunk(orjson.dumps(c), c, usage_from(c.get("usage"))) for c in item.chunks]
+            if self.native and item.event.data:
+                if not chunks:
+                    chunks = [StreamChunk(b"", {})]
+                chunks[0].native = encode_event(item.event.data, item.event.event)
+            out += chunks
+        return out
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return "", ""
+    return str(error.get("type") or ""), _clip(str(error.get("message") or ""))
+
+
+def in_band_error(data: dict) -> UpstreamError:  # type: ignore[type-arg]
+    """An ``event: error`` mid-stream, classified by its type."""
+    return classify_anthropic_error(200, {}, orjson.dumps(data))
+
+
+def classify_anthropic_error(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+    """An Anthropic error answer (reference §5.5) → the error class that decides what happens next."""
+    type_, message = _error_fields(body)
+    message = message or f"upstream answered {status}"
+    kwargs = {"upstream_status": status, "body": body, "code": type_ or None}
+    if status == 429 or type_ == "rate_limit_error":
+        return RateLimited(message, retry_after=retry_after_seconds(headers), **kwargs)
+    if status == 529 or type_ == "overloaded_error":
+        overloaded = RateLimited(message, retry_after=retry_after_seconds(headers), **kwargs)
+        overloaded.code = "overloaded"
+        return overloaded
+    if status in (401, 402, 403) or type_ in ("authentication_error", "permission_error", "billing_error"):
+        return UpstreamAuthError(message, **kwargs)
+    if status in (400, 413) and CONTEXT.search(message):
+        return ContextWindowExceeded(message, **kwargs)
+    if status == 404:
+        missing = UpstreamServerError(message, **kwargs)  # a deployment misconfiguration: fail over
+        missing.retryable = False
+        return missing
+    if status in (408, 504) or type_ == "timeout_error":
+        return UpstreamTimeout(message, phase="upstream", **kwargs)
+    if 400 <= status < 500 and status != 409:
+        rejected = UpstreamBadRequest(message, **kwargs)
+        rejected.status = status
+        return rejected
+    return UpstreamServerError(message, retry_after=retry_after_seconds(headers), **kwargs)
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "…"

@@ -1,0 +1,156 @@
+"""Anthropic Messages ingress: ``POST /v1/messages`` served through the same router as OpenAI requests.
+
+An Anthropic upstream's own bytes (``ChatResponse.native`` / ``StreamChunk.native``) are returned verbatim;
+anything else is translated from the router's OpenAI chunks into Anthropic's exact event sequence.
+Errors before the stream starts are rendered in Anthropic's shape by the error middleware (the path is in
+``ANTHROPIC_PATHS``); after it, as an ``event: error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar.core.cost import format_cost, request_cost
+from sidecar.core.errors import SidecarError
+from sidecar.core.types import ChatRequest, StreamChunk
+from sidecar.formats import anthropic_ingress
+from sidecar.formats.anthropic_stream import OpenAIToAnthropic, error_event
+from sidecar.router import Outcome
+from sidecar.server.handlers import JSON, SSE_HEADERS, outcome_headers, read_body
+from sidecar.server.handlers import _fill as fill_record
+from sidecar.server.keys import STATE, AppState
+from sidecar.server.middleware import request_id_of
+from sidecar.telemetry.logs import log_request
+from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
+
+
+class AnthropicStreamSink:
+    """Renders the router's chunks as Anthropic SSE.
+
+    Passthrough (the first chunk carries ``native`` bytes): upstream events are forwarded verbatim and
+    translated chunks are ignored — except after a mid-stream resume by another deployment, whose chunks
+    continue the message in a new text block. Otherwise every chunk is translated by ``OpenAIToAnthropic``.
+    """
+
+    __slots__ = ("encoder", "native", "native_blocks", "native_ended", "request", "response")
+
+    def __init__(self, request: web.Request, chat: ChatRequest) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+        self.encoder = OpenAIToAnthropic(chat.model)
+        self.native: bool | None = None
+        self.native_blocks = 0  # content blocks the upstream opened, so a resumed answer numbers after them
+        self.native_ended = False
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def start(self, outcome: Outcome) -> None:
+        headers = {**SSE_HEADERS, **outcome_headers(outcome, request_id_of(self.request))}
+        self.response = web.StreamResponse(status=200, headers=headers)
+        await self.response.prepare(self.request)
+
+    async def send(self, chunks: list[StreamChunk]) -> None:
+        assert self.response is not None
+        if self.native is None and chunks:
+            self.native = chunks[0].native is not None
+        out = []
+        same_event = False  # the reader puts an event's extra chunks right after its native one
+        for chunk in chunks:
+            if chunk.native is not None:
+                same_event = True
+                out.append(chunk.native)
+                self._observe(chunk.native)
+            elif not self.native:
+                out.append(self.encoder.feed(chunk.data))
+            elif not same_event and chunk.data:
+                out.append(self._resumed(chunk.data))
+        if out:
+            await self.response.write(b"".join(out))
+
+    def _observe(self, native: bytes) -> None:
+        if native.startswith(b"event: content_block_start"):
+            self.native_blocks += 1
+        elif native.startswith(b"event: message_stop"):
+            self.native_ended = True
+
+    def _resumed(self, data: dict[str, Any]) -> bytes:
+        """Another attempt continues the upstream's message: no second message_start, blocks numbered on."""
+        if not self.encoder.started:
+            self.encoder.started = True
+            self.encoder.next_block = self.native_blocks
+        return self.encoder.feed(data)
+
+    async def finish(self) -> None:
+        assert self.response is not None
+        if not self.native_ended:
+            self.encoder.started = self.encoder.started or bool(self.native)
+            await self.response.write(self.encoder.end())
+        await self.response.write_eof()
+
+    async def fail(self, error: SidecarError) -> None:
+        assert self.response is not None
+        await self.response.write(error_event(anthropic_ingress.error_type(error.status), error.message))
+
+
+async def messages_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    chat = anthropic_ingress.parse_request(await read_body(request, state))
+    return await serve(request, state, chat)
+
+
+async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web.StreamResponse:
+    """Route one Anthropic-format request and render the answer; records it exactly as ``handlers.serve``.
+
+    Mirrors ``handlers.serve`` with the Anthropic sink and body; if that function grows a sink/renderer
+    parameter, this one should become a call to it.
+    """
+    router = state.router
+    assert router is not None
+    metrics = state.metrics
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    metrics.in_flight += 1
+    CURRENT_OUTCOME.set(None)
+    group = chat.model if router.has_group(chat.model) else ""
+    record = RequestRecord(request_id_of(request), group, stream=chat.stream)
+    tracing = state.tracing
+    spans = None if tracing is None else tracing.start_request(request.method, request.path, request.headers,
+                                                                chat.model, chat.body)
+    outcome: Outcome | None = None
+    try:
+        if chat.stream:
+            sink = AnthropicStreamSink(request, chat)
+            outcome = await router.stream(chat, sink)
+            record.outcome, record.status = ("error" if outcome.failed else "success"), 200
+            assert sink.response is not None
+            return sink.response
+        response, outcome = await router.complete(chat)
+        record.outcome, record.status = "success", 200
+        headers = outcome_headers(outcome, record.request_id)
+        record.cost = request_cost(outcome.usage, state.prices.get(outcome.deployment or ""))
+        if record.cost is not None:
+            headers["x-sidecar-cost"] = format_cost(record.cost)
+        body = response.native if response.native is not None else \
+            orjson.dumps(anthropic_ingress.to_message(response.data))
+        return web.Response(body=body, headers=headers, content_type=JSON)
+    except SidecarError as error:
+        record.status, record.error_type = error.status, error.error_class
+        raise
+    except asyncio.CancelledError:
+        record.outcome, record.status = "cancelled", 499
+        raise
+    finally:
+        metrics.in_flight -= 1
+        record.seconds = loop.time() - started
+        fill_record(record, outcome or CURRENT_OUTCOME.get(), state)  # type: ignore[arg-type]
+        if spans is not None:
+            record.trace_id = spans.trace_id
+            spans.finish(record, outcome or CURRENT_OUTCOME.get())  # type: ignore[arg-type]
+        metrics.observe(record)
+        log_request(record)
