@@ -1,0 +1,73 @@
+"""Provider error classification (Anthropic, Gemini, Azure) and the Vertex token cache."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+import orjson
+
+from sidecar.core.errors import ContentPolicyViolation, RateLimited, UpstreamAuthError, UpstreamServerError
+from sidecar.providers.anthropic import classify_anthropic_error
+from sidecar.providers.gemini import CachedToken, classify_gemini_error
+from sidecar.providers.openai_compatible import classify_openai_error
+
+
+def anthropic_body(type_: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": type_, "message": "m"}})
+
+
+def test_anthropic_errors() -> None:
+    limited = classify_anthropic_error(429, {"retry-after": "7"}, anthropic_body("rate_limit_error"))
+    assert isinstance(limited, RateLimited) and limited.retry_after == 7.0
+    overloaded = classify_anthropic_error(529, {}, anthropic_body("overloaded_error"))
+    assert isinstance(overloaded, RateLimited) and overloaded.retryable and overloaded.code == "overloaded"
+    assert isinstance(classify_anthropic_error(401, {}, anthropic_body("authentication_error")), UpstreamAuthError)
+    assert classify_anthropic_error(400, {}, anthropic_body("invalid_request_error")).status == 400
+
+
+def gemini_body(code: int, status: str, details: list[dict[str, object]]) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": "m", "status": status, "details": details}})
+
+
+def test_gemini_errors() -> None:
+    retry = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "34s"}]
+    limited = classify_gemini_error(429, {}, gemini_body(429, "RESOURCE_EXHAUSTED", retry))
+    assert isinstance(limited, RateLimited) and limited.retry_after == 34.0
+    assert isinstance(classify_gemini_error(503, {}, gemini_body(503, "UNAVAILABLE", [])), UpstreamServerError)
+    bad_key = gemini_body(400, "INVALID_ARGUMENT", [{"reason": "API_KEY_INVALID"}])
+    assert isinstance(classify_gemini_error(400, {}, bad_key), UpstreamAuthError)
+
+
+def test_azure_content_filter_is_a_content_policy_violation() -> None:
+    body = orjson.dumps({"error": {"message": "filtered", "type": None, "param": "prompt", "code": "content_filter",
+                                   "innererror": {"code": "ResponsibleAIPolicyViolation"}}})
+    error = classify_openai_error(400, {}, body)
+    assert isinstance(error, ContentPolicyViolation) and not error.retryable
+
+
+class FakeCredentials:
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.expiry: datetime.datetime | None = None
+        self.calls = 0
+
+    def refresh(self, request: object) -> None:
+        self.calls += 1
+        self.token = f"tok-{self.calls}"
+        self.expiry = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + datetime.timedelta(seconds=600)
+
+
+def test_token_is_cached_and_refreshed_before_expiry_in_the_background() -> None:
+    credentials = FakeCredentials()
+    token = CachedToken(credentials, lambda: None, margin=300)
+    now = time.time()
+    assert token.current(now) in (None, "tok-1")  # a refresh starts in a thread; the caller never waits
+    deadline = time.time() + 5
+    while token.token is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert token.current(now) == "tok-1" and credentials.calls == 1  # cached: no second refresh
+    assert token.current(now + 350) == "tok-1"  # inside the margin: still served, refresh started
+    while credentials.calls < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert token.current(now) == "tok-2"
