@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import threading
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -47,27 +49,39 @@ def test_azure_content_filter_is_a_content_policy_violation() -> None:
 
 
 class FakeCredentials:
+    """Refreshes only when the test opens ``gate``, so the test sees the state before and after."""
+
     def __init__(self) -> None:
         self.token: str | None = None
         self.expiry: datetime.datetime | None = None
         self.calls = 0
+        self.gate = threading.Event()
 
     def refresh(self, request: object) -> None:
+        self.gate.wait(5)
+        self.gate.clear()
         self.calls += 1
         self.token = f"tok-{self.calls}"
         self.expiry = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + datetime.timedelta(seconds=600)
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.time() + 5
+    while not condition() and time.time() < deadline:
+        time.sleep(0.01)
 
 
 def test_token_is_cached_and_refreshed_before_expiry_in_the_background() -> None:
     credentials = FakeCredentials()
     token = CachedToken(credentials, lambda: None, margin=300)
     now = time.time()
-    assert token.current(now) in (None, "tok-1")  # a refresh starts in a thread; the caller never waits
-    deadline = time.time() + 5
-    while token.token is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert token.current(now) == "tok-1" and credentials.calls == 1  # cached: no second refresh
-    assert token.current(now + 350) == "tok-1"  # inside the margin: still served, refresh started
-    while credentials.calls < 2 and time.time() < deadline:
-        time.sleep(0.01)
+    assert token.current(now) is None  # nothing yet: a refresh starts in a thread; the caller never waits
+    assert token.current(now) is None and token.refreshing  # one refresh in flight, not two
+    credentials.gate.set()
+    wait_for(lambda: token.token is not None and not token.refreshing)
+    assert token.current(now) == "tok-1" and credentials.calls == 1  # cached: no new refresh
+    assert token.current(now + 350) == "tok-1"  # inside the margin: still served while a refresh runs
+    assert token.refreshing
+    credentials.gate.set()
+    wait_for(lambda: credentials.calls == 2 and not token.refreshing)
     assert token.current(now) == "tok-2"
