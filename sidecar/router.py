@@ -214,7 +214,8 @@ class Router:
         deadline = self.clock() + self.timeout
         pending = deque(self.plans[request.model])
         tried: set[str] = set()
-        only_rate_limited, previous = True, None
+        previous: str | None = None
+        limited = unlimited = 0  # candidates that were rate limited (or cooling down from it), and others
         while pending:
             group = pending.popleft()
             tried.add(group)
@@ -227,7 +228,7 @@ class Router:
             while candidates:
                 target = candidates.popleft()
                 if not self._admit(target, outcome, self.clock()):
-                    only_rate_limited = only_rate_limited and target.rate_limited
+                    limited, unlimited = limited + target.rate_limited, unlimited + (not target.rate_limited)
                     continue
                 has_alternative = bool(candidates) or bool(pending)
                 try:
@@ -244,16 +245,19 @@ class Router:
                 if result is not _FAILED:
                     outcome.answered_group = group
                     return result  # type: ignore[return-value]
-                only_rate_limited = only_rate_limited and outcome.errors[-1] == "rate_limited"
+                was_limited = bool(outcome.errors) and outcome.errors[-1] == "rate_limited"
+                limited, unlimited = limited + was_limited, unlimited + (not was_limited)
                 if self.clock() >= deadline:
-                    raise DeadlineExceeded("the request ran out of time before an upstream answered")
-        raise self._exhausted(request.model, only_rate_limited and bool(outcome.errors))
+                    pending.clear()
+                    break
+        raise self._exhausted(request.model, deadline, limited > 0 and unlimited == 0)
 
     def _admit(self, target: Target, outcome: Outcome, now: float) -> bool:
         allowed, transition = target.breaker.admit(now)
         self._note(transition, outcome)
         if not allowed:
-            outcome.trail.append(Skip(target.deployment.id, "breaker_open"))
+            reason = "rate_limit_cooldown" if target.rate_limited else "breaker_open"
+            outcome.trail.append(Skip(target.deployment.id, reason))
             return False
         if target.rpm is not None and target.rpm.take(1, now) > 0:
             target.breaker.release_probe()
@@ -383,8 +387,10 @@ class Router:
             return []
         return [g for g in groups_to_try(group, self.config.router, error.error_class)[1:] if g not in tried]
 
-    def _exhausted(self, group: str, only_rate_limited: bool) -> SidecarError:
+    def _exhausted(self, group: str, deadline: float, only_rate_limited: bool) -> SidecarError:
         now = self.clock()
+        if now >= deadline:
+            return DeadlineExceeded("the request ran out of time before an upstream answered")
         if only_rate_limited:
             soonest = min(t.breaker.ready_at(now) for g in self.plans[group] for t in self.targets[g])
             return AllRateLimited("every upstream for this model is rate limited; retry later",
