@@ -353,7 +353,7 @@ def _deployment(entry: _Section, secrets: _SecretResolver, seen_ids: set[str]) -
     provider, model = _split_model(model_ref, params)
     base_default = PROVIDERS.get(provider) if provider else None
     api_base = secrets.plain(params.string("api_base", base_default), f"{params.where}.api_base")
-    if provider and not api_base:
+    if provider and not api_base and provider != "vertex_ai":  # Vertex builds its regional host
         params.problem("api_base", f"required for provider '{provider}'")
     key_ref = params.get("api_key")
     api_key = secrets.resolve(key_ref, f"{params.where}.api_key") if key_ref is not None else None
@@ -383,7 +383,7 @@ def _deployment(entry: _Section, secrets: _SecretResolver, seen_ids: set[str]) -
     )
     params.finish()
     info.finish()
-    if name is None or provider is None or model is None or not api_base:
+    if name is None or provider is None or model is None or (not api_base and provider != "vertex_ai"):
         return None
     return deployment
 

@@ -48,10 +48,12 @@ def to_messages_body(body: dict[str, Any], model: str, *, default_max_tokens: in
                            or common.DEFAULT_MAX_TOKENS}
     if system:
         out["system"] = system
-    if version not in SAMPLING_FREE_VERSIONS:
-        for name in ("temperature", "top_p", "top_k"):
-            if body.get(name) is not None:
-                out[name] = min(float(body[name]), 1.0) if name == "temperature" else body[name]
+    for name in ("temperature", "top_p", "top_k"):
+        if body.get(name) is None:
+            continue
+        if version in SAMPLING_FREE_VERSIONS:
+            raise InvalidRequest(f"'{name}' is not accepted by anthropic-version {version}", param=name)
+        out[name] = min(float(body[name]), 1.0) if name == "temperature" else body[name]
     stops = common.stop_list(body.get("stop"))
     if stops:
         out["stop_sequences"] = stops

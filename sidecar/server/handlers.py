@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
 
 from sidecar.core.cost import format_cost, request_cost
 from sidecar.core.errors import BodyTooLarge, SidecarError
-from sidecar.core.types import ChatRequest, Endpoint, StreamChunk
+from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk
 from sidecar.formats import openai as openai_format
 from sidecar.formats.sse import DONE_EVENT
 from sidecar.policy.plan import FallbackStep
-from sidecar.router import Outcome
+from sidecar.router import Outcome, StreamSink
 from sidecar.server.keys import STATE, AppState
 from sidecar.server.middleware import REQUEST_ID, request_id_of
 from sidecar.telemetry.logs import log_request
@@ -76,17 +77,32 @@ class OpenAIStreamSink:
         await self.response.write(b"data: " + body + b"\n\n")
 
 
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How answers go back to the app in the wire format it spoke: a stream sink and a body renderer."""
+
+    sink: Callable[[web.Request, ChatRequest], StreamSink]
+    body: Callable[[ChatResponse], bytes]
+
+
+def _openai_body(response: ChatResponse) -> bytes:
+    return response.raw if response.raw is not None else orjson.dumps(response.data)
+
+
+OPENAI = Dialect(lambda request, chat: OpenAIStreamSink(request), _openai_body)
+
+
 def openai_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         chat = openai_format.parse_request(await read_body(request, state), endpoint)
-        return await serve(request, state, chat)
+        return await serve(request, state, chat, OPENAI)
 
     return handler
 
 
-async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web.StreamResponse:
-    """Route one OpenAI-format request and render the answer; records the outcome either way."""
+async def serve(request: web.Request, state: AppState, chat: ChatRequest, dialect: Dialect) -> web.StreamResponse:
+    """Route one request and render the answer in the app's dialect; records the outcome either way."""
     router = state.router
     assert router is not None
     metrics = state.metrics
@@ -102,7 +118,7 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web
     outcome: Outcome | None = None
     try:
         if chat.stream:
-            sink = OpenAIStreamSink(request)
+            sink = dialect.sink(request, chat)
             outcome = await router.stream(chat, sink)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
             assert sink.response is not None
@@ -113,8 +129,7 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web
         record.cost = request_cost(outcome.usage, state.prices.get(outcome.deployment or ""))
         if record.cost is not None:
             headers["x-sidecar-cost"] = format_cost(record.cost)
-        body = response.raw if response.raw is not None else orjson.dumps(response.data)
-        return web.Response(body=body, headers=headers, content_type=JSON)
+        return web.Response(body=dialect.body(response), headers=headers, content_type=JSON)
     except SidecarError as error:
         record.status, record.error_type = error.status, error.error_class
         raise

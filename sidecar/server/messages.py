@@ -8,24 +8,19 @@ Errors before the stream starts are rendered in Anthropic's shape by the error m
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from sidecar.core.cost import format_cost, request_cost
 from sidecar.core.errors import SidecarError
-from sidecar.core.types import ChatRequest, StreamChunk
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
 from sidecar.formats import anthropic_ingress
 from sidecar.formats.anthropic_stream import OpenAIToAnthropic, error_event
 from sidecar.router import Outcome
-from sidecar.server.handlers import JSON, SSE_HEADERS, outcome_headers, read_body
-from sidecar.server.handlers import _fill as fill_record
-from sidecar.server.keys import STATE, AppState
+from sidecar.server.handlers import SSE_HEADERS, Dialect, outcome_headers, read_body, serve
+from sidecar.server.keys import STATE
 from sidecar.server.middleware import request_id_of
-from sidecar.telemetry.logs import log_request
-from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
 
 
 class AnthropicStreamSink:
@@ -98,59 +93,17 @@ class AnthropicStreamSink:
         await self.response.write(error_event(anthropic_ingress.error_type(error.status), error.message))
 
 
+def _anthropic_body(response: ChatResponse) -> bytes:
+    """An Anthropic upstream's own bytes as they came; anything else translated."""
+    if response.native is not None:
+        return response.native
+    return orjson.dumps(anthropic_ingress.to_message(response.data))
+
+
+ANTHROPIC = Dialect(AnthropicStreamSink, _anthropic_body)
+
+
 async def messages_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     chat = anthropic_ingress.parse_request(await read_body(request, state))
-    return await serve(request, state, chat)
-
-
-async def serve(request: web.Request, state: AppState, chat: ChatRequest) -> web.StreamResponse:
-    """Route one Anthropic-format request and render the answer; records it exactly as ``handlers.serve``.
-
-    Mirrors ``handlers.serve`` with the Anthropic sink and body; if that function grows a sink/renderer
-    parameter, this one should become a call to it.
-    """
-    router = state.router
-    assert router is not None
-    metrics = state.metrics
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    metrics.in_flight += 1
-    CURRENT_OUTCOME.set(None)
-    group = chat.model if router.has_group(chat.model) else ""
-    record = RequestRecord(request_id_of(request), group, stream=chat.stream)
-    tracing = state.tracing
-    spans = None if tracing is None else tracing.start_request(request.method, request.path, request.headers,
-                                                                chat.model, chat.body)
-    outcome: Outcome | None = None
-    try:
-        if chat.stream:
-            sink = AnthropicStreamSink(request, chat)
-            outcome = await router.stream(chat, sink)
-            record.outcome, record.status = ("error" if outcome.failed else "success"), 200
-            assert sink.response is not None
-            return sink.response
-        response, outcome = await router.complete(chat)
-        record.outcome, record.status = "success", 200
-        headers = outcome_headers(outcome, record.request_id)
-        record.cost = request_cost(outcome.usage, state.prices.get(outcome.deployment or ""))
-        if record.cost is not None:
-            headers["x-sidecar-cost"] = format_cost(record.cost)
-        body = response.native if response.native is not None else \
-            orjson.dumps(anthropic_ingress.to_message(response.data))
-        return web.Response(body=body, headers=headers, content_type=JSON)
-    except SidecarError as error:
-        record.status, record.error_type = error.status, error.error_class
-        raise
-    except asyncio.CancelledError:
-        record.outcome, record.status = "cancelled", 499
-        raise
-    finally:
-        metrics.in_flight -= 1
-        record.seconds = loop.time() - started
-        fill_record(record, outcome or CURRENT_OUTCOME.get(), state)  # type: ignore[arg-type]
-        if spans is not None:
-            record.trace_id = spans.trace_id
-            spans.finish(record, outcome or CURRENT_OUTCOME.get())  # type: ignore[arg-type]
-        metrics.observe(record)
-        log_request(record)
+    return await serve(request, state, chat, ANTHROPIC)

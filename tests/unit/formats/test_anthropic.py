@@ -44,7 +44,10 @@ def test_json_mode_and_version_without_sampling() -> None:
     out = anthropic.to_messages_body(body(response_format={"type": "json_object"}, temperature=1.5), "c")
     assert out["output_config"] == {"format": {"type": "json_schema", "schema": {"type": "object"}}}
     assert out["temperature"] == 1.0  # Anthropic's range is 0..1
-    assert "temperature" not in anthropic.to_messages_body(body(temperature=0.2), "c", version="2026-10-21")
+    assert "temperature" not in anthropic.to_messages_body(body(), "c", version="2026-10-21")
+    with pytest.raises(InvalidRequest) as info:  # never a silent loss: the app learns which field
+        anthropic.to_messages_body(body(temperature=0.2), "c", version="2026-10-21")
+    assert info.value.param == "temperature"
 
 
 def test_audio_part_and_bad_arguments_are_named() -> None:
