@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -119,6 +120,7 @@ async def _serve_async(config: Config, args: argparse.Namespace) -> None:
     await admin.setup()
     await web.TCPSite(api, args.host, args.port, backlog=1024).start()
     await web.TCPSite(admin, args.admin_host, args.admin_port).start()
+    _tune_gc()
     log.info("serving on %s:%d (admin %s:%d)", args.host, args.port, args.admin_host, args.admin_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,6 +132,21 @@ async def _serve_async(config: Config, args: argparse.Namespace) -> None:
     await api.cleanup()
     await admin.cleanup()
     log.info("stopped")
+
+
+GC_GEN0_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """Move everything loaded at start-up (modules, config, app) out of the collector's sight, and collect
+    the young generation less often. A request allocates a few hundred short-lived objects that reference
+    counting frees; with the default threshold (700) the cyclic collector ran every few requests and its
+    full passes re-scanned every long-lived object: measurable CPU per request and milliseconds at p99.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _fake_provider(args: argparse.Namespace) -> int:

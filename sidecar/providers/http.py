@@ -13,11 +13,24 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
 from sidecar.providers.base import UpstreamCall
 
 READ_SIZE = 64 * 1024
+_URLS: dict[str, URL] = {}  # parsed once per upstream URL: yarl parsing costs more than the rest of a call
+
+
+def _url(url: str) -> URL:
+    parsed = _URLS.get(url)
+    if parsed is None:
+        if len(_URLS) >= 4096:  # URLs come from the config, so this never fills; bounded all the same
+            _URLS.clear()
+        parsed = _URLS[url] = URL(url)
+    return parsed
+
+
 # Headers added to the calls of the current attempt (the W3C traceparent of its CLIENT span); set by
 # telemetry only for a sampled request to a deployment with propagate_trace, so the precomputed, shared
 # UpstreamCall.headers mapping is copied only then.
@@ -32,7 +45,7 @@ def _call_headers(call: UpstreamCall) -> Mapping[str, str]:
 @dataclass(slots=True)
 class Answer:
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive (the response's own multidict): read only on errors
     body: bytes
 
 
@@ -63,9 +76,9 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: flo
     """POST and read the whole answer before ``deadline`` (loop time)."""
     with map_errors("total"):
         async with asyncio.timeout_at(deadline):
-            async with session.post(call.url, data=call.body, headers=_call_headers(call)) as response:
+            async with session.post(_url(call.url), data=call.body, headers=_call_headers(call)) as response:
                 body = await response.read()
-                return Answer(response.status, _headers(response), body)
+                return Answer(response.status, response.headers, body)
 
 
 class UpstreamStream:
@@ -76,7 +89,7 @@ class UpstreamStream:
     def __init__(self, response: aiohttp.ClientResponse, timeout: asyncio.Timeout, total_deadline: float) -> None:
         self.response = response
         self.status = response.status
-        self.headers = _headers(response)
+        self.headers: Mapping[str, str] = response.headers  # case-insensitive; read only on errors
         self._timeout = timeout
         self.total_deadline = total_deadline
 
@@ -116,12 +129,9 @@ async def stream(session: aiohttp.ClientSession, call: UpstreamCall, *, first_by
     """
     async with asyncio.timeout_at(min(first_byte_deadline, total_deadline)) as timeout:
         with map_errors("first_byte"):
-            response = await session.post(call.url, data=call.body, headers=_call_headers(call))
+            response = await session.post(_url(call.url), data=call.body, headers=_call_headers(call))
         try:
             yield UpstreamStream(response, timeout, total_deadline)
         finally:
             response.release()
 
-
-def _headers(response: aiohttp.ClientResponse) -> dict[str, str]:
-    return {k.lower(): v for k, v in response.headers.items()}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -19,6 +20,14 @@ log = logging.getLogger("sidecar.server")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ANTHROPIC_PATHS = frozenset({"/v1/messages", "/messages"})  # errors there use Anthropic's shape
 REQUEST_ID = "x-request-id"
+# Generated ids: 32 hex digits like a uuid4's — a random per-process prefix and a counter, unique without
+# asking the OS for randomness on every request (uuid4 was ~2% of the CPU per request under load).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big") << 16)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def request_id_of(request: web.Request) -> str:
@@ -42,7 +51,7 @@ def error_response(error: SidecarError, request_id: str, *, anthropic: bool = Fa
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in and out; every exception becomes an error body in the app's dialect, never a stack trace."""
-    request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+    request_id = request.headers.get(REQUEST_ID) or new_request_id()
     request[REQUEST_ID] = request_id
     anthropic = request.path in ANTHROPIC_PATHS
     try:
