@@ -17,7 +17,6 @@ from sidecar.core.errors import (
     UpstreamBadRequest,
     UpstreamError,
     UpstreamServerError,
-    UpstreamTimeout,
 )
 from sidecar.core.types import ChatRequest, ChatResponse
 from sidecar.formats.continuation import Diverged, Splicer, StreamProgress, prefill_body
@@ -63,11 +62,9 @@ class StreamAttempt:
         start = router.clock()
         first_byte = start + router.ttft_limit(deployment)
         total = min(deadline, start + deployment.timeout) if deployment.timeout else deadline
-        opened = False
         try:
             async with http.stream(router.session, adapter.prepare(request), first_byte_deadline=first_byte,
                                    total_deadline=total) as upstream:
-                opened = True
                 if upstream.status != 200:
                     body = await upstream.read_body()
                     raise adapter.classify_error(upstream.status, upstream.headers, body)
@@ -95,12 +92,6 @@ class StreamAttempt:
                 outcome.skipped_events += reader.skipped
                 if not (reader.done or self.progress.finished):
                     raise UpstreamServerError("the upstream stream was cut off before the answer finished")
-        except TimeoutError:
-            # http.stream's deadline can fire outside its own error mapping — while waiting for the
-            # upstream's headers (a silent upstream), or at the total deadline between reads.
-            phase = "total" if opened else "first_byte"
-            error = UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase)
-            raise self._mark(error) from None
         except Diverged as exc:
             error = UpstreamServerError(f"could not resume the stream: {exc}")
             error.retryable = False

@@ -127,11 +127,17 @@ async def stream(session: aiohttp.ClientSession, call: UpstreamCall, *, first_by
     Leaving the block early (an error, the app gone) closes the upstream connection, so the upstream
     sees the cancellation; a fully read body returns the connection to the pool.
     """
-    async with asyncio.timeout_at(min(first_byte_deadline, total_deadline)) as timeout:
-        with map_errors("first_byte"):
-            response = await session.post(_url(call.url), data=call.body, headers=_call_headers(call))
-        try:
-            yield UpstreamStream(response, timeout, total_deadline)
-        finally:
-            response.release()
+    response: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout_at(min(first_byte_deadline, total_deadline)) as timeout:
+            with map_errors("first_byte"):
+                response = await session.post(_url(call.url), data=call.body, headers=_call_headers(call))
+            try:
+                yield UpstreamStream(response, timeout, total_deadline)
+            finally:
+                response.release()
+    except TimeoutError:
+        # The deadline fired outside a read: while waiting for the headers, or (between reads) the total.
+        phase = "first_byte" if response is None else "total"
+        raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase) from None
 

@@ -17,7 +17,7 @@ from sidecar.formats.sse import DONE_EVENT
 from sidecar.policy.plan import FallbackStep
 from sidecar.router import Outcome, StreamSink
 from sidecar.server.keys import STATE, AppState
-from sidecar.server.middleware import REQUEST_ID, request_id_of
+from sidecar.server.middleware import OUTCOME_HEADERS, REQUEST_ID, request_id_of
 from sidecar.telemetry.logs import log_request
 from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
 
@@ -132,6 +132,9 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest, dialec
         return web.Response(body=dialect.body(response), headers=headers, content_type=JSON)
     except SidecarError as error:
         record.status, record.error_type = error.status, error.error_class
+        tried = outcome or CURRENT_OUTCOME.get()
+        if isinstance(tried, Outcome) and tried.attempts:
+            request[OUTCOME_HEADERS] = outcome_headers(tried, record.request_id)
         raise
     except asyncio.CancelledError:
         record.outcome, record.status = "cancelled", 499

@@ -20,6 +20,7 @@ log = logging.getLogger("sidecar.server")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ANTHROPIC_PATHS = frozenset({"/v1/messages", "/messages"})  # errors there use Anthropic's shape
 REQUEST_ID = "x-request-id"
+OUTCOME_HEADERS = "sidecar.outcome_headers"  # request key: x-sidecar-* headers for an error answer
 # Generated ids: 32 hex digits like a uuid4's — a random per-process prefix and a counter, unique without
 # asking the OS for randomness on every request (uuid4 was ~2% of the CPU per request under load).
 _ID_PREFIX = os.urandom(8).hex()
@@ -57,7 +58,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except SidecarError as error:
-        return error_response(error, request_id, anthropic=anthropic)
+        response = error_response(error, request_id, anthropic=anthropic)
+        response.headers.update(request.get(OUTCOME_HEADERS) or {})
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response(BodyTooLarge("the request body is too large"), request_id, anthropic=anthropic)
     except web.HTTPException as exc:

@@ -158,6 +158,8 @@ def test_upstream_500_on_the_only_deployment_is_503(client: openai.OpenAI, prima
         client.chat.completions.create(model="solo", messages=MESSAGES)
     assert info.value.status_code == 503
     assert primary.api_base not in str(info.value.body) and "127.0.0.1" not in str(info.value.body)
+    assert info.value.response.headers["x-sidecar-attempts"] == "1"  # error answers say what was tried too
+    assert "x-sidecar-deployment" not in info.value.response.headers
 
 
 def test_upstream_429_on_the_only_deployment_is_429(client: openai.OpenAI, primary: FakeProvider) -> None:
