@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator
 
@@ -14,9 +13,11 @@ from sidecar.config import Config
 from sidecar.router import Router
 from sidecar.server import middleware, routes
 from sidecar.server.keys import STATE, AppState
+from sidecar.telemetry.logs import flush_request_log
 from sidecar.telemetry.tracing import Tracing
 
 CREDENTIAL_REFRESH_SECONDS = 10.0
+LOG_FLUSH_SECONDS = 0.25
 
 
 def create_app(state: AppState) -> web.Application:
@@ -57,11 +58,12 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     state.session = new_session(state.config)
     state.tracing = Tracing.from_env(state.config, os.environ)
     state.router = Router(state.config, state.session, observer=state.tracing)
-    refresher = asyncio.create_task(_refresh_credentials(state.router))
+    timers = [asyncio.create_task(_refresh_credentials(state.router)), asyncio.create_task(_flush_logs())]
     yield
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
+    for timer in timers:
+        timer.cancel()
+    await asyncio.gather(*timers, return_exceptions=True)
+    flush_request_log()
     await state.session.close()
     if state.tracing is not None:
         await asyncio.get_running_loop().run_in_executor(None, state.tracing.shutdown)
@@ -73,6 +75,13 @@ async def _refresh_credentials(router: Router) -> None:
     while True:
         await asyncio.sleep(CREDENTIAL_REFRESH_SECONDS)
         await loop.run_in_executor(None, router.refresh_credentials)
+
+
+async def _flush_logs() -> None:
+    """Request log lines are buffered (no write per request); push them out a few times a second."""
+    while True:
+        await asyncio.sleep(LOG_FLUSH_SECONDS)
+        flush_request_log()
 
 
 async def _drain(app: web.Application) -> None:

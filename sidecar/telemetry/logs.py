@@ -7,11 +7,13 @@ configured secret values exactly, and by shape anything that looks like a bearer
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -82,12 +84,21 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
 
 
 def log_request(record: RequestRecord) -> None:
-    """The one line per request, at INFO (errors at WARNING). Skipped entirely when the level hides it."""
+    """The one line per request, at INFO (errors at WARNING). Skipped entirely when the level hides it.
+
+    Written straight to stderr's binary buffer — no LogRecord, no formatter, no syscall per request;
+    ``flush_request_log`` empties the buffer on a short timer and at shutdown. Every field is an id, a
+    name from the config or a number, so none needs redaction.
+    """
     level = logging.INFO if record.outcome != "error" else logging.WARNING
     if not REQUEST_LOG.isEnabledFor(level):
         return
     usage = record.usage
-    fields = {
+    line = {
+        "ts": round(time.time(), 6),
+        "level": "info" if level == logging.INFO else "warning",
+        "logger": "sidecar.request",
+        "message": "request",
         "request_id": record.request_id,
         "trace_id": record.trace_id,
         "model_group": record.group,
@@ -107,4 +118,44 @@ def log_request(record: RequestRecord) -> None:
         "cached_tokens": usage.cached_tokens if usage else None,
         "cost_usd": record.cost,
     }
-    REQUEST_LOG.log(level, "request", extra={"fields": fields})
+    REQUEST_LINES.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+
+
+class RequestLines:
+    """A buffered writer on stderr's file descriptor, opened on first use.
+
+    Python's own stderr is unbuffered — a syscall per line. Lines are written whole, so they never
+    interleave mid-line with other log lines; their order relative to those can differ by up to one flush
+    interval, and each line carries its own ``ts``.
+    """
+
+    __slots__ = ("_out",)
+
+    def __init__(self) -> None:
+        self._out: BinaryIO | None = None
+
+    def write(self, data: bytes) -> None:
+        out = self._out
+        if out is None:
+            out = self._out = self._open()
+        out.write(data)
+
+    def flush(self) -> None:
+        if self._out is not None:
+            with contextlib.suppress(OSError, ValueError):  # stderr closed or broken: nothing more to do
+                self._out.flush()
+
+    @staticmethod
+    def _open() -> BinaryIO:
+        try:
+            return open(sys.stderr.fileno(), "wb", buffering=64 * 1024, closefd=False)
+        except (AttributeError, OSError, ValueError):  # stderr without a descriptor: a test runner's capture
+            return sys.stderr.buffer  # type: ignore[no-any-return]
+
+
+REQUEST_LINES = RequestLines()
+
+
+def flush_request_log() -> None:
+    """Push buffered request lines out (called on a timer by the server and at shutdown)."""
+    REQUEST_LINES.flush()

@@ -253,9 +253,14 @@ def test_metrics_after_known_traffic(traced: Sidecar, receiver: Receiver) -> Non
                     (("cause", "server_error"), ("fallback", "spare"), ("model_group", "main")))] == 1
     assert samples[("llm_sidecar_breaker_state", (("deployment", PRIMARY),))] == 0
     assert samples[("llm_sidecar_in_flight", ())] == 0
-    # the request log line: one JSON object per request, with the trace id
-    lines = [orjson.loads(line) for line in traced.logs().splitlines() if '"sidecar.request"' in line]
-    priced = [entry for entry in lines if entry["model_group"] == "priced"]
+    # the request log line: one JSON object per request, with the trace id (lines are flushed on a timer)
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [orjson.loads(line) for line in traced.logs().splitlines() if '"sidecar.request"' in line]
+        priced = [entry for entry in lines if entry["model_group"] == "priced"]
+        if len(priced) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(priced) == 3
     assert priced[0]["deployment"] == PRICED and priced[0]["cost_usd"] > 0 and len(priced[0]["trace_id"]) == 32
     assert PROVIDER_KEY not in traced.logs() and APP_KEY not in traced.logs()
