@@ -20,7 +20,7 @@ demo: install
 	$(PY) -m sidecar demo
 
 lint: install
-	$(VENV)/bin/ruff check sidecar tests
+	$(VENV)/bin/ruff check sidecar tests bench
 
 run: install
 	$(PY) -m sidecar serve --config config.example.yaml
@@ -28,11 +28,12 @@ run: install
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-# Performance: `make bench` (BENCH_ARGS="--duration 3" for a quick look), `make bench-soak` (1,000,000 requests).
+# Performance: `make bench` (BENCH_ARGS="--duration 3" for a quick look), `make bench-soak` (1,000,000 requests),
+# `make bench-failover` (what a failover costs a request, on the classic exercise).
 # nginx and wrk come from Debian's packages, installed only when missing.
 BENCH_TOOLS = command -v nginx >/dev/null && command -v wrk >/dev/null \
 	|| apt-get install -y nginx wrk || (apt-get update && apt-get install -y nginx wrk)
-.PHONY: bench bench-soak
+.PHONY: bench bench-soak bench-failover
 
 bench: install
 	@$(BENCH_TOOLS)
@@ -41,3 +42,6 @@ bench: install
 bench-soak: install
 	@$(BENCH_TOOLS)
 	$(PY) bench/run.py --soak $(BENCH_ARGS)
+
+bench-failover: install
+	$(PY) bench/failover.py $(BENCH_ARGS)
