@@ -8,13 +8,14 @@ run of ``llm-sidecar check-config`` reports them all.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from sidecar.config_reader import ConfigError, Secret, SecretResolver, Section, is_number
 
 PROVIDERS: Mapping[str, str | None] = {
     # provider prefix → default api_base (None: must be configured)
@@ -37,48 +38,6 @@ RETRY_POLICY_KEYS = ("RateLimitErrorRetries", "TimeoutErrorRetries", "InternalSe
                      "ContentPolicyViolationErrorRetries")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIB = 1024 * 1024
-
-
-class ConfigError(Exception):
-    """Raised with every problem found; ``problems`` are ``location: message`` strings."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class Secret:
-    """A credential from ``os.environ/NAME``, ``file:/path`` or a literal.
-
-    File secrets are re-read by ``refresh()`` (the server calls it on a timer), so a rotated Kubernetes
-    Secret takes effect without a restart. ``repr`` never shows the value.
-    """
-
-    __slots__ = ("_mtime", "path", "value")
-
-    def __init__(self, value: str, path: str | None = None, mtime: float = 0.0) -> None:
-        self.value = value
-        self.path = path
-        self._mtime = mtime
-
-    def refresh(self) -> bool:
-        """Re-read a file secret if it changed; True when the value changed."""
-        if self.path is None:
-            return False
-        try:
-            mtime = os.stat(self.path).st_mtime
-            if mtime == self._mtime:
-                return False
-            with open(self.path, encoding="utf-8") as handle:
-                value = handle.read().strip()
-        except OSError:
-            return False  # keep the last good value; the file may be mid-rotation
-        self._mtime = mtime
-        changed, self.value = value != self.value, value
-        return changed
-
-    def __repr__(self) -> str:
-        return "Secret(<redacted>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +169,11 @@ def load(path: str, *, resolve_secrets: bool = True) -> Config:
 
 def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, str] | None = None) -> Config:
     problems: list[str] = []
-    root = _Section(data if data is not None else {}, "", problems)
+    root = Section(data if data is not None else {}, "", problems)
     env = dict(os.environ if environ is None else environ)
     extra_env = root.mapping("environment_variables")
     env.update({str(k): str(v) for k, v in extra_env.items()})
-    secrets = _SecretResolver(env, problems, enabled=resolve_secrets)
+    secrets = SecretResolver(env, problems, enabled=resolve_secrets)
 
     litellm = root.section("litellm_settings")
     general = root.section("general_settings")
@@ -237,7 +196,7 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
 # ---- sections ------------------------------------------------------------------------------------
 
 
-def _router_settings(s: _Section, litellm: _Section) -> RouterSettings:
+def _router_settings(s: Section, litellm: Section) -> RouterSettings:
     default = RouterSettings()
     retries = litellm.integer("num_retries", default.num_retries, minimum=0)
     timeout = litellm.number("request_timeout", default.timeout, minimum=0.001)
@@ -264,7 +223,7 @@ def _router_settings(s: _Section, litellm: _Section) -> RouterSettings:
     return settings
 
 
-def _sidecar_settings(s: _Section, general: _Section, secrets: _SecretResolver) -> SidecarSettings:
+def _sidecar_settings(s: Section, general: Section, secrets: SecretResolver) -> SidecarSettings:
     default = SidecarSettings()
     keys: list[Secret] = []
     master = general.get("master_key")
@@ -295,7 +254,7 @@ def _sidecar_settings(s: _Section, general: _Section, secrets: _SecretResolver) 
     return settings
 
 
-def _telemetry(s: _Section) -> TelemetrySettings:
+def _telemetry(s: Section) -> TelemetrySettings:
     default = TelemetrySettings()
     settings = TelemetrySettings(
         capture_content=bool(s.boolean("capture_content", default.capture_content)),
@@ -305,7 +264,7 @@ def _telemetry(s: _Section) -> TelemetrySettings:
     return settings
 
 
-def _catch_all(s: _Section) -> CatchAll:
+def _catch_all(s: Section) -> CatchAll:
     default = CatchAll()
     settings = CatchAll(
         static_response=s.string("static_response", None),
@@ -316,27 +275,27 @@ def _catch_all(s: _Section) -> CatchAll:
     return settings
 
 
-def _hedging(s: _Section) -> dict[str, Hedging]:
+def _hedging(s: Section) -> dict[str, Hedging]:
     out: dict[str, Hedging] = {}
     for group in list(s.data):
         entry = s.section(str(group))
         after = entry.get("after")
-        if after is not None and after != "p95" and not (_is_number(after) and after > 0):
+        if after is not None and after != "p95" and not (is_number(after) and after > 0):
             entry.problem("after", f"expected a number of seconds > 0 or 'p95', got {after!r}")
             after = None
         out[str(group)] = Hedging(
-            after=float(after) if _is_number(after) else None,
+            after=float(after) if is_number(after) else None,
             fallback_after=entry.number("fallback_after", Hedging().fallback_after, minimum=0.001),
         )
         entry.finish()
     return out
 
 
-def _model_list(items: list[Any], secrets: _SecretResolver, problems: list[str]) -> dict[str, ModelGroup]:
+def _model_list(items: list[Any], secrets: SecretResolver, problems: list[str]) -> dict[str, ModelGroup]:
     members: dict[str, list[Deployment]] = {}
     seen_ids: set[str] = set()
     for i, item in enumerate(items):
-        entry = _Section(item, f"model_list[{i}]", problems)
+        entry = Section(item, f"model_list[{i}]", problems)
         deployment = _deployment(entry, secrets, seen_ids)
         entry.finish()
         if deployment is not None:
@@ -345,7 +304,7 @@ def _model_list(items: list[Any], secrets: _SecretResolver, problems: list[str])
     return {name: ModelGroup(name, tuple(deps)) for name, deps in members.items()}
 
 
-def _deployment(entry: _Section, secrets: _SecretResolver, seen_ids: set[str]) -> Deployment | None:
+def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str]) -> Deployment | None:
     name = entry.string("model_name", None, required=True)
     params = entry.section("litellm_params", required=True)
     info = entry.section("model_info")
@@ -388,7 +347,7 @@ def _deployment(entry: _Section, secrets: _SecretResolver, seen_ids: set[str]) -
     return deployment
 
 
-def _model_info(s: _Section) -> ModelInfo:
+def _model_info(s: Section) -> ModelInfo:
     return ModelInfo(
         input_cost_per_token=s.number("input_cost_per_token", None, minimum=0),
         output_cost_per_token=s.number("output_cost_per_token", None, minimum=0),
@@ -398,7 +357,7 @@ def _model_info(s: _Section) -> ModelInfo:
     )
 
 
-def _split_model(ref: str | None, params: _Section) -> tuple[str | None, str | None]:
+def _split_model(ref: str | None, params: Section) -> tuple[str | None, str | None]:
     if ref is None:
         return None, None
     provider, sep, model = ref.partition("/")
@@ -426,160 +385,3 @@ def _check_fallbacks(router: RouterSettings, groups: Mapping[str, ModelGroup], p
             for name in (source, *targets):
                 if name not in groups:
                     problems.append(f"router_settings.{key}: unknown model group '{name}'")
-
-
-# ---- the reader ---------------------------------------------------------------------------------
-
-
-class _Section:
-    """A mapping being read: typed getters record problems with locations; ``finish`` flags unknown keys."""
-
-    def __init__(self, data: object, where: str, problems: list[str], *, required: bool = False) -> None:
-        self.where = where
-        self.problems = problems
-        self.seen: set[str] = set()
-        if data is None and not required:
-            data = {}
-        if not isinstance(data, dict):
-            self.report(where or "(top level)", "expected a mapping")
-            data = {}
-        self.data: dict[str, Any] = data
-
-    def report(self, location: str, message: str) -> None:
-        self.problems.append(f"{location}: {message}")
-
-    def problem(self, key: str, message: str) -> None:
-        self.report(self._at(key), message)
-
-    def _at(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.data.get(key)
-
-    def section(self, key: str, *, required: bool = False) -> _Section:
-        value = self.get(key)
-        if value is None and required:
-            self.problem(key, "is required")
-        return _Section(value, self._at(key), self.problems)
-
-    def mapping(self, key: str) -> dict[Any, Any]:
-        value = self.get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(key, "expected a mapping")
-            return {}
-        return value
-
-    def list(self, key: str) -> list[Any]:
-        value = self.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.problem(key, "expected a list")
-            return []
-        return value
-
-    def _typed(self, key: str, default: Any, ok: Callable[[Any], bool], expected: str, required: bool) -> Any:
-        value = self.get(key)
-        if value is None:
-            if required:
-                self.problem(key, "is required")
-            return default
-        if not ok(value):
-            self.problem(key, f"expected {expected}, got {value!r}")
-            return default
-        return value
-
-    def string(self, key: str, default: str | None, *, required: bool = False) -> str | None:
-        value = self._typed(key, default, lambda v: isinstance(v, str) and v != "", "a non-empty string",
-                            required)
-        return value  # type: ignore[no-any-return]
-
-    def boolean(self, key: str, default: bool | None) -> Any:
-        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false", False)
-
-    def integer(self, key: str, default: int | None, *, minimum: int) -> Any:
-        return self._typed(key, default, lambda v: _is_int(v) and v >= minimum,
-                           f"an integer >= {minimum}", False)
-
-    def number(self, key: str, default: float | None, *, minimum: float) -> Any:
-        value = self._typed(key, default, lambda v: _is_number(v) and v >= minimum,
-                            f"a number >= {minimum}", False)
-        return float(value) if value is not None else None
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self._typed(key, default, lambda v: v in choices, f"one of {', '.join(choices)}", False)
-        return value  # type: ignore[no-any-return]
-
-    def fallbacks(self, key: str) -> dict[str, tuple[str, ...]]:
-        """LiteLLM's shape: ``[{group: [fallback, ...]}, ...]``."""
-        out: dict[str, tuple[str, ...]] = {}
-        for i, item in enumerate(self.list(key)):
-            valid = isinstance(item, dict) and all(
-                isinstance(k, str) and isinstance(v, list) and all(isinstance(t, str) for t in v)
-                for k, v in item.items()
-            )
-            if not valid:
-                self.report(f"{self._at(key)}[{i}]", "expected {group: [fallback group, ...]}")
-                continue
-            out.update({k: tuple(v) for k, v in item.items()})
-        return out
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.seen:
-                self.problem(str(key), "unknown key")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class _SecretResolver:
-    """Resolves ``os.environ/NAME`` and ``file:/path`` references, recording what cannot be resolved."""
-
-    def __init__(self, env: Mapping[str, str], problems: list[str], *, enabled: bool) -> None:
-        self.env = env
-        self.problems = problems
-        self.enabled = enabled
-
-    def resolve(self, ref: object, where: str) -> Secret | None:
-        if not isinstance(ref, str) or not ref:
-            self.problems.append(f"{where}: expected a string")
-            return None
-        if ref.startswith("os.environ/"):
-            name = ref.removeprefix("os.environ/")
-            value = self.env.get(name)
-            if value is None and self.enabled:
-                self.problems.append(f"{where}: environment variable {name} is not set")
-            return Secret(value or "")
-        if ref.startswith("file:"):
-            path = ref.removeprefix("file:")
-            if not self.enabled:
-                return Secret("", path)
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    value = handle.read().strip()
-                return Secret(value, path, os.stat(path).st_mtime)
-            except OSError as exc:
-                self.problems.append(f"{where}: cannot read secret file {path}: {exc.strerror}")
-                return None
-        return Secret(ref)
-
-    def resolve_all(self, refs: list[Any], where: str) -> list[Secret]:
-        out = [self.resolve(ref, f"{where}[{i}]") for i, ref in enumerate(refs)]
-        return [s for s in out if s is not None]
-
-    def plain(self, value: str | None, where: str) -> str | None:
-        """Non-secret strings may also come from ``os.environ/NAME`` (LiteLLM allows it for api_base)."""
-        if value is None or not value.startswith("os.environ/"):
-            return value
-        secret = self.resolve(value, where)
-        return secret.value if secret else None

@@ -1,0 +1,210 @@
+"""Reading a configuration mapping with locations: typed getters that collect problems instead of raising.
+
+``Section`` reads one mapping (``model_list[2].litellm_params``), records each problem as
+``location: message``, and reports every key it was never asked about as unknown; ``SecretResolver``
+turns ``os.environ/NAME`` and ``file:/path`` references into ``Secret`` values. ``config`` builds the typed
+configuration on top of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; ``problems`` are ``location: message`` strings."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A credential from ``os.environ/NAME``, ``file:/path`` or a literal.
+
+    File secrets are re-read by ``refresh()`` (the server calls it on a timer), so a rotated Kubernetes
+    Secret takes effect without a restart. ``repr`` never shows the value.
+    """
+
+    __slots__ = ("_mtime", "path", "value")
+
+    def __init__(self, value: str, path: str | None = None, mtime: float = 0.0) -> None:
+        self.value = value
+        self.path = path
+        self._mtime = mtime
+
+    def refresh(self) -> bool:
+        """Re-read a file secret if it changed; True when the value changed."""
+        if self.path is None:
+            return False
+        try:
+            mtime = os.stat(self.path).st_mtime
+            if mtime == self._mtime:
+                return False
+            with open(self.path, encoding="utf-8") as handle:
+                value = handle.read().strip()
+        except OSError:
+            return False  # keep the last good value; the file may be mid-rotation
+        self._mtime = mtime
+        changed, self.value = value != self.value, value
+        return changed
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+
+class Section:
+    """A mapping being read: typed getters record problems with locations; ``finish`` flags unknown keys."""
+
+    def __init__(self, data: object, where: str, problems: list[str], *, required: bool = False) -> None:
+        self.where = where
+        self.problems = problems
+        self.seen: set[str] = set()
+        if data is None and not required:
+            data = {}
+        if not isinstance(data, dict):
+            self.report(where or "(top level)", "expected a mapping")
+            data = {}
+        self.data: dict[str, Any] = data
+
+    def report(self, location: str, message: str) -> None:
+        self.problems.append(f"{location}: {message}")
+
+    def problem(self, key: str, message: str) -> None:
+        self.report(self._at(key), message)
+
+    def _at(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def section(self, key: str, *, required: bool = False) -> Section:
+        value = self.get(key)
+        if value is None and required:
+            self.problem(key, "is required")
+        return Section(value, self._at(key), self.problems)
+
+    def mapping(self, key: str) -> dict[Any, Any]:
+        value = self.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(key, "expected a mapping")
+            return {}
+        return value
+
+    def list(self, key: str) -> list[Any]:
+        value = self.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(key, "expected a list")
+            return []
+        return value
+
+    def _typed(self, key: str, default: Any, ok: Callable[[Any], bool], expected: str, required: bool) -> Any:
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.problem(key, "is required")
+            return default
+        if not ok(value):
+            self.problem(key, f"expected {expected}, got {value!r}")
+            return default
+        return value
+
+    def string(self, key: str, default: str | None, *, required: bool = False) -> str | None:
+        value = self._typed(key, default, lambda v: isinstance(v, str) and v != "", "a non-empty string",
+                            required)
+        return value  # type: ignore[no-any-return]
+
+    def boolean(self, key: str, default: bool | None) -> Any:
+        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false", False)
+
+    def integer(self, key: str, default: int | None, *, minimum: int) -> Any:
+        return self._typed(key, default, lambda v: is_int(v) and v >= minimum,
+                           f"an integer >= {minimum}", False)
+
+    def number(self, key: str, default: float | None, *, minimum: float) -> Any:
+        value = self._typed(key, default, lambda v: is_number(v) and v >= minimum,
+                            f"a number >= {minimum}", False)
+        return float(value) if value is not None else None
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._typed(key, default, lambda v: v in choices, f"one of {', '.join(choices)}", False)
+        return value  # type: ignore[no-any-return]
+
+    def fallbacks(self, key: str) -> dict[str, tuple[str, ...]]:
+        """LiteLLM's shape: ``[{group: [fallback, ...]}, ...]``."""
+        out: dict[str, tuple[str, ...]] = {}
+        for i, item in enumerate(self.list(key)):
+            valid = isinstance(item, dict) and all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(t, str) for t in v)
+                for k, v in item.items()
+            )
+            if not valid:
+                self.report(f"{self._at(key)}[{i}]", "expected {group: [fallback group, ...]}")
+                continue
+            out.update({k: tuple(v) for k, v in item.items()})
+        return out
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                self.problem(str(key), "unknown key")
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class SecretResolver:
+    """Resolves ``os.environ/NAME`` and ``file:/path`` references, recording what cannot be resolved."""
+
+    def __init__(self, env: Mapping[str, str], problems: list[str], *, enabled: bool) -> None:
+        self.env = env
+        self.problems = problems
+        self.enabled = enabled
+
+    def resolve(self, ref: object, where: str) -> Secret | None:
+        if not isinstance(ref, str) or not ref:
+            self.problems.append(f"{where}: expected a string")
+            return None
+        if ref.startswith("os.environ/"):
+            name = ref.removeprefix("os.environ/")
+            value = self.env.get(name)
+            if value is None and self.enabled:
+                self.problems.append(f"{where}: environment variable {name} is not set")
+            return Secret(value or "")
+        if ref.startswith("file:"):
+            path = ref.removeprefix("file:")
+            if not self.enabled:
+                return Secret("", path)
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    value = handle.read().strip()
+                return Secret(value, path, os.stat(path).st_mtime)
+            except OSError as exc:
+                self.problems.append(f"{where}: cannot read secret file {path}: {exc.strerror}")
+                return None
+        return Secret(ref)
+
+    def resolve_all(self, refs: list[Any], where: str) -> list[Secret]:
+        out = [self.resolve(ref, f"{where}[{i}]") for i, ref in enumerate(refs)]
+        return [s for s in out if s is not None]
+
+    def plain(self, value: str | None, where: str) -> str | None:
+        """Non-secret strings may also come from ``os.environ/NAME`` (LiteLLM allows it for api_base)."""
+        if value is None or not value.startswith("os.environ/"):
+            return value
+        secret = self.resolve(value, where)
+        return secret.value if secret else None
