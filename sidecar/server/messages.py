@@ -2,8 +2,8 @@
 
 An Anthropic upstream's own bytes (``ChatResponse.native`` / ``StreamChunk.native``) are returned verbatim;
 anything else is translated from the router's OpenAI chunks into Anthropic's exact event sequence.
-Errors before the stream starts are rendered in Anthropic's shape by the error middleware (the path is in
-``ANTHROPIC_PATHS``); after it, as an ``event: error``.
+Errors before the stream starts are rendered in Anthropic's shape by ``middleware.guarded`` (the path is in
+``routes.ANTHROPIC_PATHS``); after it, as an ``event: error``.
 """
 
 from __future__ import annotations

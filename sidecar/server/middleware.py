@@ -17,8 +17,6 @@ from sidecar.formats import openai as openai_format
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("sidecar.server")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-ANTHROPIC_PATHS = frozenset({"/v1/messages", "/messages"})  # errors there use Anthropic's shape
 REQUEST_ID = "x-request-id"
 OUTCOME_HEADERS = "sidecar.outcome_headers"  # request key: x-sidecar-* headers for an error answer
 # Generated ids: 32 hex digits like a uuid4's — a random per-process prefix and a counter, unique without
@@ -49,44 +47,55 @@ def error_response(error: SidecarError, request_id: str, *, anthropic: bool = Fa
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in and out; every exception becomes an error body in the app's dialect, never a stack trace."""
-    request_id = request.headers.get(REQUEST_ID) or new_request_id()
-    request[REQUEST_ID] = request_id
-    anthropic = request.path in ANTHROPIC_PATHS
-    try:
-        response = await handler(request)
-    except SidecarError as error:
-        response = error_response(error, request_id, anthropic=anthropic)
-        response.headers.update(request.get(OUTCOME_HEADERS) or {})
+def guarded(handler: Handler, *, anthropic: bool = False, keys: tuple[Secret, ...] = ()) -> Handler:
+    """``handler`` with the request id in and out, inbound auth when ``keys`` are set, and every exception
+    rendered as an error body in the app's dialect (Anthropic's when ``anthropic``), never a stack trace.
+
+    A wrapper per route rather than an aiohttp middleware: with any middleware, aiohttp looks up (or
+    builds) a chain of partials and runs two more coroutine layers on every request. Unknown paths and
+    methods reach ``not_found`` / ``method_not_allowed`` routes wrapped the same way (see ``routes``).
+    """
+
+    async def guarded_handler(request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get(REQUEST_ID) or new_request_id()
+        request[REQUEST_ID] = request_id
+        try:
+            if keys:
+                check_key(request, keys)
+            response = await handler(request)
+        except SidecarError as error:
+            response = error_response(error, request_id, anthropic=anthropic)
+            response.headers.update(request.get(OUTCOME_HEADERS) or {})
+            return response
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(BodyTooLarge("the request body is too large"), request_id, anthropic=anthropic)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = SidecarError(exc.reason)
+            error.status, error.type = exc.status, "invalid_request_error"
+            return error_response(error, request_id, anthropic=anthropic)
+        except Exception:
+            log.exception("unexpected error handling request %s", request_id)
+            return error_response(SidecarError("internal error in the sidecar"), request_id, anthropic=anthropic)
+        if not response.prepared:
+            response.headers[REQUEST_ID] = request_id
         return response
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(BodyTooLarge("the request body is too large"), request_id, anthropic=anthropic)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error = SidecarError(exc.reason)
-        error.status, error.type = exc.status, "invalid_request_error"
-        return error_response(error, request_id, anthropic=anthropic)
-    except Exception:
-        log.exception("unexpected error handling request %s", request_id)
-        return error_response(SidecarError("internal error in the sidecar"), request_id, anthropic=anthropic)
-    if not response.prepared:
-        response.headers[REQUEST_ID] = request_id
-    return response
+
+    return guarded_handler
 
 
-def inbound_auth(keys: tuple[Secret, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Require one of the configured keys (Bearer or x-api-key) on API routes; no-op when none is set."""
+def check_key(request: web.Request, keys: tuple[Secret, ...]) -> None:
+    """Require one of the configured keys (Bearer or x-api-key)."""
+    offered = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+    offered_bytes = offered.removeprefix("Bearer ").strip().encode()
+    if not any(hmac.compare_digest(offered_bytes, key.value.encode()) for key in keys):
+        raise InboundAuthError("a valid API key for the sidecar is required")
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            offered = request.headers.get("x-api-key") or request.headers.get("authorization", "")
-            offered = offered.removeprefix("Bearer ").strip().encode()
-            if not any(hmac.compare_digest(offered, key.value.encode()) for key in keys):
-                raise InboundAuthError("a valid API key for the sidecar is required")
-        return await handler(request)
 
-    return middleware
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
+
+
+async def method_not_allowed(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMethodNotAllowed(request.method, [])

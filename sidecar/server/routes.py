@@ -1,27 +1,55 @@
-"""The route table, and nothing else: every API path with and without the /v1 prefix."""
+"""The route table, and nothing else: every API path with and without the /v1 prefix.
+
+Each handler is wrapped by ``middleware.guarded`` (request id, inbound auth, error bodies); each path also
+gets a ``*`` route answering 405, and a last catch-all answers 404, so unknown paths and methods get the
+same JSON error bodies without an aiohttp middleware on every request.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from sidecar.config import Secret
 from sidecar.core.types import Endpoint
 from sidecar.server import handlers, health, messages
+from sidecar.server.middleware import Handler, guarded, method_not_allowed, not_found
 
-HEALTH_ROUTES = [
-    web.get("/healthz", health.healthz),
-    web.get("/readyz", health.readyz),
-    web.get("/metrics", health.metrics),
+HEALTH = [
+    ("GET", "/healthz", health.healthz),
+    ("GET", "/readyz", health.readyz),
+    ("GET", "/metrics", health.metrics),
 ]
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/messages"})  # errors there use Anthropic's shape
 
 
-def api_routes() -> list[web.RouteDef]:
+def _table(entries: list[tuple[str, str, Handler]], keys: tuple[Secret, ...]) -> list[web.RouteDef]:
     routes = []
+    for method, path, handler in entries:
+        anthropic = path in ANTHROPIC_PATHS
+        routes += [web.route(method, path, guarded(handler, anthropic=anthropic, keys=keys)),
+                   web.route("*", path, guarded(method_not_allowed, anthropic=anthropic, keys=keys))]
+    return routes
+
+
+def catch_all(keys: tuple[Secret, ...] = ()) -> web.RouteDef:
+    """Last in a table: any other path is a 404 with an error body."""
+    return web.route("*", "/{tail:.*}", guarded(not_found, keys=keys))
+
+
+def api_routes(keys: tuple[Secret, ...] = ()) -> list[web.RouteDef]:
+    """The API port's routes; ``keys`` (inbound API keys) guard all but the probes and /metrics."""
+    entries: list[tuple[str, str, Handler]] = []
     for prefix in ("/v1", ""):
-        routes += [
-            web.post(f"{prefix}/chat/completions", handlers.openai_handler(Endpoint.CHAT)),
-            web.post(f"{prefix}/completions", handlers.openai_handler(Endpoint.COMPLETIONS)),
-            web.post(f"{prefix}/embeddings", handlers.openai_handler(Endpoint.EMBEDDINGS)),
-            web.get(f"{prefix}/models", handlers.list_models),
-            web.post(f"{prefix}/messages", messages.messages_handler),
+        entries += [
+            ("POST", f"{prefix}/chat/completions", handlers.openai_handler(Endpoint.CHAT)),
+            ("POST", f"{prefix}/completions", handlers.openai_handler(Endpoint.COMPLETIONS)),
+            ("POST", f"{prefix}/embeddings", handlers.openai_handler(Endpoint.EMBEDDINGS)),
+            ("GET", f"{prefix}/models", handlers.list_models),
+            ("POST", f"{prefix}/messages", messages.messages_handler),
         ]
-    return routes + HEALTH_ROUTES
+    return [*health_routes(), *_table(entries, keys), catch_all(keys)]
+
+
+def health_routes() -> list[web.RouteDef]:
+    """/healthz, /readyz and /metrics: open on both ports (kubelet and Prometheus carry no key)."""
+    return _table(HEALTH, ())
