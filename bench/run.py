@@ -3,6 +3,7 @@
 
     python bench/run.py [--duration 10] [--concurrency 1,8,64] [--upstream auto|nginx|fake]
     python bench/run.py --soak [N]          # N requests (default 1,000,000); RSS at start and end
+    python bench/run.py --tracing           # the same, with tracing on (always-on sampling, OTLP/HTTP)
 
 The upstream is nginx answering a fixed chat.completion (``/plain/v1``) and a fixed SSE stream
 (``/stream/v1``) — see ``bench/nginx.conf.template`` — or, when nginx is absent, the project's fake
@@ -10,6 +11,9 @@ provider. The sidecar is pinned to one core (``taskset -c 0``); wrk, nginx and t
 other. For each concurrency it runs wrk directly against the upstream and then through the sidecar, and
 reads the sidecar's CPU time (``/proc/PID/stat``) around each run. Streaming time to first token is
 measured by a small asyncio client at concurrency 1, alternating direct and sidecar requests.
+
+With ``--tracing`` the sidecar exports every request's spans (``OTEL_TRACES_SAMPLER=always_on``) over
+OTLP/HTTP to a sink in this driver (on the load core) that accepts ``POST /v1/traces`` and answers 200.
 
 Prints a table and writes JSON to ``bench-results/``. Every process it starts is stopped on exit,
 Ctrl-C and errors included. Standard library only (plus the project's venv for the sidecar itself).
@@ -33,7 +37,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -207,15 +213,51 @@ def sidecar_config(upstream: Upstream, workdir: Path) -> Path:
     return path
 
 
+class TraceSink:
+    """An OTLP/HTTP collector that only counts: ``POST /v1/traces`` → 200, body read and dropped."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real collector
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                sink.batches += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_SAMPLER": "always_on"}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Sidecar:
-    def __init__(self, procs: Processes, config: Path, workdir: Path, cpu: int) -> None:
+    def __init__(self, procs: Processes, config: Path, workdir: Path, cpu: int,
+                 env: dict[str, str] | None = None) -> None:
         self.procs = procs
         self.port, self.admin_port = free_port(), free_port()
         log = workdir / "sidecar.log"
         argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config), "--port", str(self.port),
                 "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)]
         started = time.monotonic()
-        self.process = procs.start(argv, log, cpu)
+        self.process = procs.start(argv, log, cpu, env)
         wait_until(lambda: http_status(self.admin_port, "GET", "/readyz") == 200, self.process, log)
         self.ready_seconds = time.monotonic() - started
         self.pid = self.process.pid
@@ -356,12 +398,14 @@ def _pct(values: list[float], p: float) -> float:
 def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:
     upstream = Upstream(procs, workdir, args.upstream, args.load_cpu)
     config = sidecar_config(upstream, workdir)
+    sink = TraceSink() if args.tracing else None
+    env = sink.env() if sink is not None else None
     ready = []
     for _ in range(args.ready_runs - 1):  # extra cold starts for a steadier ready time
-        extra = Sidecar(procs, config, workdir, args.sidecar_cpu)
+        extra = Sidecar(procs, config, workdir, args.sidecar_cpu, env)
         ready.append(extra.ready_seconds)
         extra.stop()
-    sidecar = Sidecar(procs, config, workdir, args.sidecar_cpu)
+    sidecar = Sidecar(procs, config, workdir, args.sidecar_cpu, env)
     ready.append(sidecar.ready_seconds)
     time.sleep(1.0)
     result: dict[str, Any] = {
@@ -395,6 +439,9 @@ def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str
         result["ttft"] = ttft
     result["rss_after_load_mib"] = round(rss_mib(sidecar.pid), 1)
     sidecar.stop()
+    if sink is not None:
+        result["trace_batches"] = sink.batches
+        sink.stop()
     return result
 
 
@@ -433,7 +480,8 @@ def _meta(args: argparse.Namespace, upstream: str) -> dict[str, Any]:
                 if line.startswith("model name")), platform.machine())
     return {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": commit + ("+" if dirty else ""),
             "upstream": upstream, "duration_s": args.duration, "python": platform.python_version(),
-            "cpu": cpu, "cpus": os.cpu_count(), "sidecar_cpu": args.sidecar_cpu, "load_cpu": args.load_cpu}
+            "cpu": cpu, "cpus": os.cpu_count(), "sidecar_cpu": args.sidecar_cpu, "load_cpu": args.load_cpu,
+            "tracing": "always_on" if getattr(args, "tracing", False) else "off"}
 
 
 def _progress(kind: str, row: dict[str, Any]) -> None:
@@ -446,7 +494,8 @@ def _progress(kind: str, row: dict[str, Any]) -> None:
 def render(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [f"llm-sidecar bench — commit {meta['commit']}, upstream {meta['upstream']}, {meta['duration_s']:g} s "
-             f"per point, sidecar on CPU {meta['sidecar_cpu']}, load on CPU {meta['load_cpu']} ({meta['cpu']})", ""]
+             f"per point, sidecar on CPU {meta['sidecar_cpu']}, load on CPU {meta['load_cpu']} ({meta['cpu']}), "
+             f"tracing {meta.get('tracing', 'off')}", ""]
     for kind, title in (("plain", "chat.completion"), ("stream", "streaming chat.completion")):
         if kind not in result:
             continue
@@ -490,6 +539,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", type=int, nargs="?", const=1_000_000, default=None, metavar="N",
                         help="soak mode: send N requests (default 1,000,000) and report RSS growth")
     parser.add_argument("--soak-concurrency", type=int, default=8)
+    parser.add_argument("--tracing", action="store_true",
+                        help="tracing on: always-on sampling, OTLP/HTTP to a sink in this driver")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (default bench-results/)")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]

@@ -287,6 +287,53 @@ def test_skip_because_breaker_is_open(traced: Sidecar, receiver: Receiver, prima
     assert _metrics(traced)[("llm_sidecar_breaker_state", (("deployment", PRIMARY),))] == 1
 
 
+def test_stream_span_tree(traced: Sidecar, receiver: Receiver, backup: FakeProvider) -> None:
+    request_id = uuid.uuid4().hex
+    client = openai.OpenAI(base_url=traced.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+    stream = client.chat.completions.create(
+        model="spare", messages=[{"role": "user", "content": PROMPT}], stream=True,
+        stream_options={"include_usage": True}, extra_headers={"x-request-id": request_id})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    tree = Tree.of(receiver.trace(request_id))
+    [attempt] = tree.clients
+    assert attempt.name == "chat backup-model" and attempt.status != STATUS_ERROR
+    assert attempt.attributes["http.response.status_code"] == 200
+    assert attempt.attributes["gen_ai.usage.output_tokens"] >= 1
+    assert attempt.attributes["sidecar.time_to_first_token"] > 0
+    assert tree.server.attributes["sidecar.time_to_first_token"] > 0
+    assert [e["sidecar.deployment"] for e in tree.events("attempt")] == [SPARE]
+    traceparent = backup.stats()["last_headers"]["traceparent"]
+    assert traceparent == f"00-{attempt.trace_id}-{attempt.span_id}-01"
+    _no_secrets(receiver.trace(request_id))
+
+
+def test_unsampled_requests_make_no_spans_and_forward_the_apps_context(
+        workdir: Path, primary: FakeProvider, backup: FakeProvider, receiver: Receiver) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}", "OTEL_BSP_SCHEDULE_DELAY": "50",
+           "OTEL_TRACES_SAMPLER": "parentbased_always_off"}
+    process = Sidecar(_config(primary, backup), workdir, "unsampled", env=env)
+    try:
+        # the app's trace is not sampled: nothing recorded, its context goes upstream unchanged
+        incoming = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00"
+        _chat(process, model="spare", headers={"traceparent": incoming, "tracestate": "app=1"})
+        headers = backup.stats()["last_headers"]
+        assert headers["traceparent"] == incoming and headers["tracestate"] == "app=1"
+        _chat(process, model="spare")  # no context and a root decision of "off": no traceparent upstream
+        assert "traceparent" not in backup.stats()["last_headers"]
+        # a sampled parent is followed: the sidecar's spans join the app's trace
+        trace_id = uuid.uuid4().hex
+        request_id, _ = _chat(process, model="spare",
+                              headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
+        tree = Tree.of(receiver.trace(request_id))
+        assert tree.server.trace_id == trace_id
+        sent = backup.stats()["last_headers"]["traceparent"]
+        assert sent == f"00-{trace_id}-{tree.clients[0].span_id}-01"
+    finally:
+        assert process.stop() == 0
+    time.sleep(0.2)
+    assert not [s for s in receiver.spans if s.trace_id == incoming[3:35]]
+
+
 def test_unreachable_collector_never_breaks_serving(workdir: Path, primary: FakeProvider,
                                                      backup: FakeProvider) -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_BSP_SCHEDULE_DELAY": "10",
