@@ -25,8 +25,10 @@ import aiohttp
 
 from sidecar.catch_all import CatchAllStore
 from sidecar.config import Config, Deployment
+from sidecar.core import tokens
 from sidecar.core.errors import (
     AllRateLimited,
+    ContextWindowExceeded,
     DeadlineExceeded,
     NoHealthyUpstream,
     RateLimited,
@@ -61,6 +63,7 @@ class Target:
     breaker: CircuitBreaker
     stats: DeploymentStats
     rpm: TokenBucket | None
+    tpm: TokenBucket | None
     accepts_prefill: bool
     rate_limited: bool = False  # the breaker is open because the upstream said Retry-After
 
@@ -78,6 +81,7 @@ class Outcome:
     skipped_events: int = 0
     catch_all: str | None = None
     failed: bool = False  # a committed stream that ended with an in-band error
+    estimate: tuple[int, int] | None = None  # (prompt, prompt + completion budget) tokens, when needed
     errors: list[str] = field(default_factory=list)
     trail: list[object] = field(default_factory=list)
 
@@ -126,6 +130,10 @@ class Router:
         }
         self.plans = {name: groups_to_try(name, settings) for name in config.groups}
         self.hedging = config.sidecar.hedging
+        # Token estimates cost a walk over the messages: only when some deployment has a tpm limit or a
+        # context window to check, or usage-based routing needs them.
+        self.estimates = settings.routing_strategy == "usage-based-routing" or any(
+            d.tpm or d.model_info.max_input_tokens for d in config.deployments)
 
     def _target(self, deployment: Deployment) -> Target:
         settings = self.config.router
@@ -136,6 +144,7 @@ class Router:
             breaker=CircuitBreaker(deployment.id, settings.allowed_fails, settings.cooldown_time),
             stats=DeploymentStats(),
             rpm=TokenBucket(deployment.rpm) if deployment.rpm else None,
+            tpm=TokenBucket(deployment.tpm) if deployment.tpm else None,
             accepts_prefill=deployment.provider in PREFILL_PROVIDERS if prefill is None else prefill,
         )
 
@@ -212,6 +221,8 @@ class Router:
     async def _route(self, request: ChatRequest, outcome: Outcome,
                      attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None) -> T:
         deadline = self.clock() + self.timeout
+        if self.estimates:
+            outcome.estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request))
         pending = deque(self.plans[request.model])
         tried: set[str] = set()
         previous: str | None = None
@@ -225,10 +236,14 @@ class Router:
             now = self.clock()
             candidates = deque(order(self.strategy, self.targets[group], self.rng, now))
             hedge = self.hedging.get(group)
+            too_long = 0  # candidates whose context window the prompt does not fit
             while candidates:
                 target = candidates.popleft()
-                if not self._admit(target, outcome, self.clock()):
-                    limited, unlimited = limited + target.rate_limited, unlimited + (not target.rate_limited)
+                skipped = self._skip_reason(target, outcome, self.clock())
+                if skipped is not None:
+                    too_long += skipped == "context_window"
+                    is_limited = target.rate_limited or skipped in ("rpm_limit", "tpm_limit")
+                    limited, unlimited = limited + is_limited, unlimited + (not is_limited)
                     continue
                 has_alternative = bool(candidates) or bool(pending)
                 try:
@@ -250,20 +265,40 @@ class Router:
                 if self.clock() >= deadline:
                     pending.clear()
                     break
+            else:
+                if too_long and too_long == len(self.targets[group]):
+                    error = ContextWindowExceeded("the prompt is longer than every deployment's context window "
+                                                  f"for '{group}'", param="messages")
+                    pending = deque(self._fallbacks_for(error, group, tried))
+                    if not pending:
+                        raise error
         raise self._exhausted(request.model, deadline, limited > 0 and unlimited == 0)
 
     def _admit(self, target: Target, outcome: Outcome, now: float) -> bool:
+        return self._skip_reason(target, outcome, now) is None
+
+    def _skip_reason(self, target: Target, outcome: Outcome, now: float) -> str | None:
+        """None when ``target`` may be tried now; else why not (also recorded on the trail)."""
+        estimate = outcome.estimate
+        limit = target.deployment.model_info.max_input_tokens
+        if estimate is not None and limit is not None and estimate[0] > limit:
+            return self._skip(target, outcome, "context_window")
         allowed, transition = target.breaker.admit(now)
         self._note(transition, outcome)
         if not allowed:
-            reason = "rate_limit_cooldown" if target.rate_limited else "breaker_open"
-            outcome.trail.append(Skip(target.deployment.id, reason))
-            return False
+            return self._skip(target, outcome, "rate_limit_cooldown" if target.rate_limited else "breaker_open")
         if target.rpm is not None and target.rpm.take(1, now) > 0:
             target.breaker.release_probe()
-            outcome.trail.append(Skip(target.deployment.id, "rpm_limit"))
-            return False
-        return True
+            return self._skip(target, outcome, "rpm_limit")
+        if target.tpm is not None and estimate is not None and target.tpm.take(estimate[1], now) > 0:
+            target.breaker.release_probe()
+            return self._skip(target, outcome, "tpm_limit")
+        return None
+
+    @staticmethod
+    def _skip(target: Target, outcome: Outcome, reason: str) -> str:
+        outcome.trail.append(Skip(target.deployment.id, reason))
+        return reason
 
     async def _attempts(self, target: Target, group: str, outcome: Outcome, deadline: float,
                         attempt: Callable[[Target, float], Awaitable[T]], has_alternative: bool) -> T | object:
@@ -307,6 +342,7 @@ class Router:
                 span.succeeded(result, outcome)
             now = self.clock()
             target.stats.finished(now, now - started, ok=True, ttft=outcome.ttft)
+            self._count_tokens(target, getattr(result, "usage", None) or outcome.usage, outcome.estimate, now)
             target.rate_limited = False
             self._note(target.breaker.record_success(now), outcome)
             outcome.deployment = target.deployment.id
@@ -361,6 +397,16 @@ class Router:
         if hedge.after is not None:
             return hedge.after
         return target.stats.p95_ttft or hedge.fallback_after
+
+    @staticmethod
+    def _count_tokens(target: Target, usage: Usage | None, estimate: tuple[int, int] | None, now: float) -> None:
+        """Feed usage-based routing, and settle the tpm bucket: it was charged the estimate up front."""
+        if usage is None and estimate is None:
+            return
+        used = usage.total_tokens if usage is not None else estimate[1]  # type: ignore[index]
+        target.stats.add_tokens(used, now)
+        if target.tpm is not None and estimate is not None:
+            target.tpm.consume(used - estimate[1], now)
 
     def _record_failure(self, target: Target, error: UpstreamError, outcome: Outcome, now: float) -> None:
         outcome.errors.append(error.error_class)
