@@ -18,8 +18,8 @@ def client(sidecar: Sidecar) -> openai.OpenAI:
 
 def test_rpm_limit_spills_to_the_next_deployment_then_429(workdir: Path, primary: FakeProvider,
                                                           backup: FakeProvider) -> None:
-    sidecar = Sidecar({"model_list": [deployment("m", primary, rpm=2, order=1), deployment("m", backup, rpm=1, order=2)]},
-                      workdir, "rpm")
+    models = [deployment("m", primary, rpm=2, order=1), deployment("m", backup, rpm=1, order=2)]
+    sidecar = Sidecar({"model_list": models}, workdir, "rpm")
     try:
         answered = [client(sidecar).chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
                     .headers["x-sidecar-deployment"] for _ in range(3)]
