@@ -122,7 +122,16 @@ def _dropped(items: object) -> int:
 _KINDS = {kind: bytes((0x30, kind.value + 1)) for kind in SpanKind}  # proto enum = SDK enum + 1
 _TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
 _FLAGS = {False: b"\x85\x01\x00\x01\x00\x00", True: b"\x85\x01\x00\x03\x00\x00"}  # HAS_IS_REMOTE (| IS_REMOTE)
-_NAMES: dict[str, bytes] = {}
+_NAMES: dict[tuple[int, str], bytes] = {}  # span and event names, encoded with their field tag
+
+
+def _string(tag: int, text: str) -> bytes:
+    encoded = _NAMES.get((tag, text))
+    if encoded is None:
+        encoded = _field(tag, text.encode())
+        if len(_NAMES) < 1024:
+            _NAMES[(tag, text)] = encoded
+    return encoded
 _STATUSES: dict[tuple[StatusCode, str | None], bytes] = {}
 
 
@@ -149,12 +158,8 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.append(_field(0x1A, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode()))
     if parent is not None:
         parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-    name = _NAMES.get(span._name)
-    if name is None:
-        name = _field(0x2A, span._name.encode())
-        if len(_NAMES) < 1024:
-            _NAMES[span._name] = name
-    parts += (name, _KINDS[span._kind], _TIMES(0x39, span._start_time or 0, 0x41, span._end_time or 0))
+    parts += (_string(0x2A, span._name), _KINDS[span._kind],
+              _TIMES(0x39, span._start_time or 0, 0x41, span._end_time or 0))
     attributes = span._attributes
     if attributes:
         parts += _attributes(0x4A, attributes)
@@ -164,7 +169,7 @@ def encode_span(span: ReadableSpan) -> bytes:
     events = span._events
     if events:
         for event in events:
-            body = [b"\x09", _FIXED64(event.timestamp), _field(0x12, event.name.encode())]
+            body = [b"\x09", _FIXED64(event.timestamp), _string(0x12, event.name)]
             body += _attributes(0x1A, event.attributes)
             if event.dropped_attributes:
                 body.append(b"\x20" + _varint(event.dropped_attributes))
@@ -215,22 +220,21 @@ def _resource(resource: Any) -> bytes:
 
 def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     """An ``ExportTraceServiceRequest``: spans grouped by resource, then instrumentation scope."""
-    grouped: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}  # by identity: Resource hashes via JSON
+    grouped: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}  # by identity: hashing is slow
     for span in spans:
         resource = span._resource
         entry = grouped.get(id(resource))
         if entry is None:
             entry = grouped[id(resource)] = (resource, {})
-        by_scope = entry[1]
         scope = span._instrumentation_scope or None
-        encoded = by_scope.get(scope)
-        if encoded is None:
-            encoded = by_scope[scope] = []
-        encoded.append(_field(0x12, encode_span(span)))
+        by_scope = entry[1].get(id(scope))
+        if by_scope is None:
+            by_scope = entry[1][id(scope)] = (scope, [])
+        by_scope[1].append(_field(0x12, encode_span(span)))
     out = []
-    for resource, by_scope in grouped.values():
+    for resource, scopes in grouped.values():
         body = [_resource(resource)]
-        for scope, encoded in by_scope.items():
+        for scope, encoded in scopes.values():
             head = _scope(scope)
             if isinstance(head, tuple):
                 body.append(_field(0x12, head[0] + b"".join(encoded) + head[1]))

@@ -40,6 +40,7 @@ from sidecar import __version__
 from sidecar.core.cost import request_cost
 from sidecar.core.errors import UpstreamError
 from sidecar.core.types import ChatResponse
+from sidecar.formats.continuation import StreamProgress
 from sidecar.policy.breaker import Transition
 from sidecar.policy.plan import Attempt, FallbackStep, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
@@ -58,6 +59,7 @@ _CURRENT: contextvars.ContextVar[RequestSpans | Passthrough | None] = contextvar
     "sidecar_request_spans", default=None)
 _UNSET = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 # gen_ai.provider.name values (semconv well-known names) for our provider prefixes.
 GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic",
                    "gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "groq": "groq",
@@ -112,7 +114,6 @@ class Tracing:
                 "gen_ai.request.model": d.model,
                 "server.address": address.hostname or "",
                 "sidecar.deployment": d.id,
-                "sidecar.model_group": d.model_name,
             }
             if address.port:
                 attributes["server.port"] = address.port
@@ -149,8 +150,7 @@ class Tracing:
                 parent, parent_context = None, None
         trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
         name = f"{method} {path}"
-        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path, "http.route": path,
-                                      "gen_ai.request.model": model}
+        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path, "gen_ai.request.model": model}
         sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
         if not sampling.decision.is_sampled():
             if parent is None:
@@ -246,6 +246,12 @@ class AttemptSpan:
                     message = choices[0].get("message") or {}
                     text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
                     attributes["sidecar.response.content"] = self.tracing._content(text or "")
+        elif isinstance(result, StreamProgress):  # a stream's attempt, once the router hands its progress on
+            if result.model is not None:
+                attributes["gen_ai.response.model"] = result.model
+            reason = getattr(result, "finish_reason", None)
+            if isinstance(reason, str):
+                attributes["gen_ai.response.finish_reasons"] = [reason]
         if usage is not None:
             attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
@@ -315,7 +321,7 @@ class RequestSpans:
         self.tracestate = trace_state.to_header() if trace_state else ""
         self.attributes = attributes
         self.server_id = tracing.ids.generate_span_id()
-        self.trace_flags = TraceFlags(TraceFlags.SAMPLED)
+        self.trace_flags = _SAMPLED
         self.trace_id = f"{trace_id:032x}"
         self.traceparent_prefix = f"00-{self.trace_id}-"
         self.clients: list[AttemptSpan] = []
@@ -409,9 +415,11 @@ def _route_attributes(outcome: Outcome) -> dict[str, Any]:
             skipped.append(f"{item.deployment}: {item.reason}")
         elif isinstance(item, FallbackStep):
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
-    attributes: dict[str, Any] = {"sidecar.routing.candidates": candidates, "sidecar.routing.skipped": skipped,
-                                  "sidecar.routing.fallbacks": fallbacks, "sidecar.routing.retries": retries,
-                                  "sidecar.attempts": outcome.attempts}
+    attributes: dict[str, Any] = {"sidecar.routing.candidates": candidates, "sidecar.routing.retries": retries}
+    if skipped:
+        attributes["sidecar.routing.skipped"] = skipped
+    if fallbacks:
+        attributes["sidecar.routing.fallbacks"] = fallbacks
     if outcome.deployment is not None:
         attributes["sidecar.routing.chosen"] = outcome.deployment
     if outcome.answered_group is not None:
