@@ -1,7 +1,10 @@
-"""The only caller of the client session: send a call, or open a stream, with our deadlines.
+"""The only caller of the upstream clients: send a call, or open a stream, with our deadlines.
 
-Every aiohttp and asyncio failure is mapped here, once, into ``core.errors`` — like httpx's
-``map_httpcore_exceptions`` — so the router reasons only about error classes.
+Whole answers go through ``providers.wire`` (our keep-alive HTTP/1.1 client, a third of the CPU aiohttp's
+client costs per request) when a ``wire.Pool`` is attached to the session (``attach_pool``, done by the
+server); streams go through the aiohttp session. Every client, asyncio and socket failure is mapped here,
+once, into ``core.errors`` — like httpx's ``map_httpcore_exceptions`` — so the router reasons only about
+error classes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import aiohttp
 from yarl import URL
 
 from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
+from sidecar.providers import wire
 from sidecar.providers.base import UpstreamCall
 
 READ_SIZE = 64 * 1024
@@ -60,6 +64,16 @@ def map_errors(phase: str) -> Iterator[None]:
         yield
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase) from None
+    except wire.ConnectFailed:
+        raise UpstreamConnectionError("could not connect to the upstream") from None
+    except wire.Disconnected:
+        raise UpstreamConnectionError("the upstream closed the connection") from None
+    except wire.CutOff:
+        raise UpstreamServerError("the upstream's answer was cut off") from None
+    except wire.TooLarge:
+        raise UpstreamServerError("the upstream's answer is too large") from None
+    except wire.BadResponse:
+        raise UpstreamServerError("the upstream sent an invalid HTTP response") from None
     except aiohttp.ClientConnectorError:
         raise UpstreamConnectionError("could not connect to the upstream") from None
     except aiohttp.ServerDisconnectedError:
@@ -72,10 +86,30 @@ def map_errors(phase: str) -> Iterator[None]:
         raise UpstreamConnectionError("the connection to the upstream failed") from None
 
 
+# The wire pool of each session, attached by the server (the router passes only the session around).
+_POOLS: dict[aiohttp.ClientSession, wire.Pool] = {}
+
+
+def attach_pool(session: aiohttp.ClientSession, pool: wire.Pool) -> None:
+    """From now on ``send(session, …)`` uses ``pool``; ``close(session)`` closes both."""
+    _POOLS[session] = pool
+
+
+async def close(session: aiohttp.ClientSession) -> None:
+    pool = _POOLS.pop(session, None)
+    if pool is not None:
+        await pool.close()
+    await session.close()
+
+
 async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: float) -> Answer:
     """POST and read the whole answer before ``deadline`` (loop time)."""
+    pool = _POOLS.get(session)
     with map_errors("total"):
         async with asyncio.timeout_at(deadline):
+            if pool is not None:
+                response = await pool.post(call, TRACE_HEADERS.get())
+                return Answer(response.status, response.headers, response.body)
             async with session.post(_url(call.url), data=call.body, headers=_call_headers(call)) as response:
                 body = await response.read()
                 return Answer(response.status, response.headers, body)

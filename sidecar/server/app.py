@@ -11,6 +11,7 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import Config
+from sidecar.providers import http, wire
 from sidecar.router import Router
 from sidecar.server import routes
 from sidecar.server.keys import STATE, AppState
@@ -41,7 +42,10 @@ def create_admin_app(state: AppState) -> web.Application:
 
 
 def new_session(config: Config) -> aiohttp.ClientSession:
-    """One pooled session for every upstream: keep-alive per host, DNS cached, our own deadlines."""
+    """One pooled session for every upstream: keep-alive per host, DNS cached, our own deadlines.
+
+    Whole answers use the attached ``wire.Pool`` (same per-host limit and keep-alive); streams use the session.
+    """
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=config.sidecar.max_connections_per_host,
@@ -50,8 +54,11 @@ def new_session(config: Config) -> aiohttp.ClientSession:
     )
     # Our own User-Agent instead of skip_auto_headers=("User-Agent",): skipping costs aiohttp two multidict
     # copies per request; a header we set is not replaced.
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                 auto_decompress=True, headers={"User-Agent": USER_AGENT})
+    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                    auto_decompress=True, headers={"User-Agent": USER_AGENT})
+    http.attach_pool(session, wire.Pool(limit=config.sidecar.max_connections_per_host, user_agent=USER_AGENT,
+                                        keepalive=60.0))
+    return session
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
@@ -65,7 +72,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         timer.cancel()
     await asyncio.gather(*timers, return_exceptions=True)
     flush_request_log()
-    await state.session.close()
+    await http.close(state.session)
     if state.tracing is not None:
         await asyncio.get_running_loop().run_in_executor(None, state.tracing.shutdown)
 

@@ -1,0 +1,423 @@
+"""The wire client against real local servers: exact byte sequences (asyncio servers) and aiohttp.
+
+Errors are checked through ``providers.http.send``, the seam the router calls, so the mapping is tested too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
+from sidecar.providers import http, wire
+from sidecar.providers.base import UpstreamCall
+
+Handler = Callable[["Server", int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Server:
+    """An asyncio server running ``handler(server, connection number, reader, writer)`` per connection."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.accepted = 0
+        self.open = 0
+        self.most_open = 0
+        self.requests: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await self.handler(self, self.accepted, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One request (head and content-length body), or None at the end of the connection."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length"))
+        request = head + await reader.readexactly(length)
+        self.requests.append(request)
+        return request
+
+
+@asynccontextmanager
+async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[Server, str]]:
+    server = Server(handler)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=tls)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server, f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}/v1/chat"
+    finally:
+        listener.close()
+
+
+def answering(*responses: bytes, then_close: bool = False) -> Handler:
+    """Answer each request on a connection with the next response; optionally close after the last."""
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for response in responses:
+            if await server.read_request(reader) is None:
+                return
+            writer.write(response)
+            await writer.drain()
+        if not then_close:
+            while await server.read_request(reader) is not None:
+                writer.write(responses[-1])
+    return handler
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    session = aiohttp.ClientSession()
+    http.attach_pool(session, wire.Pool(limit=4, user_agent="llm-sidecar/test"))
+    yield session
+    await http.close(session)
+
+
+def pool_of(session: aiohttp.ClientSession) -> wire.Pool:
+    return http._POOLS[session]
+
+
+async def send(session: aiohttp.ClientSession, url: str, body: bytes = b'{"a":1}', seconds: float = 5.0) -> http.Answer:
+    deadline = asyncio.get_running_loop().time() + seconds
+    return await http.send(session, UpstreamCall(url, {"content-type": "application/json"}, body), deadline)
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0) rather than a FIN."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+# ---- bodies ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=2000), st.booleans(), st.lists(st.integers(min_value=1, max_value=300), max_size=10))
+def test_any_split_across_tcp_writes(body: bytes, use_chunked: bool, sizes: list[int]) -> None:
+    if use_chunked:
+        pieces = [body[i:i + 700] for i in range(0, len(body), 700)]
+        wire_body = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+        response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + wire_body + b"0\r\nt: 1\r\n\r\n"
+    else:
+        response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while await server.read_request(reader) is not None:
+            i = 0
+            for size in [*sizes, len(response)]:
+                writer.write(response[i:i + size])
+                await writer.drain()
+                await asyncio.sleep(0)
+                i += size
+
+    async def scenario() -> None:
+        async with serving(handler) as (server, url):
+            pool = wire.Pool(limit=2, user_agent="t")
+            for _ in range(2):
+                answer = await pool.post(UpstreamCall(url, {}, b"x"))
+                assert (answer.status, answer.body) == (200, body)
+            assert server.accepted == 1
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+async def test_against_aiohttp_server_headers_and_chunked(session: aiohttp.ClientSession) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        body = await request.read()
+        if request.query.get("chunked"):
+            response = web.StreamResponse(status=201)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(100):
+                await response.write(body)
+            await response.write_eof()
+            return response
+        return web.json_response({"echo": body.decode()}, headers={"Retry-After": "3"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        answer = await send(session, f"http://127.0.0.1:{port}/v1/chat")
+        assert (answer.status, answer.body, answer.headers["retry-after"]) == (200, b'{"echo": "{\\"a\\":1}"}', "3")
+        answer = await send(session, f"http://127.0.0.1:{port}/v1/chat?chunked=1", body=b"0123456789" * 100)
+        assert (answer.status, answer.body) == (201, b"0123456789" * 10000)
+        assert seen[0]["host"] == f"127.0.0.1:{port}" and seen[0]["user-agent"] == "llm-sidecar/test"
+        assert seen[0]["content-length"] == "7" and seen[0]["content-type"] == "application/json"
+        assert "accept-encoding" not in seen[0]
+        http.TRACE_HEADERS.set({"traceparent": "00-abc-def-01"})
+        await send(session, f"http://127.0.0.1:{port}/v1/chat")
+        assert seen[-1]["traceparent"] == "00-abc-def-01"
+        assert pool_of(session).connections() == 1
+    finally:
+        http.TRACE_HEADERS.set(None)
+        await runner.cleanup()
+
+
+# ---- the pool -------------------------------------------------------------------------------------
+
+
+async def test_keep_alive_reuses_one_connection(session: aiohttp.ClientSession) -> None:
+    async with serving(answering(OK)) as (server, url):
+        for _ in range(20):
+            assert (await send(session, url)).body == b"ok"
+        assert server.accepted == 1 and len(server.requests) == 20
+        assert (pool_of(session).connections(), pool_of(session).idle_connections()) == (1, 1)
+
+
+async def test_pool_cap_under_concurrency_and_no_leaks(session: aiohttp.ClientSession) -> None:
+    async def slow(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            await asyncio.sleep(0.002)
+            writer.write(OK)
+
+    async with serving(slow) as (server, url):
+        answers = await asyncio.gather(*(send(session, url) for _ in range(200)))
+        assert all(a.body == b"ok" for a in answers)
+        assert server.most_open <= 4 and server.accepted == 4
+        assert pool_of(session).connections() == pool_of(session).idle_connections() == 4
+        await pool_of(session).close()
+        await asyncio.sleep(0.05)
+        assert pool_of(session).connections() == 0 and server.open == 0
+
+
+async def test_idle_connections_expire() -> None:
+    pool = wire.Pool(limit=2, user_agent="t", keepalive=0.05)
+    async with serving(answering(OK)) as (server, url):
+        await pool.post(UpstreamCall(url, {}, b""))
+        assert pool.idle_connections() == 1
+        await asyncio.sleep(0.3)
+        assert pool.connections() == 0 and server.open == 0
+    await pool.close()
+
+
+async def test_idle_connection_closed_by_the_server_is_retried_once(session: aiohttp.ClientSession) -> None:
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        if n == 1:  # answers once, then closes as the next request arrives (its keep-alive ran out)
+            writer.write(OK)
+            await server.read_request(reader)
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+        await server.read_request(reader)
+
+    async with serving(handler) as (server, url):
+        assert (await send(session, url)).body == b"ok"
+        assert (await send(session, url)).body == b"fresh"
+        assert server.accepted == 2 and len(server.requests) == 3
+
+
+async def test_the_retry_happens_only_once(session: aiohttp.ClientSession) -> None:
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        if n == 1:
+            writer.write(OK)
+            await server.read_request(reader)
+
+    async with serving(handler) as (server, url):
+        await send(session, url)
+        with pytest.raises(UpstreamConnectionError):
+            await send(session, url)
+        assert server.accepted == 2 and pool_of(session).connections() == 0
+
+
+async def test_no_retry_after_a_byte_of_the_answer(session: aiohttp.ClientSession) -> None:
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK)
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+
+    async with serving(handler) as (server, url):
+        await send(session, url)
+        with pytest.raises(UpstreamServerError, match="cut off"):
+            await send(session, url)
+        assert server.accepted == 1
+
+
+# ---- failures -------------------------------------------------------------------------------------
+
+
+async def test_refused(session: aiohttp.ClientSession) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UpstreamConnectionError, match="could not connect"):
+        await send(session, f"http://127.0.0.1:{port}/")
+    assert pool_of(session).connections() == 0
+
+
+async def test_reset_before_any_byte(session: aiohttp.ClientSession) -> None:
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        reset(writer)
+
+    async with serving(handler) as (server, url):
+        with pytest.raises(UpstreamConnectionError):
+            await send(session, url)
+        assert server.accepted == 1 and pool_of(session).connections() == 0
+
+
+@pytest.mark.parametrize("partial", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123",
+    b"HTTP/1.1 200 OK\r\nContent-",
+])
+@pytest.mark.parametrize("close", ["fin", "rst"])
+async def test_cut_mid_answer(session: aiohttp.ClientSession, partial: bytes, close: str) -> None:
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(partial)
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        if close == "rst":
+            reset(writer)
+
+    async with serving(handler) as (_, url):
+        with pytest.raises(UpstreamServerError, match="cut off"):
+            await send(session, url)
+        assert pool_of(session).connections() == 0
+
+
+@pytest.mark.parametrize("response", [b"HTTP/1.1 2xx OK\r\n\r\n", b"SSH-2.0-OpenSSH\r\n\r\n",
+                                      b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n"])
+async def test_invalid_answers(session: aiohttp.ClientSession, response: bytes) -> None:
+    async with serving(answering(response)) as (_, url):
+        with pytest.raises(UpstreamServerError, match=r"invalid|too large"):
+            await send(session, url)
+        assert pool_of(session).connections() == 0
+
+
+async def test_slow_server_times_out_at_the_deadline(session: aiohttp.ClientSession) -> None:
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nslow")
+        await asyncio.sleep(10)
+
+    async with serving(handler) as (_, url):
+        with pytest.raises(UpstreamTimeout) as caught:
+            await send(session, url, seconds=0.1)
+        assert caught.value.phase == "total"
+        assert pool_of(session).connections() == 0
+
+
+async def test_connection_close_and_http10_are_not_reused(session: aiohttp.ClientSession) -> None:
+    close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    old = b"HTTP/1.0 200 OK\r\n\r\nuntil close"
+    for response, body in ((close, b"ok"), (old, b"until close")):
+        async with serving(answering(response, then_close=True)) as (server, url):
+            for _ in range(3):
+                assert (await send(session, url)).body == body
+            assert server.accepted == 3
+            await asyncio.sleep(0.02)
+            assert pool_of(session).connections() == 0
+
+
+async def test_cancellation_closes_the_connection(session: aiohttp.ClientSession) -> None:
+    closed = asyncio.Event()
+
+    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal")
+        await reader.read()  # until the client closes
+        closed.set()
+
+    async with serving(handler) as (_, url):
+        task = asyncio.create_task(send(session, url))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool_of(session).connections() == 0
+        await asyncio.wait_for(closed.wait(), 2)
+
+
+# ---- TLS ------------------------------------------------------------------------------------------
+
+
+def certificates(tmp: Path) -> tuple[bytes, Path, Path]:
+    """A CA and a localhost certificate it signed: (CA PEM, cert file, key file)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    return ca.public_bytes(serialization.Encoding.PEM), tmp / "cert.pem", tmp / "key.pem"
+
+
+async def test_tls_with_sni(tmp_path: Path) -> None:
+    ca, cert, key = certificates(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment]
+
+    async with serving(answering(OK), tls=server_ctx) as (server, url):
+        session = aiohttp.ClientSession()
+        http.attach_pool(session, wire.Pool(limit=2, user_agent="t", ssl_context=ssl.create_default_context(
+            cadata=ca.decode())))
+        try:
+            for _ in range(3):
+                assert (await send(session, url)).body == b"ok"
+            assert names == ["localhost"] and server.accepted == 1
+        finally:
+            await http.close(session)
+        # Without the test CA the handshake fails: a connection error, as with aiohttp.
+        session = aiohttp.ClientSession()
+        http.attach_pool(session, wire.Pool(limit=2, user_agent="t"))
+        try:
+            with pytest.raises(UpstreamConnectionError, match="could not connect"):
+                await send(session, url)
+        finally:
+            await http.close(session)
