@@ -19,7 +19,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiohttp
 
@@ -47,7 +47,9 @@ from sidecar.providers import bind, http
 from sidecar.providers.base import Adapter
 from sidecar.streaming import StreamAttempt
 from sidecar.telemetry.record import CURRENT_OUTCOME
-from sidecar.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from sidecar.telemetry.tracing import Tracing
 
 log = logging.getLogger("sidecar.router")
 T = TypeVar("T")

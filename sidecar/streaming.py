@@ -39,10 +39,11 @@ class StreamAttempt:
         self.committed = asyncio.Event()  # set when an attempt sends the app its first chunk (hedging)
         self.owner: Target | None = None
 
-    async def run(self, target: Target, deadline: float) -> None:
+    async def run(self, target: Target, deadline: float) -> StreamProgress:
+        """Stream from ``target``; the progress it returns tells telemetry what the app received."""
         if not self.sink.started:
             await self._pump(target, self.request, deadline, None)
-            return
+            return self.progress
         if not self.progress.continuable:
             raise NoHealthyUpstream("the upstream stream broke and this answer cannot be resumed elsewhere")
         sent, stream_id = self.progress.text, self.progress.id
@@ -51,10 +52,11 @@ class StreamAttempt:
             prefilled = dataclasses.replace(self.request, body=body, continuation=True)
             try:
                 await self._pump(target, prefilled, deadline, Splicer(sent, prefilled=True, stream_id=stream_id))
-                return
+                return self.progress
             except UpstreamBadRequest:
                 target.accepts_prefill = False  # learnt: this deployment rejects prefill; splice from now on
         await self._pump(target, self.request, deadline, Splicer(sent, prefilled=False, stream_id=stream_id))
+        return self.progress
 
     async def _pump(self, target: Target, request: ChatRequest, deadline: float, splicer: Splicer | None) -> None:
         router, sink, outcome = self.router, self.sink, self.outcome

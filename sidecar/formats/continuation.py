@@ -28,14 +28,18 @@ class Diverged(Exception):
 class StreamProgress:
     """What the app has received of choice 0, and whether that is enough to continue elsewhere."""
 
-    __slots__ = ("continuable", "finished", "id", "model", "text")
+    __slots__ = ("continuable", "finish_reason", "id", "model", "text")
 
     def __init__(self) -> None:
         self.text = ""
         self.id: str | None = None
         self.model: str | None = None
         self.continuable = True
-        self.finished = False
+        self.finish_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
     def observe(self, chunks: list[StreamChunk]) -> None:
         for chunk in chunks:
@@ -44,8 +48,8 @@ class StreamProgress:
                 self.id = data["id"]
                 self.model = data.get("model") if isinstance(data.get("model"), str) else None
             for choice in data.get("choices") or ():
-                if isinstance(choice, dict) and choice.get("finish_reason"):
-                    self.finished = True
+                if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                    self.finish_reason = choice["finish_reason"]
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 if not isinstance(delta, dict) or choice.get("index", 0) != 0:
                     self.continuable = False  # n > 1 or legacy completions: no single text to continue

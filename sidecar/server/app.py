@@ -15,8 +15,8 @@ from sidecar.providers import http, wire
 from sidecar.router import Router
 from sidecar.server import routes
 from sidecar.server.keys import STATE, AppState
+from sidecar.telemetry import exporter_names
 from sidecar.telemetry.logs import flush_request_log
-from sidecar.telemetry.tracing import Tracing
 
 CREDENTIAL_REFRESH_SECONDS = 10.0
 USER_AGENT = f"llm-sidecar/{__version__}"
@@ -64,7 +64,10 @@ def new_session(config: Config) -> aiohttp.ClientSession:
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.session = new_session(state.config)
-    state.tracing = Tracing.from_env(state.config, os.environ)
+    if exporter_names(os.environ):
+        from sidecar.telemetry.tracing import Tracing  # the OTel SDK loads only when tracing is on
+
+        state.tracing = Tracing.from_env(state.config, os.environ)
     state.router = Router(state.config, state.session, observer=state.tracing)
     timers = [asyncio.create_task(_refresh_credentials(state.router)), asyncio.create_task(_flush_logs())]
     yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -10,7 +11,9 @@ from aiohttp import web
 from sidecar.config import Config, ModelInfo
 from sidecar.router import Router
 from sidecar.telemetry import RequestMetrics
-from sidecar.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from sidecar.telemetry.tracing import Tracing
 
 
 @dataclass(slots=True)

@@ -2,8 +2,7 @@
 
 A hand-kept registry: each request costs a handful of dict updates (about a microsecond), where the
 OpenTelemetry SDK's instruments cost several microseconds per call with attribute sets hashed each time.
-``telemetry.otlp_metrics`` exports the same series over OTLP by reading this registry at collection time,
-so the hot path pays for one registry whether or not OTLP is on.
+Exporting these series over OTLP as well is not built yet: /metrics (Prometheus text) is the interface.
 
 The metric names are part of the operator contract (the Helm chart's alerts and dashboard use them).
 """

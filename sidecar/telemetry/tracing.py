@@ -45,7 +45,7 @@ from sidecar.policy.breaker import Transition
 from sidecar.policy.plan import Attempt, FallbackStep, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 from sidecar.providers.http import TRACE_HEADERS
-from sidecar.telemetry import otlp
+from sidecar.telemetry import exporter_names, otlp
 from sidecar.telemetry.logs import REDACT
 from sidecar.telemetry.record import RequestRecord
 
@@ -65,16 +65,6 @@ GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": 
                    "gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "groq": "groq",
                    "together_ai": "together_ai", "fireworks_ai": "fireworks_ai", "ollama": "ollama",
                    "hosted_vllm": "vllm", "sglang": "sglang"}
-
-
-def _exporter_names(env: Mapping[str, str]) -> list[str]:
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if not named:
-        has_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        return ["otlp"] if has_endpoint else []
-    return [n.strip() for n in named.split(",") if n.strip() and n.strip() != "none"]
 
 
 def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
@@ -121,7 +111,7 @@ class Tracing:
 
     @classmethod
     def from_env(cls, config: Config, env: Mapping[str, str]) -> Tracing | None:
-        exporters = [e for e in (_exporter(n, env) for n in _exporter_names(env)) if e is not None]
+        exporters = [e for e in (_exporter(n, env) for n in exporter_names(env)) if e is not None]
         if not exporters:
             return None
         attributes = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": "llm-sidecar"}

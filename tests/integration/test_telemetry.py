@@ -300,6 +300,8 @@ def test_stream_span_tree(traced: Sidecar, receiver: Receiver, backup: FakeProvi
     assert attempt.attributes["http.response.status_code"] == 200
     assert attempt.attributes["gen_ai.usage.output_tokens"] >= 1
     assert attempt.attributes["sidecar.time_to_first_token"] > 0
+    assert attempt.attributes["gen_ai.response.model"] == "backup-model"
+    assert list(attempt.attributes["gen_ai.response.finish_reasons"]) == ["stop"]
     assert tree.server.attributes["sidecar.time_to_first_token"] > 0
     assert [e["sidecar.deployment"] for e in tree.events("attempt")] == [SPARE]
     traceparent = backup.stats()["last_headers"]["traceparent"]
