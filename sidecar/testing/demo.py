@@ -53,7 +53,7 @@ def _config(primary: int, backup: int) -> dict[str, object]:
 
     return {
         "model_list": [deployment("primary-gpt-4o", primary, 1), deployment("backup-gpt-4o", backup, 2)],
-        "router_settings": {"timeout": 10, "num_retries": 1, "allowed_fails": 3, "cooldown_time": 0.5},
+        "router_settings": {"timeout": 10, "num_retries": 1, "allowed_fails": 3, "cooldown_time": 0.25},
         "sidecar_settings": {"log_level": "warning"},
     }
 
