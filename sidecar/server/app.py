@@ -15,7 +15,7 @@ from sidecar.providers import http, wire
 from sidecar.router import Router
 from sidecar.server import routes
 from sidecar.server.keys import STATE, AppState
-from sidecar.telemetry import exporter_names
+from sidecar.telemetry import exporter_names, metrics_export_requested
 from sidecar.telemetry.logs import flush_request_log
 
 CREDENTIAL_REFRESH_SECONDS = 10.0
@@ -69,6 +69,14 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
 
         state.tracing = Tracing.from_env(state.config, os.environ)
     state.router = Router(state.config, state.session, observer=state.tracing)
+    exporter = None
+    if metrics_export_requested(os.environ):
+        from sidecar.telemetry.otel_metrics import OTelMetrics  # the SDK loads only when export is on
+
+        router = state.router
+        exporter = OTelMetrics(state.metrics, lambda: [(t.deployment.id, t.breaker.state)
+                                                       for t in router.all_targets()], os.environ)
+        state.metrics.exporter = exporter
     timers = [asyncio.create_task(_refresh_credentials(state.router)), asyncio.create_task(_flush_logs())]
     yield
     for timer in timers:
@@ -78,6 +86,8 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     await http.close(state.session)
     if state.tracing is not None:
         await asyncio.get_running_loop().run_in_executor(None, state.tracing.shutdown)
+    if exporter is not None:
+        await asyncio.get_running_loop().run_in_executor(None, exporter.shutdown)
 
 
 async def _refresh_credentials(router: Router) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from sidecar.telemetry.metrics import LATENCY_BUCKETS, RequestMetrics
 from sidecar.telemetry.record import RequestRecord
 
-__all__ = ["LATENCY_BUCKETS", "RequestMetrics", "RequestRecord", "exporter_names"]
+__all__ = ["LATENCY_BUCKETS", "RequestMetrics", "RequestRecord", "exporter_names", "metrics_export_requested"]
 
 
 def exporter_names(env: Mapping[str, str]) -> list[str]:
@@ -27,3 +27,12 @@ def exporter_names(env: Mapping[str, str]) -> list[str]:
         return ["otlp"] if has_endpoint else []
     return [n.strip() for n in named.split(",") if n.strip() and n.strip() != "none"]
 
+
+def metrics_export_requested(env: Mapping[str, str]) -> bool:
+    """Do the OTEL_* variables ask for OTLP metrics? (Decided without importing the SDK.)"""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    named = env.get("OTEL_METRICS_EXPORTER", "").strip().lower()
+    if named:
+        return "otlp" in {n.strip() for n in named.split(",")}
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))

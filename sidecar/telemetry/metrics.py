@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
 from sidecar.policy.breaker import BreakerState
 from sidecar.telemetry.record import RequestRecord
@@ -49,6 +50,10 @@ class Histogram:
         return out
 
 
+class Exporter(Protocol):
+    def record(self, record: RequestRecord) -> None: ...
+
+
 class RequestMetrics:
     """Counters and histograms per (model group, deployment, outcome); O(1) per request."""
 
@@ -61,6 +66,8 @@ class RequestMetrics:
         self.duration = Histogram()
         self.ttft = Histogram()
         self.in_flight = 0
+        self.exporter: Exporter | None = None  # OTLP export of the same series, when configured
+
 
     def observe(self, record: RequestRecord) -> None:
         group, deployment = record.group, record.deployment
@@ -78,6 +85,8 @@ class RequestMetrics:
             self.tokens[(group, deployment, "output")] += usage.completion_tokens
         if record.cost is not None:
             self.cost[(group, deployment)] += record.cost
+        if self.exporter is not None:
+            self.exporter.record(record)
 
     def render(self, breakers: Iterable[tuple[str, BreakerState]] = ()) -> str:
         lines: list[str] = []

@@ -16,6 +16,7 @@ import openai
 import orjson
 import pytest
 import requests
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,17 +49,22 @@ def _value(v: AnyValue) -> Any:
 
 
 class Receiver:
-    """An OTLP/HTTP trace receiver: POST /v1/traces with an ExportTraceServiceRequest protobuf body."""
+    """An OTLP/HTTP receiver: POST /v1/traces (ExportTraceServiceRequest) and /v1/metrics
+    (ExportMetricsServiceRequest) protobuf bodies."""
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
+        self.metrics: list[tuple[str, dict[str, Any], float]] = []  # (name, attributes, value or count)
         self.resources: list[dict[str, Any]] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.add(body)
+                if self.path.endswith("/v1/metrics"):
+                    receiver.add_metrics(body)
+                else:
+                    receiver.add(body)
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
                 self.send_header("content-length", "0")
@@ -81,6 +87,28 @@ class Receiver:
                         s.name, s.kind, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
                         {a.key: _value(a.value) for a in s.attributes}, s.status.code,
                         [(e.name, {a.key: _value(a.value) for a in e.attributes}) for e in s.events]))
+
+    def add_metrics(self, body: bytes) -> None:
+        message = ExportMetricsServiceRequest.FromString(body)
+        for resource_metrics in message.resource_metrics:
+            for scope in resource_metrics.scope_metrics:
+                for metric in scope.metrics:
+                    kind = metric.WhichOneof("data")
+                    for point in getattr(metric, kind).data_points:
+                        attributes = {a.key: _value(a.value) for a in point.attributes}
+                        value = point.count if kind == "histogram" else (
+                            point.as_double if point.WhichOneof("value") == "as_double" else point.as_int)
+                        self.metrics.append((metric.name, attributes, value))
+
+    def metric(self, name: str, timeout: float = 10.0, **attributes: str) -> float:
+        """The latest exported value (a histogram's count) of ``name`` with those attributes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [v for n, a, v in self.metrics if n == name and all(a.get(k) == w for k, w in attributes.items())]
+            if found:
+                return found[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no {name} {attributes} among {len(self.metrics)} exported points")
 
     def trace(self, request_id: str, timeout: float = 10.0) -> list[Span]:
         """Every span of the trace whose SERVER span carries ``request_id``, once the route span is in."""
@@ -141,7 +169,8 @@ def _config(primary: FakeProvider, backup: FakeProvider) -> dict[str, Any]:
 def traced(workdir: Path, primary: FakeProvider, backup: FakeProvider, receiver: Receiver) -> Iterator[Sidecar]:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "50",
-           "OTEL_SERVICE_NAME": "sidecar-under-test", "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+           "OTEL_SERVICE_NAME": "sidecar-under-test", "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+           "OTEL_METRIC_EXPORT_INTERVAL": "200"}
     process = Sidecar(_config(primary, backup), workdir, "traced", env=env)
     yield process
     process.stop()
@@ -356,3 +385,16 @@ def _metrics(process: Sidecar) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
+
+
+def test_metrics_are_exported_over_otlp_too(traced: Sidecar, receiver: Receiver) -> None:
+    for _ in range(2):
+        _chat(traced, "priced")
+    deadline = time.monotonic() + 10
+    while receiver.metric("llm_sidecar_requests", model_group="priced", outcome="success") < 2:
+        assert time.monotonic() < deadline, "the exported counter never reached the traffic sent"
+        time.sleep(0.1)
+    assert receiver.metric("llm_sidecar_request_duration", model_group="priced", deployment=PRICED) >= 2
+    assert receiver.metric("llm_sidecar_breaker_state", deployment=PRIMARY) in (0, 1, 2)
+    assert receiver.metric("llm_sidecar_tokens", model_group="priced", direction="output") > 0
+    assert receiver.metric("llm_sidecar_cost_usd", model_group="priced") > 0
