@@ -23,13 +23,13 @@ from sidecar.core.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage, WireFormat
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, WireFormat
 from sidecar.formats import anthropic as wire
 from sidecar.formats.anthropic_stream import AnthropicToOpenAI
 from sidecar.formats.common import StreamErrorEvent
 from sidecar.formats.openai import usage_from
 from sidecar.formats.sse import encode_event
-from sidecar.providers.base import UpstreamCall, retry_after_seconds
+from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
 
 CONTEXT = re.compile(r"prompt is too long|context window|too many tokens", re.IGNORECASE)
 MAX_MESSAGE = 500
@@ -83,26 +83,15 @@ class AnthropicAdapter:
         return classify_anthropic_error(status, headers, body)
 
 
-class AnthropicStreamReader:
+class AnthropicStreamReader(TranslatingReader):
     """Messages SSE → OpenAI chunks; with ``native``, every upstream event also rides along as bytes."""
 
-    __slots__ = ("native", "translator")
+    __slots__ = ("native",)
+    translator: AnthropicToOpenAI
 
     def __init__(self, *, include_usage: bool, native: bool, model: str) -> None:
-        self.translator = AnthropicToOpenAI(created=int(time.time()), include_usage=include_usage, model=model)
+        super().__init__(AnthropicToOpenAI(created=int(time.time()), include_usage=include_usage, model=model))
         self.native = native
-
-    @property
-    def done(self) -> bool:
-        return self.translator.done
-
-    @property
-    def skipped(self) -> int:
-        return self.translator.skipped
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.translator.usage
 
     def feed(self, data: bytes) -> list[StreamChunk]:
         return self._chunks(lambda: self.translator.feed(data))

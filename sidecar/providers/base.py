@@ -60,6 +60,35 @@ class Adapter(Protocol):
     def refresh_credentials(self) -> None: ...
 
 
+class StreamTranslator(Protocol):
+    """What a formats/ stream translator exposes about its progress."""
+
+    done: bool
+    skipped: int
+    usage: Usage | None
+
+
+class TranslatingReader:
+    """Base of stream readers that wrap a formats/ translator: progress is the translator's own."""
+
+    __slots__ = ("translator",)
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self.translator = translator
+
+    @property
+    def done(self) -> bool:
+        return self.translator.done
+
+    @property
+    def skipped(self) -> int:
+        return self.translator.skipped
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.translator.usage
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """``retry-after-ms`` (milliseconds) or ``retry-after`` (seconds or an HTTP date) → seconds."""
     value = headers.get("retry-after-ms")

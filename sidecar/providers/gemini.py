@@ -29,11 +29,11 @@ from sidecar.core.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
 from sidecar.formats import gemini as wire
 from sidecar.formats.common import StreamErrorEvent
 from sidecar.formats.openai import usage_from
-from sidecar.providers.base import UpstreamCall, retry_after_seconds
+from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a new token is fetched
@@ -178,23 +178,9 @@ class GeminiAdapter:
         return classify_gemini_error(status, headers, body)
 
 
-class GeminiStreamReader:
-    __slots__ = ("translator",)
-
-    def __init__(self, translator: wire.GeminiToOpenAI) -> None:
-        self.translator = translator
-
-    @property
-    def done(self) -> bool:
-        return self.translator.done
-
-    @property
-    def skipped(self) -> int:
-        return self.translator.skipped
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.translator.usage
+class GeminiStreamReader(TranslatingReader):
+    __slots__ = ()
+    translator: wire.GeminiToOpenAI
 
     def feed(self, data: bytes) -> list[StreamChunk]:
         return self._wrap(lambda: self.translator.feed(data))
