@@ -41,8 +41,9 @@ async def read_body(request: web.Request, state: AppState) -> bytes:
     return await request.read()
 
 
-class OpenAIStreamSink:
-    """Renders chunks as OpenAI SSE onto the app's connection; ``write`` waits for it to drain."""
+class SSESink:
+    """The app's connection as an event stream: ``start`` commits status and headers; writes wait for the
+    app to drain (backpressure)."""
 
     __slots__ = ("request", "response")
 
@@ -58,6 +59,12 @@ class OpenAIStreamSink:
         headers = {**SSE_HEADERS, **outcome_headers(outcome, request_id_of(self.request))}
         self.response = web.StreamResponse(status=200, headers=headers)
         await self.response.prepare(self.request)
+
+
+class OpenAIStreamSink(SSESink):
+    """Renders chunks as OpenAI SSE: each chunk's JSON as it came, then ``[DONE]``."""
+
+    __slots__ = ()
 
     async def send(self, chunks: list[StreamChunk]) -> None:
         assert self.response is not None

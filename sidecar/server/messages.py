@@ -17,13 +17,11 @@ from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
 from sidecar.formats import anthropic_ingress
 from sidecar.formats.anthropic_stream import OpenAIToAnthropic, error_event
-from sidecar.router import Outcome
-from sidecar.server.handlers import SSE_HEADERS, Dialect, outcome_headers, read_body, serve
+from sidecar.server.handlers import Dialect, SSESink, read_body, serve
 from sidecar.server.keys import STATE
-from sidecar.server.middleware import request_id_of
 
 
-class AnthropicStreamSink:
+class AnthropicStreamSink(SSESink):
     """Renders the router's chunks as Anthropic SSE.
 
     Passthrough (the first chunk carries ``native`` bytes): upstream events are forwarded verbatim and
@@ -31,24 +29,14 @@ class AnthropicStreamSink:
     continue the message in a new text block. Otherwise every chunk is translated by ``OpenAIToAnthropic``.
     """
 
-    __slots__ = ("encoder", "native", "native_blocks", "native_ended", "request", "response")
+    __slots__ = ("encoder", "native", "native_blocks", "native_ended")
 
     def __init__(self, request: web.Request, chat: ChatRequest) -> None:
-        self.request = request
-        self.response: web.StreamResponse | None = None
+        super().__init__(request)
         self.encoder = OpenAIToAnthropic(chat.model)
         self.native: bool | None = None
         self.native_blocks = 0  # content blocks the upstream opened, so a resumed answer numbers after them
         self.native_ended = False
-
-    @property
-    def started(self) -> bool:
-        return self.response is not None
-
-    async def start(self, outcome: Outcome) -> None:
-        headers = {**SSE_HEADERS, **outcome_headers(outcome, request_id_of(self.request))}
-        self.response = web.StreamResponse(status=200, headers=headers)
-        await self.response.prepare(self.request)
 
     async def send(self, chunks: list[StreamChunk]) -> None:
         assert self.response is not None
