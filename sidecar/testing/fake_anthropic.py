@@ -14,7 +14,16 @@ import orjson
 from aiohttp import web
 
 from sidecar.formats.sse import encode_event
-from sidecar.testing.fake_provider import FAULTS_KEY, STATS_KEY, Faults, Stats, _json, _pieces, common_faults
+from sidecar.testing.fake_provider import (
+    FAULTS_KEY,
+    STATS_KEY,
+    Faults,
+    Stats,
+    _json,
+    _pieces,
+    common_faults,
+    stream_events,
+)
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -123,32 +132,9 @@ def _events(model: str, blocks: list[dict[str, Any]], stop: str, usage: dict[str
 
 async def _stream(request: web.Request, model: str, blocks: list[dict[str, Any]], stop: str,
                   usage: dict[str, int]) -> web.StreamResponse:
-    faults, stats = request.app[FAULTS_KEY], request.app[STATS_KEY]
-    response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache",
-                                           "request-id": "req_fake"})
-    await response.prepare(request)
-    await asyncio.sleep(faults.ttft)
-    finished = False
-    try:
-        for i, data in enumerate(_events(model, blocks, stop, usage)):
-            if faults.drop_after is not None and i >= faults.drop_after:
-                assert request.transport is not None
-                request.transport.abort()
-                return response
-            if faults.stall_after is not None and i >= faults.stall_after:
-                await asyncio.sleep(3600)
-            if faults.malformed_event_at == i:
-                await response.write(b"event: content_block_delta\ndata: {not json\n\n")
-            await response.write(data)
-            if faults.chunk_delay:
-                await asyncio.sleep(faults.chunk_delay)
-        await response.write_eof()
-        finished = True
-        stats.completed += 1
-    finally:
-        if not finished:
-            stats.disconnects += 1
-    return response
+    headers = {"content-type": "text/event-stream", "cache-control": "no-cache", "request-id": "req_fake"}
+    return await stream_events(request, list(_events(model, blocks, stop, usage)), headers=headers,
+                               malformed=b"event: content_block_delta\ndata: {not json\n\n")
 
 
 ROUTES = [web.post("/v1/messages", messages)]

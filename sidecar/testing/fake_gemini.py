@@ -16,7 +16,16 @@ import orjson
 from aiohttp import web
 
 from sidecar.formats.sse import encode_event
-from sidecar.testing.fake_provider import FAULTS_KEY, STATS_KEY, Faults, Stats, _json, _pieces, common_faults
+from sidecar.testing.fake_provider import (
+    FAULTS_KEY,
+    STATS_KEY,
+    Faults,
+    Stats,
+    _json,
+    _pieces,
+    common_faults,
+    stream_events,
+)
 
 STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
             429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -99,34 +108,13 @@ def _response(model: str, parts: list[dict[str, Any]], finish: str | None,
 
 async def _stream(request: web.Request, model: str, parts: list[dict[str, Any]],
                   usage: dict[str, int]) -> web.StreamResponse:
-    faults, stats = request.app[FAULTS_KEY], request.app[STATS_KEY]
-    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-    await response.prepare(request)
-    await asyncio.sleep(faults.ttft)
     prompt_only = {"promptTokenCount": usage["promptTokenCount"], "totalTokenCount": usage["promptTokenCount"]}
     chunks = [_response(model, [part], "STOP" if i == len(parts) - 1 else None,
                         usage if i == len(parts) - 1 else prompt_only) for i, part in enumerate(parts)]
-    finished = False
-    try:
-        for i, chunk in enumerate(chunks):
-            if faults.drop_after is not None and i >= faults.drop_after:
-                assert request.transport is not None
-                request.transport.abort()
-                return response
-            if faults.stall_after is not None and i >= faults.stall_after:
-                await asyncio.sleep(3600)
-            if faults.malformed_event_at == i:
-                await response.write(b"data: {not json\r\n\r\n")
-            await response.write(encode_event(orjson.dumps(chunk)).replace(b"\n", b"\r\n"))
-            if faults.chunk_delay:
-                await asyncio.sleep(faults.chunk_delay)
-        await response.write_eof()  # Gemini has no end marker: the connection closing ends the stream
-        finished = True
-        stats.completed += 1
-    finally:
-        if not finished:
-            stats.disconnects += 1
-    return response
+    # Gemini's SSE uses CRLF and has no end marker: the connection closing ends the stream.
+    events = [encode_event(orjson.dumps(chunk)).replace(b"\n", b"\r\n") for chunk in chunks]
+    return await stream_events(request, events, headers={"content-type": "text/event-stream"},
+                               malformed=b"data: {not json\r\n\r\n")
 
 
 async def token(request: web.Request) -> web.Response:

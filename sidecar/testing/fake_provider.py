@@ -209,11 +209,8 @@ def _injected_error(faults: Faults, stats: Stats) -> web.Response:
 
 
 async def _stream(request: web.Request, kind: str, model: str, body: dict[str, Any]) -> web.StreamResponse:
-    app, faults, stats = request.app, request.app[FAULTS_KEY], request.app[STATS_KEY]
+    app, faults = request.app, request.app[FAULTS_KEY]
     await asyncio.sleep(faults.latency)
-    response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
-    await response.prepare(request)
-    await _sleep_watching(request, faults.ttft)
     pieces = _pieces(app, body)
     chunks = [_chunk(kind, model, {"role": "assistant", "content": ""}, None)] if kind == "chat" else []
     chunks += [_chunk(kind, model, {"content": p}, None) for p in pieces]
@@ -223,9 +220,23 @@ async def _stream(request: web.Request, kind: str, model: str, body: dict[str, A
         usage_chunk = _chunk(kind, model, {}, None)
         usage_chunk["choices"], usage_chunk["usage"] = [], _usage(body, len(pieces))
         chunks.append(usage_chunk)
+    return await stream_events(request, [encode_event(orjson.dumps(c)) for c in chunks],
+                               malformed=b"data: {not json\n\n", tail=b"" if faults.no_done else DONE_EVENT)
+
+
+async def stream_events(request: web.Request, events: list[bytes], *, malformed: bytes, tail: bytes = b"",
+                        headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Send already-encoded SSE events with the stream faults applied (time to first token, drop or stall
+    after N events, one malformed event, per-event delay), counting completions and disconnects.
+    ``tail`` is the provider's end marker, if it has one."""
+    faults, stats = request.app[FAULTS_KEY], request.app[STATS_KEY]
+    response = web.StreamResponse(headers=headers or {"content-type": "text/event-stream",
+                                                      "cache-control": "no-cache"})
+    await response.prepare(request)
+    await _sleep_watching(request, faults.ttft)
     finished = False
     try:
-        for i, chunk in enumerate(chunks):
+        for i, data in enumerate(events):
             if faults.drop_after is not None and i >= faults.drop_after:
                 assert request.transport is not None
                 request.transport.abort()
@@ -233,12 +244,12 @@ async def _stream(request: web.Request, kind: str, model: str, body: dict[str, A
             if faults.stall_after is not None and i >= faults.stall_after:
                 await asyncio.sleep(3600)
             if faults.malformed_event_at == i:
-                await response.write(b"data: {not json\n\n")
-            await response.write(encode_event(orjson.dumps(chunk)))
+                await response.write(malformed)
+            await response.write(data)
             if faults.chunk_delay:
                 await asyncio.sleep(faults.chunk_delay)
-        if not faults.no_done:
-            await response.write(DONE_EVENT)
+        if tail:
+            await response.write(tail)
         await response.write_eof()
         finished = True
         stats.completed += 1
