@@ -1,7 +1,10 @@
 """Sans-I/O HTTP/1.1 response parser for the upstream client (``providers.wire``).
 
 ``ResponseParser.feed(bytes)`` returns the whole ``Response`` once it is complete, ``None`` while more bytes
-are needed, or raises ``BadResponse``; ``eof()`` is called when the server closes the connection. Bodies are
+are needed, or raises ``BadResponse``; ``eof()`` is called when the server closes the connection. In stream
+mode (``reset(stream=True)``) ``feed_stream(bytes)`` parses the head (``status``, ``headers``) and then leaves
+the de-chunked body bytes for ``take()`` as they arrive, never the whole body at once, with no size limit:
+the reader's backpressure bounds what waits here. Bodies are
 framed by content-length, chunked transfer-encoding (trailers read and dropped) or, failing both, by the
 close of the connection. It parses only what our requests can meet: answers to a POST that asked for no
 compression and no upgrade. Like ``formats.sse`` it does no I/O, so every byte split is unit-testable.
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 MAX_HEAD = 64 * 1024  # status line + headers; nginx's default limit for requests is 8 KiB
 MAX_BODY = 64 * 1024 * 1024  # a chat answer is kilobytes; an embedding batch a few MiB
+_NO_LIMIT = 1 << 62  # streams: bytes are handed on as they come, so their total is not held anywhere
 _MAX_CHUNK_LINE = 4096  # a chunk size line with extensions
 _HEX = b"0123456789abcdefABCDEF"
 
@@ -44,15 +48,17 @@ class Response:
 class ResponseParser:
     """One response at a time; ``reset()`` before the next request on the same connection."""
 
-    __slots__ = ("_buf", "_chunk", "_framing", "_headers", "_keep_alive", "_pieces", "_remaining", "_status",
-                 "_total", "max_body")
+    __slots__ = ("_buf", "_chunk", "_framing", "_headers", "_keep_alive", "_limit", "_pieces", "_remaining",
+                 "_status", "_total", "max_body", "pending")
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
         self.max_body = max_body
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, stream: bool = False) -> None:
         self._buf = bytearray()
+        self._limit = _NO_LIMIT if stream else self.max_body
+        self.pending = 0  # body bytes parsed and not yet taken (stream mode)
         self._status = 0  # 0 until the (final, non-1xx) head is parsed
         self._headers: dict[str, str] = {}
         self._framing = _LENGTH
@@ -65,17 +71,8 @@ class ResponseParser:
     def feed(self, data: bytes) -> Response | None:
         buf = self._buf
         buf += data
-        while not self._status:  # a loop: interim 1xx answers (103 Early Hints) come before the real one
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    raise TooLarge("response head too large")
-                return None
-            if end > MAX_HEAD:
-                raise TooLarge("response head too large")
-            head = buf[:end].decode("latin-1")
-            del buf[:end + 4]
-            self._parse_head(head)
+        if not self._status and not self._head(buf):
+            return None
         if self._framing == _LENGTH:
             if len(buf) < self._remaining:
                 return None
@@ -93,6 +90,74 @@ class ResponseParser:
         buf.clear()
         return None
 
+    # ---- stream mode ------------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> int:
+        """The status once the (final) head is in, else 0; stream mode only (``feed`` clears it when done)."""
+        return self._status
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+    @property
+    def reusable(self) -> bool:
+        return self._keep_alive
+
+    def feed_stream(self, data: bytes) -> bool:
+        """Parse ``data`` in stream mode: body bytes wait for ``take()``; True once the response is complete."""
+        buf = self._buf
+        buf += data
+        if not self._status and not self._head(buf):
+            return False
+        framing = self._framing
+        if framing == _CHUNKED:
+            return self._parse_chunks()
+        n = len(buf)
+        if framing == _LENGTH:
+            if n > self._remaining:  # bytes after the body: the connection's state is unknown
+                self._keep_alive = False
+                n = self._remaining
+            self._remaining -= n
+        if n:
+            self._pieces.append(bytes(buf[:n]))
+            self.pending += n
+        buf.clear()
+        return framing == _LENGTH and not self._remaining
+
+    def take(self) -> bytes:
+        """The body bytes parsed since the last ``take()`` (b"" if none)."""
+        pieces = self._pieces
+        if not pieces:
+            return b""
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self.pending = 0
+        return data
+
+    def eof_stream(self) -> None:
+        """The server closed the connection in stream mode: the end of a read-until-close body, else ``CutOff``."""
+        if not (self._status and self._framing == _UNTIL_CLOSE):
+            raise CutOff("the connection closed before the end of the response")
+
+    # ---- both modes -----------------------------------------------------------------------------------
+
+    def _head(self, buf: bytearray) -> bool:
+        """Parse the head out of ``buf``; True once the final (non-1xx) one is in."""
+        while not self._status:  # a loop: interim 1xx answers (103 Early Hints) come before the real one
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    raise TooLarge("response head too large")
+                return False
+            if end > MAX_HEAD:
+                raise TooLarge("response head too large")
+            head = buf[:end].decode("latin-1")
+            del buf[:end + 4]
+            self._parse_head(head)
+        return True
+
     def eof(self) -> Response:
         """The server closed the connection: the end of a read-until-close body, otherwise ``CutOff``."""
         if self._status and self._framing == _UNTIL_CLOSE:
@@ -106,7 +171,7 @@ class ResponseParser:
 
     def _take(self, n: int) -> None:
         self._total += n
-        if self._total > self.max_body:
+        if self._total > self._limit:
             raise TooLarge("response body too large")
 
     def _parse_head(self, head: str) -> None:
@@ -164,6 +229,7 @@ class ResponseParser:
                 if buf[need - 2:need] != b"\r\n":
                     raise BadResponse("malformed chunk")
                 self._pieces.append(bytes(buf[:self._remaining]))
+                self.pending += self._remaining
                 del buf[:need]
                 self._chunk = _SIZE
                 continue

@@ -1,10 +1,10 @@
 """The only caller of the upstream clients: send a call, or open a stream, with our deadlines.
 
-Whole answers go through ``providers.wire`` (our keep-alive HTTP/1.1 client, a third of the CPU aiohttp's
-client costs per request) when a ``wire.Pool`` is attached to the session (``attach_pool``, done by the
-server); streams go through the aiohttp session. Every client, asyncio and socket failure is mapped here,
-once, into ``core.errors`` — like httpx's ``map_httpcore_exceptions`` — so the router reasons only about
-error classes.
+Both go through our keep-alive HTTP/1.1 client, ``providers.wire`` (whole answers, a third of the CPU
+aiohttp's client costs per request) and ``providers.wire_stream`` (streams, handed over as they arrive
+with backpressure), on the ``wire.Pool`` the server attaches to the session (``attach_pool``). Every
+client, asyncio and socket failure is mapped here, once, into ``core.errors`` — like httpx's
+``map_httpcore_exceptions`` — so the router reasons only about error classes.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import aiohttp
 from yarl import URL
 
 from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
-from sidecar.providers import wire
+from sidecar.providers import wire, wire_stream
 from sidecar.providers.base import UpstreamCall
 
-READ_SIZE = 64 * 1024
 _URLS: dict[str, URL] = {}  # parsed once per upstream URL: yarl parsing costs more than the rest of a call
 
 
@@ -118,39 +117,31 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: flo
 class UpstreamStream:
     """An open streaming answer: status and headers known, body read chunk by chunk under deadlines."""
 
-    __slots__ = ("_timeout", "headers", "response", "status", "total_deadline")
+    __slots__ = ("_max_body", "_stream", "headers", "status", "total_deadline")
 
-    def __init__(self, response: aiohttp.ClientResponse, timeout: asyncio.Timeout, total_deadline: float) -> None:
-        self.response = response
-        self.status = response.status
-        self.headers: Mapping[str, str] = response.headers  # case-insensitive; read only on errors
-        self._timeout = timeout
+    def __init__(self, stream: wire_stream.Stream, total_deadline: float, max_body: int) -> None:
+        self._stream = stream
+        self.status = stream.status
+        self.headers: Mapping[str, str] = stream.headers  # lower-case names; read only on errors
         self.total_deadline = total_deadline
+        self._max_body = max_body
 
     async def read_body(self) -> bytes:
-        """The whole body of a non-2xx answer, under the total deadline."""
-        self._timeout.reschedule(self.total_deadline)
+        """The whole body of a non-2xx answer, under the total deadline (the block's own)."""
         with map_errors("total"):
-            return await self.response.read()
+            return await self._stream.read_all(self._max_body)
 
     async def next_chunk(self, until: float, phase: str) -> bytes:
         """The next bytes of the body (b"" at its end), or UpstreamTimeout(phase) if ``until`` passes first.
 
-        Between reads only the total deadline runs, so time spent writing to a slow app is not
-        mistaken for a stalled upstream.
+        ``until`` bounds only this wait, so time spent between reads writing to a slow app is not
+        mistaken for a stalled upstream; the total deadline bounds the whole block.
         """
         if until >= self.total_deadline:
-            until, phase = self.total_deadline, "total"
-        self._timeout.reschedule(until)
+            with map_errors("total"):
+                return await self._stream.read()
         with map_errors(phase):
-            try:
-                data = await self.response.content.readany()
-            except asyncio.CancelledError:
-                if self._timeout.expired():
-                    raise TimeoutError from None
-                raise
-        self._timeout.reschedule(self.total_deadline)
-        return data
+            return await self._stream.read(until)
 
 
 @asynccontextmanager
@@ -158,20 +149,21 @@ async def stream(session: aiohttp.ClientSession, call: UpstreamCall, *, first_by
                  total_deadline: float) -> AsyncIterator[UpstreamStream]:
     """Open a streaming POST whose headers must arrive before ``first_byte_deadline``.
 
-    Leaving the block early (an error, the app gone) closes the upstream connection, so the upstream
-    sees the cancellation; a fully read body returns the connection to the pool.
+    Leaving the block early (an error, a cancellation, the app gone, a lost hedge) aborts the upstream
+    connection, so the upstream sees it; a fully read body returns the connection to the pool.
     """
-    response: aiohttp.ClientResponse | None = None
+    pool = _POOLS[session]
+    opened: wire_stream.Stream | None = None
     try:
         async with asyncio.timeout_at(min(first_byte_deadline, total_deadline)) as timeout:
             with map_errors("first_byte"):
-                response = await session.post(_url(call.url), data=call.body, headers=_call_headers(call))
+                opened = await wire_stream.open_stream(pool, call, TRACE_HEADERS.get())
+            timeout.reschedule(total_deadline)
             try:
-                yield UpstreamStream(response, timeout, total_deadline)
+                yield UpstreamStream(opened, total_deadline, pool.max_body)
             finally:
-                response.release()
+                opened.close()
     except TimeoutError:
-        # The deadline fired outside a read: while waiting for the headers, or (between reads) the total.
-        phase = "first_byte" if response is None else "total"
+        # The block's deadline fired outside a timed read: while opening, or (between reads) the total.
+        phase = "first_byte" if opened is None else "total"
         raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase) from None
-

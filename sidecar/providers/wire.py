@@ -1,4 +1,4 @@
-"""A minimal keep-alive HTTP/1.1 client for whole (non-streaming) answers: ``Pool.post(call)``.
+"""A minimal keep-alive HTTP/1.1 client: ``Pool.post(call)`` for whole answers (streams: ``wire_stream``).
 
 Why not the aiohttp client: per request it builds a ClientRequest, several header multidicts, connector
 bookkeeping and (on Python 3.11) a task to write the body — about 30% of the sidecar's CPU. Our calls are
@@ -24,10 +24,14 @@ import ssl
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from sidecar.formats.http1 import MAX_BODY, BadResponse, CutOff, Response, ResponseParser, TooLarge
 from sidecar.providers.base import UpstreamCall
+
+if TYPE_CHECKING:
+    from sidecar.providers.wire_stream import Stream
 
 __all__ = ["BadResponse", "ConnectFailed", "CutOff", "Disconnected", "Pool", "Response", "TooLarge", "WireError"]
 
@@ -49,7 +53,7 @@ class Disconnected(WireError):
     """The connection closed or was reset before any byte of the answer."""
 
 
-class _Stale(Disconnected):
+class Stale(Disconnected):
     """A pooled connection was found closed: the request may be sent again on a fresh one."""
 
 
@@ -67,12 +71,14 @@ class _Target:
     head: bytes  # fields + b"content-length: "
 
 
-class _Host:
+class Host:
+    """The connections to one (scheme, host, port)."""
+
     __slots__ = ("count", "idle", "waiters")
 
     def __init__(self) -> None:
         self.count = 0  # open or opening connections, idle ones included
-        self.idle: list[_Conn] = []  # LIFO: the most recently used connection is the likeliest alive
+        self.idle: list[Conn] = []  # LIFO: the most recently used connection is the likeliest alive
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     def wake(self) -> None:
@@ -84,10 +90,13 @@ class _Host:
                 return
 
 
-class _Conn(asyncio.Protocol):
-    """One connection; at most one request in flight (no pipelining)."""
+class Conn(asyncio.Protocol):
+    """One connection; at most one request in flight (no pipelining).
 
-    def __init__(self, host: _Host, max_body: int) -> None:
+    While a streamed answer is read, ``stream`` (a ``wire_stream.Stream``) takes the bytes and the close.
+    """
+
+    def __init__(self, host: Host, max_body: int) -> None:
         self.host = host
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser(max_body)
@@ -97,24 +106,39 @@ class _Conn(asyncio.Protocol):
         self.idle = False
         self.idle_since = 0.0
         self.dropped = True  # until the pool counts it (after connect); then once dropped, never counted again
+        self.stream: Stream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    # The request is written first: no byte of the answer can arrive before the loop runs again.
+
     def exchange(self, data: bytes) -> asyncio.Future[Response]:
-        transport = self.transport
-        if self.lost or transport is None or transport.is_closing():
-            raise _Stale("the connection is closed")
+        self._write(data)
         self.parser.reset()
         self.received = False
         self.waiter = waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def begin_stream(self, stream: Stream, data: bytes) -> None:
+        """Send a request whose answer ``stream`` reads as it arrives."""
+        self._write(data)
+        self.parser.reset(stream=True)
+        self.stream = stream
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
+            raise Stale("the connection is closed")
         try:
             transport.write(data)
         except (OSError, RuntimeError):  # uvloop raises on a transport closed under us
-            raise _Stale("the connection is closed") from None
-        return waiter
+            raise Stale("the connection is closed") from None
 
     def data_received(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream.feed(data)
+            return
         waiter = self.waiter
         if waiter is None or waiter.done():  # bytes nobody asked for: the connection's state is unknown
             self.drop()
@@ -132,10 +156,12 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.stream is not None:
+            self.stream.lost(exc)
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             if not self.received:
-                waiter.set_exception(_Stale("the upstream closed the connection"))
+                waiter.set_exception(Stale("the upstream closed the connection"))
             elif exc is not None:
                 waiter.set_exception(CutOff("the connection was reset mid-answer"))
             else:
@@ -175,7 +201,7 @@ class Pool:
         self._ssl_context = ssl_context  # the system's CAs, loaded at the first https URL (not at start-up)
         self.max_body = max_body
         self.closed = False
-        self._hosts: dict[tuple[str, str, int], _Host] = {}
+        self._hosts: dict[tuple[str, str, int], Host] = {}
         self._targets: dict[str, _Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -188,6 +214,18 @@ class Pool:
 
     async def post(self, call: UpstreamCall, extra: Mapping[str, str] | None = None) -> Response:
         """POST ``call`` (plus ``extra`` headers) and return the whole answer; the caller bounds the time."""
+        host, target, data = self.prepare(call, extra)
+        conn, reused = await self.acquire(host, target, fresh=False)
+        if reused:
+            try:
+                return await self._exchange(host, conn, data)
+            except Stale:
+                pass  # closed by the server while idle: once more, on a fresh connection
+            conn, _ = await self.acquire(host, target, fresh=True)
+        return await self._exchange(host, conn, data)
+
+    def prepare(self, call: UpstreamCall, extra: Mapping[str, str] | None) -> tuple[Host, _Target, bytes]:
+        """The host's connections, the target and the request's bytes."""
         target = self._target(call.url, call.headers)
         fields = target.head
         if extra:
@@ -199,15 +237,8 @@ class Pool:
         data = b"%s%d\r\n\r\n%s" % (fields, len(call.body), call.body)
         host = self._hosts.get(target.key)
         if host is None:
-            host = self._hosts[target.key] = _Host()
-        conn, reused = await self._acquire(host, target, fresh=False)
-        if reused:
-            try:
-                return await self._exchange(host, conn, data)
-            except _Stale:
-                pass  # closed by the server while idle: once more, on a fresh connection
-            conn, _ = await self._acquire(host, target, fresh=True)
-        return await self._exchange(host, conn, data)
+            host = self._hosts[target.key] = Host()
+        return host, target, data
 
     async def close(self) -> None:
         """Close every idle connection; busy ones close when their answer is in."""
@@ -224,7 +255,7 @@ class Pool:
 
     # ---- connections ---------------------------------------------------------------------------------
 
-    async def _acquire(self, host: _Host, target: _Target, *, fresh: bool) -> tuple[_Conn, bool]:
+    async def acquire(self, host: Host, target: _Target, *, fresh: bool) -> tuple[Conn, bool]:
         """An idle connection (unless ``fresh``) or a new one once the host is under its limit; True if reused."""
         loop = asyncio.get_running_loop()
         while True:
@@ -251,7 +282,7 @@ class Pool:
         host.count += 1
         try:
             _, conn = await loop.create_connection(
-                lambda: _Conn(host, self.max_body), target.host, target.port, ssl=target.ssl,
+                lambda: Conn(host, self.max_body), target.host, target.port, ssl=target.ssl,
                 server_hostname=target.host if target.ssl is not None else None)
         except BaseException as exc:
             host.count -= 1
@@ -262,13 +293,18 @@ class Pool:
         conn.dropped = False  # counted from here on
         return conn, False
 
-    async def _exchange(self, host: _Host, conn: _Conn, data: bytes) -> Response:
+    async def _exchange(self, host: Host, conn: Conn, data: bytes) -> Response:
         try:
             response = await conn.exchange(data)
         except BaseException:
             conn.drop()  # failed, timed out or cancelled: never back to the pool mid-answer
             raise
-        if response.reusable and not self.closed and not conn.lost and not conn.dropped:
+        self.release(host, conn, response.reusable)
+        return response
+
+    def release(self, host: Host, conn: Conn, reusable: bool) -> None:
+        """An answer was read to its end: the connection goes back to the pool, or is closed."""
+        if reusable and not self.closed and not conn.lost and not conn.dropped:
             conn.idle = True
             conn.idle_since = asyncio.get_running_loop().time()
             host.idle.append(conn)
@@ -277,7 +313,6 @@ class Pool:
                 self._sweeper = asyncio.get_running_loop().call_later(self.keepalive, self._sweep)
         else:
             conn.drop(graceful=True)
-        return response
 
     def _sweep(self) -> None:
         """Close connections idle for ``keepalive`` seconds; re-armed while any connection is idle."""

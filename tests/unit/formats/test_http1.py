@@ -139,3 +139,51 @@ def test_reset_reuses_the_parser() -> None:
         parser.reset()
         response = parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n" + body)
         assert response is not None and response.body == body
+
+
+# ---- stream mode ----------------------------------------------------------------------------------
+
+
+def parse_stream(stream: bytes, cuts: list[int], parser: ResponseParser) -> tuple[list[bytes], bool]:
+    """Feed in pieces, taking the body after each: (what each take gave, complete)."""
+    parser.reset(stream=True)
+    last, taken, complete = 0, [], False
+    for cut in [*sorted(c for c in set(cuts) if c < len(stream)), len(stream)]:
+        if cut > last:
+            assert not complete, "complete before the last byte"
+            complete = parser.feed_stream(stream[last:cut])
+            assert parser.pending == sum(len(p) for p in parser._pieces)
+            taken.append(parser.take())
+            last = cut
+    return taken, complete
+
+
+@given(bodies, st.lists(st.integers(min_value=1, max_value=64), max_size=8), cuts, st.booleans())
+def test_stream_mode_hands_over_every_split(body: bytes, sizes: list[int], where: list[int], use_chunked: bool) -> None:
+    if use_chunked:
+        stream = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(body, sizes)
+    else:
+        stream = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    parser = ResponseParser(max_body=1)  # no limit on streams: their bytes are not held
+    taken, complete = parse_stream(stream, where, parser)
+    assert complete and b"".join(taken) == body and parser.take() == b""
+    assert (parser.status, parser.reusable) == (200, True)
+    # Bytes come out as soon as they are in: a piece fed after the head is taken at once, not at the end.
+    head = stream.index(b"\r\n\r\n") + 4
+    if not use_chunked and len(body) > 1:
+        taken, _ = parse_stream(stream[:head + 1], [], parser)
+        assert taken == [body[:1]]
+
+
+def test_stream_mode_end_of_connection() -> None:
+    parser = ResponseParser()
+    taken, complete = parse_stream(b"HTTP/1.0 200 OK\r\n\r\ndata: x\n\n", [5, 30], parser)
+    assert b"".join(taken) == b"data: x\n\n" and not complete
+    parser.eof_stream()  # the end of a read-until-close body
+    assert not parser.reusable
+    taken, complete = parse_stream(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ndata", [], parser)
+    assert taken == [b"data"] and not complete
+    with pytest.raises(CutOff):
+        parser.eof_stream()
+    _, complete = parse_stream(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP", [], parser)
+    assert complete and not parser.reusable  # bytes after the body

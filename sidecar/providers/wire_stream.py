@@ -1,0 +1,181 @@
+"""Streamed answers on ``providers.wire`` connections: ``open_stream(pool, call)`` → ``Stream.read(until)``.
+
+The body is handed over as it arrives, de-chunked by ``formats.http1`` in stream mode, never gathered
+whole. Backpressure: once more than ``HIGH_WATER`` bytes wait for a slow reader, the socket is no longer
+read (``transport.pause_reading``) — the kernel buffers fill and TCP slows the upstream down; reading
+resumes when the reader takes them (it takes all that waits, so the buffer is then empty, below any
+low-water mark). Deadlines are per read (``until``, a loop time) and apply only while the caller waits
+for bytes, so time it spends elsewhere (writing to a slow app) is not upstream idleness; the overall
+deadline is the caller's.
+
+Only a body read to its end (``read`` returned b"") gives the connection back to the pool; ``close()``
+before that — an error, a cancellation, a lost hedge — aborts it, so the upstream sees the client gone.
+As for whole answers, a pooled connection found closed before any byte of the answer is retried once on
+a fresh one. Errors raised are those of ``wire`` (mapped by ``providers.http``) and ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from sidecar.formats.http1 import BadResponse, CutOff, TooLarge
+from sidecar.providers.base import UpstreamCall
+from sidecar.providers.wire import Conn, Host, Pool, Stale
+
+HIGH_WATER = 256 * 1024  # bytes parsed and not yet read before the socket is paused; SSE events are ~100-300 B
+
+
+async def open_stream(pool: Pool, call: UpstreamCall, extra: Mapping[str, str] | None = None) -> Stream:
+    """POST ``call`` and return once the answer's head is in; the caller bounds the time."""
+    host, target, data = pool.prepare(call, extra)
+    conn, reused = await pool.acquire(host, target, fresh=False)
+    if reused:
+        try:
+            return await Stream(pool, host, conn).start(data)
+        except Stale:
+            pass  # closed by the server while idle: once more, on a fresh connection
+        conn, _ = await pool.acquire(host, target, fresh=True)
+    return await Stream(pool, host, conn).start(data)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class Stream:
+    """One answer read as it arrives: ``status`` and ``headers`` (lower-case names), then ``read()``."""
+
+    __slots__ = ("_conn", "_done", "_error", "_host", "_paused", "_pool", "_received", "_waiter", "headers",
+                 "status")
+
+    def __init__(self, pool: Pool, host: Host, conn: Conn) -> None:
+        self._pool = pool
+        self._host = host
+        self._conn: Conn | None = conn  # None once released or closed
+        self._waiter: asyncio.Future[None] | None = None
+        self._received = False  # a byte of the answer arrived
+        self._done = False  # the whole answer arrived
+        self._error: Exception | None = None
+        self._paused = False
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    async def start(self, data: bytes) -> Stream:
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.begin_stream(self, data)
+            parser = conn.parser
+            while not parser.status:
+                if self._error is not None:
+                    raise self._error
+                await self._wait(None)
+        except BaseException:
+            self.close()
+            raise
+        self.status, self.headers = parser.status, parser.headers
+        return self
+
+    async def read(self, until: float | None = None) -> bytes:
+        """The body bytes that arrived since the last read, waiting for some until ``until`` (loop time).
+
+        b"" at the end of the body (the connection is then back in the pool); ``TimeoutError`` if
+        ``until`` passes first; ``CutOff`` / ``BadResponse`` once the bytes before the failure are read.
+        """
+        conn = self._conn
+        if conn is None:
+            return b""
+        while True:
+            data = conn.parser.take()
+            if data:
+                if self._paused:
+                    self._paused = False
+                    if conn.transport is not None:
+                        conn.transport.resume_reading()
+                return data
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                self._release(conn)
+                return b""
+            await self._wait(until)
+
+    async def read_all(self, limit: int) -> bytes:
+        """The rest of the body (an error answer), refused beyond ``limit`` bytes."""
+        pieces: list[bytes] = []
+        size = 0
+        while data := await self.read():
+            size += len(data)
+            if size > limit:
+                raise TooLarge("response body too large")
+            pieces.append(data)
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        """Leave the answer: unless it was read to its end, the connection is aborted (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.stream = None
+            conn.drop()
+
+    # ---- called by the connection (``wire.Conn``) ---------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None or self._done or self._error is not None:  # bytes nobody asked for
+            if conn is not None:
+                conn.drop()
+            return
+        self._received = True
+        try:
+            self._done = conn.parser.feed_stream(data)
+        except BadResponse as exc:
+            self._error = exc
+            conn.drop()
+        else:
+            if not self._done and not self._paused and conn.parser.pending > HIGH_WATER:
+                self._paused = True
+                if conn.transport is not None:
+                    conn.transport.pause_reading()
+        self._wake()
+
+    def lost(self, exc: Exception | None) -> None:
+        conn = self._conn
+        if conn is None or self._done or self._error is not None:
+            return
+        if not self._received:
+            self._error = Stale("the upstream closed the connection")
+        elif exc is not None:
+            self._error = CutOff("the connection was reset mid-answer")
+        else:
+            try:
+                conn.parser.eof_stream()
+                self._done = True
+            except CutOff as error:
+                self._error = error
+        self._wake()
+
+    # ---- internals ---------------------------------------------------------------------------------
+
+    async def _wait(self, until: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = None if until is None else loop.call_at(until, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _release(self, conn: Conn) -> None:
+        self._conn = None
+        conn.stream = None
+        self._pool.release(self._host, conn, conn.parser.reusable)
