@@ -1,9 +1,16 @@
-"""The only caller of the upstream clients: send a call, or open a stream, with our deadlines.
+"""The only caller of the upstream client: send a call, or open a stream, with our deadlines.
 
-Both go through our keep-alive HTTP/1.1 client, ``providers.wire`` (whole answers, a third of the CPU
-aiohttp's client costs per request) and ``providers.wire_stream`` (streams, handed over as they arrive
-with backpressure), on the ``wire.Pool`` the server attaches to the session (``attach_pool``). Every
-client, asyncio and socket failure is mapped here, once, into ``core.errors`` — like httpx's
+What is where:
+- ``providers.wire``: our keep-alive HTTP/1.1 client (``wire.Pool``: connections per host, request heads
+  encoded once per URL); ``Pool.post`` reads whole answers, for ``send`` (a third of the CPU aiohttp's
+  client cost per request);
+- ``providers.wire_stream``: streamed answers on the same connections, handed over as they arrive with
+  backpressure and per-read deadlines, for ``stream`` / ``UpstreamStream``;
+- ``formats.http1``: the sans-I/O response parser both use.
+
+The router holds an ``aiohttp.ClientSession`` as the handle of its upstream client: the server attaches
+the ``wire.Pool`` to it (``attach_pool``) and ``close`` closes both. The session itself sends nothing.
+Every client, asyncio and socket failure is mapped here, once, into ``core.errors`` — like httpx's
 ``map_httpcore_exceptions`` — so the router reasons only about error classes.
 """
 
@@ -16,23 +23,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
-from yarl import URL
 
 from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
 from sidecar.providers import wire, wire_stream
 from sidecar.providers.base import UpstreamCall
-
-_URLS: dict[str, URL] = {}  # parsed once per upstream URL: yarl parsing costs more than the rest of a call
-
-
-def _url(url: str) -> URL:
-    parsed = _URLS.get(url)
-    if parsed is None:
-        if len(_URLS) >= 4096:  # URLs come from the config, so this never fills; bounded all the same
-            _URLS.clear()
-        parsed = _URLS[url] = URL(url)
-    return parsed
-
 
 # Headers added to the calls of the current attempt (the W3C traceparent of its CLIENT span); set by
 # telemetry only for a sampled request to a deployment with propagate_trace, so the precomputed, shared
@@ -40,21 +34,16 @@ def _url(url: str) -> URL:
 TRACE_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("sidecar_trace_headers", default=None)
 
 
-def _call_headers(call: UpstreamCall) -> Mapping[str, str]:
-    extra = TRACE_HEADERS.get()
-    return call.headers if extra is None else {**call.headers, **extra}
-
-
 @dataclass(slots=True)
 class Answer:
     status: int
-    headers: Mapping[str, str]  # case-insensitive (the response's own multidict): read only on errors
+    headers: Mapping[str, str]  # lower-case names; read only on errors
     body: bytes
 
 
 @contextmanager
 def map_errors(phase: str) -> Iterator[None]:
-    """aiohttp/asyncio exceptions → UpstreamTimeout / UpstreamConnectionError / UpstreamServerError.
+    """Wire, asyncio and socket exceptions → UpstreamTimeout / UpstreamConnectionError / UpstreamServerError.
 
     ``phase`` names the limit in force (connect, first_byte, idle, total) for timeouts and traces.
     Messages never include the upstream's address.
@@ -73,15 +62,7 @@ def map_errors(phase: str) -> Iterator[None]:
         raise UpstreamServerError("the upstream's answer is too large") from None
     except wire.BadResponse:
         raise UpstreamServerError("the upstream sent an invalid HTTP response") from None
-    except aiohttp.ClientConnectorError:
-        raise UpstreamConnectionError("could not connect to the upstream") from None
-    except aiohttp.ServerDisconnectedError:
-        raise UpstreamConnectionError("the upstream closed the connection") from None
-    except aiohttp.ClientPayloadError:
-        raise UpstreamServerError("the upstream's answer was cut off") from None
-    except aiohttp.ClientResponseError:
-        raise UpstreamServerError("the upstream sent an invalid HTTP response") from None
-    except (aiohttp.ClientError, OSError):
+    except OSError:
         raise UpstreamConnectionError("the connection to the upstream failed") from None
 
 
@@ -90,7 +71,7 @@ _POOLS: dict[aiohttp.ClientSession, wire.Pool] = {}
 
 
 def attach_pool(session: aiohttp.ClientSession, pool: wire.Pool) -> None:
-    """From now on ``send(session, …)`` uses ``pool``; ``close(session)`` closes both."""
+    """``send`` and ``stream`` with ``session`` use ``pool``; ``close(session)`` closes both."""
     _POOLS[session] = pool
 
 
@@ -103,15 +84,11 @@ async def close(session: aiohttp.ClientSession) -> None:
 
 async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: float) -> Answer:
     """POST and read the whole answer before ``deadline`` (loop time)."""
-    pool = _POOLS.get(session)
+    pool = _POOLS[session]
     with map_errors("total"):
         async with asyncio.timeout_at(deadline):
-            if pool is not None:
-                response = await pool.post(call, TRACE_HEADERS.get())
-                return Answer(response.status, response.headers, response.body)
-            async with session.post(_url(call.url), data=call.body, headers=_call_headers(call)) as response:
-                body = await response.read()
-                return Answer(response.status, response.headers, body)
+            response = await pool.post(call, TRACE_HEADERS.get())
+            return Answer(response.status, response.headers, response.body)
 
 
 class UpstreamStream:

@@ -42,20 +42,10 @@ def create_admin_app(state: AppState) -> web.Application:
 
 
 def new_session(config: Config) -> aiohttp.ClientSession:
-    """One pooled session for every upstream: keep-alive per host, DNS cached, our own deadlines.
-
-    Whole answers use the attached ``wire.Pool`` (same per-host limit and keep-alive); streams use the session.
-    """
-    connector = aiohttp.TCPConnector(
-        limit=0,
-        limit_per_host=config.sidecar.max_connections_per_host,
-        ttl_dns_cache=300,
-        keepalive_timeout=60,
-    )
-    # Our own User-Agent instead of skip_auto_headers=("User-Agent",): skipping costs aiohttp two multidict
-    # copies per request; a header we set is not replaced.
-    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                    auto_decompress=True, headers={"User-Agent": USER_AGENT})
+    """The router's handle on the upstream client: a ``wire.Pool`` (keep-alive, at most
+    ``max_connections_per_host`` connections per host) attached to an aiohttp session that sends nothing
+    itself — ``providers.http`` uses the pool for whole answers and streams alike."""
+    session = aiohttp.ClientSession()
     http.attach_pool(session, wire.Pool(limit=config.sidecar.max_connections_per_host, user_agent=USER_AGENT,
                                         keepalive=60.0))
     return session
