@@ -92,7 +92,7 @@ class Stream:
             if data:
                 if self._paused:
                     self._paused = False
-                    if conn.transport is not None:
+                    if conn.transport is not None and not conn.lost:
                         conn.transport.resume_reading()
                 return data
             if self._error is not None:

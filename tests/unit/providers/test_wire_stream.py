@@ -1,4 +1,8 @@
-"""Streamed answers on the wire client, through ``providers.http.stream`` (the seam), against real local servers."""
+"""Streamed answers on the wire client, through ``providers.http.stream`` (the seam), against real local servers.
+
+The async tests run on both asyncio's loop and uvloop, the server's (``conftest.py``): their transports'
+pause/resume and abort are separate implementations.
+"""
 
 from __future__ import annotations
 
