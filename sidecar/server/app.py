@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -12,6 +12,7 @@ from aiohttp import web
 from sidecar import __version__
 from sidecar.config import Config
 from sidecar.providers import http, wire
+from sidecar.providers.base import UpstreamCall
 from sidecar.router import Router
 from sidecar.server import routes
 from sidecar.server.keys import STATE, AppState
@@ -55,9 +56,11 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.session = new_session(state.config)
     if exporter_names(os.environ):
-        from sidecar.telemetry.tracing import Tracing  # the OTel SDK loads only when tracing is on
+        from sidecar.telemetry import export  # the OTel SDK loads only when tracing is on
+        from sidecar.telemetry.tracing import Tracing
 
-        state.tracing = Tracing.from_env(state.config, os.environ)
+        post = _collector_post(state.session, export.endpoint(os.environ))
+        state.tracing = Tracing.from_env(state.config, os.environ, post)
     state.router = Router(state.config, state.session, observer=state.tracing)
     exporter = None
     if metrics_export_requested(os.environ):
@@ -68,16 +71,30 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
                                                        for t in router.all_targets()], os.environ)
         state.metrics.exporter = exporter
     timers = [asyncio.create_task(_refresh_credentials(state.router)), asyncio.create_task(_flush_logs())]
+    if state.tracing is not None:
+        timers += [asyncio.create_task(p.run()) for p in state.tracing.loop_processors]
     yield
     for timer in timers:
         timer.cancel()
     await asyncio.gather(*timers, return_exceptions=True)
     flush_request_log()
-    await http.close(state.session)
     if state.tracing is not None:
-        await asyncio.get_running_loop().run_in_executor(None, state.tracing.shutdown)
+        await state.tracing.aclose()  # before the pool closes: the last spans go through it
+    await http.close(state.session)
     if exporter is not None:
         await asyncio.get_running_loop().run_in_executor(None, exporter.shutdown)
+
+
+def _collector_post(session: aiohttp.ClientSession,
+                    url: str) -> Callable[[bytes, Mapping[str, str], float], Awaitable[int]]:
+    """Span batches go to the collector through the same pooled client as upstream calls."""
+    loop = asyncio.get_running_loop()
+
+    async def post(body: bytes, headers: Mapping[str, str], seconds: float) -> int:
+        answer = await http.send(session, UpstreamCall(url, headers, body), loop.time() + seconds)
+        return answer.status
+
+    return post
 
 
 async def _refresh_credentials(router: Router) -> None:

@@ -19,6 +19,7 @@ Export encodes with ``sidecar.telemetry.otlp`` (the same bytes as the SDK's enco
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import threading
@@ -45,7 +46,7 @@ from sidecar.policy.breaker import Transition
 from sidecar.policy.plan import Attempt, FallbackStep, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 from sidecar.providers.http import TRACE_HEADERS
-from sidecar.telemetry import exporter_names, otlp
+from sidecar.telemetry import export, exporter_names, otlp
 from sidecar.telemetry.logs import REDACT
 from sidecar.telemetry.record import RequestRecord
 
@@ -73,9 +74,12 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
     if name != "otlp":
         log.warning("OTEL_TRACES_EXPORTER=%s is not supported (use otlp, console or none)", name)
         return None
-    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf").strip().lower()
-    return otlp.grpc_exporter() if protocol == "grpc" else otlp.http_exporter()
+    return otlp.grpc_exporter() if _protocol(env) == "grpc" else otlp.http_exporter()
+
+
+def _protocol(env: Mapping[str, str]) -> str:
+    return (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf").strip().lower()
 
 
 class Tracing:
@@ -110,19 +114,36 @@ class Tracing:
             self._static[d.id] = attributes
 
     @classmethod
-    def from_env(cls, config: Config, env: Mapping[str, str]) -> Tracing | None:
-        exporters = [e for e in (_exporter(n, env) for n in exporter_names(env)) if e is not None]
-        if not exporters:
+    def from_env(cls, config: Config, env: Mapping[str, str], post: export.Post | None = None) -> Tracing | None:
+        """Tracing as the OTEL_* variables say, or None. With ``post`` (the sidecar's own HTTP client),
+        OTLP/HTTP export runs on the event loop (``telemetry.export``) instead of the SDK's worker thread."""
+        processors: list[SpanProcessor] = []
+        for name in exporter_names(env):
+            if name == "otlp" and post is not None and _protocol(env) != "grpc" and export.usable(env):
+                processors.append(export.LoopBatchProcessor(post, env))
+                continue
+            exporter = _exporter(name, env)
+            if exporter is not None:
+                processors.append(BatchSpanProcessor(exporter))
+        if not processors:
             return None
         attributes = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": "llm-sidecar"}
         provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
-        processors = [BatchSpanProcessor(exporter) for exporter in exporters]
         for processor in processors:
             provider.add_span_processor(processor)  # for shutdown: flush what is queued
         return cls(provider, config, processors)
 
+    @property
+    def loop_processors(self) -> list[export.LoopBatchProcessor]:
+        return [p for p in self.processors if isinstance(p, export.LoopBatchProcessor)]
+
+    async def aclose(self, within: float = 3.0) -> None:
+        """Flush what is queued, for at most ``within`` seconds (an unreachable collector cannot hold us)."""
+        for processor in self.loop_processors:
+            await processor.aclose(within)
+        await asyncio.get_running_loop().run_in_executor(None, self.shutdown, within)
+
     def shutdown(self, timeout: float = 3.0) -> None:
-        """Flush what is queued, for at most ``timeout`` seconds (an unreachable collector cannot hold us)."""
         worker = threading.Thread(target=self.provider.shutdown, daemon=True)
         worker.start()
         worker.join(timeout)
