@@ -39,10 +39,10 @@ from sidecar.core.errors import (
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage
 from sidecar.policy.breaker import CircuitBreaker, Transition
 from sidecar.policy.limits import TokenBucket
-from sidecar.policy.plan import Attempt, FallbackStep, Skip, fallback_table, groups_to_try
+from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip, fallback_table, groups_to_try
 from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.stats import DeploymentStats
-from sidecar.policy.strategies import order
+from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
 from sidecar.providers.base import Adapter
 from sidecar.streaming import StreamAttempt
@@ -236,7 +236,7 @@ class Router:
                 outcome.trail.append(FallbackStep(previous, group, outcome.errors[-1] if outcome.errors else "skipped"))
             previous = group
             now = self.clock()
-            candidates = deque(order(self.strategy, self.targets[group], self.rng, now))
+            candidates = self._ordered(group, outcome, now)
             hedge = self.hedging.get(group)
             too_long = 0  # candidates whose context window the prompt does not fit
             while candidates:
@@ -275,6 +275,15 @@ class Router:
                     if not pending:
                         raise error
         raise self._exhausted(request.model, deadline, limited > 0 and unlimited == 0)
+
+    def _ordered(self, group: str, outcome: Outcome, now: float) -> deque[Target]:
+        """The group's deployments in strategy order; with tracing on, the order's reasons go on the trail."""
+        if self.observer is None:
+            return deque(order(self.strategy, self.targets[group], self.rng, now))
+        ranking = ranked(self.strategy, self.targets[group], self.rng, now)
+        outcome.trail.append(Ranking(group, self.strategy, tuple(
+            (t.deployment.id, tier, unhealthy, score) for t, tier, unhealthy, score in ranking)))
+        return deque(r[0] for r in ranking)
 
     def _admit(self, target: Target, outcome: Outcome, now: float) -> bool:
         return self._skip_reason(target, outcome, now) is None

@@ -36,6 +36,16 @@ class Skip:
 
 
 @dataclass(frozen=True, slots=True)
+class Ranking:
+    """A model group's deployments in the order the strategy chose, each with why: its priority tier
+    (``order``; inf when unset), whether it was recently failing, and the strategy's score (lower first)."""
+
+    group: str
+    strategy: str
+    candidates: tuple[tuple[str, float, bool, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class FallbackStep:
     """The request moved from one model group to another because of ``cause`` (an error_class)."""
 

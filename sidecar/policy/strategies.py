@@ -94,6 +94,17 @@ def order(strategy: str, candidates: Sequence[C], rng: random.Random, now: float
     """
     if len(candidates) <= 1:
         return list(candidates)
+    return [candidates[k[-1]] for k in _keyed(strategy, candidates, rng, now)]
+
+
+def ranked(strategy: str, candidates: Sequence[C], rng: random.Random,
+           now: float | None = None) -> list[tuple[C, float, bool, float]]:
+    """``order`` with the reasons: (candidate, priority tier, unhealthy, strategy score), for traces."""
+    return [(candidates[k[-1]], k[0], k[1], k[2]) for k in _keyed(strategy, candidates, rng, now)]
+
+
+def _keyed(strategy: str, candidates: Sequence[C], rng: random.Random,
+           now: float | None) -> list[tuple[float, bool, float, float, int]]:
     metric = STRATEGIES.get(strategy)
     if metric is None:
         raise ValueError(f"unknown routing strategy '{strategy}'")
@@ -102,7 +113,7 @@ def order(strategy: str, candidates: Sequence[C], rng: random.Random, now: float
     keyed = [(_tier(c), not c.stats.healthy_at(now), metric(c, now, rng), rng.random(), i)
              for i, c in enumerate(candidates)]
     keyed.sort()
-    return [candidates[k[-1]] for k in keyed]
+    return keyed
 
 
 def _tier(c: Ranked) -> float:

@@ -43,7 +43,7 @@ from sidecar.core.errors import UpstreamError
 from sidecar.core.types import ChatResponse
 from sidecar.formats.continuation import StreamProgress
 from sidecar.policy.breaker import Transition
-from sidecar.policy.plan import Attempt, FallbackStep, Skip
+from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 from sidecar.providers.http import TRACE_HEADERS
 from sidecar.telemetry import export, exporter_names, otlp
@@ -412,11 +412,17 @@ class RequestSpans:
 
 def _route_attributes(outcome: Outcome) -> dict[str, Any]:
     candidates: list[str] = []
+    scores: list[str] = []
     skipped: list[str] = []
     fallbacks: list[str] = []
     retries = 0
     for item in outcome.trail:
-        if isinstance(item, Attempt):
+        if isinstance(item, Ranking):
+            for deployment, tier, unhealthy, score in item.candidates:
+                if deployment not in candidates:
+                    candidates.append(deployment)
+                scores.append(_score(deployment, tier, unhealthy, score))
+        elif isinstance(item, Attempt):
             if item.deployment not in candidates:
                 candidates.append(item.deployment)
             retries += item.retry > 0
@@ -427,10 +433,9 @@ def _route_attributes(outcome: Outcome) -> dict[str, Any]:
         elif isinstance(item, FallbackStep):
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
     attributes: dict[str, Any] = {"sidecar.routing.candidates": candidates, "sidecar.routing.retries": retries}
-    if skipped:
-        attributes["sidecar.routing.skipped"] = skipped
-    if fallbacks:
-        attributes["sidecar.routing.fallbacks"] = fallbacks
+    lists = {"sidecar.routing.scores": scores, "sidecar.routing.skipped": skipped,
+             "sidecar.routing.fallbacks": fallbacks}
+    attributes.update((key, value) for key, value in lists.items() if value)  # empty lists are left out
     if outcome.deployment is not None:
         attributes["sidecar.routing.chosen"] = outcome.deployment
     if outcome.answered_group is not None:
@@ -440,7 +445,15 @@ def _route_attributes(outcome: Outcome) -> dict[str, Any]:
     return attributes
 
 
+def _score(deployment: str, tier: float, unhealthy: bool, score: float) -> str:
+    order = "none" if tier == float("inf") else f"{tier:g}"
+    return f"{deployment}: order={order} {'failing' if unhealthy else 'healthy'} score={score:.6g}"
+
+
 def _event(item: object) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, Ranking):
+        return "ranking", {"sidecar.model_group": item.group, "sidecar.routing.strategy": item.strategy,
+                           "sidecar.routing.scores": [_score(*c) for c in item.candidates]}
     if isinstance(item, Attempt):
         return "attempt", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group,
                            "sidecar.attempt": item.number, "sidecar.retry": item.retry}

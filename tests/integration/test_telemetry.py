@@ -202,6 +202,9 @@ def test_plain_success_span_tree(traced: Sidecar, receiver: Receiver, primary: F
     assert tree.route.name == "route main"
     assert tree.route.attributes["sidecar.routing.strategy"] == "simple-shuffle"
     assert tree.route.attributes["sidecar.routing.candidates"] == [PRIMARY]
+    [score] = tree.route.attributes["sidecar.routing.scores"]  # simple-shuffle: a weighted random draw
+    assert score.startswith(f"{PRIMARY}: order=none healthy score=")
+    assert [e["sidecar.model_group"] for e in tree.events("ranking")] == ["main"]
     assert tree.route.attributes["sidecar.routing.chosen"] == PRIMARY
     [client] = tree.clients
     assert client.name == "chat primary-model"
