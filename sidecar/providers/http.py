@@ -75,6 +75,10 @@ def attach_pool(session: aiohttp.ClientSession, pool: wire.Pool) -> None:
     _POOLS[session] = pool
 
 
+def pool_of(session: aiohttp.ClientSession) -> wire.Pool:
+    return _POOLS[session]
+
+
 async def close(session: aiohttp.ClientSession) -> None:
     pool = _POOLS.pop(session, None)
     if pool is not None:

@@ -198,12 +198,18 @@ class Pool:
         self.limit = limit
         self.user_agent = user_agent
         self.keepalive = keepalive
-        self._ssl_context = ssl_context  # the system's CAs, loaded at the first https URL (not at start-up)
+        self._ssl_context = ssl_context  # the system's CAs: ``load_tls`` (start-up, off the loop) or first use
         self.max_body = max_body
         self.closed = False
         self._hosts: dict[tuple[str, str, int], Host] = {}
         self._targets: dict[str, _Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def load_tls(self) -> None:
+        """Load the system's CAs now (~30 ms of blocking file reads): the server calls this in a worker
+        thread at start-up when an upstream is https, so no request pays for it on the event loop."""
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
 
     def connections(self) -> int:
         """Open (or opening) connections, over all hosts."""
@@ -360,8 +366,8 @@ class Pool:
         if any(c in path for c in " \r\n"):
             raise ValueError("invalid character in the upstream URL's path")
         encoded = f"POST {path} HTTP/1.1\r\n".encode() + _encode_fields(fields)
-        if scheme == "https" and self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()
+        if scheme == "https":
+            self.load_tls()
         return _Target((scheme, host, port), host, port, self._ssl_context if scheme == "https" else None,
                        headers, frozenset(fields), encoded, encoded + b"content-length: ")
 

@@ -55,6 +55,8 @@ def new_session(config: Config) -> aiohttp.ClientSession:
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.session = new_session(state.config)
+    if any(d.api_base.startswith("https:") for d in state.config.deployments):
+        await asyncio.get_running_loop().run_in_executor(None, http.pool_of(state.session).load_tls)
     if exporter_names(os.environ):
         from sidecar.telemetry import export  # the OTel SDK loads only when tracing is on
         from sidecar.telemetry.tracing import Tracing
