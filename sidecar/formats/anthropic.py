@@ -137,15 +137,10 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools:
         definitions = []
-        for i, tool in enumerate(tools):
-            if tool.get("type") != "function":
-                raise InvalidRequest("only function tools can be translated for Anthropic upstreams",
-                                     param=f"tools[{i}]")
-            function = tool["function"]
-            definition = {"name": function["name"],
-                          "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
-            if function.get("description"):
-                definition["description"] = function["description"]
+        for name, description, parameters in common.functions(tools, "Anthropic"):
+            definition = {"name": name, "input_schema": parameters or {"type": "object", "properties": {}}}
+            if description:
+                definition["description"] = description
             definitions.append(definition)
         out["tools"] = definitions
     choice = body.get("tool_choice")

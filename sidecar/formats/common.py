@@ -58,6 +58,18 @@ def text_of(content: object, where: str) -> str:
     return "".join(texts)
 
 
+def functions(tools: list[Any], provider: str) -> list[tuple[str, str | None, dict[str, Any] | None]]:
+    """(name, description, parameters) of each OpenAI function tool; any other kind of tool is a 400."""
+    out = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            raise InvalidRequest(f"only function tools can be translated for {provider} upstreams",
+                                 param=f"tools[{i}]")
+        function = tool["function"]
+        out.append((function["name"], function.get("description") or None, function.get("parameters") or None))
+    return out
+
+
 def stop_list(stop: object) -> list[str]:
     if stop is None:
         return []

@@ -139,16 +139,12 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools:
         declarations = []
-        for i, tool in enumerate(tools):
-            if tool.get("type") != "function":
-                raise InvalidRequest("only function tools can be translated for Gemini upstreams",
-                                     param=f"tools[{i}]")
-            function = tool["function"]
-            declaration = {"name": function["name"]}
-            if function.get("description"):
-                declaration["description"] = function["description"]
-            if function.get("parameters"):
-                declaration["parametersJsonSchema"] = function["parameters"]
+        for name, description, parameters in common.functions(tools, "Gemini"):
+            declaration: dict[str, Any] = {"name": name}
+            if description:
+                declaration["description"] = description
+            if parameters:
+                declaration["parametersJsonSchema"] = parameters
             declarations.append(declaration)
         out["tools"] = [{"functionDeclarations": declarations}]
     choice = body.get("tool_choice")
