@@ -240,8 +240,10 @@ class TraceSink:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def env(self) -> dict[str, str]:
+        # Traces only: an endpoint alone would turn OTLP metrics export on too, which is measured apart.
         return {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}",
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_SAMPLER": "always_on"}
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_METRICS_EXPORTER": "none"}
 
     def stop(self) -> None:
         self.server.shutdown()
