@@ -296,8 +296,12 @@ def _prefill(body: Any) -> str | None:
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
         return None
     last = messages[-1]
-    return last.get("content") if last.get("role") == "assistant" and isinstance(last.get("content"), str) \
-        else None
+    if last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, list):  # Anthropic's text blocks
+        content = "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return content if isinstance(content, str) else None
 
 
 def _pieces(app: web.Application, body: Any) -> list[str]:

@@ -268,3 +268,17 @@ def test_failover_streamed_for_an_anthropic_client(claude_client: anthropic.Anth
     fakes["oai"].set(fail_next=1, error_status=500)
     with claude_client.messages.stream(model="mixed", max_tokens=64, messages=MESSAGES) as stream:
         assert "".join(stream.text_stream) == "Hello from claude."
+
+
+def test_anthropic_client_stream_cut_midway_is_continued_elsewhere(claude_client: anthropic.Anthropic,
+                                                                   fakes: dict[str, FakeProvider]) -> None:
+    """The Anthropic ingress keeps issue 3's promise too: a stream cut after the app has text is continued on
+    the next deployment (here an Anthropic one, by prefill) and the app reads one complete answer."""
+    text = "The quick brown fox jumps over the lazy dog."
+    fakes["oai"].set(text=text, chunks=8, drop_after=4)
+    fakes["claude"].set(text=text, chunks=8)
+    with claude_client.messages.stream(model="mixed", max_tokens=64, messages=MESSAGES) as stream:
+        assert "".join(stream.text_stream) == text
+        assert stream.get_final_message().stop_reason == "end_turn"
+    continued = fakes["claude"].stats()["last_body"]["messages"][-1]
+    assert continued["role"] == "assistant"  # the partial answer went as a prefill
