@@ -71,6 +71,8 @@ def sidecar(workdir: Path, fakes: dict[str, FakeProvider]) -> Iterator[Sidecar]:
             vertex,
             entry("mixed", "openai/oai-model", f"{oai}/v1", order=1),
             entry("mixed", "anthropic/claude-fake", claude, order=2),
+            entry("cut", "openai/oai-model", f"{oai}/v1", order=1),  # its own breakers: see the cut test
+            entry("cut", "anthropic/claude-fake", claude, order=2),
         ],
         "router_settings": {"timeout": 10, "num_retries": 0},
     }
@@ -277,8 +279,9 @@ def test_anthropic_client_stream_cut_midway_is_continued_elsewhere(claude_client
     text = "The quick brown fox jumps over the lazy dog."
     fakes["oai"].set(text=text, chunks=8, drop_after=4)
     fakes["claude"].set(text=text, chunks=8)
-    with claude_client.messages.stream(model="mixed", max_tokens=64, messages=MESSAGES) as stream:
+    with claude_client.messages.stream(model="cut", max_tokens=64, messages=MESSAGES) as stream:
         assert "".join(stream.text_stream) == text
         assert stream.get_final_message().stop_reason == "end_turn"
+    assert fakes["oai"].stats()["requests"] == 1  # the first deployment did start the answer
     continued = fakes["claude"].stats()["last_body"]["messages"][-1]
     assert continued["role"] == "assistant"  # the partial answer went as a prefill
