@@ -18,8 +18,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
@@ -36,7 +35,8 @@ from sidecar.core.errors import (
     UnknownModel,
     UpstreamError,
 )
-from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage
+from sidecar.core.types import ChatRequest, ChatResponse, Usage
+from sidecar.outcome import Outcome, RaceState, StreamSink, Target
 from sidecar.policy.breaker import CircuitBreaker, Transition
 from sidecar.policy.limits import TokenBucket
 from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip, fallback_table, groups_to_try
@@ -44,7 +44,6 @@ from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
-from sidecar.providers.base import Adapter
 from sidecar.streaming import StreamAttempt
 from sidecar.telemetry.record import CURRENT_OUTCOME
 
@@ -54,61 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.router")
 T = TypeVar("T")
 PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama"})
-
-
-@dataclass(slots=True, eq=False)
-class Target:
-    """A deployment with everything the router keeps about it: adapter, breaker, statistics, limits."""
-
-    deployment: Deployment
-    adapter: Adapter
-    breaker: CircuitBreaker
-    stats: DeploymentStats
-    rpm: TokenBucket | None
-    tpm: TokenBucket | None
-    accepts_prefill: bool
-    rate_limited: bool = False  # the breaker is open because the upstream said Retry-After
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the router did for one request: feeds response headers, logs and traces."""
-
-    group: str
-    deployment: str | None = None
-    answered_group: str | None = None
-    attempts: int = 0
-    usage: Usage | None = None
-    ttft: float | None = None
-    skipped_events: int = 0
-    catch_all: str | None = None
-    failed: bool = False  # a committed stream that ended with an in-band error
-    estimate: tuple[int, int] | None = None  # (prompt, prompt + completion budget) tokens, when needed
-    errors: list[str] = field(default_factory=list)
-    trail: list[object] = field(default_factory=list)
-
-    @property
-    def fallback(self) -> str | None:
-        """The model group that answered, when it was not the one asked for."""
-        group = self.answered_group
-        return group if group is not None and group != self.group else None
-
-
-class StreamSink(Protocol):
-    """Where a stream goes: the handler renders chunks in the app's wire format."""
-
-    @property
-    def started(self) -> bool: ...
-
-    async def start(self, outcome: Outcome) -> None:
-        """Commit: send status and headers. After this the router cannot fail over transparently."""
-
-    async def send(self, chunks: list[StreamChunk]) -> None: ...
-
-    async def finish(self) -> None: ...
-
-    async def fail(self, error: SidecarError) -> None:
-        """End the stream with an in-band error event (never a clean end)."""
 
 
 class Router:
@@ -472,13 +416,6 @@ class Router:
         if limit is None:
             limit = min(60.0, (deployment.timeout or self.timeout) / 3)
         return limit
-
-
-class RaceState(Protocol):
-    """What a hedged stream shares with the race: set ``committed`` when a target claims the app."""
-
-    committed: asyncio.Event
-    owner: Target | None
 
 
 class GiveUpError(Exception):

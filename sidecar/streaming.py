@@ -24,7 +24,8 @@ from sidecar.formats.openai import chunks_from_completion
 from sidecar.providers import http
 
 if TYPE_CHECKING:
-    from sidecar.router import Outcome, Router, StreamSink, Target
+    from sidecar.outcome import Outcome, StreamSink, Target
+    from sidecar.router import Router
 
 
 class StreamAttempt:

@@ -14,8 +14,8 @@ from sidecar.core.errors import BodyTooLarge, SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk
 from sidecar.formats import openai as openai_format
 from sidecar.formats.sse import DONE_EVENT
+from sidecar.outcome import Outcome, StreamSink
 from sidecar.policy.plan import FallbackStep
-from sidecar.router import Outcome, StreamSink
 from sidecar.server.keys import STATE, AppState
 from sidecar.server.middleware import OUTCOME_HEADERS, REQUEST_ID, request_id_of
 from sidecar.telemetry.logs import log_request

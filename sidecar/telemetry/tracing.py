@@ -52,7 +52,7 @@ from sidecar.telemetry.record import RequestRecord
 
 if TYPE_CHECKING:
     from sidecar.config import Config, Deployment
-    from sidecar.router import Outcome
+    from sidecar.outcome import Outcome
 
 log = logging.getLogger("sidecar.telemetry")
 _PROPAGATOR = TraceContextTextMapPropagator()
