@@ -4,10 +4,13 @@ tests, whose transports' pause/resume and abort are separate implementations in 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
+import aiohttp
 import pytest
 import uvloop
+
+from sidecar.providers import http, wire
 
 _ASYNCIO: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
 _BOTH: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {**_ASYNCIO, "uvloop": uvloop.new_event_loop}
@@ -17,3 +20,12 @@ def pytest_asyncio_loop_factories(config: pytest.Config,
                                   item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     module = getattr(item, "module", None)
     return _BOTH if module is not None and module.__name__.endswith(".test_wire_stream") else _ASYNCIO
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session with a wire pool attached, as the server makes one (closed after the test)."""
+    session = aiohttp.ClientSession()
+    http.attach_pool(session, wire.Pool(limit=4, user_agent="llm-sidecar/test"))
+    yield session
+    await http.close(session)

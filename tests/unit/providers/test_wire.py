@@ -10,9 +10,6 @@ import datetime as dt
 import ipaddress
 import socket
 import ssl
-import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -28,91 +25,12 @@ from hypothesis import strategies as st
 from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
 from sidecar.providers import http, wire
 from sidecar.providers.base import UpstreamCall
-
-Handler = Callable[["Server", int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class Server:
-    """An asyncio server running ``handler(server, connection number, reader, writer)`` per connection."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.accepted = 0
-        self.open = 0
-        self.most_open = 0
-        self.requests: list[bytes] = []
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self.open += 1
-        self.most_open = max(self.most_open, self.open)
-        try:
-            await self.handler(self, self.accepted, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.open -= 1
-            writer.close()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
-        """One request (head and content-length body), or None at the end of the connection."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return None
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length"))
-        request = head + await reader.readexactly(length)
-        self.requests.append(request)
-        return request
-
-
-@asynccontextmanager
-async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[Server, str]]:
-    server = Server(handler)
-    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=tls)
-    port = listener.sockets[0].getsockname()[1]
-    try:
-        yield server, f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}/v1/chat"
-    finally:
-        listener.close()
-
-
-def answering(*responses: bytes, then_close: bool = False) -> Handler:
-    """Answer each request on a connection with the next response; optionally close after the last."""
-    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for response in responses:
-            if await server.read_request(reader) is None:
-                return
-            writer.write(response)
-            await writer.drain()
-        if not then_close:
-            while await server.read_request(reader) is not None:
-                writer.write(responses[-1])
-    return handler
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    session = aiohttp.ClientSession()
-    http.attach_pool(session, wire.Pool(limit=4, user_agent="llm-sidecar/test"))
-    yield session
-    await http.close(session)
-
-
-def pool_of(session: aiohttp.ClientSession) -> wire.Pool:
-    return http._POOLS[session]
+from tests.unit.providers.local_servers import OK, Server, answering, in_pieces, reset, serving
 
 
 async def send(session: aiohttp.ClientSession, url: str, body: bytes = b'{"a":1}', seconds: float = 5.0) -> http.Answer:
     deadline = asyncio.get_running_loop().time() + seconds
     return await http.send(session, UpstreamCall(url, {"content-type": "application/json"}, body), deadline)
-
-
-def reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP RST (SO_LINGER 0) rather than a FIN."""
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 # ---- bodies ---------------------------------------------------------------------------------------
@@ -128,18 +46,8 @@ def test_any_split_across_tcp_writes(body: bytes, use_chunked: bool, sizes: list
     else:
         response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
-    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while await server.read_request(reader) is not None:
-            i = 0
-            for size in [*sizes, len(response)]:
-                writer.write(response[i:i + size])
-                await writer.drain()
-                await asyncio.sleep(0)
-                i += size
-
     async def scenario() -> None:
-        async with serving(handler) as (server, url):
+        async with serving(in_pieces(response, sizes)) as (server, url):
             pool = wire.Pool(limit=2, user_agent="t")
             for _ in range(2):
                 answer = await pool.post(UpstreamCall(url, {}, b"x"))
@@ -184,7 +92,7 @@ async def test_against_aiohttp_server_headers_and_chunked(session: aiohttp.Clien
         http.TRACE_HEADERS.set({"traceparent": "00-abc-def-01"})
         await send(session, f"http://127.0.0.1:{port}/v1/chat")
         assert seen[-1]["traceparent"] == "00-abc-def-01"
-        assert pool_of(session).connections() == 1
+        assert http.pool_of(session).connections() == 1
     finally:
         http.TRACE_HEADERS.set(None)
         await runner.cleanup()
@@ -198,7 +106,7 @@ async def test_keep_alive_reuses_one_connection(session: aiohttp.ClientSession) 
         for _ in range(20):
             assert (await send(session, url)).body == b"ok"
         assert server.accepted == 1 and len(server.requests) == 20
-        assert (pool_of(session).connections(), pool_of(session).idle_connections()) == (1, 1)
+        assert (http.pool_of(session).connections(), http.pool_of(session).idle_connections()) == (1, 1)
 
 
 async def test_pool_cap_under_concurrency_and_no_leaks(session: aiohttp.ClientSession) -> None:
@@ -211,10 +119,10 @@ async def test_pool_cap_under_concurrency_and_no_leaks(session: aiohttp.ClientSe
         answers = await asyncio.gather(*(send(session, url) for _ in range(200)))
         assert all(a.body == b"ok" for a in answers)
         assert server.most_open <= 4 and server.accepted == 4
-        assert pool_of(session).connections() == pool_of(session).idle_connections() == 4
-        await pool_of(session).close()
+        assert http.pool_of(session).connections() == http.pool_of(session).idle_connections() == 4
+        await http.pool_of(session).close()
         await asyncio.sleep(0.05)
-        assert pool_of(session).connections() == 0 and server.open == 0
+        assert http.pool_of(session).connections() == 0 and server.open == 0
 
 
 async def test_idle_connections_expire() -> None:
@@ -254,7 +162,7 @@ async def test_the_retry_happens_only_once(session: aiohttp.ClientSession) -> No
         await send(session, url)
         with pytest.raises(UpstreamConnectionError):
             await send(session, url)
-        assert server.accepted == 2 and pool_of(session).connections() == 0
+        assert server.accepted == 2 and http.pool_of(session).connections() == 0
 
 
 async def test_no_retry_after_a_byte_of_the_answer(session: aiohttp.ClientSession) -> None:
@@ -280,7 +188,7 @@ async def test_refused(session: aiohttp.ClientSession) -> None:
         port = s.getsockname()[1]
     with pytest.raises(UpstreamConnectionError, match="could not connect"):
         await send(session, f"http://127.0.0.1:{port}/")
-    assert pool_of(session).connections() == 0
+    assert http.pool_of(session).connections() == 0
 
 
 async def test_reset_before_any_byte(session: aiohttp.ClientSession) -> None:
@@ -291,7 +199,7 @@ async def test_reset_before_any_byte(session: aiohttp.ClientSession) -> None:
     async with serving(handler) as (server, url):
         with pytest.raises(UpstreamConnectionError):
             await send(session, url)
-        assert server.accepted == 1 and pool_of(session).connections() == 0
+        assert server.accepted == 1 and http.pool_of(session).connections() == 0
 
 
 @pytest.mark.parametrize("partial", [
@@ -312,7 +220,7 @@ async def test_cut_mid_answer(session: aiohttp.ClientSession, partial: bytes, cl
     async with serving(handler) as (_, url):
         with pytest.raises(UpstreamServerError, match="cut off"):
             await send(session, url)
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
 
 
 @pytest.mark.parametrize("response", [b"HTTP/1.1 2xx OK\r\n\r\n", b"SSH-2.0-OpenSSH\r\n\r\n",
@@ -321,7 +229,7 @@ async def test_invalid_answers(session: aiohttp.ClientSession, response: bytes) 
     async with serving(answering(response)) as (_, url):
         with pytest.raises(UpstreamServerError, match=r"invalid|too large"):
             await send(session, url)
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
 
 
 async def test_slow_server_times_out_at_the_deadline(session: aiohttp.ClientSession) -> None:
@@ -334,7 +242,7 @@ async def test_slow_server_times_out_at_the_deadline(session: aiohttp.ClientSess
         with pytest.raises(UpstreamTimeout) as caught:
             await send(session, url, seconds=0.1)
         assert caught.value.phase == "total"
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
 
 
 async def test_connection_close_and_http10_are_not_reused(session: aiohttp.ClientSession) -> None:
@@ -346,7 +254,7 @@ async def test_connection_close_and_http10_are_not_reused(session: aiohttp.Clien
                 assert (await send(session, url)).body == body
             assert server.accepted == 3
             await asyncio.sleep(0.02)
-            assert pool_of(session).connections() == 0
+            assert http.pool_of(session).connections() == 0
 
 
 async def test_cancellation_closes_the_connection(session: aiohttp.ClientSession) -> None:
@@ -364,7 +272,7 @@ async def test_cancellation_closes_the_connection(session: aiohttp.ClientSession
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
         await asyncio.wait_for(closed.wait(), 2)
 
 

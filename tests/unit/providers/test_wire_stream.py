@@ -7,8 +7,6 @@ pause/resume and abort are separate implementations.
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
 import aiohttp
@@ -19,7 +17,7 @@ from hypothesis import strategies as st
 from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
 from sidecar.providers import http, wire, wire_stream
 from sidecar.providers.base import UpstreamCall
-from tests.unit.providers.test_wire import Handler, Server, answering, reset, serving
+from tests.unit.providers.local_servers import Handler, Server, answering, in_pieces, reset, serving
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 SSE_BODY = b"data: hi\n\n"
@@ -28,18 +26,6 @@ SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    session = aiohttp.ClientSession()
-    http.attach_pool(session, wire.Pool(limit=4, user_agent="llm-sidecar/test"))
-    yield session
-    await http.close(session)
-
-
-def pool_of(session: aiohttp.ClientSession) -> wire.Pool:
-    return http._POOLS[session]
 
 
 def opened(session: aiohttp.ClientSession, url: str, first_byte: float = 2.0,
@@ -70,21 +56,11 @@ def test_any_split_across_tcp_writes(body: bytes, use_chunked: bool, sizes: list
     else:
         response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
-    async def handler(server: Server, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while await server.read_request(reader) is not None:
-            i = 0
-            for size in [*sizes, len(response)]:
-                writer.write(response[i:i + size])
-                await writer.drain()
-                await asyncio.sleep(0)
-                i += size
-
     async def scenario() -> None:
         session = aiohttp.ClientSession()
         http.attach_pool(session, wire.Pool(limit=2, user_agent="t"))
         try:
-            async with serving(handler) as (server, url):
+            async with serving(in_pieces(response, sizes)) as (server, url):
                 for _ in range(2):
                     async with opened(session, url) as upstream:
                         assert upstream.status == 200
@@ -122,7 +98,7 @@ async def test_error_answer_body_and_reuse(session: aiohttp.ClientSession) -> No
             assert await upstream.read_body() == b"busy"
         async with opened(session, url) as upstream:
             assert b"".join(await read_all(upstream)) == SSE_BODY
-        assert server.accepted == 1 and pool_of(session).idle_connections() == 1
+        assert server.accepted == 1 and http.pool_of(session).idle_connections() == 1
 
 
 async def test_read_until_close_stream(session: aiohttp.ClientSession) -> None:
@@ -130,7 +106,7 @@ async def test_read_until_close_stream(session: aiohttp.ClientSession) -> None:
         async with opened(session, url) as upstream:
             assert b"".join(await read_all(upstream)) == b"data: old\n\n"
         await asyncio.sleep(0.02)
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
 
 
 # ---- deadlines ------------------------------------------------------------------------------------
@@ -154,7 +130,7 @@ async def test_slow_producer_within_idle_then_idle_timeout(session: aiohttp.Clie
             async with opened(session, url) as upstream:
                 await read_all(upstream, idle=0.3)
         assert caught.value.phase == "idle"
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
 
 
 async def test_first_byte_timeout_waiting_for_the_head(session: aiohttp.ClientSession) -> None:
@@ -209,7 +185,7 @@ async def test_cut_mid_stream(session: aiohttp.ClientSession, how: str) -> None:
                 while data := await upstream.next_chunk(loop.time() + 2, "idle"):
                     pieces.append(data)
         assert pieces == [b"data: 1\n\n"]
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
 
 
 async def test_closed_before_any_byte(session: aiohttp.ClientSession) -> None:
@@ -253,7 +229,7 @@ async def test_cancellation_closes_the_connection(session: aiohttp.ClientSession
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
         await asyncio.wait_for(closed.wait(), 2)
 
 
@@ -262,10 +238,10 @@ async def test_early_exit_does_not_reuse_the_connection(session: aiohttp.ClientS
     async with serving(answering(answer)) as (server, url):
         async with opened(session, url) as upstream:  # leaves after the first event, the body unread
             assert await upstream.next_chunk(asyncio.get_running_loop().time() + 2, "first_byte")
-        assert pool_of(session).connections() == 0
+        assert http.pool_of(session).connections() == 0
         async with opened(session, url) as upstream:
             assert b"".join(await read_all(upstream)) == b"data: 1\n\ndata: 2\n\n"
-        assert server.accepted == 2 and pool_of(session).idle_connections() == 1
+        assert server.accepted == 2 and http.pool_of(session).idle_connections() == 1
 
 
 # ---- backpressure ---------------------------------------------------------------------------------
@@ -301,4 +277,4 @@ async def test_a_paused_consumer_pauses_the_socket(session: aiohttp.ClientSessio
         assert sent < count and not done.is_set()  # the producer is held back, not buffered without bound
         total = len(first) + sum(len(p) for p in await read_all(upstream))
         assert total == count * len(event)
-        assert server.accepted == 1 and pool_of(session).idle_connections() == 1
+        assert server.accepted == 1 and http.pool_of(session).idle_connections() == 1
