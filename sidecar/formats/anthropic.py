@@ -85,10 +85,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
         else:
             raise InvalidRequest(f"role '{role}' cannot be translated for Anthropic upstreams",
                                  param=f"{where}.role")
-        if out and out[-1]["role"] == role:  # one user turn carries every tool result of the turn before
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
+        common.append_turn(out, role, "content", blocks)
     return "\n\n".join(system), out
 
 

@@ -70,6 +70,15 @@ def functions(tools: list[Any], provider: str) -> list[tuple[str, str | None, di
     return out
 
 
+def append_turn(turns: list[dict[str, Any]], role: str, key: str, items: list[dict[str, Any]]) -> None:
+    """Add ``items`` as a turn of ``role``, merged into the last turn when that has the same role: Anthropic and
+    Gemini alternate roles, and one user turn carries every tool result of the turn before."""
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
 def stop_list(stop: object) -> list[str]:
     if stop is None:
         return []

@@ -80,10 +80,7 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
             role = "user"
         else:
             raise InvalidRequest(f"role '{role}' cannot be translated for Gemini upstreams", param=f"{where}.role")
-        if out and out[-1]["role"] == role:
-            out[-1]["parts"].extend(parts)
-        else:
-            out.append({"role": role, "parts": parts})
+        common.append_turn(out, role, "parts", parts)
     return "\n\n".join(system), out
 
 
