@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The integration tests run a real redis-server (Debian's package, installed only when missing).
+REDIS_SERVER = command -v redis-server >/dev/null \
+	|| apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
+
 test: install
+	@$(REDIS_SERVER)
 	$(PY) -m pytest -q
 
 demo: install

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.config_reader import ConfigError, Secret, SecretResolver, Section, is_number
+from sidecar.config_shared import SharedSettings, shared_settings
 
 PROVIDERS: Mapping[str, str | None] = {
     # provider prefix → default api_base (None: must be configured)
@@ -138,6 +139,7 @@ class SidecarSettings:
     catch_all: CatchAll = field(default_factory=CatchAll)
     hedging: Mapping[str, Hedging] = field(default_factory=dict)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    shared: SharedSettings = field(default_factory=SharedSettings)  # cache, budgets and their Redis
 
     @property
     def max_body_bytes(self) -> int:
@@ -178,7 +180,7 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
     litellm = root.section("litellm_settings")
     general = root.section("general_settings")
     router = _router_settings(root.section("router_settings"), litellm)
-    sidecar = _sidecar_settings(root.section("sidecar_settings"), general, secrets)
+    sidecar = _sidecar_settings(root.section("sidecar_settings"), general, litellm, secrets, env)
     groups = _model_list(root.list("model_list"), secrets, problems)
     for section in (litellm, general):
         section.finish()
@@ -186,6 +188,8 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
     _check_fallbacks(router, groups, problems)
     problems.extend(f"sidecar_settings.hedging.{name}: unknown model group" for name in sidecar.hedging
                     if groups and name not in groups)
+    problems.extend(f"sidecar_settings.budgets: budget '{b.name}': unknown model group '{m}'"
+                    for b in sidecar.shared.budgets for m in b.models if groups and m not in groups)
     if not groups and not problems:
         problems.append("model_list: at least one deployment is required")
     if problems:
@@ -223,7 +227,8 @@ def _router_settings(s: Section, litellm: Section) -> RouterSettings:
     return settings
 
 
-def _sidecar_settings(s: Section, general: Section, secrets: SecretResolver) -> SidecarSettings:
+def _sidecar_settings(s: Section, general: Section, litellm: Section, secrets: SecretResolver,
+                      env: Mapping[str, str]) -> SidecarSettings:
     default = SidecarSettings()
     keys: list[Secret] = []
     master = general.get("master_key")
@@ -249,6 +254,7 @@ def _sidecar_settings(s: Section, general: Section, secrets: SecretResolver) -> 
         catch_all=_catch_all(s.section("catch_all")),
         hedging=_hedging(s.section("hedging")),
         telemetry=_telemetry(s.section("telemetry")),
+        shared=shared_settings(s, litellm, secrets, env),
     )
     s.finish()
     return settings

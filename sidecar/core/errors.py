@@ -15,6 +15,7 @@
     │   ├── UpstreamBadRequest        bad_request   (400/404/413/422 caused by the request: pass through)
     │   ├── ContextWindowExceeded     context_window_exceeded
     │   └── ContentPolicyViolation    content_policy
+    ├── BudgetExceeded                429, a configured spend budget is used up (Retry-After: its reset)
     └── RoutingError                  the sidecar ran out of options
         ├── NoHealthyUpstream         503
         ├── AllRateLimited            429 with Retry-After of the soonest recovery
@@ -162,6 +163,22 @@ class ContextWindowExceeded(UpstreamBadRequest):
 class ContentPolicyViolation(UpstreamBadRequest):
     code = "content_filter"
     error_class = "content_policy"
+
+
+# ---- a spend budget is used up --------------------------------------------------------------------
+
+
+class BudgetExceeded(SidecarError):
+    """Refused before any upstream call; ``retry_after`` is the time until the budget's window resets."""
+
+    status = 429
+    type = "budget_exceeded"
+    code = "budget_exceeded"
+    error_class = "budget_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # ---- the sidecar ran out of options ---------------------------------------------------------------

@@ -10,6 +10,8 @@ import aiohttp
 from aiohttp import web
 
 from sidecar import __version__
+from sidecar.budgets import Budgets
+from sidecar.cache import ResponseCache
 from sidecar.config import Config
 from sidecar.providers import http, wire
 from sidecar.providers.base import UpstreamCall
@@ -31,6 +33,7 @@ def create_app(state: AppState) -> web.Application:
     app[STATE] = state
     app.add_routes(routes.api_routes(sidecar.inbound_api_keys))
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_shared_state)
     app.on_shutdown.append(_drain)
     return app
 
@@ -85,6 +88,27 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     await http.close(state.session)
     if exporter is not None:
         await asyncio.get_running_loop().run_in_executor(None, exporter.shutdown)
+
+
+async def _shared_state(app: web.Application) -> AsyncIterator[None]:
+    """The response cache and the budgets, when configured (else they stay None: nothing per request)."""
+    state = app[STATE]
+    shared = state.config.sidecar.shared
+    if shared.cache is not None:
+        state.cache = ResponseCache.from_settings(shared.cache)
+    refresh = None
+    if shared.budgets:
+        state.budgets = Budgets.from_settings(shared, state.config.groups)
+        if state.budgets.redis is not None:
+            refresh = asyncio.create_task(state.budgets.run())
+    yield
+    if refresh is not None:
+        refresh.cancel()
+        await asyncio.gather(refresh, return_exceptions=True)
+    if state.budgets is not None:
+        await state.budgets.aclose()
+    if state.cache is not None:
+        await state.cache.aclose()
 
 
 def _collector_post(session: aiohttp.ClientSession,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from sidecar import cache
 from sidecar.core.cost import format_cost, request_cost
 from sidecar.core.errors import BodyTooLarge, SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk
@@ -22,6 +23,7 @@ from sidecar.telemetry.logs import log_request
 from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
 
 JSON = "application/json"
+CACHE_HEADER = "x-sidecar-cache"  # hit | miss, on requests the response cache applies to
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
@@ -124,6 +126,12 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest, dialec
                                                                 chat.model, chat.body)
     outcome: Outcome | None = None
     try:
+        cache_key, hit = (None, None) if state.cache is None else await _lookup(request, state.cache, chat)
+        if hit is not None:
+            record.outcome, record.status = "cache_hit", 200
+            return hit
+        if state.budgets is not None:
+            state.budgets.check(chat.model)  # memory only; raises BudgetExceeded before any upstream call
         if chat.stream:
             sink = dialect.sink(request, chat)
             outcome = await router.stream(chat, sink)
@@ -132,11 +140,7 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest, dialec
             return sink.response
         response, outcome = await router.complete(chat)
         record.outcome, record.status = "success", 200
-        headers = outcome_headers(outcome, record.request_id)
-        record.cost = request_cost(outcome.usage, state.prices.get(outcome.deployment or ""))
-        if record.cost is not None:
-            headers["x-sidecar-cost"] = format_cost(record.cost)
-        return web.Response(body=dialect.body(response), headers=headers, content_type=JSON)
+        return _render(state, dialect.body(response), outcome, record, cache_key)
     except SidecarError as error:
         record.status, record.error_type = error.status, error.error_class
         tried = outcome or CURRENT_OUTCOME.get()
@@ -155,6 +159,35 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest, dialec
             spans.finish(record, outcome or CURRENT_OUTCOME.get())  # type: ignore[arg-type]
         metrics.observe(record)
         log_request(record)
+        if state.budgets is not None and record.cost:
+            state.budgets.spend((record.group, record.fallback or record.group), record.cost)
+
+
+def _render(state: AppState, body: bytes, outcome: Outcome, record: RequestRecord,
+            cache_key: str | None) -> web.Response:
+    """A whole answer with its headers; stored in the response cache when the request is cacheable."""
+    headers = outcome_headers(outcome, record.request_id)
+    record.cost = request_cost(outcome.usage, state.prices.get(outcome.deployment or ""))
+    if record.cost is not None:
+        headers["x-sidecar-cost"] = format_cost(record.cost)
+    if cache_key is not None and state.cache is not None:
+        headers[CACHE_HEADER] = cache.MISS
+        if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
+            state.cache.put(cache_key, body)
+    return web.Response(body=body, headers=headers, content_type=JSON)
+
+
+async def _lookup(request: web.Request, responses: cache.ResponseCache,
+                  chat: ChatRequest) -> tuple[str | None, web.Response | None]:
+    """(the key to store this request's answer under, or None; the cached answer, or None)."""
+    key, lookup = responses.key_for(chat, request.headers)
+    if key is None or not lookup:
+        return key, None
+    body = await responses.get(key)
+    if body is None:
+        return key, None
+    headers = {REQUEST_ID: request_id_of(request), "x-sidecar-attempts": "0", CACHE_HEADER: cache.HIT}
+    return key, web.Response(body=body, headers=headers, content_type=JSON)
 
 
 def _fill(record: RequestRecord, outcome: Outcome | None, state: AppState) -> None:

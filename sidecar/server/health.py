@@ -29,4 +29,6 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.app[keys.STATE]
     breakers = [(t.deployment.id, t.breaker.state) for t in state.router.all_targets()] if state.router else []
     text = state.metrics.render(breakers)
+    if state.budgets is not None:
+        text += state.budgets.render()
     return web.Response(body=text.encode(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from sidecar.budgets import Budgets
+from sidecar.cache import ResponseCache
 from sidecar.config import Config, ModelInfo
 from sidecar.router import Router
 from sidecar.telemetry import RequestMetrics
@@ -25,6 +27,8 @@ class AppState:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     tracing: Tracing | None = None  # None: tracing off (OTEL_* say so), and the request path skips it
     prices: dict[str, ModelInfo] = field(default_factory=dict)  # deployment id -> model_info
+    cache: ResponseCache | None = None  # None: no cache configured, and the request path skips it
+    budgets: Budgets | None = None  # None: no budgets configured, and the request path skips them
 
     def __post_init__(self) -> None:
         self.prices = {d.id: d.model_info for d in self.config.deployments}

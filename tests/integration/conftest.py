@@ -6,7 +6,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.integration.procs import APP_KEY, FakeProvider, Sidecar, deployment
+from tests.integration.procs import APP_KEY, FakeProvider, RedisServer, Sidecar, deployment
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,14 @@ def backup(workdir: Path) -> Iterator[FakeProvider]:
     fake = FakeProvider("backup", workdir)
     yield fake
     fake.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests keep apart by using their own key namespaces."""
+    server = RedisServer(workdir)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)

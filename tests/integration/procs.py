@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,6 +108,51 @@ class Sidecar:
         if self.process.poll() is None:
             self.terminate()
         return self.process.wait(30)
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free port (no persistence), optionally with a password."""
+
+    def __init__(self, workdir: Path, name: str = "redis", password: str | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed: run `make test` (it installs it) or "
+                               "`apt-get install -y redis-server`")
+        self.port = free_port()
+        self.password = password
+        self.log = workdir / f"{name}.log"
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(workdir)]
+        if password:
+            args += ["--requirepass", password]
+        self.process = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                auth = f"AUTH {self.password}\r\n" if self.password else ""
+                conn.sendall(f"{auth}PING\r\n".encode())
+                data = b""
+                while b"PONG" not in data and b"-" not in data:
+                    data += conn.recv(256) or b"-"
+                return b"PONG" in data
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
 
 
 def deployment(group: str, provider: FakeProvider, **params: Any) -> dict[str, Any]:

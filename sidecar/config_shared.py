@@ -1,0 +1,257 @@
+"""Configuration of the state sidecars may share: the response cache, spend budgets and their Redis.
+
+``sidecar_settings.cache``, ``sidecar_settings.budgets`` and ``sidecar_settings.redis`` are our own keys;
+LiteLLM's ``litellm_settings.cache`` + ``cache_params`` and ``litellm_settings.max_budget`` +
+``budget_duration`` are read into the same values, so a LiteLLM config works unchanged. Problems are
+collected with their locations like the rest of ``config``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from sidecar.config_reader import Secret, SecretResolver, Section, is_number
+
+CACHE_TYPES = ("local", "redis")
+CACHE_MODES = ("deterministic", "all")
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|mo)\s*$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Where a Redis is. ``address`` names it in logs without credentials."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: Secret | None = None
+    ssl: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """``sidecar_settings.cache``: answers kept for ``ttl`` seconds, in memory or in a shared Redis."""
+
+    type: str = "local"
+    ttl: float = 600.0
+    max_size: int = 1024  # entries, local type only
+    namespace: str = "llm-sidecar"
+    mode: str = "deterministic"  # or "all": cache sampled answers too
+    redis: RedisSettings | None = None  # the type redis's server
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """A spend limit in USD per fixed window of ``period`` seconds (aligned to the UTC epoch)."""
+
+    name: str
+    max_budget_usd: float
+    period: float
+    period_text: str
+    models: tuple[str, ...] = ()  # model groups covered; empty: all
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSettings:
+    cache: CacheSettings | None = None
+    budgets: tuple[BudgetSettings, ...] = ()
+    redis: RedisSettings | None = None  # budgets' Redis: sidecar_settings.redis, else the cache's
+    namespace: str = "llm-sidecar"
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from ``30s``, ``15m``, ``1h``, ``1d``, ``7d``, ``2w``, ``1mo`` (30 days) or a number; None if bad."""
+    if is_number(value):
+        return float(value) if value > 0 else None  # type: ignore[operator]
+    if not isinstance(value, str):
+        return None
+    match = DURATION.match(value)
+    if match is None or float(match.group(1)) <= 0:
+        return None
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+def shared_settings(s: Section, litellm: Section, secrets: SecretResolver, env: Mapping[str, str]) -> SharedSettings:
+    """Read ``sidecar_settings.{redis,cache,budgets}`` (from ``s``) and LiteLLM's equivalents."""
+    redis, namespace = None, None
+    if s.get("redis") is not None:
+        section = s.section("redis")
+        redis = _redis(section, secrets, url_key="url")
+        namespace = section.string("namespace", None)  # the prefix of budget keys (default the cache's)
+        section.finish()
+    cache = _cache(s.section("cache"), secrets, redis, env) if s.get("cache") is not None else None
+    litellm_cache = _litellm_cache(litellm, secrets, redis, env)
+    if litellm_cache is not None:
+        if cache is not None:
+            s.problem("cache", "set either sidecar_settings.cache or litellm_settings.cache, not both")
+        cache = litellm_cache
+    budgets = _budgets(s, litellm)
+    if redis is None and cache is not None:
+        redis = cache.redis
+    if namespace is None:
+        namespace = cache.namespace if cache is not None else SharedSettings().namespace
+    return SharedSettings(cache, budgets, redis, namespace)
+
+
+def _redis(s: Section, secrets: SecretResolver, *, url_key: str) -> RedisSettings:
+    """``url`` (``redis://[user:password@]host[:port][/db]``, ``rediss://`` for TLS) or host/port/password/db."""
+    settings = RedisSettings()
+    url_ref = s.get(url_key)
+    if url_ref is not None:
+        url = secrets.resolve(url_ref, s._at(url_key))
+        if url is not None and url.value:
+            settings = _from_url(url.value, s, url_key) or settings
+    password_ref = s.get("password")
+    password = secrets.resolve(password_ref, s._at("password")) if password_ref is not None else None
+    port = s.get("port")
+    if isinstance(port, str) and port.isdigit():  # LiteLLM configs often quote it, or take it from the env
+        port = int(port)
+    elif isinstance(port, str) and port.startswith("os.environ/"):
+        resolved = secrets.plain(port, s._at("port"))
+        port = int(resolved) if resolved and resolved.isdigit() else None
+    if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+        s.problem("port", f"expected a port number, got {port!r}")
+        port = None
+    settings = RedisSettings(
+        host=secrets.plain(s.string("host", None), s._at("host")) or settings.host,
+        port=port or settings.port,
+        db=s.integer("db", settings.db, minimum=0),
+        username=settings.username,
+        password=password if password is not None else settings.password,
+        ssl=bool(s.boolean("ssl", settings.ssl)),
+    )
+    return settings
+
+
+def _from_url(url: str, s: Section, key: str) -> RedisSettings | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError:
+        parts, port = None, 0
+    if parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        s.problem(key, "expected redis://[user:password@]host[:port][/db] or rediss://...")  # never echo it
+        return None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        s.problem(key, "the database in the URL path must be a number")
+        return None
+    return RedisSettings(host=parts.hostname, port=port, db=int(path or 0),
+                         username=unquote(parts.username) if parts.username else None,
+                         password=Secret(unquote(parts.password)) if parts.password else None,
+                         ssl=parts.scheme == "rediss")
+
+
+def _redis_from_env(env: Mapping[str, str]) -> RedisSettings | None:
+    """LiteLLM's fallback for a Redis cache without an address: REDIS_URL, else REDIS_HOST/PORT/PASSWORD."""
+    if env.get("REDIS_URL"):
+        problems: list[str] = []
+        return _from_url(env["REDIS_URL"], Section({}, "REDIS_URL", problems), "(environment)") or None
+    if env.get("REDIS_HOST"):
+        port = env.get("REDIS_PORT", "6379")
+        password = env.get("REDIS_PASSWORD")
+        return RedisSettings(host=env["REDIS_HOST"], port=int(port) if port.isdigit() else 6379,
+                             password=Secret(password) if password else None)
+    return None
+
+
+def _cache(s: Section, secrets: SecretResolver, shared: RedisSettings | None,
+           env: Mapping[str, str]) -> CacheSettings:
+    default = CacheSettings()
+    kind = s.choice("type", default.type, CACHE_TYPES)
+    has_address = any(s.data.get(k) is not None for k in ("redis_url", "host", "port", "password"))
+    redis = _redis(s, secrets, url_key="redis_url") if has_address else None
+    settings = CacheSettings(
+        type=kind,
+        ttl=s.number("ttl", default.ttl, minimum=0.001),
+        max_size=s.integer("max_size", default.max_size, minimum=1),
+        namespace=s.string("namespace", default.namespace) or default.namespace,
+        mode=s.choice("mode", default.mode, CACHE_MODES),
+        redis=_cache_redis(kind, redis, shared, env, s) if kind == "redis" else None,
+    )
+    if kind != "redis" and has_address:
+        s.problem("type", "a Redis address is set but type is not redis")
+    s.finish()
+    return settings
+
+
+def _cache_redis(kind: str, own: RedisSettings | None, shared: RedisSettings | None, env: Mapping[str, str],
+                 s: Section) -> RedisSettings | None:
+    redis = own or shared or _redis_from_env(env)
+    if redis is None:
+        s.problem("type", "a redis cache needs redis_url or host (or sidecar_settings.redis, or REDIS_HOST)")
+    return redis
+
+
+def _litellm_cache(litellm: Section, secrets: SecretResolver, shared: RedisSettings | None,
+                   env: Mapping[str, str]) -> CacheSettings | None:
+    """LiteLLM's ``cache: true`` with ``cache_params: {type, host, port, password, ttl, namespace}``."""
+    enabled = litellm.boolean("cache", False)
+    params = litellm.section("cache_params")
+    if not enabled:
+        if params.data:
+            params.seen.update(params.data)  # LiteLLM ignores cache_params while cache is off; so do we
+        return None
+    kind = params.choice("type", "redis", CACHE_TYPES)  # LiteLLM's default cache type is Redis
+    has_address = any(params.data.get(k) is not None for k in ("host", "port", "password", "url"))
+    redis = _redis(params, secrets, url_key="url") if has_address else None
+    default = CacheSettings()
+    settings = CacheSettings(
+        type=kind,
+        ttl=params.number("ttl", default.ttl, minimum=0.001),
+        namespace=params.string("namespace", default.namespace) or default.namespace,
+        redis=_cache_redis(kind, redis, shared, env, params) if kind == "redis" else None,
+    )
+    params.finish()
+    return settings
+
+
+def _budgets(s: Section, litellm: Section) -> tuple[BudgetSettings, ...]:
+    out: list[BudgetSettings] = []
+    for i, item in enumerate(s.list("budgets")):
+        entry = Section(item, f"{s._at('budgets')}[{i}]", s.problems)
+        budget = _budget(entry)
+        entry.finish()
+        if budget is not None:
+            if any(b.name == budget.name for b in out):
+                entry.problem("name", f"budget '{budget.name}' is defined twice")
+            out.append(budget)
+    max_budget = litellm.number("max_budget", None, minimum=0.000001)
+    duration = litellm.get("budget_duration")
+    if max_budget is not None:
+        period = parse_duration(duration)
+        if period is None:
+            litellm.problem("budget_duration", "a duration like 1h, 1d, 30d is required with max_budget "
+                                               "(budgets reset every fixed window)")
+        elif any(b.name == "global" for b in out):
+            litellm.problem("max_budget", "a budget named 'global' is already in sidecar_settings.budgets")
+        else:
+            out.append(BudgetSettings("global", max_budget, period, str(duration)))
+    return tuple(out)
+
+
+def _budget(entry: Section) -> BudgetSettings | None:
+    name = entry.string("name", None, required=True)
+    limit = entry.number("max_budget_usd", None, minimum=0.000001)
+    if limit is None and entry.data.get("max_budget_usd") is None:
+        entry.problem("max_budget_usd", "is required")
+    raw_period = entry.get("period")
+    period = parse_duration(raw_period)
+    if period is None:
+        entry.problem("period", f"expected a duration like 1h, 1d, 7d, 30d, got {raw_period!r}")
+    models = entry.list("models")
+    if not all(isinstance(m, str) for m in models):
+        entry.problem("models", "expected a list of model group names")
+        models = []
+    if name is None or limit is None or period is None:
+        return None
+    return BudgetSettings(name, limit, period, str(raw_period), tuple(models))

@@ -1,0 +1,74 @@
+"""The edge to Redis shared by the response cache and the budgets: client options and a failure gate.
+
+Redis is optional help, never a dependency of a request: every call is bounded by a short timeout, a
+failure is logged once per failure burst (with the server's host:port, never its URL or password), and
+after one the gate stays shut for ``BACKOFF_SECONDS`` so requests do not each pay the timeout again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sidecar.config_shared import RedisSettings
+
+log = logging.getLogger("sidecar.redis")
+BACKOFF_SECONDS = 5.0
+CONNECT_TIMEOUT = 0.25
+SOCKET_TIMEOUT = 1.0
+
+
+def connection_options(settings: RedisSettings) -> dict[str, Any]:
+    """Keyword arguments for a redis-py connection: short timeouts and no retries of its own (the gate
+    decides when to try again)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_timeout": SOCKET_TIMEOUT,
+                               "socket_connect_timeout": CONNECT_TIMEOUT}
+    if settings.username:
+        options["username"] = settings.username
+    return options
+
+
+def client(settings: RedisSettings) -> Any:
+    """A ``redis.asyncio.Redis`` for ``settings`` (imported only when a Redis is configured)."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis(host=settings.host, port=settings.port, db=settings.db,
+                               password=settings.password.value if settings.password else None,
+                               ssl=settings.ssl, **connection_options(settings))
+
+
+class RedisGate:
+    """Open while Redis answers; shut for ``backoff`` seconds after a failure. Logs the edges only."""
+
+    __slots__ = ("address", "backoff", "clock", "down", "shut_until", "what")
+
+    def __init__(self, what: str, settings: RedisSettings, *, backoff: float = BACKOFF_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.address = settings.address
+        self.backoff = backoff
+        self.clock = clock
+        self.down = False
+        self.shut_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return not self.down or self.clock() >= self.shut_until
+
+    def failed(self, error: BaseException) -> None:
+        self.shut_until = self.clock() + self.backoff
+        if not self.down:
+            self.down = True
+            # The class name only: redis-py's messages can carry the connection URL.
+            log.warning("redis at %s unavailable for the %s (%s); going on without it, next try in %g s",
+                        self.address, self.what, type(error).__name__, self.backoff)
+
+    def succeeded(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("redis at %s is back for the %s", self.address, self.what)

@@ -1,0 +1,127 @@
+"""Spend budgets, as the app sees it: a spent budget refuses requests before any upstream call.
+
+The fake answers 5 completion tokens and one prompt token per word; at 0.001 USD a token, every request
+here costs more than the 0.005 USD budgets, so the first answer spends the budget and the next is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import requests
+
+from tests.integration.procs import APP_KEY, FakeProvider, RedisServer, Sidecar, deployment
+
+MESSAGES = [{"role": "user", "content": "spend a little"}]
+PRICES = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.001}
+
+
+def priced(group: str, provider: FakeProvider) -> dict[str, Any]:
+    entry = deployment(group, provider)
+    entry["model_info"] = PRICES
+    return entry
+
+
+def config(primary: FakeProvider, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"model_list": [priced("b", primary), priced("free", primary)],
+            "router_settings": {"timeout": 10, "num_retries": 0}, "sidecar_settings": settings}
+
+
+def openai_client(sidecar: Sidecar) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+
+
+def ratio(sidecar: Sidecar, budget: str) -> float:
+    text = requests.get(f"{sidecar.admin_url}/metrics").text
+    match = re.search(rf'^llm_sidecar_budget_used_ratio{{budget="{budget}"}} (\S+)$', text, re.M)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_a_spent_budget_refuses_with_429_and_retry_after_in_both_dialects(
+        workdir: Path, primary: FakeProvider) -> None:
+    budgets = [{"name": "team-a", "max_budget_usd": 0.005, "period": "1h", "models": ["b"]}]
+    sidecar = Sidecar(config(primary, {"budgets": budgets}), workdir, "budget")
+    try:
+        client = openai_client(sidecar)
+        assert ratio(sidecar, "team-a") == 0
+        answer = client.chat.completions.with_raw_response.create(model="b", messages=MESSAGES)
+        assert float(answer.headers["x-sidecar-cost"]) > 0.005
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model="b", messages=MESSAGES)
+        error = info.value
+        assert error.code == "budget_exceeded" and error.type == "budget_exceeded"
+        assert "team-a" in error.message and "http" not in error.message
+        assert 1 <= int(error.response.headers["retry-after"]) <= 3600
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            anthropic.Anthropic(base_url=sidecar.url, api_key=APP_KEY, max_retries=0, timeout=20).messages.create(
+                model="b", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.body["type"] == "error" and "team-a" in refused.value.body["error"]["message"]
+        assert 1 <= int(refused.value.response.headers["retry-after"]) <= 3600
+        assert primary.stats()["requests"] == 1  # refused before any upstream call
+        # a group the budget does not cover is still served
+        assert client.chat.completions.create(model="free", messages=MESSAGES).choices[0].message.content
+        assert ratio(sidecar, "team-a") == 1
+        metrics = requests.get(f"{sidecar.admin_url}/metrics").text
+        assert re.search(r'^llm_sidecar_budget_spend_usd\{budget="team-a"\} 0\.00[6-9]', metrics, re.M)
+    finally:
+        sidecar.stop()
+
+
+def test_streams_spend_once_their_usage_is_known(workdir: Path, primary: FakeProvider) -> None:
+    budgets = [{"name": "streams", "max_budget_usd": 0.005, "period": "1d"}]
+    sidecar = Sidecar(config(primary, {"budgets": budgets}), workdir, "budget-stream")
+    try:
+        client = openai_client(sidecar)
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="b", messages=MESSAGES, stream=True) if c.choices)
+        assert text
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="free", messages=MESSAGES, stream=True)
+        assert primary.stats()["requests"] == 1
+    finally:
+        sidecar.stop()
+
+
+def test_two_sidecars_share_a_budget_through_redis(workdir: Path, primary: FakeProvider,
+                                                   redis_server: RedisServer) -> None:
+    settings = {"redis": {"url": redis_server.url, "namespace": f"budget-{time.time_ns()}"},
+                "budgets": [{"name": "shared", "max_budget_usd": 0.005, "period": "30d"}]}
+    first, second = (Sidecar(config(primary, settings), workdir, f"budget-redis-{i}") for i in range(2))
+    try:
+        openai_client(first).chat.completions.create(model="b", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError):
+            openai_client(first).chat.completions.create(model="b", messages=MESSAGES)
+        deadline = time.monotonic() + 5  # the other sidecar reads the shared total every second
+        while ratio(second, "shared") < 1:
+            assert time.monotonic() < deadline, "the second sidecar never saw the shared spend"
+            time.sleep(0.1)
+        with pytest.raises(openai.RateLimitError) as info:
+            openai_client(second).chat.completions.create(model="b", messages=MESSAGES)
+        assert "shared" in info.value.message
+        assert primary.stats()["requests"] == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_budgets_keep_counting_locally_when_redis_is_down(workdir: Path, primary: FakeProvider) -> None:
+    redis = RedisServer(workdir, "redis-budget-dies")
+    redis.stop()  # configured, but not there
+    settings = {"redis": {"host": "127.0.0.1", "port": redis.port},
+                "budgets": [{"name": "local-view", "max_budget_usd": 0.005, "period": "1h"}]}
+    sidecar = Sidecar(config(primary, settings), workdir, "budget-no-redis")
+    try:
+        client = openai_client(sidecar)
+        assert client.chat.completions.create(model="b", messages=MESSAGES).choices[0].message.content
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="b", messages=MESSAGES)
+        assert primary.stats()["requests"] == 1
+    finally:
+        sidecar.stop()

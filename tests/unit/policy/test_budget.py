@@ -1,0 +1,88 @@
+"""Budget windows with a fake clock: epoch-aligned fixed windows, refusals with the time to reset, and
+shared totals merged without undoing local spend."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.budgets import Budgets
+from sidecar.config_shared import BudgetSettings, SharedSettings
+from sidecar.core.errors import BudgetExceeded
+from sidecar.policy.budget import BudgetLedger
+
+HOUR = 3600.0
+TEAM = BudgetSettings("team", 1.0, HOUR, "1h", ("gpt-4o",))
+GLOBAL = BudgetSettings("global", 10.0, 86400.0, "1d")
+
+
+def ledger() -> BudgetLedger:
+    return BudgetLedger([TEAM, GLOBAL], ["gpt-4o", "claude"])
+
+
+def test_budgets_cover_their_groups_or_all() -> None:
+    book = ledger()
+    assert [w.settings.name for w in book.covering["gpt-4o"]] == ["team", "global"]
+    assert [w.settings.name for w in book.covering["claude"]] == ["global"]
+    assert book.check("unknown-group", 0.0) is None
+
+
+def test_spend_up_to_the_limit_then_refuse_until_the_window_ends() -> None:
+    book = ledger()
+    now = 10 * HOUR + 600  # ten minutes into a window
+    assert book.check("gpt-4o", now) is None
+    book.add(["gpt-4o"], 0.6, now)
+    assert book.check("gpt-4o", now) is None  # 0.6 < 1.0
+    book.add(["gpt-4o"], 0.4, now + 1)
+    refused = book.check("gpt-4o", now + 60)
+    assert refused is not None and refused.budget is TEAM
+    assert refused.retry_after == pytest.approx(HOUR - 660)
+    assert "team" in refused.message and "1h" in refused.message and "resets in 2940 s" in refused.message
+    assert book.check("claude", now) is None  # another group, another budget
+    assert book.check("gpt-4o", 11 * HOUR) is None  # a new window starts at zero
+    assert book.windows["team"].spent == 0.0
+
+
+def test_windows_are_aligned_to_the_epoch() -> None:
+    book = ledger()
+    book.add(["gpt-4o"], 5.0, HOUR - 0.001)
+    assert book.check("gpt-4o", HOUR - 0.0005) is not None
+    assert book.check("gpt-4o", HOUR) is None
+
+
+def test_an_answer_counts_once_per_budget_even_across_a_fallback() -> None:
+    book = ledger()
+    touched = book.add(["gpt-4o", "claude"], 2.0, 0.0)
+    assert sorted(w.settings.name for w, _ in touched) == ["global", "team"]
+    assert book.windows["global"].spent == 2.0
+
+
+def test_shared_totals_only_raise_the_local_view_and_only_for_the_current_window() -> None:
+    book = ledger()
+    book.add(["claude"], 3.0, 5.0)
+    book.observe("global", 0, 2.0)  # an older reply: never lowers what we counted
+    assert book.windows["global"].spent == 3.0
+    book.observe("global", 0, 7.5)
+    assert book.windows["global"].spent == 7.5
+    book.observe("global", -1, 100.0)  # a past window's total is ignored
+    assert book.windows["global"].spent == 7.5
+    book.observe("global", 1, 0.5)  # the next window started elsewhere first
+    assert (book.windows["global"].window, book.windows["global"].spent) == (1, 0.5)
+    book.observe("nope", 0, 1.0)
+
+
+def test_budgets_raise_budget_exceeded_with_a_whole_second_retry_after() -> None:
+    now = [HOUR + 0.25]
+    budgets = Budgets(SharedSettings(budgets=(TEAM,)), ["gpt-4o", "claude"], clock=lambda: now[0])
+    budgets.check("gpt-4o")
+    budgets.spend(["gpt-4o"], 1.5)
+    budgets.spend(["gpt-4o"], -1.0)  # nothing to count
+    with pytest.raises(BudgetExceeded) as info:
+        budgets.check("gpt-4o")
+    assert info.value.status == 429 and info.value.type == "budget_exceeded"
+    assert info.value.retry_after == 3600.0  # ceil(3599.75)
+    budgets.check("claude")
+    text = budgets.render()
+    assert 'llm_sidecar_budget_used_ratio{budget="team"} 1\n' in text
+    assert 'llm_sidecar_budget_spend_usd{budget="team"} 1.5\n' in text
+    now[0] = 2 * HOUR
+    assert 'llm_sidecar_budget_used_ratio{budget="team"} 0\n' in budgets.render()

@@ -1,0 +1,143 @@
+"""cache_key and cacheable are pure: same meaning, same key; ResponseCache over a memory backend, and a
+failing backend that is a miss, never an error."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.cache import EXCLUDED_FIELDS, ResponseCache, cache_key, cacheable, directives
+from sidecar.config_shared import CacheSettings, RedisSettings
+from sidecar.core.types import ChatRequest, Endpoint, WireFormat
+from sidecar.shared_redis import RedisGate
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def request(body: dict[str, Any] | None = None, **kwargs: Any) -> ChatRequest:
+    body = {"model": "g", "messages": MESSAGES, "temperature": 0, **(body or {})}
+    return ChatRequest(kwargs.pop("model", "g"), body, **kwargs)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                       max_size=3), max_leaves=8)
+bodies = st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k not in EXCLUDED_FIELDS), json_values,
+                         max_size=6)
+
+
+@given(bodies)
+def test_the_key_ignores_key_order(body: dict[str, Any]) -> None:
+    reordered = dict(reversed(list(body.items())))
+    assert cache_key(request(body)) == cache_key(request(reordered))
+
+
+@given(bodies, st.sampled_from(sorted(EXCLUDED_FIELDS)), json_values)
+def test_fields_that_do_not_change_the_answer_do_not_change_the_key(body: dict[str, Any], field: str,
+                                                                    value: Any) -> None:
+    assert cache_key(request(body)) == cache_key(request({**body, field: value}))
+
+
+@given(bodies, st.text(min_size=1, max_size=8).filter(lambda k: k not in EXCLUDED_FIELDS), st.integers(0, 2**32))
+def test_any_other_field_changes_the_key(body: dict[str, Any], field: str, value: int) -> None:
+    changed = {**body, field: [value, "changed"]}
+    assert cache_key(request(body)) != cache_key(request(changed)) or body.get(field) == [value, "changed"]
+
+
+def test_the_key_is_stable_and_names_the_group_and_endpoint() -> None:
+    key = cache_key(request())
+    assert key == cache_key(request()) and len(key) == 40
+    assert key != cache_key(request(model="other"))
+    assert key != cache_key(request(endpoint=Endpoint.COMPLETIONS))
+    assert cache_key(request({"messages": [{"role": "user", "content": "hi", "name": "x"}]})) != key
+
+
+@pytest.mark.parametrize(("body", "kwargs", "expected"), [
+    ({}, {}, True),
+    ({"temperature": 0.0, "n": 1}, {}, True),
+    ({"temperature": 0.7}, {}, False),
+    ({"temperature": None}, {}, False),
+    ({"temperature": False}, {}, False),
+    ({"n": 2}, {}, False),
+    ({}, {"stream": True}, False),
+    ({}, {"wire": WireFormat.ANTHROPIC}, False),
+    ({"temperature": 1}, {"endpoint": Endpoint.EMBEDDINGS}, True),
+    ({"temperature": 1}, {"endpoint": Endpoint.COMPLETIONS}, False),
+])
+def test_cacheable_requests_are_deterministic_and_not_streamed(body: dict[str, Any], kwargs: dict[str, Any],
+                                                               expected: bool) -> None:
+    assert cacheable(request(body, **kwargs)) is expected
+
+
+def test_mode_all_caches_sampled_answers_but_never_streams() -> None:
+    assert cacheable(request({"temperature": 0.9, "n": 3}), "all")
+    assert not cacheable(request(stream=True), "all")
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, (True, True)), ("no-cache", (False, True)), ("No-Store", (False, False)),
+    ("max-age=0, no-cache", (False, True)), ("no-cache, no-store", (False, False)), ("max-age=60", (True, True)),
+])
+def test_cache_control_directives(header: str | None, expected: tuple[bool, bool]) -> None:
+    assert directives({"cache-control": header} if header else {}) == expected
+
+
+async def test_the_memory_cache_stores_looks_up_and_stays_bounded() -> None:
+    cache = ResponseCache.from_settings(CacheSettings(max_size=2))
+    keys = [cache.key_for(request({"seed": i}), {})[0] for i in range(3)]
+    assert all(keys)
+    for i, key in enumerate(keys):
+        cache.put(key, f"answer {i}".encode())  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+    await asyncio.gather(*cache._stores)
+    assert await cache.get(keys[0]) is None  # type: ignore[arg-type]
+    assert await cache.get(keys[2]) == b"answer 2"  # type: ignore[arg-type]
+    assert cache.key_for(request({"temperature": 1}), {}) == (None, False)
+    assert cache.key_for(request(), {"cache-control": "no-store"}) == (None, False)
+    await cache.aclose()
+
+
+class BrokenBackend:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+
+    async def get(self, key: str) -> bytes:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        raise ConnectionError("Error 111 connecting to redis://:hunter2@10.0.0.1:6379")
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.calls += 1
+        raise ConnectionError("down")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_failing_backend_is_a_miss_then_skipped_for_a_while(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    gate = RedisGate("response cache", RedisSettings(password=None), backoff=5, clock=lambda: now[0])
+    backend = BrokenBackend()
+    cache = ResponseCache(CacheSettings(type="redis"), backend, gate)
+    assert await cache.get("k") is None and backend.calls == 1
+    assert await cache.get("k") is None and backend.calls == 1  # gate shut: Redis not even asked
+    cache.put("k", b"v")
+    assert not cache._stores
+    now[0] += 5
+    assert await cache.get("k") is None and backend.calls == 2
+    warnings = [r for r in caplog.records if r.name == "sidecar.redis"]
+    assert len(warnings) == 1 and "hunter2" not in warnings[0].getMessage()
+
+
+async def test_a_slow_backend_is_a_miss_within_the_lookup_timeout() -> None:
+    gate = RedisGate("response cache", RedisSettings())
+    cache = ResponseCache(CacheSettings(type="redis"), BrokenBackend(delay=10), gate)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await cache.get("k") is None
+    assert loop.time() - started < 1 and not gate.open
