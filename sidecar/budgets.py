@@ -124,11 +124,15 @@ class Budgets:
             await asyncio.sleep(REFRESH_SECONDS)
             await self.refresh()
 
-    async def aclose(self) -> None:
+    async def drain(self) -> None:
+        """Wait for the flush in flight, then send what is still queued (at shutdown, and in tests)."""
         if self._flush is not None:
             await asyncio.gather(self._flush, return_exceptions=True)
         if self.pending and self.redis is not None:
             await self.flush()
+
+    async def aclose(self) -> None:
+        await self.drain()
         if self.redis is not None:
             with contextlib.suppress(Exception):  # closing a connection to a Redis that is gone
                 await self.redis.aclose()

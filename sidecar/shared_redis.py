@@ -58,7 +58,15 @@ class RedisGate:
 
     @property
     def open(self) -> bool:
-        return not self.down or self.clock() >= self.shut_until
+        """True while Redis answers. After a failure, False until the backoff ends; then True for one
+        caller (the probe) while the gate stays shut for the others until the probe reports back."""
+        if not self.down:
+            return True
+        now = self.clock()
+        if now < self.shut_until:
+            return False
+        self.shut_until = now + self.backoff
+        return True
 
     def failed(self, error: BaseException) -> None:
         self.shut_until = self.clock() + self.backoff

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -24,6 +25,7 @@ from sidecar.telemetry.logs import flush_request_log
 CREDENTIAL_REFRESH_SECONDS = 10.0
 USER_AGENT = f"llm-sidecar/{__version__}"
 LOG_FLUSH_SECONDS = 0.25
+log = logging.getLogger("sidecar.server")
 
 
 def create_app(state: AppState) -> web.Application:
@@ -99,6 +101,7 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
     refresh = None
     if shared.budgets:
         state.budgets = Budgets.from_settings(shared, state.config.groups)
+        _warn_unpriced(state.config)
         if state.budgets.redis is not None:
             refresh = asyncio.create_task(state.budgets.run())
     yield
@@ -109,6 +112,17 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
         await state.budgets.aclose()
     if state.cache is not None:
         await state.cache.aclose()
+
+
+def _warn_unpriced(config: Config) -> None:
+    """Budgets count the cost from model_info prices: say so at start when a covered deployment has none."""
+    for budget in config.sidecar.shared.budgets:
+        unpriced = sorted({d.id for d in config.deployments if (not budget.models or d.model_name in budget.models)
+                           and d.model_info.input_cost_per_token is None
+                           and d.model_info.output_cost_per_token is None})
+        if unpriced:
+            log.warning("budget '%s': no model_info prices for %s; their answers cost nothing against it",
+                        budget.name, ", ".join(unpriced))
 
 
 def _collector_post(session: aiohttp.ClientSession,

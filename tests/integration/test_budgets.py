@@ -16,6 +16,7 @@ import openai
 import pytest
 import requests
 
+from sidecar.core.errors import BudgetExceeded
 from tests.integration.procs import APP_KEY, FakeProvider, RedisServer, Sidecar, deployment
 
 MESSAGES = [{"role": "user", "content": "spend a little"}]
@@ -125,3 +126,43 @@ def test_budgets_keep_counting_locally_when_redis_is_down(workdir: Path, primary
         assert primary.stats()["requests"] == 1
     finally:
         sidecar.stop()
+
+
+async def test_the_redis_sync_merges_totals_and_queues_spend_while_redis_is_away(
+        workdir: Path, redis_server: RedisServer) -> None:
+    """The edge module in process, as two pods would run it, against the real Redis."""
+    from sidecar.budgets import Budgets
+    from sidecar.config_shared import BudgetSettings, RedisSettings, SharedSettings
+    from sidecar.shared_redis import client
+
+    budget = BudgetSettings("pods", 1.0, 3600.0, "1h")
+    shared = SharedSettings(budgets=(budget,), redis=RedisSettings(port=redis_server.port),
+                            namespace=f"sync-{time.time_ns()}")
+    now = [7200.5]
+    pod_a, pod_b = (Budgets.from_settings(shared, ["g"]) for _ in range(2))
+    for pod in (pod_a, pod_b):
+        pod.clock = lambda: now[0]
+    try:
+        pod_a.spend(["g"], 0.4)
+        await pod_a.drain()
+        pod_b.spend(["g"], 0.4)
+        await pod_b.drain()
+        assert pod_b.ledger.windows["pods"].spent == pytest.approx(0.8)  # B's reply is the total of both
+        pod_a.check("g")  # A has not heard of B's spend yet
+        await pod_a.refresh()
+        assert pod_a.ledger.windows["pods"].spent == pytest.approx(0.8)
+        pod_b.redis = pod_b.gate = None  # as if B's Redis vanished: B counts alone; A keeps sharing
+        pod_b.spend(["g"], 0.3)
+        with pytest.raises(BudgetExceeded):
+            pod_b.check("g")
+        broken = RedisServer(workdir, "redis-sync-broken")
+        broken.stop()
+        await pod_a.redis.aclose()
+        pod_a.redis = client(RedisSettings(port=broken.port))  # A's Redis goes away
+        pod_a.spend(["g"], 0.1)
+        await pod_a.drain()
+        assert pod_a.pending == {("pods", 2): pytest.approx(0.1)} and not pod_a.gate.open  # queued, gate shut
+        assert pod_a.ledger.windows["pods"].spent == pytest.approx(0.9)  # still counted locally
+    finally:
+        await pod_a.aclose()
+        await pod_b.aclose()

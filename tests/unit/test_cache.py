@@ -129,9 +129,22 @@ async def test_a_failing_backend_is_a_miss_then_skipped_for_a_while(caplog: pyte
     cache.put("k", b"v")
     assert not cache._stores
     now[0] += 5
-    assert await cache.get("k") is None and backend.calls == 2
+    assert await cache.get("k") is None and backend.calls == 2  # one probe after the backoff...
+    assert await cache.get("k") is None and backend.calls == 2  # ...failed: shut again
     warnings = [r for r in caplog.records if r.name == "sidecar.redis"]
     assert len(warnings) == 1 and "hunter2" not in warnings[0].getMessage()
+
+
+def test_the_gate_lets_one_probe_through_after_the_backoff_and_opens_on_success() -> None:
+    now = [0.0]
+    gate = RedisGate("budgets", RedisSettings(), backoff=2, clock=lambda: now[0])
+    assert gate.open
+    gate.failed(ConnectionError())
+    assert not gate.open
+    now[0] = 2.0
+    assert gate.open and not gate.open  # the first caller probes; the others wait for its answer
+    gate.succeeded()
+    assert gate.open and gate.open
 
 
 async def test_a_slow_backend_is_a_miss_within_the_lookup_timeout() -> None:
