@@ -1,29 +1,24 @@
 """Tracing: OpenTelemetry set up from the standard ``OTEL_*`` variables, and the spans of a request.
 
 Off (``None``, zero cost on the hot path) when ``OTEL_SDK_DISABLED=true``, ``OTEL_TRACES_EXPORTER=none``, or
-when no exporter is named and no OTLP endpoint is set. Spans leave through a ``BatchSpanProcessor``: the
-request path only appends to a bounded queue; a worker thread exports, so a slow or unreachable collector
-costs dropped spans, never a slow or failed request.
+when no exporter is named and no OTLP endpoint is set.
 
 Per request: a SERVER span (continuing the app's ``traceparent``), a ``route`` span with the router's
 decisions, and one CLIENT span per upstream attempt (``chat {model}``, GenAI semantic conventions).
 
 Cheap by construction: the configured sampler decides once, when the request starts, and ids come from the
-provider's id generator (a CLIENT span's id is needed when its upstream call starts, for ``traceparent``).
-While the request runs only plain values are noted (times, ids, the router's ``Outcome``); when it ends
-the finished spans are built as ``ReadableSpan`` values — no SDK ``Span``, no lock, no per-attribute
-validation: every attribute is one of ours — and handed to the span processors. An unsampled request
-costs one sampler call; it forwards the app's ``traceparent`` upstream unchanged, and makes no span.
-Export encodes with ``sidecar.telemetry.otlp`` (the same bytes as the SDK's encoder, a tenth of the CPU).
+SDK's id generator (a CLIENT span's id is needed when its upstream call starts, for ``traceparent``). While
+the request runs only plain values are noted (times, ids, the router's ``Outcome``); when it ends its spans
+are encoded straight to OTLP bytes (``telemetry.otlp``: no SDK ``Span``, no protobuf objects) and queued for
+export on the loop (``telemetry.export``). What is fixed per deployment is encoded at config load. An
+unsampled request costs one sampler call; it forwards the app's ``traceparent`` upstream unchanged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextvars import Token
 from time import time_ns
 from typing import TYPE_CHECKING, Any
@@ -31,10 +26,8 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sidecar import __version__
@@ -42,12 +35,10 @@ from sidecar.core.cost import request_cost
 from sidecar.core.errors import UpstreamError
 from sidecar.core.types import ChatResponse
 from sidecar.formats.continuation import StreamProgress
-from sidecar.policy.breaker import Transition
-from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip
-from sidecar.policy.retry import Failover, GiveUp, Retry
 from sidecar.providers.http import TRACE_HEADERS
-from sidecar.telemetry import export, exporter_names, otlp
+from sidecar.telemetry import decisions, export, exporter_names, otlp
 from sidecar.telemetry.logs import REDACT
+from sidecar.telemetry.otlp import SPAN_ATTRIBUTE, attributes
 from sidecar.telemetry.record import RequestRecord
 
 if TYPE_CHECKING:
@@ -58,9 +49,6 @@ log = logging.getLogger("sidecar.telemetry")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CURRENT: contextvars.ContextVar[RequestSpans | Passthrough | None] = contextvars.ContextVar(
     "sidecar_request_spans", default=None)
-_UNSET = Status(StatusCode.UNSET)
-_ERROR = Status(StatusCode.ERROR)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 # gen_ai.provider.name values (semconv well-known names) for our provider prefixes.
 GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic",
                    "gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "groq": "groq",
@@ -68,41 +56,35 @@ GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": 
                    "hosted_vllm": "vllm", "sglang": "sglang"}
 
 
-def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
+def _exporter(name: str, env: Mapping[str, str], post: export.Post | None,
+              envelope: otlp.Envelope) -> export.BatchExporter | None:
     if name == "console":
-        return ConsoleSpanExporter()
+        return export.BatchExporter(export.threaded_sender(export.console_export), envelope, env)
     if name != "otlp":
         log.warning("OTEL_TRACES_EXPORTER=%s is not supported (use otlp, console or none)", name)
         return None
-    return otlp.grpc_exporter() if _protocol(env) == "grpc" else otlp.http_exporter()
-
-
-def _protocol(env: Mapping[str, str]) -> str:
-    return (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "http/protobuf").strip().lower()
+    if post is not None and export.own_client_usable(env):
+        return export.BatchExporter(export.http_sender(post, env), envelope, env)
+    send, close = export.sdk_exporter(export.protocol(env))
+    return export.BatchExporter(export.threaded_sender(send), envelope, env, close)
 
 
 class Tracing:
-    """The sampler, id generator and span processors, and the per-deployment facts spans need."""
+    """The sampler, id generator and exporters, and what spans need per deployment (encoded once)."""
 
-    def __init__(self, provider: TracerProvider, config: Config,
-                 processors: Sequence[SpanProcessor] | None = None) -> None:
-        self.provider = provider
+    def __init__(self, provider: TracerProvider, config: Config, exporters: list[export.BatchExporter]) -> None:
         self.sampler = provider.sampler
         self.ids = provider.id_generator
-        self.resource = provider.resource
-        self.scope = InstrumentationScope("llm-sidecar", __version__)
-        # BatchSpanProcessor.on_end only queues the span; without a list, the provider's own multi-processor
-        self.processors = tuple(processors or (provider._active_span_processor,))
+        self.exporters = exporters
         settings = config.sidecar.telemetry
         self.capture_content = settings.capture_content
         self.content_max_chars = settings.content_max_chars
         self.strategy = config.router.routing_strategy
         self.prices = {d.id: d.model_info for d in config.deployments}
-        self._static: dict[str, dict[str, Any]] = {}
+        self.clients: dict[str, tuple[bytes, bytes]] = {}  # deployment id → (span name, fixed attributes)
         for d in config.deployments:
             address = urlsplit(d.api_base)
-            attributes: dict[str, Any] = {
+            fixed: dict[str, Any] = {
                 "gen_ai.operation.name": "chat",
                 "gen_ai.provider.name": GENAI_PROVIDERS.get(d.provider, d.provider),
                 "gen_ai.request.model": d.model,
@@ -110,43 +92,34 @@ class Tracing:
                 "sidecar.deployment": d.id,
             }
             if address.port:
-                attributes["server.port"] = address.port
-            self._static[d.id] = attributes
+                fixed["server.port"] = address.port
+            self.clients[d.id] = (otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed))
+        self.route_fixed = {group: self.route_attributes(group) for group in config.groups}
+
+    def route_attributes(self, group: str) -> bytes:
+        return attributes(SPAN_ATTRIBUTE, {"sidecar.model_group": group, "sidecar.routing.strategy": self.strategy})
 
     @classmethod
     def from_env(cls, config: Config, env: Mapping[str, str], post: export.Post | None = None) -> Tracing | None:
         """Tracing as the OTEL_* variables say, or None. With ``post`` (the sidecar's own HTTP client),
-        OTLP/HTTP export runs on the event loop (``telemetry.export``) instead of the SDK's worker thread."""
-        processors: list[SpanProcessor] = []
-        for name in exporter_names(env):
-            if name == "otlp" and post is not None and _protocol(env) != "grpc" and export.usable(env):
-                processors.append(export.LoopBatchProcessor(post, env))
-                continue
-            exporter = _exporter(name, env)
-            if exporter is not None:
-                processors.append(BatchSpanProcessor(exporter))
-        if not processors:
-            return None
-        attributes = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": "llm-sidecar"}
-        provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
-        for processor in processors:
-            provider.add_span_processor(processor)  # for shutdown: flush what is queued
-        return cls(provider, config, processors)
+        OTLP/HTTP goes through it on the event loop; otherwise through the SDK's exporter in a thread."""
+        attributes_ = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": "llm-sidecar"}
+        # The provider is only read: sampler, id generator and resource, each from the standard variables.
+        provider = TracerProvider(resource=Resource.create(attributes_), shutdown_on_exit=False)
+        resource = provider.resource
+        envelope = otlp.Envelope(resource.attributes, "llm-sidecar", __version__, resource.schema_url)
+        exporters = [e for e in (_exporter(name, env, post, envelope) for name in exporter_names(env)) if e]
+        return cls(provider, config, exporters) if exporters else None
 
     @property
-    def loop_processors(self) -> list[export.LoopBatchProcessor]:
-        return [p for p in self.processors if isinstance(p, export.LoopBatchProcessor)]
+    def loop_processors(self) -> list[export.BatchExporter]:
+        """The export tasks to run on the loop."""
+        return self.exporters
 
     async def aclose(self, within: float = 3.0) -> None:
         """Flush what is queued, for at most ``within`` seconds (an unreachable collector cannot hold us)."""
-        for processor in self.loop_processors:
-            await processor.aclose(within)
-        await asyncio.get_running_loop().run_in_executor(None, self.shutdown, within)
-
-    def shutdown(self, timeout: float = 3.0) -> None:
-        worker = threading.Thread(target=self.provider.shutdown, daemon=True)
-        worker.start()
-        worker.join(timeout)
+        for exporter in self.exporters:
+            await exporter.aclose(within)
 
     # ---- per request ----------------------------------------------------------------------------
 
@@ -226,9 +199,8 @@ class AttemptSpan:
     def __init__(self, tracing: Tracing, spans: RequestSpans, deployment: Deployment, span_id: int,
                  number: int, retry: int) -> None:
         self.tracing, self.deployment, self.span_id = tracing, deployment, span_id
-        self.attributes: dict[str, Any] = {**tracing._static[deployment.id], "sidecar.attempt": number,
-                                           "sidecar.retry": retry}
-        self.status = _UNSET
+        self.attributes: dict[str, Any] = {"sidecar.attempt": number, "sidecar.retry": retry}  # + the fixed ones
+        self.status = otlp.UNSET
         self.token: Token[Mapping[str, str] | None] | None = None
         self.end = 0
         self.start = time_ns()
@@ -280,10 +252,10 @@ class AttemptSpan:
             attributes["error.type"] = error.error_class
             if error.upstream_status:
                 attributes["http.response.status_code"] = error.upstream_status
-            self.status = Status(StatusCode.ERROR, REDACT(error.message))
+            self.status = otlp.error_status(REDACT(error.message))
         else:
             attributes["error.type"] = "cancelled" if not isinstance(error, Exception) else type(error).__name__
-            self.status = _ERROR
+            self.status = otlp.ERROR
 
 
 class Passthrough:
@@ -319,21 +291,20 @@ _DROPPED: Any = _Dropped()
 
 
 class RequestSpans:
-    """A sampled request: its ids, times and attributes until ``finish`` builds and exports its spans."""
+    """A sampled request: its ids, times and attributes until ``finish`` encodes and queues its spans."""
 
     __slots__ = ("attributes", "clients", "flushed", "marks", "model", "name", "parent", "server_id", "start",
-                 "trace_flags", "trace_id", "trace_id_int", "trace_state", "traceparent_prefix", "tracestate",
-                 "tracing", "var_token")
+                 "state", "trace_id", "trace_id_bytes", "traceparent_prefix", "tracestate", "tracing", "var_token")
 
     def __init__(self, tracing: Tracing, trace_id: int, parent: SpanContext | None, trace_state: Any, name: str,
                  model: str, attributes: dict[str, Any]) -> None:
-        self.tracing, self.trace_id_int, self.parent, self.name, self.model = tracing, trace_id, parent, name, model
-        self.trace_state = trace_state
+        self.tracing, self.parent, self.name, self.model = tracing, parent, name, model
         self.tracestate = trace_state.to_header() if trace_state else ""
+        self.state = otlp.trace_state(self.tracestate)
         self.attributes = attributes
         self.server_id = tracing.ids.generate_span_id()
-        self.trace_flags = _SAMPLED
-        self.trace_id = f"{trace_id:032x}"
+        self.trace_id_bytes = trace_id.to_bytes(16, "big")
+        self.trace_id = self.trace_id_bytes.hex()
         self.traceparent_prefix = f"00-{self.trace_id}-"
         self.clients: list[AttemptSpan] = []
         self.marks: list[tuple[int, int]] = []  # (trail length, time): decisions up to there happened by then
@@ -353,122 +324,57 @@ class RequestSpans:
             _CURRENT.reset(self.var_token)
             self.var_token = None
         tracing = self.tracing
-        trace_id, flags, state = self.trace_id_int, self.trace_flags, self.trace_state
-        resource, scope = tracing.resource, tracing.scope
-        server = SpanContext(trace_id, self.server_id, False, flags, state)
-        route = SpanContext(trace_id, tracing.ids.generate_span_id(), False, flags, state)
-        finished: list[ReadableSpan] = []
+        trace_id, state = self.trace_id_bytes, self.state
+        server_id = self.server_id.to_bytes(8, "big")
+        route_id = tracing.ids.generate_span_id().to_bytes(8, "big")
+        spans = []
         for client in self.clients:
-            finished.append(ReadableSpan(
-                f"chat {client.deployment.model}", SpanContext(trace_id, client.span_id, False, flags, state),
-                route, resource, client.attributes, (), (), SpanKind.CLIENT, None, client.status, client.start,
-                client.end or end, scope))
-        route_attributes: dict[str, Any] = {"sidecar.model_group": self.model,
-                                            "sidecar.routing.strategy": tracing.strategy}
-        events: list[Event] = []
+            name, fixed = tracing.clients[client.deployment.id]
+            head = otlp.ids(trace_id, client.span_id.to_bytes(8, "big"), route_id, state)
+            body = fixed + attributes(SPAN_ATTRIBUTE, client.attributes)
+            spans.append(otlp.span(head, name, otlp.CLIENT, client.start, client.end or end, body, client.status,
+                                   otlp.LOCAL_PARENT))
+        route = tracing.route_fixed.get(self.model) or tracing.route_attributes(self.model)
         if outcome is not None:
-            route_attributes.update(_route_attributes(outcome))
-            events = self._events(outcome.trail, end)
-        finished.append(ReadableSpan(
-            f"route {self.model}", route, server, resource, route_attributes, events, (), SpanKind.INTERNAL, None,
-            _ERROR if record.outcome == "error" else _UNSET, self.start, end, scope))
-        attributes = self.attributes
-        attributes["http.response.status_code"] = record.status
-        attributes["sidecar.request_id"] = record.request_id
-        attributes["sidecar.outcome"] = record.outcome
-        attributes["sidecar.attempts"] = record.attempts
+            values, events = decisions.route_span(outcome)
+            route += attributes(SPAN_ATTRIBUTE, values) + self._events(events, end)
+        spans.append(otlp.span(otlp.ids(trace_id, route_id, server_id, state), otlp.string(0x2A, f"route {self.model}"),
+                               otlp.INTERNAL, self.start, end, route,
+                               otlp.ERROR if record.outcome == "error" else otlp.UNSET, otlp.LOCAL_PARENT))
+        server = self.attributes
+        server["http.response.status_code"] = record.status
+        server["sidecar.request_id"] = record.request_id
+        server["sidecar.outcome"] = record.outcome
+        server["sidecar.attempts"] = record.attempts
         if record.deployment:
-            attributes["sidecar.deployment"] = record.deployment
+            server["sidecar.deployment"] = record.deployment
         if record.fallback:
-            attributes["sidecar.fallback"] = record.fallback
+            server["sidecar.fallback"] = record.fallback
         if record.usage is not None:
-            attributes["gen_ai.usage.input_tokens"] = record.usage.prompt_tokens
-            attributes["gen_ai.usage.output_tokens"] = record.usage.completion_tokens
+            server["gen_ai.usage.input_tokens"] = record.usage.prompt_tokens
+            server["gen_ai.usage.output_tokens"] = record.usage.completion_tokens
         if record.cost is not None:
-            attributes["sidecar.cost_usd"] = record.cost
+            server["sidecar.cost_usd"] = record.cost
         if record.ttft is not None:
-            attributes["sidecar.time_to_first_token"] = record.ttft
+            server["sidecar.time_to_first_token"] = record.ttft
         if record.error_type:
-            attributes["error.type"] = record.error_type
-        finished.append(ReadableSpan(
-            self.name, server, self.parent, resource, attributes, (), (), SpanKind.SERVER, None,
-            _ERROR if record.status >= 500 else _UNSET, self.start, end, scope))
-        for processor in tracing.processors:
-            for span in finished:
-                processor.on_end(span)
+            server["error.type"] = record.error_type
+        parent = self.parent
+        head = otlp.ids(trace_id, server_id, None if parent is None else parent.span_id.to_bytes(8, "big"), state)
+        spans.append(otlp.span(head, otlp.string(0x2A, self.name), otlp.SERVER, self.start, end,
+                               attributes(SPAN_ATTRIBUTE, server), otlp.ERROR if record.status >= 500 else otlp.UNSET,
+                               otlp.REMOTE_PARENT if parent is not None and parent.is_remote else otlp.LOCAL_PARENT))
+        for exporter in tracing.exporters:
+            exporter.add(spans)
 
-    def _events(self, trail: list[object], end: int) -> list[Event]:
-        """The trail as route-span events, each timed by the first mark at or after it."""
-        events = []
+    def _events(self, events: list[tuple[str, dict[str, Any]]], end: int) -> bytes:
+        """The trail's events, each timed by the first mark at or after it."""
+        encoded = []
         marks = self.marks
         m = 0
-        for index, item in enumerate(trail):
+        for index, (name, values) in enumerate(events):
             while m < len(marks) and marks[m][0] <= index:
                 m += 1
-            name, attributes = _event(item)
-            events.append(Event(name, attributes, marks[m][1] if m < len(marks) else end))
-        return events
-
-
-def _route_attributes(outcome: Outcome) -> dict[str, Any]:
-    candidates: list[str] = []
-    scores: list[str] = []
-    skipped: list[str] = []
-    fallbacks: list[str] = []
-    retries = 0
-    for item in outcome.trail:
-        if isinstance(item, Ranking):
-            for deployment, tier, unhealthy, score in item.candidates:
-                if deployment not in candidates:
-                    candidates.append(deployment)
-                scores.append(_score(deployment, tier, unhealthy, score))
-        elif isinstance(item, Attempt):
-            if item.deployment not in candidates:
-                candidates.append(item.deployment)
-            retries += item.retry > 0
-        elif isinstance(item, Skip):
-            if item.deployment not in candidates:
-                candidates.append(item.deployment)
-            skipped.append(f"{item.deployment}: {item.reason}")
-        elif isinstance(item, FallbackStep):
-            fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
-    attributes: dict[str, Any] = {"sidecar.routing.candidates": candidates, "sidecar.routing.retries": retries}
-    lists = {"sidecar.routing.scores": scores, "sidecar.routing.skipped": skipped,
-             "sidecar.routing.fallbacks": fallbacks}
-    attributes.update((key, value) for key, value in lists.items() if value)  # empty lists are left out
-    if outcome.deployment is not None:
-        attributes["sidecar.routing.chosen"] = outcome.deployment
-    if outcome.answered_group is not None:
-        attributes["sidecar.routing.answered_group"] = outcome.answered_group
-    if outcome.catch_all is not None:
-        attributes["sidecar.routing.catch_all"] = outcome.catch_all
-    return attributes
-
-
-def _score(deployment: str, tier: float, unhealthy: bool, score: float) -> str:
-    order = "none" if tier == float("inf") else f"{tier:g}"
-    return f"{deployment}: order={order} {'failing' if unhealthy else 'healthy'} score={score:.6g}"
-
-
-def _event(item: object) -> tuple[str, dict[str, Any]]:
-    if isinstance(item, Ranking):
-        return "ranking", {"sidecar.model_group": item.group, "sidecar.routing.strategy": item.strategy,
-                           "sidecar.routing.scores": [_score(*c) for c in item.candidates]}
-    if isinstance(item, Attempt):
-        return "attempt", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group,
-                           "sidecar.attempt": item.number, "sidecar.retry": item.retry}
-    if isinstance(item, Skip):
-        return "skip", {"sidecar.deployment": item.deployment, "sidecar.reason": item.reason}
-    if isinstance(item, FallbackStep):
-        return "fallback", {"sidecar.fallback.from": item.from_group, "sidecar.fallback.to": item.to_group,
-                            "sidecar.fallback.cause": item.cause}
-    if isinstance(item, Retry):
-        return "retry", {"sidecar.reason": item.reason, "sidecar.retry.delay": item.delay}
-    if isinstance(item, Failover):
-        return "failover", {"sidecar.reason": item.reason}
-    if isinstance(item, GiveUp):
-        return "give_up", {"sidecar.reason": item.reason}
-    if isinstance(item, Transition):
-        return "breaker_transition", {"sidecar.deployment": item.deployment, "sidecar.breaker.from": item.old.value,
-                                      "sidecar.breaker.to": item.new.value, "sidecar.reason": item.reason}
-    return type(item).__name__.lower(), {}
+            encoded.append(otlp.event(marks[m][1] if m < len(marks) else end, name,
+                                      attributes(otlp.EVENT_ATTRIBUTE, values)))
+        return b"".join(encoded)

@@ -7,17 +7,26 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import openai
 import orjson
 import pytest
 import requests
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -401,3 +410,48 @@ def test_metrics_are_exported_over_otlp_too(traced: Sidecar, receiver: Receiver)
     assert receiver.metric("llm_sidecar_breaker_state", deployment=PRIMARY) in (0, 1, 2)
     assert receiver.metric("llm_sidecar_tokens", model_group="priced", direction="output") > 0
     assert receiver.metric("llm_sidecar_cost_usd", model_group="priced") > 0
+
+
+class _GrpcTraces(TraceServiceServicer):
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    def Export(self, request: ExportTraceServiceRequest, context: object) -> ExportTraceServiceResponse:
+        self.receiver.add(request.SerializeToString())
+        return ExportTraceServiceResponse()
+
+
+def test_spans_go_over_otlp_grpc_too(workdir: Path, primary: FakeProvider, backup: FakeProvider) -> None:
+    receiver = Receiver()  # its HTTP side stays unused: spans arrive through the gRPC service
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    add_TraceServiceServicer_to_server(_GrpcTraces(receiver), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+           "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_METRICS_EXPORTER": "none"}
+    process = Sidecar(_config(primary, backup), workdir, "grpc-traces", env=env)
+    try:
+        request_id, _ = _chat(process, model="spare")
+        tree = Tree.of(receiver.trace(request_id))
+        assert tree.server.attributes["sidecar.deployment"] == SPARE
+        assert [c.attributes["gen_ai.provider.name"] for c in tree.clients] == ["openai"]
+    finally:
+        assert process.stop() == 0
+        server.stop(0)
+        receiver.stop()
+
+
+def test_console_exporter_prints_otlp_json(workdir: Path, primary: FakeProvider, backup: FakeProvider) -> None:
+    env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    process = Sidecar(_config(primary, backup), workdir, "console-traces", env=env)
+    try:
+        request_id, _ = _chat(process, model="spare")
+        deadline = time.monotonic() + 10
+        while request_id not in process.logs():
+            assert time.monotonic() < deadline, "no span printed"
+            time.sleep(0.05)
+    finally:
+        assert process.stop() == 0
+    printed = [orjson.loads(line) for line in process.logs().splitlines() if line.startswith('{"resourceSpans"')]
+    spans = [s for batch in printed for rs in batch["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+    assert {s["name"] for s in spans} >= {"POST /v1/chat/completions", "route spare", "chat backup-model"}

@@ -1,0 +1,80 @@
+"""The router's trail of decisions as the ``route`` span's attributes and events (pure)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sidecar.policy.breaker import Transition
+from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip
+from sidecar.policy.retry import Failover, GiveUp, Retry
+
+if TYPE_CHECKING:
+    from sidecar.outcome import Outcome
+
+
+def route_span(outcome: Outcome) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The route span's attributes (candidates in strategy order with their scores, skips, fallbacks,
+    retries, the choice) and its events: one (name, attributes) per trail item, in order."""
+    candidates: list[str] = []
+    scores: list[str] = []
+    skipped: list[str] = []
+    fallbacks: list[str] = []
+    events = []
+    retries = 0
+    for item in outcome.trail:
+        if isinstance(item, Ranking):
+            ranked = [_score(*c) for c in item.candidates]
+            scores += ranked
+            candidates += [c[0] for c in item.candidates if c[0] not in candidates]
+            events.append(("ranking", {"sidecar.model_group": item.group, "sidecar.routing.strategy": item.strategy,
+                                       "sidecar.routing.scores": ranked}))
+            continue
+        if isinstance(item, Attempt):
+            if item.deployment not in candidates:
+                candidates.append(item.deployment)
+            retries += item.retry > 0
+        elif isinstance(item, Skip):
+            if item.deployment not in candidates:
+                candidates.append(item.deployment)
+            skipped.append(f"{item.deployment}: {item.reason}")
+        elif isinstance(item, FallbackStep):
+            fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
+        events.append(event(item))
+    attributes: dict[str, Any] = {"sidecar.routing.candidates": candidates, "sidecar.routing.retries": retries}
+    lists = {"sidecar.routing.scores": scores, "sidecar.routing.skipped": skipped,
+             "sidecar.routing.fallbacks": fallbacks}
+    attributes.update((key, value) for key, value in lists.items() if value)  # empty lists are left out
+    if outcome.deployment is not None:
+        attributes["sidecar.routing.chosen"] = outcome.deployment
+    if outcome.answered_group is not None:
+        attributes["sidecar.routing.answered_group"] = outcome.answered_group
+    if outcome.catch_all is not None:
+        attributes["sidecar.routing.catch_all"] = outcome.catch_all
+    return attributes, events
+
+
+def _score(deployment: str, tier: float, unhealthy: bool, score: float) -> str:
+    order = "none" if tier == float("inf") else f"{tier:g}"
+    return f"{deployment}: order={order} {'failing' if unhealthy else 'healthy'} score={score:.6g}"
+
+
+def event(item: object) -> tuple[str, dict[str, Any]]:
+    """One trail item (not a Ranking: ``route_span`` does those) as an event: its name and attributes."""
+    if isinstance(item, Attempt):
+        return "attempt", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group,
+                           "sidecar.attempt": item.number, "sidecar.retry": item.retry}
+    if isinstance(item, Skip):
+        return "skip", {"sidecar.deployment": item.deployment, "sidecar.reason": item.reason}
+    if isinstance(item, FallbackStep):
+        return "fallback", {"sidecar.fallback.from": item.from_group, "sidecar.fallback.to": item.to_group,
+                            "sidecar.fallback.cause": item.cause}
+    if isinstance(item, Retry):
+        return "retry", {"sidecar.reason": item.reason, "sidecar.retry.delay": item.delay}
+    if isinstance(item, Failover):
+        return "failover", {"sidecar.reason": item.reason}
+    if isinstance(item, GiveUp):
+        return "give_up", {"sidecar.reason": item.reason}
+    if isinstance(item, Transition):
+        return "breaker_transition", {"sidecar.deployment": item.deployment, "sidecar.breaker.from": item.old.value,
+                                      "sidecar.breaker.to": item.new.value, "sidecar.reason": item.reason}
+    return type(item).__name__.lower(), {}
