@@ -28,10 +28,10 @@ from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, Up
 from sidecar.providers import wire, wire_stream
 from sidecar.providers.base import UpstreamCall
 
-# Headers added to the calls of the current attempt (the W3C traceparent of its CLIENT span); set by
-# telemetry only for a sampled request to a deployment with propagate_trace, so the precomputed, shared
-# UpstreamCall.headers mapping is copied only then.
-TRACE_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("sidecar_trace_headers", default=None)
+# Header lines added to the calls of the current attempt: the W3C trace context (``traceparent`` of its CLIENT
+# span, or the app's own when unsampled), encoded once by telemetry (``trace_fields``); empty otherwise.
+TRACE_HEADERS: ContextVar[bytes] = ContextVar("sidecar_trace_headers", default=b"")
+trace_fields = wire.trace_fields
 
 
 @dataclass(slots=True)

@@ -66,9 +66,8 @@ class _Target:
     port: int
     ssl: ssl.SSLContext | None
     headers: Mapping[str, str]  # the mapping this was built from (identity checked first, then equality)
-    names: frozenset[str]  # its lower-cased field names
-    fields: bytes  # request line and header lines, without content-length
-    head: bytes  # fields + b"content-length: "
+    head: bytes  # request line and header lines, then b"content-length: "
+    untraced: bytes  # request line and header lines without trace context ones, without content-length
 
 
 class Host:
@@ -218,9 +217,9 @@ class Pool:
     def idle_connections(self) -> int:
         return sum(len(h.idle) for h in self._hosts.values())
 
-    async def post(self, call: UpstreamCall, extra: Mapping[str, str] | None = None) -> Response:
-        """POST ``call`` (plus ``extra`` headers) and return the whole answer; the caller bounds the time."""
-        host, target, data = self.prepare(call, extra)
+    async def post(self, call: UpstreamCall, trace: bytes = b"") -> Response:
+        """POST ``call`` (with ``trace`` context fields) and return the whole answer; the caller bounds the time."""
+        host, target, data = self.prepare(call, trace)
         conn, reused = await self.acquire(host, target, fresh=False)
         if reused:
             try:
@@ -230,17 +229,14 @@ class Pool:
             conn, _ = await self.acquire(host, target, fresh=True)
         return await self._exchange(host, conn, data)
 
-    def prepare(self, call: UpstreamCall, extra: Mapping[str, str] | None) -> tuple[Host, _Target, bytes]:
-        """The host's connections, the target and the request's bytes."""
+    def prepare(self, call: UpstreamCall, trace: bytes = b"") -> tuple[Host, _Target, bytes]:
+        """The host's connections, the target and the request's bytes; ``trace``: the W3C trace context's
+        header lines (``trace_fields``), which replace any configured ones."""
         target = self._target(call.url, call.headers)
-        fields = target.head
-        if extra:
-            if any(name.lower() in target.names for name in extra):  # replaces a field: build it afresh
-                target = self._build(call.url, {**call.headers, **extra})
-                fields = target.head
-            else:
-                fields = target.fields + _encode_fields(extra) + b"content-length: "
-        data = b"%s%d\r\n\r\n%s" % (fields, len(call.body), call.body)
+        if trace:
+            data = b"%s%scontent-length: %d\r\n\r\n%s" % (target.untraced, trace, len(call.body), call.body)
+        else:
+            data = b"%s%d\r\n\r\n%s" % (target.head, len(call.body), call.body)
         host = self._hosts.get(target.key)
         if host is None:
             host = self._hosts[target.key] = Host()
@@ -365,11 +361,21 @@ class Pool:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if any(c in path for c in " \r\n"):
             raise ValueError("invalid character in the upstream URL's path")
-        encoded = f"POST {path} HTTP/1.1\r\n".encode() + _encode_fields(fields)
+        line = f"POST {path} HTTP/1.1\r\n".encode()
+        encoded = line + _encode_fields(fields)
+        untraced = line + _encode_fields({k: v for k, v in fields.items() if k not in TRACE_FIELDS})
         if scheme == "https":
             self.load_tls()
         return _Target((scheme, host, port), host, port, self._ssl_context if scheme == "https" else None,
-                       headers, frozenset(fields), encoded, encoded + b"content-length: ")
+                       headers, encoded + b"content-length: ", untraced)
+
+
+TRACE_FIELDS = frozenset(("traceparent", "tracestate"))
+
+
+def trace_fields(fields: Mapping[str, str]) -> bytes:
+    """W3C trace context header lines for ``prepare``, checked like every other field."""
+    return _encode_fields({name.lower(): value for name, value in fields.items()})
 
 
 def _encode_fields(fields: Mapping[str, str]) -> bytes:

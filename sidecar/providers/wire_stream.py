@@ -17,7 +17,6 @@ a fresh one. Errors raised are those of ``wire`` (mapped by ``providers.http``) 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 from sidecar.formats.http1 import BadResponse, CutOff, TooLarge
 from sidecar.providers.base import UpstreamCall
@@ -26,9 +25,9 @@ from sidecar.providers.wire import Conn, Host, Pool, Stale
 HIGH_WATER = 256 * 1024  # bytes parsed and not yet read before the socket is paused; SSE events are ~100-300 B
 
 
-async def open_stream(pool: Pool, call: UpstreamCall, extra: Mapping[str, str] | None = None) -> Stream:
+async def open_stream(pool: Pool, call: UpstreamCall, trace: bytes = b"") -> Stream:
     """POST ``call`` and return once the answer's head is in; the caller bounds the time."""
-    host, target, data = pool.prepare(call, extra)
+    host, target, data = pool.prepare(call, trace)
     conn, reused = await pool.acquire(host, target, fresh=False)
     if reused:
         try:

@@ -12,24 +12,22 @@ if TYPE_CHECKING:
     from sidecar.outcome import Outcome
 
 
-def route_span(outcome: Outcome) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+def route_span(outcome: Outcome) -> tuple[dict[str, Any], list[list[str]]]:
     """The route span's attributes (candidates in strategy order with their scores, skips, fallbacks,
-    retries, the choice) and its events: one (name, attributes) per trail item, in order."""
+    retries, the choice), and each Ranking's scores in trail order (its event shows them again)."""
     candidates: list[str] = []
     scores: list[str] = []
     skipped: list[str] = []
     fallbacks: list[str] = []
-    events = []
+    rankings = []
     retries = 0
     for item in outcome.trail:
         if isinstance(item, Ranking):
             ranked = [_score(*c) for c in item.candidates]
+            rankings.append(ranked)
             scores += ranked
             candidates += [c[0] for c in item.candidates if c[0] not in candidates]
-            events.append(("ranking", {"sidecar.model_group": item.group, "sidecar.routing.strategy": item.strategy,
-                                       "sidecar.routing.scores": ranked}))
-            continue
-        if isinstance(item, Attempt):
+        elif isinstance(item, Attempt):
             if item.deployment not in candidates:
                 candidates.append(item.deployment)
             retries += item.retry > 0
@@ -39,7 +37,6 @@ def route_span(outcome: Outcome) -> tuple[dict[str, Any], list[tuple[str, dict[s
             skipped.append(f"{item.deployment}: {item.reason}")
         elif isinstance(item, FallbackStep):
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
-        events.append(event(item))
     attributes: dict[str, Any] = {"sidecar.routing.candidates": candidates, "sidecar.routing.retries": retries}
     lists = {"sidecar.routing.scores": scores, "sidecar.routing.skipped": skipped,
              "sidecar.routing.fallbacks": fallbacks}
@@ -50,7 +47,7 @@ def route_span(outcome: Outcome) -> tuple[dict[str, Any], list[tuple[str, dict[s
         attributes["sidecar.routing.answered_group"] = outcome.answered_group
     if outcome.catch_all is not None:
         attributes["sidecar.routing.catch_all"] = outcome.catch_all
-    return attributes, events
+    return attributes, rankings
 
 
 def _score(deployment: str, tier: float, unhealthy: bool, score: float) -> str:
@@ -59,7 +56,9 @@ def _score(deployment: str, tier: float, unhealthy: bool, score: float) -> str:
 
 
 def event(item: object) -> tuple[str, dict[str, Any]]:
-    """One trail item (not a Ranking: ``route_span`` does those) as an event: its name and attributes."""
+    """One trail item as an event: its name and attributes (a Ranking's scores are ``route_span``'s)."""
+    if isinstance(item, Ranking):
+        return "ranking", {"sidecar.model_group": item.group, "sidecar.routing.strategy": item.strategy}
     if isinstance(item, Attempt):
         return "attempt", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group,
                            "sidecar.attempt": item.number, "sidecar.retry": item.retry}

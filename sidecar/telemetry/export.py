@@ -71,8 +71,11 @@ class BatchExporter:
             await self.flush()
 
     async def flush(self) -> None:
-        while self.queue:
-            batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
+        """Send what is queued now. Spans that end while it is being sent wait for the next batch: draining
+        until the queue stays empty would, under load, send a tiny batch after every few requests."""
+        pending, self.queue = self.queue, []
+        for start in range(0, len(pending), self.max_batch):
+            batch = pending[start:start + self.max_batch]
             try:
                 await self.send(self.envelope.request(batch))
             except Exception as exc:  # the collector is down or slow: spans are best effort

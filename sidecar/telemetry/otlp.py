@@ -142,19 +142,25 @@ def _short_string_value(value: Any) -> bytes:
 
 
 class _Key:
-    """One attribute key's encodings, built as values need them: the KeyValue field's head for a string
-    value of each byte length, and for a small int, so an attribute costs a lookup and a join."""
+    """One attribute key's encodings, so that an attribute costs a lookup and a join: the KeyValue field's
+    head for an int below 128, one below 16384, a float, and a string of each byte length (built as
+    values need them). Keys too long for one-byte lengths (``short`` false) take ``attribute``."""
 
-    __slots__ = ("int_head", "name", "str_heads", "tag")
+    __slots__ = ("float_head", "int1_head", "int2_head", "name", "short", "str_heads", "str_limit", "tag")
 
     def __init__(self, tag: int, key: str) -> None:
         self.tag = tag
         self.name = name = _field(0x0A, key.encode())
-        self.int_head = b"%c%c%s\x12\x02\x18" % (tag, len(name) + 4, name) if len(name) < 0x7C else b""
-        self.str_heads: list[bytes | None] = [None] * max(0, min(0x7E, 0x7C - len(name)))
+        self.short = len(name) < 0x70
+        size = len(name) if self.short else 0
+        self.int1_head = b"%c%c%s\x12\x02\x18" % (tag, size + 4, name)
+        self.int2_head = b"%c%c%s\x12\x03\x18" % (tag, size + 5, name)
+        self.float_head = b"%c%c%s\x12\x09\x21" % (tag, size + 11, name)
+        self.str_limit = 0x7C - size if self.short else 0
+        self.str_heads: list[bytes | None] = [None] * self.str_limit
 
     def str_head(self, n: int) -> bytes:
-        """The head for a string value of ``n`` bytes (``n`` < len(str_heads))."""
+        """The head for a string value of ``n`` bytes (``n`` < ``str_limit``)."""
         name = self.name
         head = self.str_heads[n] = b"%c%c%s\x12%c\x0a%c" % (self.tag, len(name) + n + 4, name, n + 2, n)
         return head
@@ -162,30 +168,39 @@ class _Key:
 
 _TABLES: dict[int, dict[str, _Key]] = {}
 _SMALL = [bytes((n,)) for n in range(0x80)]
+_VARINT2 = struct.Struct("<H").pack  # n in 128..16383 as a two-byte varint: (n & 0x7F | 0x80) | (n >> 7) << 8
 
 
 def attributes(tag: int, values: Mapping[str, Any]) -> bytes:
-    """``values`` as ``tag`` fields (``attribute`` each, with the common cases inlined)."""
+    """``values`` as ``tag`` fields: ``attribute`` for each, with the common cases inlined."""
     table = _TABLES.get(tag)
     if table is None:
         table = _TABLES[tag] = {}
-    out = []
+    out: list[bytes] = []
     for key, value in values.items():
         encoder = table.get(key)
         if encoder is None:
             encoder = _Key(tag, key)
             if len(table) < 4096:
                 table[key] = encoder
-        kind = value.__class__
-        if kind is str:
-            text = value.encode()
-            n = len(text)
-            if n < len(encoder.str_heads):
-                out += (encoder.str_heads[n] or encoder.str_head(n), text)
+        if encoder.short:
+            kind = value.__class__
+            if kind is str:
+                text = value.encode()
+                n = len(text)
+                if n < encoder.str_limit:
+                    out += (encoder.str_heads[n] or encoder.str_head(n), text)
+                    continue
+            elif kind is int:
+                if 0 <= value < 0x80:
+                    out += (encoder.int1_head, _SMALL[value])
+                    continue
+                if 0x80 <= value < 0x4000:
+                    out += (encoder.int2_head, _VARINT2((value & 0x7F | 0x80) | (value >> 7) << 8))
+                    continue
+            elif kind is float:
+                out += (encoder.float_head, _DOUBLE(value))
                 continue
-        elif kind is int and 0 <= value < 0x80 and encoder.int_head:
-            out += (encoder.int_head, _SMALL[value])
-            continue
         out.append(attribute(tag, key, value))
     return b"".join(out)
 
@@ -195,9 +210,10 @@ def error_status(message: str) -> bytes:
     return _field(0x7A, _field(0x12, message.encode()) + b"\x18\x02")
 
 
-def event(time: int, name: str, attributes_: bytes) -> bytes:
-    """A ``Span.events`` field: time (1, fixed64), name (2), attributes (3, already encoded)."""
-    return _field(0x5A, b"\x09" + _FIXED64(time) + string(0x12, name) + attributes_)
+def event(time: int, body: bytes) -> bytes:
+    """A ``Span.events`` field: time (1, fixed64), then ``body``: its name (2, ``string(0x12, …)``) and
+    attributes (3), encoded."""
+    return _field(0x5A, b"\x09" + _FIXED64(time) + body)
 
 
 def trace_state(header: str) -> bytes:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -35,7 +36,10 @@ from sidecar.core.cost import request_cost
 from sidecar.core.errors import UpstreamError
 from sidecar.core.types import ChatResponse
 from sidecar.formats.continuation import StreamProgress
-from sidecar.providers.http import TRACE_HEADERS
+from sidecar.policy.breaker import Transition
+from sidecar.policy.plan import Ranking
+from sidecar.policy.retry import Retry
+from sidecar.providers.http import TRACE_HEADERS, trace_fields
 from sidecar.telemetry import decisions, export, exporter_names, otlp
 from sidecar.telemetry.logs import REDACT
 from sidecar.telemetry.otlp import SPAN_ATTRIBUTE, attributes
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.telemetry")
 _PROPAGATOR = TraceContextTextMapPropagator()
+_VARYING = (Retry, Transition)  # trail items with a delay or a time: their events are not kept
 _CURRENT: contextvars.ContextVar[RequestSpans | Passthrough | None] = contextvars.ContextVar(
     "sidecar_request_spans", default=None)
 # gen_ai.provider.name values (semconv well-known names) for our provider prefixes.
@@ -54,6 +59,17 @@ GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": 
                    "gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "groq": "groq",
                    "together_ai": "together_ai", "fireworks_ai": "fireworks_ai", "ollama": "ollama",
                    "hosted_vllm": "vllm", "sglang": "sglang"}
+
+
+def _kept(cache: dict[tuple[tuple[str, Any], ...], bytes], labels: tuple[tuple[str, Any], ...]) -> bytes:
+    """Attributes whose values recur (deployment, status, outcome, model, finish reasons), encoded once per
+    combination; a None value is left out."""
+    encoded = cache.get(labels)
+    if encoded is None:
+        if len(cache) >= 4096:
+            cache.clear()
+        encoded = cache[labels] = attributes(SPAN_ATTRIBUTE, {k: v for k, v in labels if v is not None})
+    return encoded
 
 
 def _exporter(name: str, env: Mapping[str, str], post: export.Post | None,
@@ -95,6 +111,12 @@ class Tracing:
                 fixed["server.port"] = address.port
             self.clients[d.id] = (otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed))
         self.route_fixed = {group: self.route_attributes(group) for group in config.groups}
+        self.labels: dict[tuple[tuple[str, Any], ...], bytes] = {}  # recurring attributes → encoded (_kept)
+        self.events: dict[object, bytes] = {}  # trail item → its event's encoded name and attributes
+        # The usual samplers decide without a call: always_on, and parentbased_always_on (the default).
+        description = self.sampler.get_description()
+        self.samples_all = description == ALWAYS_ON.get_description()
+        self.follows_parent = description == ParentBased(ALWAYS_ON).get_description()
 
     def route_attributes(self, group: str) -> bytes:
         return attributes(SPAN_ATTRIBUTE, {"sidecar.model_group": group, "sidecar.routing.strategy": self.strategy})
@@ -134,19 +156,25 @@ class Tracing:
                 parent, parent_context = None, None
         trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
         name = f"{method} {path}"
-        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path, "gen_ai.request.model": model}
-        sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
-        if not sampling.decision.is_sampled():
-            if parent is None:
-                return _DROPPED
-            passthrough = Passthrough(parent, headers)
-            passthrough.var_token = _CURRENT.set(passthrough)
-            return passthrough
-        if sampling.attributes:
-            attributes.update(sampling.attributes)
+        request = {"http.request.method": method, "url.path": path, "gen_ai.request.model": model}
+        extra: dict[str, Any] = {}
+        if self.samples_all or (self.follows_parent and (parent is None or parent.trace_flags.sampled)):
+            trace_state = parent.trace_state if parent is not None else None  # what those samplers return
+        else:
+            sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, request)
+            if not sampling.decision.is_sampled():
+                if parent is None:
+                    return _DROPPED
+                passthrough = Passthrough(parent, headers)
+                passthrough.var_token = _CURRENT.set(passthrough)
+                return passthrough
+            trace_state = sampling.trace_state
+            extra.update(sampling.attributes or {})
         if self.capture_content and body is not None:
-            attributes["sidecar.request.content"] = self._content(body.get("messages") or body.get("prompt"))
-        spans = RequestSpans(self, trace_id, parent, sampling.trace_state, name, model, attributes)
+            extra["sidecar.request.content"] = self._content(body.get("messages") or body.get("prompt"))
+        spans = RequestSpans(self, trace_id, parent, trace_state, name, model,
+                             (("http.request.method", method), ("url.path", path), ("gen_ai.request.model", model)),
+                             extra)
         spans.var_token = _CURRENT.set(spans)
         return spans
 
@@ -169,10 +197,8 @@ class Tracing:
         span = AttemptSpan(self, spans, deployment, self.ids.generate_span_id(), outcome.attempts, retry)
         spans.clients.append(span)
         if deployment.propagate_trace:
-            headers = {"traceparent": f"{spans.traceparent_prefix}{span.span_id:016x}-01"}
-            if spans.tracestate:
-                headers["tracestate"] = spans.tracestate
-            span.token = TRACE_HEADERS.set(headers)
+            span.token = TRACE_HEADERS.set(b"%s%016x-01\r\n%s" % (spans.traceparent_prefix, span.span_id,
+                                                                    spans.tracestate_field))
         return span
 
 
@@ -181,7 +207,7 @@ class Forwarded:
 
     __slots__ = ("token",)
 
-    def __init__(self, token: Token[Mapping[str, str] | None]) -> None:
+    def __init__(self, token: Token[bytes]) -> None:
         self.token = token
 
     def succeeded(self, result: object, outcome: Outcome) -> None:
@@ -192,16 +218,19 @@ class Forwarded:
 
 
 class AttemptSpan:
-    """One CLIENT span's facts; ``succeeded`` or ``failed`` ends it, ``RequestSpans.finish`` exports it."""
+    """One CLIENT span's facts; ``succeeded`` or ``failed`` ends it, ``RequestSpans.finish`` exports it.
+    ``labels`` are the attributes whose values recur from request to request (encoded once per combination),
+    ``attributes`` the rest (token counts, cost, time to first token)."""
 
-    __slots__ = ("attributes", "deployment", "end", "span_id", "start", "status", "token", "tracing")
+    __slots__ = ("attributes", "deployment", "end", "labels", "span_id", "start", "status", "token", "tracing")
 
     def __init__(self, tracing: Tracing, spans: RequestSpans, deployment: Deployment, span_id: int,
                  number: int, retry: int) -> None:
         self.tracing, self.deployment, self.span_id = tracing, deployment, span_id
-        self.attributes: dict[str, Any] = {"sidecar.attempt": number, "sidecar.retry": retry}  # + the fixed ones
+        self.labels: list[tuple[str, Any]] = [("sidecar.attempt", number), ("sidecar.retry", retry)]
+        self.attributes: dict[str, Any] = {}
         self.status = otlp.UNSET
-        self.token: Token[Mapping[str, str] | None] | None = None
+        self.token: Token[bytes] | None = None
         self.end = 0
         self.start = time_ns()
 
@@ -213,28 +242,29 @@ class AttemptSpan:
 
     def succeeded(self, result: object, outcome: Outcome) -> None:
         self._release()
-        attributes = self.attributes
+        labels, attributes = self.labels, self.attributes
         usage = outcome.usage
         if isinstance(result, ChatResponse):
             usage = result.usage or usage
             data = result.data
             model = data.get("model")
             if isinstance(model, str):
-                attributes["gen_ai.response.model"] = model
+                labels.append(("gen_ai.response.model", model))
             choices = data.get("choices")
             if isinstance(choices, list):
                 reasons = [c.get("finish_reason") for c in choices if isinstance(c, dict)]
-                attributes["gen_ai.response.finish_reasons"] = [r for r in reasons if isinstance(r, str)]
+                labels.append(("gen_ai.response.finish_reasons", tuple(r for r in reasons if isinstance(r, str))))
                 if self.tracing.capture_content and choices and isinstance(choices[0], dict):
                     message = choices[0].get("message") or {}
                     text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
                     attributes["sidecar.response.content"] = self.tracing._content(text or "")
         elif isinstance(result, StreamProgress):  # a stream's attempt, once the router hands its progress on
             if result.model is not None:
-                attributes["gen_ai.response.model"] = result.model
+                labels.append(("gen_ai.response.model", result.model))
             reason = getattr(result, "finish_reason", None)
             if isinstance(reason, str):
-                attributes["gen_ai.response.finish_reasons"] = [reason]
+                labels.append(("gen_ai.response.finish_reasons", (reason,)))
+        labels.append(("http.response.status_code", 200))
         if usage is not None:
             attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
@@ -243,18 +273,17 @@ class AttemptSpan:
                 attributes["sidecar.cost_usd"] = cost
         if outcome.ttft is not None:
             attributes["sidecar.time_to_first_token"] = outcome.ttft
-        attributes["http.response.status_code"] = 200
 
     def failed(self, error: BaseException) -> None:
         self._release()
-        attributes = self.attributes
+        labels = self.labels
         if isinstance(error, UpstreamError):
-            attributes["error.type"] = error.error_class
+            labels.append(("error.type", error.error_class))
             if error.upstream_status:
-                attributes["http.response.status_code"] = error.upstream_status
+                labels.append(("http.response.status_code", error.upstream_status))
             self.status = otlp.error_status(REDACT(error.message))
         else:
-            attributes["error.type"] = "cancelled" if not isinstance(error, Exception) else type(error).__name__
+            labels.append(("error.type", "cancelled" if not isinstance(error, Exception) else type(error).__name__))
             self.status = otlp.ERROR
 
 
@@ -268,7 +297,7 @@ class Passthrough:
         forwarded = {"traceparent": headers["traceparent"]}
         if headers.get("tracestate"):
             forwarded["tracestate"] = headers["tracestate"]
-        self.headers: Mapping[str, str] = forwarded
+        self.headers = trace_fields(forwarded)  # the app's own values: checked before they go upstream
         self.var_token: Token[RequestSpans | Passthrough | None] | None = None
 
     def finish(self, record: RequestRecord, outcome: Outcome | None) -> None:
@@ -293,19 +322,21 @@ _DROPPED: Any = _Dropped()
 class RequestSpans:
     """A sampled request: its ids, times and attributes until ``finish`` encodes and queues its spans."""
 
-    __slots__ = ("attributes", "clients", "flushed", "marks", "model", "name", "parent", "server_id", "start",
-                 "state", "trace_id", "trace_id_bytes", "traceparent_prefix", "tracestate", "tracing", "var_token")
+    __slots__ = ("attributes", "clients", "flushed", "marks", "model", "name", "parent", "request", "server_id",
+                 "start", "state", "trace_id", "trace_id_bytes", "traceparent_prefix", "tracestate_field", "tracing",
+                 "var_token")
 
     def __init__(self, tracing: Tracing, trace_id: int, parent: SpanContext | None, trace_state: Any, name: str,
-                 model: str, attributes: dict[str, Any]) -> None:
+                 model: str, request: tuple[tuple[str, str], ...], attributes: dict[str, Any]) -> None:
         self.tracing, self.parent, self.name, self.model = tracing, parent, name, model
-        self.tracestate = trace_state.to_header() if trace_state else ""
-        self.state = otlp.trace_state(self.tracestate)
-        self.attributes = attributes
+        tracestate = trace_state.to_header() if trace_state else ""
+        self.state = otlp.trace_state(tracestate)
+        self.tracestate_field = trace_fields({"tracestate": tracestate}) if tracestate else b""
+        self.request, self.attributes = request, attributes  # (recurring) method, path, model; the rest
         self.server_id = tracing.ids.generate_span_id()
         self.trace_id_bytes = trace_id.to_bytes(16, "big")
         self.trace_id = self.trace_id_bytes.hex()
-        self.traceparent_prefix = f"00-{self.trace_id}-"
+        self.traceparent_prefix = b"traceparent: 00-%s-" % self.trace_id.encode()
         self.clients: list[AttemptSpan] = []
         self.marks: list[tuple[int, int]] = []  # (trail length, time): decisions up to there happened by then
         self.flushed = 0
@@ -331,25 +362,21 @@ class RequestSpans:
         for client in self.clients:
             name, fixed = tracing.clients[client.deployment.id]
             head = otlp.ids(trace_id, client.span_id.to_bytes(8, "big"), route_id, state)
-            body = fixed + attributes(SPAN_ATTRIBUTE, client.attributes)
+            body = fixed + _kept(tracing.labels, tuple(client.labels)) + attributes(SPAN_ATTRIBUTE, client.attributes)
             spans.append(otlp.span(head, name, otlp.CLIENT, client.start, client.end or end, body, client.status,
                                    otlp.LOCAL_PARENT))
         route = tracing.route_fixed.get(self.model) or tracing.route_attributes(self.model)
         if outcome is not None:
-            values, events = decisions.route_span(outcome)
-            route += attributes(SPAN_ATTRIBUTE, values) + self._events(events, end)
+            values, rankings = decisions.route_span(outcome)
+            route += attributes(SPAN_ATTRIBUTE, values) + self._events(outcome.trail, rankings, end)
         spans.append(otlp.span(otlp.ids(trace_id, route_id, server_id, state), otlp.string(0x2A, f"route {self.model}"),
                                otlp.INTERNAL, self.start, end, route,
                                otlp.ERROR if record.outcome == "error" else otlp.UNSET, otlp.LOCAL_PARENT))
+        labels = (*self.request, ("http.response.status_code", record.status), ("sidecar.outcome", record.outcome),
+                  ("sidecar.attempts", record.attempts), ("sidecar.deployment", record.deployment or None),
+                  ("sidecar.fallback", record.fallback), ("error.type", record.error_type or None))
         server = self.attributes
-        server["http.response.status_code"] = record.status
         server["sidecar.request_id"] = record.request_id
-        server["sidecar.outcome"] = record.outcome
-        server["sidecar.attempts"] = record.attempts
-        if record.deployment:
-            server["sidecar.deployment"] = record.deployment
-        if record.fallback:
-            server["sidecar.fallback"] = record.fallback
         if record.usage is not None:
             server["gen_ai.usage.input_tokens"] = record.usage.prompt_tokens
             server["gen_ai.usage.output_tokens"] = record.usage.completion_tokens
@@ -357,24 +384,37 @@ class RequestSpans:
             server["sidecar.cost_usd"] = record.cost
         if record.ttft is not None:
             server["sidecar.time_to_first_token"] = record.ttft
-        if record.error_type:
-            server["error.type"] = record.error_type
         parent = self.parent
         head = otlp.ids(trace_id, server_id, None if parent is None else parent.span_id.to_bytes(8, "big"), state)
         spans.append(otlp.span(head, otlp.string(0x2A, self.name), otlp.SERVER, self.start, end,
-                               attributes(SPAN_ATTRIBUTE, server), otlp.ERROR if record.status >= 500 else otlp.UNSET,
+                               _kept(tracing.labels, labels) + attributes(SPAN_ATTRIBUTE, server),
+                               otlp.ERROR if record.status >= 500 else otlp.UNSET,
                                otlp.REMOTE_PARENT if parent is not None and parent.is_remote else otlp.LOCAL_PARENT))
         for exporter in tracing.exporters:
             exporter.add(spans)
 
-    def _events(self, events: list[tuple[str, dict[str, Any]]], end: int) -> bytes:
-        """The trail's events, each timed by the first mark at or after it."""
+    def _events(self, trail: list[object], rankings: list[list[str]], end: int) -> bytes:
+        """The trail as events, each timed by the first mark at or after it. Items recur (the same attempt
+        of the same deployment, the same skip), so their encodings are kept; a ranking's scores vary."""
         encoded = []
+        cache = self.tracing.events
         marks = self.marks
-        m = 0
-        for index, (name, values) in enumerate(events):
+        m = r = 0
+        for index, item in enumerate(trail):
             while m < len(marks) and marks[m][0] <= index:
                 m += 1
-            encoded.append(otlp.event(marks[m][1] if m < len(marks) else end, name,
-                                      attributes(otlp.EVENT_ATTRIBUTE, values)))
+            ranking = item.__class__ is Ranking
+            key = (item.group, item.strategy) if ranking else item  # type: ignore[attr-defined]
+            body = cache.get(key)
+            if body is None:
+                name, values = decisions.event(item)
+                body = otlp.string(0x12, name) + attributes(otlp.EVENT_ATTRIBUTE, values)
+                if item.__class__ not in _VARYING:
+                    if len(cache) >= 4096:
+                        cache.clear()
+                    cache[key] = body
+            if ranking:
+                body += attributes(otlp.EVENT_ATTRIBUTE, {"sidecar.routing.scores": rankings[r]})
+                r += 1
+            encoded.append(otlp.event(marks[m][1] if m < len(marks) else end, body))
         return b"".join(encoded)

@@ -63,6 +63,7 @@ async def test_against_aiohttp_server_headers_and_chunked(session: aiohttp.Clien
 
     async def chat(request: web.Request) -> web.StreamResponse:
         seen.append({k.lower(): v for k, v in request.headers.items()})
+        seen[-1]["traceparents"] = ",".join(request.headers.getall("traceparent", []))
         body = await request.read()
         if request.query.get("chunked"):
             response = web.StreamResponse(status=201)
@@ -89,12 +90,16 @@ async def test_against_aiohttp_server_headers_and_chunked(session: aiohttp.Clien
         assert seen[0]["host"] == f"127.0.0.1:{port}" and seen[0]["user-agent"] == "llm-sidecar/test"
         assert seen[0]["content-length"] == "7" and seen[0]["content-type"] == "application/json"
         assert "accept-encoding" not in seen[0]
-        http.TRACE_HEADERS.set({"traceparent": "00-abc-def-01"})
+        http.TRACE_HEADERS.set(http.trace_fields({"traceparent": "00-abc-def-01"}))
         await send(session, f"http://127.0.0.1:{port}/v1/chat")
         assert seen[-1]["traceparent"] == "00-abc-def-01"
+        configured = {"content-type": "application/json", "traceparent": "configured", "x-team": "a"}
+        deadline = asyncio.get_running_loop().time() + 5
+        await http.send(session, UpstreamCall(f"http://127.0.0.1:{port}/v1/chat", configured, b"{}"), deadline)
+        assert (seen[-1]["traceparents"], seen[-1]["x-team"]) == ("00-abc-def-01", "a")  # the attempt's context wins
         assert http.pool_of(session).connections() == 1
     finally:
-        http.TRACE_HEADERS.set(None)
+        http.TRACE_HEADERS.set(b"")
         await runner.cleanup()
 
 

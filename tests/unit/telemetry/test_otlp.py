@@ -47,7 +47,8 @@ def test_a_batch_of_spans_is_one_export_request() -> None:
     envelope = otlp.Envelope({"service.name": "llm-sidecar", "k8s.pod.name": "p-1"}, "llm-sidecar", "1.2.3",
                              "https://opentelemetry.io/schemas/1.21.0")
     trace_id, server_id, client_id = bytes(range(1, 17)), bytes(range(8)), bytes(range(10, 18))
-    events = otlp.event(1_500, "attempt", otlp.attributes(otlp.EVENT_ATTRIBUTE, {"sidecar.attempt": 1}))
+    attempt = otlp.string(0x12, "attempt") + otlp.attributes(otlp.EVENT_ATTRIBUTE, {"sidecar.attempt": 1})
+    events = otlp.event(1_500, attempt)
     server = otlp.span(otlp.ids(trace_id, server_id, b"\xaa" * 8, otlp.trace_state("vendor=1")),
                        otlp.string(0x2A, "POST /v1/chat/completions"), otlp.SERVER, 1_000, 9_000,
                        otlp.attributes(otlp.SPAN_ATTRIBUTE, {"http.response.status_code": 200}) + events,
