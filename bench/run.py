@@ -3,7 +3,7 @@
 
     python bench/run.py [--duration 10] [--concurrency 1,8,64] [--upstream auto|nginx|fake]
     python bench/run.py --soak [N]          # N requests (default 1,000,000); RSS at start and end
-    python bench/run.py --tracing           # the same, with tracing on (always-on sampling, OTLP/HTTP)
+    python bench/run.py --tracing           # plus plain requests with tracing on (always-on, OTLP/HTTP)
 
 The upstream is nginx answering a fixed chat.completion (``/plain/v1``) and a fixed SSE stream
 (``/stream/v1``) — see ``bench/nginx.conf.template`` — or, when nginx is absent, the project's fake
@@ -12,8 +12,11 @@ other. For each concurrency it runs wrk directly against the upstream and then t
 reads the sidecar's CPU time (``/proc/PID/stat``) around each run. Streaming time to first token is
 measured by a small asyncio client at concurrency 1, alternating direct and sidecar requests.
 
-With ``--tracing`` the sidecar exports every request's spans (``OTEL_TRACES_SAMPLER=always_on``) over
-OTLP/HTTP to a sink in this driver (on the load core) that accepts ``POST /v1/traces`` and answers 200.
+Plain requests are also sent through ``bench/bare.py``, a bare aiohttp pass-through on the sidecar's core:
+the floor of a Python proxy, measured in the same run (``--no-floor`` skips it). With ``--tracing`` a
+second sidecar exports every request's spans (``OTEL_TRACES_SAMPLER=always_on``) over OTLP/HTTP to a sink
+in this driver (on the load core) that accepts ``POST /v1/traces`` and answers 200; its plain rows are
+measured right after the untraced sidecar's.
 
 Prints a table and writes JSON to ``bench-results/``. Every process it starts is stopped on exit,
 Ctrl-C and errors included. Standard library only (plus the project's venv for the sidecar itself).
@@ -250,6 +253,22 @@ class TraceSink:
         self.server.server_close()
 
 
+class Floor:
+    """``bench/bare.py`` in front of the upstream's plain route, pinned like the sidecar."""
+
+    def __init__(self, procs: Processes, upstream_url: str, workdir: Path, cpu: int) -> None:
+        self.procs = procs
+        self.port = free_port()
+        log = workdir / "bare.log"
+        self.process = procs.start([sys.executable, str(BENCH / "bare.py"), upstream_url, str(self.port)], log, cpu)
+        wait_until(lambda: http_status(self.port, "POST", "/v1/chat/completions",
+                                       (REQUEST_BODY % ("bench-plain", "")).encode()) == 200, self.process, log)
+        self.pid = self.process.pid
+
+    def stop(self) -> None:
+        self.procs.stop(self.process, timeout=10.0)
+
+
 class Sidecar:
     def __init__(self, procs: Processes, config: Path, workdir: Path, cpu: int,
                  env: dict[str, str] | None = None) -> None:
@@ -400,15 +419,17 @@ def _pct(values: list[float], p: float) -> float:
 def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:
     upstream = Upstream(procs, workdir, args.upstream, args.load_cpu)
     config = sidecar_config(upstream, workdir)
-    sink = TraceSink() if args.tracing else None
-    env = sink.env() if sink is not None else None
     ready = []
     for _ in range(args.ready_runs - 1):  # extra cold starts for a steadier ready time
-        extra = Sidecar(procs, config, workdir, args.sidecar_cpu, env)
+        extra = Sidecar(procs, config, workdir, args.sidecar_cpu)
         ready.append(extra.ready_seconds)
         extra.stop()
-    sidecar = Sidecar(procs, config, workdir, args.sidecar_cpu, env)
+    sidecar = Sidecar(procs, config, workdir, args.sidecar_cpu)
     ready.append(sidecar.ready_seconds)
+    floor = None if args.no_floor else Floor(procs, upstream.plain_base + "/chat/completions", workdir,
+                                              args.sidecar_cpu)
+    sink = TraceSink() if args.tracing else None
+    traced = None if sink is None else Sidecar(procs, config, workdir, args.sidecar_cpu, sink.env())
     time.sleep(1.0)
     result: dict[str, Any] = {
         "meta": _meta(args, upstream.kind),
@@ -419,15 +440,23 @@ def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str
     kinds = [("plain", "post.lua", "bench-plain", upstream.plain_base)]
     if not args.no_stream:
         kinds.append(("stream", "stream.lua", "bench-stream", upstream.stream_base))
-    run_wrk(side, "post.lua", "bench-plain", 8, 2, args.load_cpu)  # warm-up: connection pool, caches
+    for proxy in (sidecar, floor, traced):  # warm-up: connection pools, caches
+        if proxy is not None:
+            run_wrk(f"http://127.0.0.1:{proxy.port}/v1/chat/completions", "post.lua", "bench-plain", 8, 2,
+                    args.load_cpu)
     for kind, script, model, base in kinds:
         rows = []
         for conns in args.concurrency:
             direct = run_wrk(base + "/chat/completions", script, model, conns, args.duration, args.load_cpu)
             through = measure(sidecar, side, script, model, conns, args.duration, args.load_cpu)
-            rows.append({"concurrency": conns, "direct": direct, "sidecar": through,
-                         "added_p50_ms": round(through["p50"] - direct["p50"], 4),
-                         "added_p99_ms": round(through["p99"] - direct["p99"], 4)})
+            row = {"concurrency": conns, "direct": direct, "sidecar": through,
+                   "added_p50_ms": round(through["p50"] - direct["p50"], 4),
+                   "added_p99_ms": round(through["p99"] - direct["p99"], 4)}
+            for name, proxy in (("floor", floor), ("traced", traced)):
+                if kind == "plain" and proxy is not None:
+                    row[name] = measure(proxy, f"http://127.0.0.1:{proxy.port}/v1/chat/completions", script, model,
+                                        conns, args.duration, args.load_cpu)
+            rows.append(row)
             _progress(kind, rows[-1])
         result[kind] = rows
     if not args.no_stream:
@@ -441,7 +470,11 @@ def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str
         result["ttft"] = ttft
     result["rss_after_load_mib"] = round(rss_mib(sidecar.pid), 1)
     sidecar.stop()
-    if sink is not None:
+    if floor is not None:
+        floor.stop()
+    if traced is not None and sink is not None:
+        result["traced_rss_after_load_mib"] = round(rss_mib(traced.pid), 1)
+        traced.stop()
         result["trace_batches"] = sink.batches
         sink.stop()
     return result
@@ -483,21 +516,25 @@ def _meta(args: argparse.Namespace, upstream: str) -> dict[str, Any]:
     return {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": commit + ("+" if dirty else ""),
             "upstream": upstream, "duration_s": args.duration, "python": platform.python_version(),
             "cpu": cpu, "cpus": os.cpu_count(), "sidecar_cpu": args.sidecar_cpu, "load_cpu": args.load_cpu,
-            "tracing": "always_on" if getattr(args, "tracing", False) else "off"}
+            "tracing_rows": bool(getattr(args, "tracing", False))}
 
 
 def _progress(kind: str, row: dict[str, Any]) -> None:
     d, s = row["direct"], row["sidecar"]
-    print(f"  {kind:6} c={row['concurrency']:<3} direct {d['rps']:>9,.0f} req/s p50 {d['p50']:.3f} ms | "
-          f"sidecar {s['rps']:>8,.0f} req/s p50 {s['p50']:.3f} p99 {s['p99']:.3f} ms, "
-          f"{s['cpu_us_per_request']:.0f} µs CPU/req", flush=True)
+    line = (f"  {kind:6} c={row['concurrency']:<3} direct {d['rps']:>9,.0f} req/s p50 {d['p50']:.3f} ms | "
+            f"sidecar {s['rps']:>8,.0f} req/s p50 {s['p50']:.3f} p99 {s['p99']:.3f} ms, "
+            f"{s['cpu_us_per_request']:.0f} µs CPU/req")
+    for name in ("floor", "traced"):
+        if name in row:
+            line += f" | {name} {row[name]['rps']:,.0f} req/s, {row[name]['cpu_us_per_request']:.0f} µs CPU/req"
+    print(line, flush=True)
 
 
 def render(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [f"llm-sidecar bench — commit {meta['commit']}, upstream {meta['upstream']}, {meta['duration_s']:g} s "
              f"per point, sidecar on CPU {meta['sidecar_cpu']}, load on CPU {meta['load_cpu']} ({meta['cpu']}), "
-             f"tracing {meta.get('tracing', 'off')}", ""]
+             "tracing off (a traced sidecar's rows are marked)", ""]
     for kind, title in (("plain", "chat.completion"), ("stream", "streaming chat.completion")):
         if kind not in result:
             continue
@@ -506,6 +543,8 @@ def render(result: dict[str, Any]) -> str:
                   "| added p50 | sidecar CPU/req | errors |" + (" chunks/s (direct / sidecar) |" if kind == "stream"
                                                                    else ""),
                   "|---:|---:|---:|---|---|---:|---:|---:|" + ("---:|" if kind == "stream" else "")]
+        if kind == "plain" and "floor" in result[kind][0]:
+            lines[-3] += " (floor: bench/bare.py, a bare aiohttp pass-through on the same core)"
         for row in result[kind]:
             d, s = row["direct"], row["sidecar"]
             line = (f"| {row['concurrency']} | {d['rps']:,.0f} | {s['rps']:,.0f} | "
@@ -515,6 +554,13 @@ def render(result: dict[str, Any]) -> str:
             if kind == "stream":
                 line += f" {d['chunks_per_s']:,} / {s['chunks_per_s']:,} |"
             lines.append(line)
+        for name, label in (("floor", "floor"), ("traced", "sidecar, tracing on")):
+            for row in result[kind]:
+                if name in row:
+                    f = row[name]
+                    lines.append(f"| {row['concurrency']} ({label}) | | {f['rps']:,.0f} | | {f['p50']:.3f} / "
+                                 f"{f['p90']:.3f} / {f['p99']:.3f} | {f['p50'] - row['direct']['p50']:+.3f} | "
+                                 f"{f['cpu_us_per_request']:.0f} µs | {f['errors']} |")
         lines.append("")
     if "ttft" in result:
         t = result["ttft"]
@@ -542,7 +588,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="soak mode: send N requests (default 1,000,000) and report RSS growth")
     parser.add_argument("--soak-concurrency", type=int, default=8)
     parser.add_argument("--tracing", action="store_true",
-                        help="tracing on: always-on sampling, OTLP/HTTP to a sink in this driver")
+                        help="also measure plain requests with tracing on (always-on sampling, OTLP/HTTP to a sink)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare aiohttp pass-through baseline")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes (default bench-results/)")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
