@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     from sidecar.outcome import Outcome
 
 
-def route_span(outcome: Outcome) -> tuple[dict[str, Any], list[list[str]]]:
-    """The route span's attributes (candidates in strategy order with their scores, skips, fallbacks,
-    retries, the choice), and each Ranking's scores in trail order (its event shows them again)."""
+def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str], list[list[str]]]:
+    """The route span's attributes: those that recur (candidates in strategy order, skips, fallbacks, retries,
+    the choice; None for absent ones) and the candidates' scores, which vary; and each Ranking's scores in
+    trail order (its event shows them again)."""
     candidates: list[str] = []
     scores: list[str] = []
     skipped: list[str] = []
@@ -37,17 +38,12 @@ def route_span(outcome: Outcome) -> tuple[dict[str, Any], list[list[str]]]:
             skipped.append(f"{item.deployment}: {item.reason}")
         elif isinstance(item, FallbackStep):
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
-    attributes: dict[str, Any] = {"sidecar.routing.candidates": candidates, "sidecar.routing.retries": retries}
-    lists = {"sidecar.routing.scores": scores, "sidecar.routing.skipped": skipped,
-             "sidecar.routing.fallbacks": fallbacks}
-    attributes.update((key, value) for key, value in lists.items() if value)  # empty lists are left out
-    if outcome.deployment is not None:
-        attributes["sidecar.routing.chosen"] = outcome.deployment
-    if outcome.answered_group is not None:
-        attributes["sidecar.routing.answered_group"] = outcome.answered_group
-    if outcome.catch_all is not None:
-        attributes["sidecar.routing.catch_all"] = outcome.catch_all
-    return attributes, rankings
+    labels = (("sidecar.model_group", outcome.group), ("sidecar.routing.candidates", tuple(candidates)),
+              ("sidecar.routing.retries", retries), ("sidecar.routing.skipped", tuple(skipped) or None),
+              ("sidecar.routing.fallbacks", tuple(fallbacks) or None), ("sidecar.routing.chosen", outcome.deployment),
+              ("sidecar.routing.answered_group", outcome.answered_group),
+              ("sidecar.routing.catch_all", outcome.catch_all))
+    return labels, scores, rankings
 
 
 def _score(deployment: str, tier: float, unhealthy: bool, score: float) -> str:

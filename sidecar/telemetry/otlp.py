@@ -123,22 +123,13 @@ def attribute(tag: int, key: str, value: Any) -> bytes:
     elif kind is float:
         if len(name) < 0x75:
             return b"%c%c%s\x12\x09\x21%s" % (tag, len(name) + 11, name, _DOUBLE(value))
-    elif kind is list:
-        values = b"".join([_short_string_value(v) for v in value])
+    elif kind is list or kind is tuple:
+        values = _strings(value)
         n = len(values)
         size = len(name) + n + 4
         if size < 0x80 and n < 0x7E:
             return b"%c%c%s\x12%c\x2a%c%s" % (tag, size, name, n + 2, n, values)
     return _field(tag, name + _field(0x12, _any_value(value)))
-
-
-def _short_string_value(value: Any) -> bytes:
-    """An ArrayValue's ``values`` entry (1) for a string; other values take the general encoder."""
-    if value.__class__ is str:
-        text = value.encode()
-        if len(text) < 0x7E:
-            return b"\x0a%c\x0a%c%s" % (len(text) + 2, len(text), text)
-    return _field(0x0A, _any_value(value))
 
 
 class _Key:
@@ -201,7 +192,26 @@ def attributes(tag: int, values: Mapping[str, Any]) -> bytes:
             elif kind is float:
                 out += (encoder.float_head, _DOUBLE(value))
                 continue
+            elif kind is list or kind is tuple:
+                values_ = _strings(value)
+                n = len(values_)
+                if n < encoder.str_limit:  # the same length limit as a string's: the array is one more level
+                    out += (b"%c%c%s\x12%c\x2a%c" % (tag, len(encoder.name) + n + 4, encoder.name, n + 2, n), values_)
+                    continue
         out.append(attribute(tag, key, value))
+    return b"".join(out)
+
+
+def _strings(values: Sequence[Any]) -> bytes:
+    """An ArrayValue's body (its ``values``, 1) for short strings; any other element takes ``_any_value``."""
+    out = []
+    for value in values:
+        if value.__class__ is str:
+            text = value.encode()
+            if len(text) < 0x7E:
+                out.append(b"\x0a%c\x0a%c%s" % (len(text) + 2, len(text), text))
+                continue
+        out.append(_field(0x0A, _any_value(value)))
     return b"".join(out)
 
 

@@ -110,16 +110,13 @@ class Tracing:
             if address.port:
                 fixed["server.port"] = address.port
             self.clients[d.id] = (otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed))
-        self.route_fixed = {group: self.route_attributes(group) for group in config.groups}
+        self.strategy_label = ("sidecar.routing.strategy", self.strategy)
         self.labels: dict[tuple[tuple[str, Any], ...], bytes] = {}  # recurring attributes → encoded (_kept)
         self.events: dict[object, bytes] = {}  # trail item → its event's encoded name and attributes
         # The usual samplers decide without a call: always_on, and parentbased_always_on (the default).
         description = self.sampler.get_description()
         self.samples_all = description == ALWAYS_ON.get_description()
         self.follows_parent = description == ParentBased(ALWAYS_ON).get_description()
-
-    def route_attributes(self, group: str) -> bytes:
-        return attributes(SPAN_ATTRIBUTE, {"sidecar.model_group": group, "sidecar.routing.strategy": self.strategy})
 
     @classmethod
     def from_env(cls, config: Config, env: Mapping[str, str], post: export.Post | None = None) -> Tracing | None:
@@ -365,10 +362,14 @@ class RequestSpans:
             body = fixed + _kept(tracing.labels, tuple(client.labels)) + attributes(SPAN_ATTRIBUTE, client.attributes)
             spans.append(otlp.span(head, name, otlp.CLIENT, client.start, client.end or end, body, client.status,
                                    otlp.LOCAL_PARENT))
-        route = tracing.route_fixed.get(self.model) or tracing.route_attributes(self.model)
-        if outcome is not None:
-            values, rankings = decisions.route_span(outcome)
-            route += attributes(SPAN_ATTRIBUTE, values) + self._events(outcome.trail, rankings, end)
+        if outcome is None:  # routing never started (the request was refused first)
+            route = _kept(tracing.labels, (("sidecar.model_group", self.model), tracing.strategy_label))
+        else:
+            labels, scores, rankings = decisions.route_span(outcome)
+            route = _kept(tracing.labels, (*labels, tracing.strategy_label))
+            if scores:
+                route += attributes(SPAN_ATTRIBUTE, {"sidecar.routing.scores": scores})
+            route += self._events(outcome.trail, rankings, end)
         spans.append(otlp.span(otlp.ids(trace_id, route_id, server_id, state), otlp.string(0x2A, f"route {self.model}"),
                                otlp.INTERNAL, self.start, end, route,
                                otlp.ERROR if record.outcome == "error" else otlp.UNSET, otlp.LOCAL_PARENT))
