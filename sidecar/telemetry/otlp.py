@@ -215,6 +215,11 @@ def _strings(values: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
+def retag(field: bytes, tag: int) -> bytes:
+    """One encoded attribute field under another tag: what follows the tag byte does not depend on it."""
+    return b"%c%s" % (tag, field[1:])
+
+
 def error_status(message: str) -> bytes:
     """Status ERROR with a description."""
     return _field(0x7A, _field(0x12, message.encode()) + b"\x18\x02")

@@ -367,9 +367,14 @@ class RequestSpans:
         else:
             labels, scores, rankings = decisions.route_span(outcome)
             route = _kept(tracing.labels, (*labels, tracing.strategy_label))
-            if scores:
-                route += attributes(SPAN_ATTRIBUTE, {"sidecar.routing.scores": scores})
-            route += self._events(outcome.trail, rankings, end)
+            if len(rankings) == 1:  # one group ranked: its event shows the span's scores, encoded once
+                scored = attributes(SPAN_ATTRIBUTE, {"sidecar.routing.scores": scores})
+                route += scored + self._events(outcome.trail, [otlp.retag(scored, otlp.EVENT_ATTRIBUTE)], end)
+            else:
+                if scores:
+                    route += attributes(SPAN_ATTRIBUTE, {"sidecar.routing.scores": scores})
+                route += self._events(outcome.trail, [attributes(otlp.EVENT_ATTRIBUTE, {"sidecar.routing.scores": r})
+                                                      for r in rankings], end)
         spans.append(otlp.span(otlp.ids(trace_id, route_id, server_id, state), otlp.string(0x2A, f"route {self.model}"),
                                otlp.INTERNAL, self.start, end, route,
                                otlp.ERROR if record.outcome == "error" else otlp.UNSET, otlp.LOCAL_PARENT))
@@ -394,7 +399,7 @@ class RequestSpans:
         for exporter in tracing.exporters:
             exporter.add(spans)
 
-    def _events(self, trail: list[object], rankings: list[list[str]], end: int) -> bytes:
+    def _events(self, trail: list[object], rankings: list[bytes], end: int) -> bytes:
         """The trail as events, each timed by the first mark at or after it. Items recur (the same attempt
         of the same deployment, the same skip), so their encodings are kept; a ranking's scores vary."""
         encoded = []
@@ -415,7 +420,7 @@ class RequestSpans:
                         cache.clear()
                     cache[key] = body
             if ranking:
-                body += attributes(otlp.EVENT_ATTRIBUTE, {"sidecar.routing.scores": rankings[r]})
+                body += rankings[r]  # its scores, encoded
                 r += 1
             encoded.append(otlp.event(marks[m][1] if m < len(marks) else end, body))
         return b"".join(encoded)

@@ -213,7 +213,11 @@ def test_plain_success_span_tree(traced: Sidecar, receiver: Receiver, primary: F
     assert tree.route.attributes["sidecar.routing.candidates"] == [PRIMARY]
     [score] = tree.route.attributes["sidecar.routing.scores"]  # simple-shuffle: a weighted random draw
     assert score.startswith(f"{PRIMARY}: order=none healthy score=")
-    assert [e["sidecar.model_group"] for e in tree.events("ranking")] == ["main"]
+    [ranking] = tree.events("ranking")
+    assert (ranking["sidecar.model_group"], ranking["sidecar.routing.scores"]) == ("main", [score])
+    [attempt] = tree.events("attempt")
+    assert attempt == {"sidecar.deployment": PRIMARY, "sidecar.model_group": "main", "sidecar.attempt": 1,
+                       "sidecar.retry": 0}
     assert tree.route.attributes["sidecar.routing.chosen"] == PRIMARY
     [client] = tree.clients
     assert client.name == "chat primary-model"
@@ -269,6 +273,10 @@ def test_failover_to_another_provider(traced: Sidecar, receiver: Receiver, prima
     assert step == {"sidecar.fallback.from": "main", "sidecar.fallback.to": "spare",
                     "sidecar.fallback.cause": "server_error"}
     assert tree.route.attributes["sidecar.routing.fallbacks"] == ["main -> spare: server_error"]
+    rankings = tree.events("ranking")  # one per group tried, each with its own candidates' scores
+    assert [r["sidecar.model_group"] for r in rankings] == ["main", "spare"]
+    scores = tree.route.attributes["sidecar.routing.scores"]
+    assert [r["sidecar.routing.scores"] for r in rankings] == [[score] for score in scores]
     assert tree.server.attributes["sidecar.fallback"] == "spare"
     _no_secrets(receiver.trace(request_id))
 
