@@ -250,7 +250,7 @@ class AttemptSpan:
             choices = data.get("choices")
             if isinstance(choices, list):
                 reasons = [c.get("finish_reason") for c in choices if isinstance(c, dict)]
-                labels.append(("gen_ai.response.finish_reasons", tuple(r for r in reasons if isinstance(r, str))))
+                labels.append(("gen_ai.response.finish_reasons", tuple([r for r in reasons if isinstance(r, str)])))
                 if self.tracing.capture_content and choices and isinstance(choices[0], dict):
                     message = choices[0].get("message") or {}
                     text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
