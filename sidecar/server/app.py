@@ -79,7 +79,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         state.metrics.exporter = exporter
     timers = [asyncio.create_task(_refresh_credentials(state.router)), asyncio.create_task(_flush_logs())]
     if state.tracing is not None:
-        timers += [asyncio.create_task(p.run()) for p in state.tracing.loop_processors]
+        timers += [asyncio.create_task(p.run()) for p in state.tracing.exporters]
     yield
     for timer in timers:
         timer.cancel()

@@ -95,7 +95,6 @@ class Tracing:
         settings = config.sidecar.telemetry
         self.capture_content = settings.capture_content
         self.content_max_chars = settings.content_max_chars
-        self.strategy = config.router.routing_strategy
         self.prices = {d.id: d.model_info for d in config.deployments}
         self.clients: dict[str, tuple[bytes, bytes]] = {}  # deployment id → (span name, fixed attributes)
         for d in config.deployments:
@@ -110,7 +109,7 @@ class Tracing:
             if address.port:
                 fixed["server.port"] = address.port
             self.clients[d.id] = (otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed))
-        self.strategy_label = ("sidecar.routing.strategy", self.strategy)
+        self.strategy_label = ("sidecar.routing.strategy", config.router.routing_strategy)
         self.labels: dict[tuple[tuple[str, Any], ...], bytes] = {}  # recurring attributes → encoded (_kept)
         self.events: dict[object, bytes] = {}  # trail item → its event's encoded name and attributes
         # The usual samplers decide without a call: always_on, and parentbased_always_on (the default).
@@ -129,11 +128,6 @@ class Tracing:
         envelope = otlp.Envelope(resource.attributes, "llm-sidecar", __version__, resource.schema_url)
         exporters = [e for e in (_exporter(name, env, post, envelope) for name in exporter_names(env)) if e]
         return cls(provider, config, exporters) if exporters else None
-
-    @property
-    def loop_processors(self) -> list[export.BatchExporter]:
-        """The export tasks to run on the loop."""
-        return self.exporters
 
     async def aclose(self, within: float = 3.0) -> None:
         """Flush what is queued, for at most ``within`` seconds (an unreachable collector cannot hold us)."""
@@ -191,7 +185,7 @@ class Tracing:
             return Forwarded(TRACE_HEADERS.set(spans.headers))  # type: ignore[union-attr]
         assert isinstance(spans, RequestSpans)
         spans.mark(outcome.trail)
-        span = AttemptSpan(self, spans, deployment, self.ids.generate_span_id(), outcome.attempts, retry)
+        span = AttemptSpan(self, deployment, self.ids.generate_span_id(), outcome.attempts, retry)
         spans.clients.append(span)
         if deployment.propagate_trace:
             span.token = TRACE_HEADERS.set(b"%s%016x-01\r\n%s" % (spans.traceparent_prefix, span.span_id,
@@ -221,8 +215,7 @@ class AttemptSpan:
 
     __slots__ = ("attributes", "deployment", "end", "labels", "span_id", "start", "status", "token", "tracing")
 
-    def __init__(self, tracing: Tracing, spans: RequestSpans, deployment: Deployment, span_id: int,
-                 number: int, retry: int) -> None:
+    def __init__(self, tracing: Tracing, deployment: Deployment, span_id: int, number: int, retry: int) -> None:
         self.tracing, self.deployment, self.span_id = tracing, deployment, span_id
         self.labels: list[tuple[str, Any]] = [("sidecar.attempt", number), ("sidecar.retry", retry)]
         self.attributes: dict[str, Any] = {}
