@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from sidecar.core.errors import (
@@ -63,6 +64,7 @@ class StreamAttempt:
         router, sink, outcome = self.router, self.sink, self.outcome
         adapter, deployment = target.adapter, target.deployment
         start = router.clock()
+        started = perf_counter()  # the loop's clock moves in whole milliseconds under uvloop: too coarse for TTFT
         first_byte = start + router.ttft_limit(deployment)
         total = min(deadline, start + deployment.timeout) if deployment.timeout else deadline
         try:
@@ -83,7 +85,7 @@ class StreamAttempt:
                         if not sink.started:
                             self.owner = target
                             self.committed.set()
-                            outcome.ttft = router.clock() - start
+                            outcome.ttft = perf_counter() - started
                             outcome.deployment, outcome.answered_group = deployment.id, deployment.model_name
                             await sink.start(outcome)
                         elif self.owner is not target and splicer is None:
