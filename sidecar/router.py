@@ -222,12 +222,12 @@ class Router:
 
     def _ordered(self, group: str, outcome: Outcome, now: float) -> deque[Target]:
         """The group's deployments in strategy order; with tracing on, the order's reasons go on the trail."""
-        if self.observer is None:
+        if self.observer is None or not self.observer.recording():
             return deque(order(self.strategy, self.targets[group], self.rng, now))
         ranking = ranked(self.strategy, self.targets[group], self.rng, now)
-        outcome.trail.append(Ranking(group, self.strategy, tuple(
-            (t.deployment.id, tier, unhealthy, score) for t, tier, unhealthy, score in ranking)))
-        return deque(r[0] for r in ranking)
+        outcome.trail.append(Ranking(group, self.strategy, tuple([
+            (t.deployment.id, tier, unhealthy, score) for t, tier, unhealthy, score in ranking])))
+        return deque([r[0] for r in ranking])
 
     def _admit(self, target: Target, outcome: Outcome, now: float) -> bool:
         return self._skip_reason(target, outcome, now) is None

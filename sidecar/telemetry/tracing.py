@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import Token
 from time import time_ns
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -59,6 +59,14 @@ GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": 
                    "gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "groq": "groq",
                    "together_ai": "together_ai", "fireworks_ai": "fireworks_ai", "ollama": "ollama",
                    "hosted_vllm": "vllm", "sglang": "sglang"}
+
+
+_LOCAL_DECISIONS: dict[str, Callable[[SpanContext | None], bool]] = {
+    ALWAYS_ON.get_description(): lambda parent: True,
+    ALWAYS_OFF.get_description(): lambda parent: False,
+    ParentBased(ALWAYS_ON).get_description(): lambda parent: parent is None or parent.trace_flags.sampled,
+    ParentBased(ALWAYS_OFF).get_description(): lambda parent: parent is not None and parent.trace_flags.sampled,
+}
 
 
 def _kept(cache: dict[tuple[tuple[str, Any], ...], bytes], labels: tuple[tuple[str, Any], ...]) -> bytes:
@@ -112,10 +120,8 @@ class Tracing:
         self.strategy_label = ("sidecar.routing.strategy", config.router.routing_strategy)
         self.labels: dict[tuple[tuple[str, Any], ...], bytes] = {}  # recurring attributes → encoded (_kept)
         self.events: dict[object, bytes] = {}  # trail item → its event's encoded name and attributes
-        # The usual samplers decide without a call: always_on, and parentbased_always_on (the default).
-        description = self.sampler.get_description()
-        self.samples_all = description == ALWAYS_ON.get_description()
-        self.follows_parent = description == ParentBased(ALWAYS_ON).get_description()
+        # The usual samplers decide here, without a call: always_on/off and parentbased_always_on/off.
+        self.decide = _LOCAL_DECISIONS.get(self.sampler.get_description())
 
     @classmethod
     def from_env(cls, config: Config, env: Mapping[str, str], post: export.Post | None = None) -> Tracing | None:
@@ -149,18 +155,19 @@ class Tracing:
         name = f"{method} {path}"
         request = {"http.request.method": method, "url.path": path, "gen_ai.request.model": model}
         extra: dict[str, Any] = {}
-        if self.samples_all or (self.follows_parent and (parent is None or parent.trace_flags.sampled)):
+        if self.decide is not None:
+            sampled = self.decide(parent)
             trace_state = parent.trace_state if parent is not None else None  # what those samplers return
         else:
             sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, request)
-            if not sampling.decision.is_sampled():
-                if parent is None:
-                    return _DROPPED
-                passthrough = Passthrough(parent, headers)
-                passthrough.var_token = _CURRENT.set(passthrough)
-                return passthrough
-            trace_state = sampling.trace_state
+            sampled, trace_state = sampling.decision.is_sampled(), sampling.trace_state
             extra.update(sampling.attributes or {})
+        if not sampled:
+            if parent is None:
+                return _DROPPED
+            passthrough = Passthrough(parent, headers)
+            passthrough.var_token = _CURRENT.set(passthrough)
+            return passthrough
         if self.capture_content and body is not None:
             extra["sidecar.request.content"] = self._content(body.get("messages") or body.get("prompt"))
         spans = RequestSpans(self, trace_id, parent, trace_state, name, model,
@@ -174,6 +181,10 @@ class Tracing:
         return REDACT(text[: self.content_max_chars])
 
     # ---- the router's attempt observer ----------------------------------------------------------
+
+    def recording(self) -> bool:
+        """Is the current request sampled? (The router explains its ranking only then.)"""
+        return _CURRENT.get().__class__ is RequestSpans
 
     def attempt(self, deployment: Deployment, outcome: Outcome, retry: int) -> AttemptSpan | Forwarded | None:
         spans = _CURRENT.get()
