@@ -18,6 +18,7 @@ from typing import Any
 
 _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
+_VARINT2 = struct.Struct("<H").pack  # n in 128..16383 as a two-byte varint: (n & 0x7F | 0x80) | (n >> 7) << 8
 _TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
 
 # Where a KeyValue goes: Span.attributes (9), Span.Event.attributes (3), Resource.attributes (1),
@@ -63,6 +64,8 @@ def _field(tag: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 0x80:
         return b"%c%c%s" % (tag, n, payload)
+    if n < 0x4000:
+        return b"%c%s%s" % (tag, _VARINT2((n & 0x7F | 0x80) | (n >> 7) << 8), payload)
     return bytes((tag,)) + _varint(n) + payload
 
 
@@ -159,7 +162,6 @@ class _Key:
 
 _TABLES: dict[int, dict[str, _Key]] = {}
 _SMALL = [bytes((n,)) for n in range(0x80)]
-_VARINT2 = struct.Struct("<H").pack  # n in 128..16383 as a two-byte varint: (n & 0x7F | 0x80) | (n >> 7) << 8
 
 
 def attributes(tag: int, values: Mapping[str, Any]) -> bytes:
