@@ -21,12 +21,10 @@ _DOUBLE = struct.Struct("<d").pack
 _VARINT2 = struct.Struct("<H").pack  # n in 128..16383 as a two-byte varint: (n & 0x7F | 0x80) | (n >> 7) << 8
 _TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
 
-# Where a KeyValue goes: Span.attributes (9), Span.Event.attributes (3), Resource.attributes (1),
-# InstrumentationScope.attributes (3).
+# Where a KeyValue goes: Span.attributes (9), Span.Event.attributes (3), Resource.attributes (1).
 SPAN_ATTRIBUTE = 0x4A
 EVENT_ATTRIBUTE = 0x1A
 RESOURCE_ATTRIBUTE = 0x0A
-SCOPE_ATTRIBUTE = 0x1A
 
 # Span.kind (6): SPAN_KIND_INTERNAL = 1, SERVER = 2, CLIENT = 3.
 INTERNAL = b"\x30\x01"
