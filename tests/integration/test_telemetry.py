@@ -463,3 +463,19 @@ def test_console_exporter_prints_otlp_json(workdir: Path, primary: FakeProvider,
     printed = [orjson.loads(line) for line in process.logs().splitlines() if line.startswith('{"resourceSpans"')]
     spans = [s for batch in printed for rs in batch["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
     assert {s["name"] for s in spans} >= {"POST /v1/chat/completions", "route spare", "chat backup-model"}
+
+
+def test_unreachable_grpc_collector_never_breaks_serving(workdir: Path, primary: FakeProvider,
+                                                          backup: FakeProvider) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+           "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "10", "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+           "OTEL_METRICS_EXPORTER": "none"}
+    process = Sidecar(_config(primary, backup), workdir, "lost-grpc-collector", env=env)
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            _, raw = _chat(process, model="spare")
+            assert raw.http_response.status_code == 200
+        assert time.monotonic() - started < 10
+    finally:
+        assert process.stop() == 0
