@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sidecar.config_shared import BudgetSettings
+from sidecar.config.shared import BudgetSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,14 +11,14 @@ import aiohttp
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.budgets import Budgets
-from sidecar.cache import ResponseCache
 from sidecar.config import Config
 from sidecar.providers import http, wire
 from sidecar.providers.base import UpstreamCall
-from sidecar.router import Router
+from sidecar.routing.router import Router
 from sidecar.server import routes
 from sidecar.server.keys import STATE, AppState
+from sidecar.state.budgets import Budgets
+from sidecar.state.cache import ResponseCache
 from sidecar.telemetry import exporter_names, metrics_export_requested
 from sidecar.telemetry.logs import flush_request_log
 

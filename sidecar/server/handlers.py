@@ -10,16 +10,16 @@ from time import perf_counter
 import orjson
 from aiohttp import web
 
-from sidecar import cache
 from sidecar.core.cost import format_cost, request_cost
 from sidecar.core.errors import BodyTooLarge, SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk
 from sidecar.formats import openai as openai_format
 from sidecar.formats.sse import DONE_EVENT
-from sidecar.outcome import Outcome, StreamSink
 from sidecar.policy.plan import FallbackStep
+from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.server.keys import STATE, AppState
 from sidecar.server.middleware import OUTCOME_HEADERS, REQUEST_ID, request_id_of
+from sidecar.state import cache
 from sidecar.telemetry.logs import log_request
 from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from sidecar.budgets import Budgets
-from sidecar.cache import ResponseCache
 from sidecar.config import Config, ModelInfo
-from sidecar.router import Router
+from sidecar.routing.router import Router
+from sidecar.state.budgets import Budgets
+from sidecar.state.cache import ResponseCache
 from sidecar.telemetry import RequestMetrics
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 
 if TYPE_CHECKING:
-    from sidecar.outcome import Outcome
+    from sidecar.routing.outcome import Outcome
 
 
 def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str], list[list[str]]]:

@@ -47,7 +47,7 @@ from sidecar.telemetry.record import RequestRecord
 
 if TYPE_CHECKING:
     from sidecar.config import Config, Deployment
-    from sidecar.outcome import Outcome
+    from sidecar.routing.outcome import Outcome
 
 log = logging.getLogger("sidecar.telemetry")
 _PROPAGATOR = TraceContextTextMapPropagator()

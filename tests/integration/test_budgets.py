@@ -131,9 +131,9 @@ def test_budgets_keep_counting_locally_when_redis_is_down(workdir: Path, primary
 async def test_the_redis_sync_merges_totals_and_queues_spend_while_redis_is_away(
         workdir: Path, redis_server: RedisServer) -> None:
     """The edge module in process, as two pods would run it, against the real Redis."""
-    from sidecar.budgets import Budgets
-    from sidecar.config_shared import BudgetSettings, RedisSettings, SharedSettings
-    from sidecar.shared_redis import client
+    from sidecar.config.shared import BudgetSettings, RedisSettings, SharedSettings
+    from sidecar.state.budgets import Budgets
+    from sidecar.state.redis import client
 
     budget = BudgetSettings("pods", 1.0, 3600.0, "1h")
     shared = SharedSettings(budgets=(budget,), redis=RedisSettings(port=redis_server.port),

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.cache import EXCLUDED_FIELDS, ResponseCache, cache_key, cacheable, directives
-from sidecar.config_shared import CacheSettings, RedisSettings
+from sidecar.config.shared import CacheSettings, RedisSettings
 from sidecar.core.types import ChatRequest, Endpoint, WireFormat
-from sidecar.shared_redis import RedisGate
+from sidecar.state.cache import EXCLUDED_FIELDS, ResponseCache, cache_key, cacheable, directives
+from sidecar.state.redis import RedisGate
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar import config
-from sidecar.config_shared import parse_duration
+from sidecar.config.shared import parse_duration
 from tests.unit.test_config import entry, problems
 
 

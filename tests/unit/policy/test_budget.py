@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.budgets import Budgets
-from sidecar.config_shared import BudgetSettings, SharedSettings
+from sidecar.config.shared import BudgetSettings, SharedSettings
 from sidecar.core.errors import BudgetExceeded
 from sidecar.policy.budget import BudgetLedger
+from sidecar.state.budgets import Budgets
 
 HOUR = 3600.0
 TEAM = BudgetSettings("team", 1.0, HOUR, "1h", ("gpt-4o",))

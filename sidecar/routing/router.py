@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
-from sidecar.catch_all import CatchAllStore
 from sidecar.config import Config, Deployment
 from sidecar.core import tokens
 from sidecar.core.errors import (
@@ -36,7 +35,6 @@ from sidecar.core.errors import (
     UpstreamError,
 )
 from sidecar.core.types import ChatRequest, ChatResponse, Usage
-from sidecar.outcome import Outcome, RaceState, StreamSink, Target
 from sidecar.policy.breaker import CircuitBreaker, Transition
 from sidecar.policy.limits import TokenBucket
 from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip, fallback_table, groups_to_try
@@ -44,7 +42,9 @@ from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
-from sidecar.streaming import StreamAttempt
+from sidecar.routing.catch_all import CatchAllStore
+from sidecar.routing.outcome import Outcome, RaceState, StreamSink, Target
+from sidecar.routing.streaming import StreamAttempt
 from sidecar.telemetry.record import CURRENT_OUTCOME
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from sidecar.formats.openai import chunks_from_completion
 from sidecar.providers import http
 
 if TYPE_CHECKING:
-    from sidecar.outcome import Outcome, StreamSink, Target
-    from sidecar.router import Router
+    from sidecar.routing.outcome import Outcome, StreamSink, Target
+    from sidecar.routing.router import Router
 
 
 class StreamAttempt:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from sidecar.config_reader import Secret, SecretResolver, Section, is_number
+from sidecar.config.reader import Secret, SecretResolver, Section, is_number
 
 CACHE_TYPES = ("local", "redis")
 CACHE_MODES = ("deterministic", "all")

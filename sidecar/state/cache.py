@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from sidecar.config_shared import CacheSettings
+from sidecar.config.shared import CacheSettings
 from sidecar.core.types import ChatRequest, Endpoint, WireFormat
-from sidecar.shared_redis import RedisGate, connection_options
+from sidecar.state.redis import RedisGate, connection_options
 
 log = logging.getLogger("sidecar.cache")
 # Fields that do not change the answer: who asked, for what bookkeeping, and how it is delivered.

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.config_shared import RedisSettings
+from sidecar.config.shared import RedisSettings
 
 log = logging.getLogger("sidecar.redis")
 BACKOFF_SECONDS = 5.0

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from sidecar.config_reader import ConfigError, Secret, SecretResolver, Section, is_number
-from sidecar.config_shared import SharedSettings, shared_settings
+from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, is_number
+from sidecar.config.shared import SharedSettings, shared_settings
 
 PROVIDERS: Mapping[str, str | None] = {
     # provider prefix → default api_base (None: must be configured)

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sidecar.config_shared import SharedSettings
+from sidecar.config.shared import SharedSettings
 from sidecar.core.errors import BudgetExceeded
 from sidecar.policy.budget import BudgetLedger, BudgetWindow
-from sidecar.shared_redis import RedisGate, client
+from sidecar.state.redis import RedisGate, client
 
 REFRESH_SECONDS = 1.0
 REDIS_TIMEOUT = 0.5

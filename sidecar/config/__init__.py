@@ -1,0 +1,43 @@
+"""Configuration: YAML → validated, immutable typed objects (``model``), the typed reader that remembers
+where each value came from (``reader``), and the settings of what pods share (``shared``).
+
+``sidecar.config`` exposes ``load``/``parse`` and the settings types, so callers need not know the split.
+"""
+
+from sidecar.config.model import (
+    PROVIDERS,
+    CatchAll,
+    Config,
+    Deployment,
+    Hedging,
+    ModelGroup,
+    ModelInfo,
+    RouterSettings,
+    SidecarSettings,
+    TelemetrySettings,
+    load,
+    parse,
+)
+from sidecar.config.reader import ConfigError, Secret
+from sidecar.config.shared import BudgetSettings, CacheSettings, RedisSettings, SharedSettings
+
+__all__ = [
+    "PROVIDERS",
+    "BudgetSettings",
+    "CacheSettings",
+    "CatchAll",
+    "Config",
+    "ConfigError",
+    "Deployment",
+    "Hedging",
+    "ModelGroup",
+    "ModelInfo",
+    "RedisSettings",
+    "RouterSettings",
+    "Secret",
+    "SharedSettings",
+    "SidecarSettings",
+    "TelemetrySettings",
+    "load",
+    "parse",
+]
