@@ -24,14 +24,11 @@ import ssl
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from sidecar.formats.http1 import MAX_BODY, BadResponse, CutOff, Response, ResponseParser, TooLarge
 from sidecar.providers.base import UpstreamCall
-
-if TYPE_CHECKING:
-    from sidecar.providers.wire_stream import Stream
 
 __all__ = ["BadResponse", "ConnectFailed", "CutOff", "Disconnected", "Pool", "Response", "TooLarge", "WireError"]
 
@@ -89,10 +86,18 @@ class Host:
                 return
 
 
+class StreamReader(Protocol):
+    """What reads a streamed answer off a ``Conn`` (``wire_stream.Stream``): it takes the bytes and the close."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def lost(self, exc: Exception | None) -> None: ...
+
+
 class Conn(asyncio.Protocol):
     """One connection; at most one request in flight (no pipelining).
 
-    While a streamed answer is read, ``stream`` (a ``wire_stream.Stream``) takes the bytes and the close.
+    While a streamed answer is read, ``stream`` (a ``StreamReader``) takes the bytes and the close.
     """
 
     def __init__(self, host: Host, max_body: int) -> None:
@@ -105,7 +110,7 @@ class Conn(asyncio.Protocol):
         self.idle = False
         self.idle_since = 0.0
         self.dropped = True  # until the pool counts it (after connect); then once dropped, never counted again
-        self.stream: Stream | None = None
+        self.stream: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -119,7 +124,7 @@ class Conn(asyncio.Protocol):
         self.waiter = waiter = asyncio.get_running_loop().create_future()
         return waiter
 
-    def begin_stream(self, stream: Stream, data: bytes) -> None:
+    def begin_stream(self, stream: StreamReader, data: bytes) -> None:
         """Send a request whose answer ``stream`` reads as it arrives."""
         self._write(data)
         self.parser.reset(stream=True)

@@ -44,7 +44,7 @@ from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
 from sidecar.routing.catch_all import CatchAllStore
 from sidecar.routing.outcome import Outcome, RaceState, StreamSink, Target
-from sidecar.routing.streaming import StreamAttempt
+from sidecar.routing.streaming import StreamAttempt, StreamLimits
 from sidecar.telemetry.record import CURRENT_OUTCOME
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Router:
         self.strategy = settings.routing_strategy
         self.retry_policy = RetryPolicy.from_settings(settings, config.sidecar.retry_after_cap_seconds)
         self.retry_after_cap = config.sidecar.retry_after_cap_seconds
-        self.idle_timeout = config.sidecar.stream_idle_timeout
+        self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, config.sidecar.stream_idle_timeout)
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
         self.targets: Mapping[str, tuple[Target, ...]] = {
             name: tuple(self._target(d) for d in group.deployments) for name, group in config.groups.items()
@@ -139,7 +139,7 @@ class Router:
     async def stream(self, request: ChatRequest, sink: StreamSink) -> Outcome:
         """Stream an answer into ``sink``. Errors before the commit point are raised; after it, in-band."""
         outcome = self._outcome(request)
-        stream = StreamAttempt(self, request, sink, outcome)
+        stream = StreamAttempt(self.stream_limits, request, sink, outcome)
         try:
             await self._route(request, outcome, stream.run, stream)
         except SidecarError as error:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING
 
+import aiohttp
+
+from sidecar.config import Deployment
 from sidecar.core.errors import (
     NoHealthyUpstream,
     UpstreamBadRequest,
@@ -23,17 +27,25 @@ from sidecar.core.types import ChatRequest, ChatResponse
 from sidecar.formats.continuation import Diverged, Splicer, StreamProgress, prefill_body
 from sidecar.formats.openai import chunks_from_completion
 from sidecar.providers import http
+from sidecar.routing.outcome import Outcome, StreamSink, Target
 
-if TYPE_CHECKING:
-    from sidecar.routing.outcome import Outcome, StreamSink, Target
-    from sidecar.routing.router import Router
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """What a stream attempt needs from the router: its upstream session, its clock, and the time allowed to
+    the first token (per deployment) and between events."""
+
+    session: aiohttp.ClientSession
+    clock: Callable[[], float]
+    ttft: Callable[[Deployment], float]
+    idle: float
 
 
 class StreamAttempt:
     """The state one streamed request carries across attempts: what the app already has."""
 
-    def __init__(self, router: Router, request: ChatRequest, sink: StreamSink, outcome: Outcome) -> None:
-        self.router = router
+    def __init__(self, limits: StreamLimits, request: ChatRequest, sink: StreamSink, outcome: Outcome) -> None:
+        self.limits = limits
         self.request = request
         self.sink = sink
         self.outcome = outcome
@@ -61,14 +73,14 @@ class StreamAttempt:
         return self.progress
 
     async def _pump(self, target: Target, request: ChatRequest, deadline: float, splicer: Splicer | None) -> None:
-        router, sink, outcome = self.router, self.sink, self.outcome
+        limits, sink, outcome = self.limits, self.sink, self.outcome
         adapter, deployment = target.adapter, target.deployment
-        start = router.clock()
+        start = limits.clock()
         started = perf_counter()  # the loop's clock moves in whole milliseconds under uvloop: too coarse for TTFT
-        first_byte = start + router.ttft_limit(deployment)
+        first_byte = start + limits.ttft(deployment)
         total = min(deadline, start + deployment.timeout) if deployment.timeout else deadline
         try:
-            async with http.stream(router.session, adapter.prepare(request), first_byte_deadline=first_byte,
+            async with http.stream(limits.session, adapter.prepare(request), first_byte_deadline=first_byte,
                                    total_deadline=total) as upstream:
                 if upstream.status != 200:
                     body = await upstream.read_body()
@@ -92,7 +104,7 @@ class StreamAttempt:
                             raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
                         self.progress.observe(chunks)
                         await sink.send(chunks)
-                    until, phase = router.clock() + router.idle_timeout, "idle"
+                    until, phase = limits.clock() + limits.idle, "idle"
                 outcome.usage = reader.usage
                 outcome.skipped_events += reader.skipped
                 if not (reader.done or self.progress.finished):

@@ -14,14 +14,14 @@ import orjson
 from aiohttp import web
 
 from sidecar.formats.sse import encode_event
-from sidecar.testing.fake_provider import (
+from sidecar.testing.faults import (
     FAULTS_KEY,
     STATS_KEY,
     Faults,
     Stats,
-    _json,
-    _pieces,
+    answer_pieces,
     common_faults,
+    json_response,
     stream_events,
 )
 
@@ -35,7 +35,7 @@ def anthropic_error(status: int, message: str, stats: Stats, type_: str | None =
     stats.by_status[str(status)] = stats.by_status.get(str(status), 0) + 1
     body = {"type": "error", "error": {"type": type_ or TYPES.get(status, "api_error"), "message": message},
             "request_id": "req_fake"}
-    return _json(body, status)
+    return json_response(body, status)
 
 
 def injected(faults: Faults, stats: Stats) -> web.Response:
@@ -71,7 +71,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             if name in body:
                 return anthropic_error(400, f"{name}: Extra inputs are not permitted", stats)
     await asyncio.sleep(faults.latency)
-    blocks = _blocks(_pieces(app, body), body)
+    blocks = _blocks(answer_pieces(app, body), body)
     model = str(body.get("model", "fake-claude"))
     usage = {"input_tokens": _prompt_tokens(body), "output_tokens": len(blocks[0].get("pieces", ())) or 1,
              "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
@@ -84,7 +84,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     content = [{k: v for k, v in b.items() if k != "pieces"} | ({"text": "".join(b["pieces"])}
                if b["type"] == "text" else {}) for b in blocks]
     stats.completed += 1
-    return _json({"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
+    return json_response({"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
                   "stop_reason": stop, "stop_sequence": None, "usage": usage})
 
 

@@ -16,14 +16,14 @@ import orjson
 from aiohttp import web
 
 from sidecar.formats.sse import encode_event
-from sidecar.testing.fake_provider import (
+from sidecar.testing.faults import (
     FAULTS_KEY,
     STATS_KEY,
     Faults,
     Stats,
-    _json,
-    _pieces,
+    answer_pieces,
     common_faults,
+    json_response,
     stream_events,
 )
 
@@ -35,7 +35,7 @@ _tokens = itertools.count(1)
 
 def gemini_error(status: int, message: str, stats: Stats, details: list[dict[str, Any]] | None = None) -> web.Response:
     stats.by_status[str(status)] = stats.by_status.get(str(status), 0) + 1
-    return _json({"error": {"code": status, "message": message, "status": STATUSES.get(status, "UNKNOWN"),
+    return json_response({"error": {"code": status, "message": message, "status": STATUSES.get(status, "UNKNOWN"),
                             "details": details or []}}, status)
 
 
@@ -70,7 +70,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not isinstance(body.get("contents"), list) or not body["contents"]:
         return gemini_error(400, "* GenerateContentRequest.contents: contents is not specified", stats)
     await asyncio.sleep(faults.latency)
-    parts = _parts(_pieces(app, body), body)
+    parts = _parts(answer_pieces(app, body), body)
     usage = {"promptTokenCount": max(1, len(orjson.dumps(body["contents"])) // 16),
              "candidatesTokenCount": len(parts)}
     usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
@@ -82,7 +82,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     stats.completed += 1
     text = "".join(p["text"] for p in parts if "text" in p)
     merged = ([{"text": text}] if text else []) + [p for p in parts if "functionCall" in p]
-    return _json(_response(model, merged, "STOP", usage))
+    return json_response(_response(model, merged, "STOP", usage))
 
 
 def _parts(pieces: list[str], body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -121,8 +121,8 @@ async def token(request: web.Request) -> web.Response:
     """OAuth2 token endpoint for service-account JWT grants (google-auth posts the signed assertion)."""
     form = await request.post()
     if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not form.get("assertion"):
-        return _json({"error": "invalid_grant"}, 400)
-    return _json({"access_token": f"ya29.fake-{next(_tokens)}", "expires_in": 3600, "token_type": "Bearer"})
+        return json_response({"error": "invalid_grant"}, 400)
+    return json_response({"access_token": f"ya29.fake-{next(_tokens)}", "expires_in": 3600, "token_type": "Bearer"})
 
 
 VERTEX = "/{version}/projects/{project}/locations/{location}/publishers/google/models/{target}"
