@@ -39,6 +39,9 @@ class SidecarError(Exception):
     error_class: str = "internal"
     retryable: bool = False
     counts_as_failure: bool = False
+    # What routing had done when this error ended the request (a ``routing.Outcome``), for the x-sidecar-*
+    # headers of the error answer; set by the pipeline.
+    outcome: object | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

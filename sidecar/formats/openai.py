@@ -194,6 +194,11 @@ def parse_chunk(raw: bytes) -> StreamChunk:
     return StreamChunk(raw, data, usage_from(usage) if usage else None)
 
 
+def response_bytes(response: ChatResponse) -> bytes:
+    """A whole answer as OpenAI JSON: the upstream's own bytes when they already are, else encoded."""
+    return response.raw if response.raw is not None else orjson.dumps(response.data)
+
+
 def error_message_of(data: object) -> str:
     """The human message inside an OpenAI-style (or flat) error body, if any."""
     if isinstance(data, dict):

@@ -14,6 +14,7 @@ from sidecar import __version__
 from sidecar.config import Config
 from sidecar.providers import http, wire
 from sidecar.providers.base import UpstreamCall
+from sidecar.routing.pipeline import Pipeline
 from sidecar.routing.router import Router
 from sidecar.server import routes
 from sidecar.server.keys import STATE, AppState
@@ -36,6 +37,7 @@ def create_app(state: AppState) -> web.Application:
     app.add_routes(routes.api_routes(sidecar.inbound_api_keys))
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_shared_state)
+    app.on_startup.append(_pipeline)
     app.on_shutdown.append(_drain)
     return app
 
@@ -112,6 +114,14 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
         await state.budgets.aclose()
     if state.cache is not None:
         await state.cache.aclose()
+
+
+async def _pipeline(app: web.Application) -> None:
+    """Assembled last: the router (``_upstreams``) and the cache and budgets (``_shared_state``) exist now."""
+    state = app[STATE]
+    assert state.router is not None
+    state.pipeline = Pipeline(state.router, state.metrics, cache=state.cache, budgets=state.budgets,
+                              tracing=state.tracing)
 
 
 def _warn_unpriced(config: Config) -> None:

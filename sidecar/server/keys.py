@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from sidecar.config import Config, ModelInfo
+from sidecar.config import Config
+from sidecar.routing.pipeline import Pipeline
 from sidecar.routing.router import Router
 from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
@@ -26,12 +27,9 @@ class AppState:
     draining: bool = False
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     tracing: Tracing | None = None  # None: tracing off (OTEL_* say so), and the request path skips it
-    prices: dict[str, ModelInfo] = field(default_factory=dict)  # deployment id -> model_info
     cache: ResponseCache | None = None  # None: no cache configured, and the request path skips it
     budgets: Budgets | None = None  # None: no budgets configured, and the request path skips them
-
-    def __post_init__(self) -> None:
-        self.prices = {d.id: d.model_info for d in self.config.deployments}
+    pipeline: Pipeline | None = None  # one request's steps around the router; set once both are up
 
 
 STATE = web.AppKey("state", AppState)

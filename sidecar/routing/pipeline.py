@@ -1,0 +1,179 @@
+"""One request from the parsed body to an answer: cache → budgets → router → price → store → spend.
+
+The server turns HTTP into a ``ChatRequest`` and calls ``Pipeline.complete`` or ``Pipeline.stream``; it
+turns the ``Answer`` (or the finished stream) back into HTTP. Everything between — the response cache, the
+budget check, routing, the cost of the answer, storing it, spending the budget — and the request's record
+(metrics, the log line, the trace) happens here, so the steps still to come (rules, coalescing, cascade,
+shadow traffic) land in one place rather than in a handler.
+
+An error that ends the request is raised with ``error.outcome`` set to what routing had done by then (the
+server puts its attempts on the error answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Protocol
+
+from sidecar.config import ModelInfo
+from sidecar.core.cost import request_cost
+from sidecar.core.errors import SidecarError
+from sidecar.core.types import ChatRequest, ChatResponse
+from sidecar.formats.openai import response_bytes
+from sidecar.policy.plan import FallbackStep
+from sidecar.routing.outcome import Outcome, StreamSink
+from sidecar.routing.router import Router
+from sidecar.state import cache as response_cache
+from sidecar.state.budgets import Budgets
+from sidecar.state.cache import ResponseCache
+from sidecar.telemetry import RequestMetrics
+from sidecar.telemetry.logs import log_request
+from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
+
+if TYPE_CHECKING:
+    from sidecar.telemetry.tracing import Passthrough, RequestSpans, Tracing
+
+    Spans = RequestSpans | Passthrough | None
+
+
+class InboundHead(Protocol):
+    """What the pipeline reads of the app's HTTP request (an aiohttp ``web.Request`` is one)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole answer: the response (OpenAI-shaped), what routing did (None for a cache hit), its cost in
+    USD when prices are known, and the cache's verdict (``hit``/``miss``, None when the cache does not apply)."""
+
+    response: ChatResponse
+    outcome: Outcome | None
+    cost: float | None = None
+    cache: str | None = None
+
+
+class Pipeline:
+    """The steps of one request around the router. The cache and budgets are None when not configured, and
+    the request path then skips them; ``tracing`` is None when tracing is off."""
+
+    def __init__(self, router: Router, metrics: RequestMetrics, *, cache: ResponseCache | None = None,
+                 budgets: Budgets | None = None, tracing: Tracing | None = None,
+                 prices: Mapping[str, ModelInfo] | None = None) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.cache = cache
+        self.budgets = budgets
+        self.tracing = tracing
+        self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
+
+    async def complete(self, chat: ChatRequest, head: InboundHead, request_id: str) -> Answer:
+        """A whole answer, from the cache or the router."""
+        record, spans, started = self._begin(chat, head, request_id)
+        outcome: Outcome | None = None
+        try:
+            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers)
+            if hit is not None:
+                record.outcome, record.status = "cache_hit", 200
+                return Answer(ChatResponse({}, raw=hit), None, cache=response_cache.HIT)
+            if self.budgets is not None:
+                self.budgets.check(chat.model)  # memory only; raises BudgetExceeded before any upstream call
+            response, outcome = await self.router.complete(chat)
+            record.outcome, record.status = "success", 200
+            record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
+            verdict = None
+            if key is not None:
+                verdict = response_cache.MISS
+                if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
+                    self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
+            return Answer(response, outcome, record.cost, verdict)
+        except BaseException as error:
+            self._failed(error, record, outcome)
+            raise
+        finally:
+            self._end(record, spans, started, outcome)
+
+    async def stream(self, chat: ChatRequest, head: InboundHead, request_id: str, sink: StreamSink) -> Outcome:
+        """Stream an answer into ``sink`` (errors after its commit point end the stream in-band)."""
+        record, spans, started = self._begin(chat, head, request_id)
+        outcome: Outcome | None = None
+        try:
+            if self.budgets is not None:
+                self.budgets.check(chat.model)
+            outcome = await self.router.stream(chat, sink)
+            record.outcome, record.status = ("error" if outcome.failed else "success"), 200
+            return outcome
+        except BaseException as error:
+            self._failed(error, record, outcome)
+            raise
+        finally:
+            self._end(record, spans, started, outcome)
+
+    # ---- the record --------------------------------------------------------------------------------
+
+    def _begin(self, chat: ChatRequest, head: InboundHead, request_id: str) -> tuple[RequestRecord, Spans, float]:
+        started = perf_counter()  # not the loop's clock: uvloop's moves in whole milliseconds
+        self.metrics.in_flight += 1
+        CURRENT_OUTCOME.set(None)  # keep-alive requests share a task's context
+        group = chat.model if self.router.has_group(chat.model) else ""  # app-chosen names are not labels
+        record = RequestRecord(request_id, group, stream=chat.stream)
+        tracing = self.tracing
+        spans = None if tracing is None else tracing.start_request(head.method, head.path, head.headers,
+                                                                    chat.model, chat.body)
+        return record, spans, started
+
+    @staticmethod
+    def _failed(error: BaseException, record: RequestRecord, outcome: Outcome | None) -> None:
+        if isinstance(error, SidecarError):
+            record.status, record.error_type = error.status, error.error_class
+            tried = outcome or CURRENT_OUTCOME.get()
+            error.outcome = tried if isinstance(tried, Outcome) else None
+        elif isinstance(error, asyncio.CancelledError):
+            record.outcome, record.status = "cancelled", 499
+
+    def _end(self, record: RequestRecord, spans: Spans, started: float, outcome: Outcome | None) -> None:
+        self.metrics.in_flight -= 1
+        record.seconds = perf_counter() - started
+        tried = outcome or CURRENT_OUTCOME.get()
+        self._fill(record, tried if isinstance(tried, Outcome) else None)
+        if spans is not None:
+            record.trace_id = spans.trace_id
+            spans.finish(record, tried if isinstance(tried, Outcome) else None)
+        self.metrics.observe(record)
+        log_request(record)
+        if self.budgets is not None and record.cost:
+            self.budgets.spend((record.group, record.fallback or record.group), record.cost)
+
+    def _fill(self, record: RequestRecord, outcome: Outcome | None) -> None:
+        """Copy what the router did into the record (the outcome may be partial when routing raised)."""
+        if outcome is None:
+            return
+        record.deployment = outcome.deployment or ""
+        record.attempts, record.errors, record.ttft, record.usage = (outcome.attempts, outcome.errors, outcome.ttft,
+                                                                     outcome.usage)
+        record.fallback = outcome.fallback
+        if record.fallback is not None:
+            record.fallback_cause = next((s.cause for s in reversed(outcome.trail) if isinstance(s, FallbackStep)),
+                                         None)
+        if record.cost is None and record.usage is not None:
+            record.cost = request_cost(record.usage, self.prices.get(record.deployment))
+
+    # ---- the cache ---------------------------------------------------------------------------------
+
+    async def _lookup(self, chat: ChatRequest, headers: Mapping[str, str]) -> tuple[str | None, bytes | None]:
+        """(the key to store this request's answer under, or None; the cached answer's bytes, or None)."""
+        assert self.cache is not None
+        key, lookup = self.cache.key_for(chat, headers)
+        if key is None or not lookup:
+            return key, None
+        return key, await self.cache.get(key)
