@@ -34,11 +34,12 @@ clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
 # Performance: `make bench` (BENCH_ARGS="--duration 3" for a quick look), `make bench-soak` (1,000,000 requests),
-# `make bench-failover` (what a failover costs a request, on the classic exercise).
+# `make bench-failover` (what a failover costs a request, on the classic exercise), `make bench-instructions`
+# (callgrind's instructions per plain and streamed request: compare before and after a change).
 # nginx and wrk come from Debian's packages, installed only when missing.
 BENCH_TOOLS = command -v nginx >/dev/null && command -v wrk >/dev/null \
 	|| apt-get install -y nginx wrk || (apt-get update && apt-get install -y nginx wrk)
-.PHONY: bench bench-soak bench-failover
+.PHONY: bench bench-soak bench-failover bench-instructions
 
 bench: install
 	@$(BENCH_TOOLS)
@@ -50,3 +51,9 @@ bench-soak: install
 
 bench-failover: install
 	$(PY) bench/failover.py $(BENCH_ARGS)
+
+# Instructions per plain and streamed request under callgrind: repeatable where seconds are not.
+bench-instructions: install
+	@$(BENCH_TOOLS)
+	@command -v valgrind >/dev/null || apt-get install -y valgrind || (apt-get update && apt-get install -y valgrind)
+	$(PY) bench/instructions.py $(BENCH_ARGS)
