@@ -17,9 +17,11 @@ install: $(STAMP)
 REDIS_SERVER = command -v redis-server >/dev/null \
 	|| apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
 
+# Test files run in parallel workers (each file stays in one worker, so module-scoped sidecars are shared).
+PYTEST_WORKERS ?= 4
 test: install
 	@$(REDIS_SERVER)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: install
 	$(PY) -m sidecar demo

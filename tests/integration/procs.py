@@ -132,6 +132,24 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()}")
             time.sleep(0.02)
 
+    def keys(self) -> int:
+        """How many keys the server holds (DBSIZE)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2)
+        try:
+            return int(client.dbsize())
+        finally:
+            client.close()
+
+    def wait_for_keys(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Until the server holds ``count`` keys (background stores land after the answer is sent)."""
+        deadline = time.monotonic() + timeout
+        while self.keys() < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis holds fewer than {count} keys after {timeout:g} s")
+            time.sleep(0.02)
+
     def _answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:

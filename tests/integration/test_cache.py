@@ -110,8 +110,9 @@ def test_two_sidecars_share_a_redis_cache(workdir: Path, primary: FakeProvider, 
     first, second = (Sidecar(config(primary, cache), workdir, f"cache-redis-{i}") for i in range(2))
     try:
         messages = unique()
+        stored = redis_server.keys()
         assert chat(first, messages, temperature=0).headers["x-sidecar-cache"] == "miss"
-        time.sleep(0.2)  # the store happens just after the answer is sent
+        redis_server.wait_for_keys(stored + 1)  # the store happens just after the answer is sent
         hit = chat(second, messages, temperature=0)
         assert hit.headers["x-sidecar-cache"] == "hit" and hit.parse().choices[0].message.content
         assert primary.stats()["requests"] == 1
@@ -129,7 +130,7 @@ def test_a_redis_that_dies_turns_hits_into_misses_and_requests_keep_working(
     try:
         messages = unique()
         assert chat(sidecar, messages, temperature=0).headers["x-sidecar-cache"] == "miss"
-        time.sleep(0.2)  # let the background store land
+        redis.wait_for_keys(1)  # the store lands after the answer is sent
         assert chat(sidecar, messages, temperature=0).headers["x-sidecar-cache"] == "hit"
         redis.stop()
         for _ in range(3):
