@@ -19,10 +19,12 @@ from sidecar.config.model import (
     parse,
 )
 from sidecar.config.reader import ConfigError, Secret
+from sidecar.config.resilience import BreakerSettings, StallSettings
 from sidecar.config.shared import BudgetSettings, CacheSettings, RedisSettings, SharedSettings
 
 __all__ = [
     "PROVIDERS",
+    "BreakerSettings",
     "BudgetSettings",
     "CacheSettings",
     "CatchAll",
@@ -37,6 +39,7 @@ __all__ = [
     "Secret",
     "SharedSettings",
     "SidecarSettings",
+    "StallSettings",
     "TelemetrySettings",
     "load",
     "parse",

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, is_number
+from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.shared import SharedSettings, shared_settings
 
 PROVIDERS: Mapping[str, str | None] = {
@@ -135,7 +136,9 @@ class SidecarSettings:
     access_log: bool = False
     max_connections_per_host: int = 256
     retry_after_cap_seconds: float = 60.0
-    stream_idle_timeout: float = 30.0
+    stream_idle_timeout: float | None = None  # None: a third of the request's timeout, at most 30 s
+    stream_stall: StallSettings | None = field(default_factory=StallSettings)  # None: the idle limit only
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
     catch_all: CatchAll = field(default_factory=CatchAll)
     hedging: Mapping[str, Hedging] = field(default_factory=dict)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
@@ -186,8 +189,9 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
         section.finish()
     root.finish()
     _check_fallbacks(router, groups, problems)
-    problems.extend(f"sidecar_settings.hedging.{name}: unknown model group" for name in sidecar.hedging
-                    if groups and name not in groups)
+    for key, named in (("hedging", sidecar.hedging), ("breaker.groups", sidecar.breaker.groups)):
+        problems.extend(f"sidecar_settings.{key}.{name}: unknown model group" for name in named
+                        if groups and name not in groups)
     problems.extend(f"sidecar_settings.budgets: budget '{b.name}': unknown model group '{m}'"
                     for b in sidecar.shared.budgets for m in b.models if groups and m not in groups)
     if not groups and not problems:
@@ -251,6 +255,8 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, secrets: S
         retry_after_cap_seconds=s.number("retry_after_cap_seconds", default.retry_after_cap_seconds,
                                          minimum=0),
         stream_idle_timeout=s.number("stream_idle_timeout", default.stream_idle_timeout, minimum=0.001),
+        stream_stall=stall_settings(s.section("stream_stall")),
+        breaker=breaker_settings(s.section("breaker")),
         catch_all=_catch_all(s.section("catch_all")),
         hedging=_hedging(s.section("hedging")),
         telemetry=_telemetry(s.section("telemetry")),

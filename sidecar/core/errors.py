@@ -124,7 +124,7 @@ class UpstreamServerError(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """``phase`` says which limit fired: connect, first_byte, idle or total."""
+    """``phase`` says which limit fired: connect, first_byte, idle, stall (the stream's own pace) or total."""
 
     status = 504
     type = "timeout_error"

@@ -177,11 +177,16 @@ class CircuitBreaker:
         # OPEN: a straggler admitted before the breaker opened; the probe decides, not it.
         return None
 
-    def record_failure(self, now: float) -> Transition | None:
-        """Call only for errors with ``counts_as_failure``; others are the app's fault, not the upstream's."""
+    def record_failure(self, now: float, *, reopen_after: float | None = None) -> Transition | None:
+        """Call only for errors with ``counts_as_failure``; others are the app's fault, not the upstream's.
+
+        A failed probe re-opens the breaker for ``cooldown``, or for ``reopen_after`` when the upstream said
+        how long (a 429's Retry-After): a throttled deployment is not broken, and it named its own pause.
+        """
         state = self._state
         if state is BreakerState.HALF_OPEN:
-            return self._open(now, now + self.cooldown, "probe_failed")
+            pause = self.cooldown if reopen_after is None else max(0.0, reopen_after)
+            return self._open(now, now + pause, "probe_failed")
         if state is BreakerState.OPEN:
             # Stragglers must not extend the cooldown: that would delay recovery for no new evidence.
             return None

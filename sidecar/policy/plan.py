@@ -2,13 +2,15 @@
 
 Decide, then act, then record: the router asks policy for a value, acts on it, and puts the same value on
 the span — an ``Attempt`` per upstream call, a ``Skip`` per candidate passed over, a ``FallbackStep`` per
-move to another model group (``retry.Retry`` / ``Failover`` / ``GiveUp`` say why).
+move to another model group (``retry.Retry`` / ``Failover`` / ``GiveUp`` say why), a ``Panic`` when every
+candidate left was open and the request went to one anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sidecar.config import RouterSettings
 
@@ -43,6 +45,15 @@ class Ranking:
     group: str
     strategy: str
     candidates: tuple[tuple[str, float, bool, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Panic:
+    """Every candidate the request had left was skipped for an open breaker: rather than refuse it, the
+    request goes to ``deployment``, whose breaker reopens soonest (Envoy's panic routing)."""
+
+    deployment: str
+    group: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +94,51 @@ def groups_to_try(group: str, router: RouterSettings, cause: str | None = None) 
                 out.append(target)
         i += 1
     return tuple(out)
+
+
+def rejection_fallbacks(group: str, router: RouterSettings, cause: str, tried: Collection[str], *,
+                        windows: Mapping[str, int | None] | None = None, needed: int = 0) -> list[str]:
+    """Where a request the upstream rejected for ``cause`` (context window, content policy) may go next.
+
+    Any other rejection (a bad request) has nowhere to go. Content-policy rejections go only to
+    ``content_policy_fallbacks``. A context-window rejection goes to
+    ``context_window_fallbacks`` when the group has an entry there, else to its ``fallbacks`` (as LiteLLM
+    routes it), never to a group already tried, and never to a group whose context window — the largest
+    ``max_input_tokens`` of its deployments, when every one is known (``windows``) — is smaller than
+    ``needed`` (the tokens the prompt is known to need at least), since that group would reject it too.
+    """
+    if cause == CONTEXT_WINDOW and group not in router.context_window_fallbacks:
+        chain = groups_to_try(group, router)
+    elif cause in (CONTEXT_WINDOW, CONTENT_POLICY) and group in fallback_table(router, cause):
+        chain = groups_to_try(group, router, cause)
+    else:
+        return []
+    windows = windows if cause == CONTEXT_WINDOW and windows is not None else {}
+    return [g for g in chain[1:] if g not in tried and _may_fit(windows.get(g), needed)]
+
+
+def _may_fit(window: int | None, needed: int) -> bool:
+    return window is None or window >= needed
+
+
+def context_windows(groups: Mapping[str, Iterable[int | None]]) -> dict[str, int | None]:
+    """Each group's context window: the largest of its deployments' ``max_input_tokens``, or None when one
+    of them is unknown (then nothing can be ruled out)."""
+    out: dict[str, int | None] = {}
+    for name, limits in groups.items():
+        known = list(limits)
+        out[name] = None if not known or None in known else max(k for k in known if k is not None)
+    return out
+
+
+T = TypeVar("T")
+
+
+def panic_choice(open_candidates: Iterable[tuple[T, float]]) -> T | None:
+    """Of the candidates skipped for an open breaker, each with the time its breaker admits calls again, the
+    one that reopens soonest (the first of equals: the plan's order); None when there is none."""
+    best: tuple[T, float] | None = None
+    for candidate in open_candidates:
+        if best is None or candidate[1] < best[1]:
+            best = candidate
+    return None if best is None else best[0]

@@ -6,10 +6,9 @@ The whole rulebook for "what happens on a 429 / 500 / timeout" is ``RetryPolicy.
 error_class                 decision
 ==========================  ===================================================================
 rate_limited                retry up to ``RateLimitErrorRetries`` (else ``num_retries``), waiting
-                            Retry-After (capped) or backoff; fail over at once when the caller
-                            says another deployment is available (``has_alternative``)
-server_error, connection    at most ONE retry unless ``InternalServerErrorRetries`` is set, so
-                            failover to a healthy backup stays fast
+                            Retry-After (capped) or backoff
+server_error, connection    retry up to ``InternalServerErrorRetries`` (else ``num_retries``),
+                            waiting backoff (or the upstream's Retry-After)
 timeout, phase connect      like connection (nothing was accepted); ``TimeoutErrorRetries`` wins
 timeout, any other phase    the upstream took the request and went silent: fail over at once,
                             unless ``TimeoutErrorRetries`` is explicitly set
@@ -23,6 +22,12 @@ context_window_exceeded     give up: the same deployment can never take it; the 
 anything after the first    fail over: the router continues the stream on the next candidate
 byte (``bytes_received``)
 ==========================  ===================================================================
+
+Retries are spent where LiteLLM spends them: inside the model group first. While the group has another
+deployment that can be tried (``has_alternative``), any retryable failure moves there at once — a healthy
+sibling answers sooner than any wait on the failing one. On the group's last candidate the budget above is
+spent on that deployment, waiting as the table says; only then does the router walk the ``fallbacks``
+groups (a different model than the app asked for). ``num_retries: 0`` therefore goes straight on.
 
 Backoff is exponential with full jitter — ``uniform(0, min(8 s, 0.25 s * 2**retries_done))`` — so
 retries from many concurrent requests spread out instead of arriving together (AWS "Exponential Backoff
@@ -43,7 +48,7 @@ from sidecar.core.errors import UpstreamError, UpstreamTimeout
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 PASS_THROUGH = frozenset({"bad_request", "context_window_exceeded", "content_policy"})
-_SILENT_PHASES = frozenset({"first_byte", "idle", "total", "upstream"})
+_SILENT_PHASES = frozenset({"first_byte", "idle", "stall", "total", "upstream"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +89,11 @@ class RetryPolicy:
     @classmethod
     def from_settings(cls, router: RouterSettings, retry_after_cap: float) -> RetryPolicy:
         policy, n = router.retry_policy, router.num_retries
-        one = min(1, n)
         budgets = {
             "rate_limited": policy.get("RateLimitErrorRetries", n),
-            "server_error": policy.get("InternalServerErrorRetries", one),
-            "connection": policy.get("InternalServerErrorRetries", one),
-            "timeout": policy.get("TimeoutErrorRetries", one),
+            "server_error": policy.get("InternalServerErrorRetries", n),
+            "connection": policy.get("InternalServerErrorRetries", n),
+            "timeout": policy.get("TimeoutErrorRetries", n),
             "auth": policy.get("AuthenticationErrorRetries", 0),
             "bad_request": policy.get("BadRequestErrorRetries", 0),
             "content_policy": policy.get("ContentPolicyViolationErrorRetries", 0),
@@ -110,13 +114,16 @@ class RetryPolicy:
         *,
         bytes_received: bool = False,
         has_alternative: bool = False,
+        panic: bool = False,
     ) -> Decision:
         """Decide after a failed attempt.
 
         ``retries_done``: retries already made on this deployment for this request. ``bytes_received``:
         the attempt had sent the app something (a cut stream) — never retried here. ``has_alternative``:
-        another deployment or fallback group is left to try; a 429 then fails over at once, because a
-        healthy sibling answers sooner than any backoff on the throttled one.
+        another deployment *of the same model group* can be tried now; the failure then moves there at once.
+        Fallback groups are not alternatives: the budget is spent on the group's last candidate first.
+        ``panic``: the attempt went to a deployment whose breaker is open, because nothing else was left —
+        one call, never a wait on a deployment known to be failing.
         """
         cls_ = error.error_class
         budget = self.budget(error)
@@ -124,10 +131,10 @@ class RetryPolicy:
             return GiveUp(cls_)
         if bytes_received:
             return Failover(f"{cls_}_after_first_byte")
-        if cls_ == "rate_limited" and has_alternative:
-            return Failover(cls_)
         if retries_done >= budget:
             return Failover(self._exhausted_reason(error, budget))
+        if has_alternative or panic:
+            return Failover(_reason(error))
         delay = self.delay(error, retries_done, rng)
         if now + delay >= deadline:
             return Failover("deadline")
@@ -151,8 +158,9 @@ class RetryPolicy:
 
     @staticmethod
     def _exhausted_reason(error: UpstreamError, budget: int) -> str:
-        if isinstance(error, UpstreamTimeout) and budget == 0:
-            return f"timeout_{error.phase}"
-        if budget == 0:
-            return error.error_class
-        return f"{error.error_class}_retries_exhausted"
+        return _reason(error) if budget == 0 else f"{error.error_class}_retries_exhausted"
+
+
+def _reason(error: UpstreamError) -> str:
+    """The failover reason for ``error``: its class, and for a timeout which limit fired."""
+    return f"timeout_{error.phase}" if isinstance(error, UpstreamTimeout) else error.error_class

@@ -1,14 +1,17 @@
-"""What the router works with and reports: its per-deployment state, one request's outcome, and the
-protocols of the things it writes to (a stream sink, a hedging race). Values only; no routing here."""
+"""What the router works with and reports: its per-deployment state, one request's outcome and its way
+through the plan, and the protocols of the things it writes to (a stream sink, a hedging race). Values
+only; no routing here."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from sidecar.config import Deployment
-from sidecar.core.errors import SidecarError
+from sidecar.core.errors import ContextWindowExceeded, SidecarError
 from sidecar.core.types import StreamChunk, Usage
 from sidecar.policy.breaker import CircuitBreaker
 from sidecar.policy.limits import TokenBucket
@@ -43,6 +46,7 @@ class Outcome:
     skipped_events: int = 0
     catch_all: str | None = None
     failed: bool = False  # a committed stream that ended with an in-band error
+    panic: str | None = None  # the deployment sent to although its breaker was open (nothing else was left)
     estimate: tuple[int, int] | None = None  # (prompt, prompt + completion budget) tokens, when needed
     errors: list[str] = field(default_factory=list)
     trail: list[object] = field(default_factory=list)
@@ -52,6 +56,9 @@ class Outcome:
         """The model group that answered, when it was not the one asked for."""
         group = self.answered_group
         return group if group is not None and group != self.group else None
+
+
+FAILED = object()  # what an attempt returns when its deployment is done for this request: move on
 
 
 class StreamSink(Protocol):
@@ -76,3 +83,34 @@ class RaceState(Protocol):
 
     committed: asyncio.Event
     owner: Target | None
+
+
+@dataclass(slots=True, eq=False)
+class Walk:
+    """One request's way through its plan: how an attempt is made, the deadline, the groups left, and what
+    was met on the way — for the final error, panic routing and context-window fallbacks."""
+
+    outcome: Outcome
+    attempt: Callable[[Target, float], Awaitable[object]]
+    deadline: float
+    pending: deque[str]
+    race: RaceState | None = None
+    tried: set[str] = field(default_factory=set)
+    limited: int = 0  # candidates that were rate limited (or cooling down from it)
+    unlimited: int = 0  # candidates that failed, or were skipped, for any other reason
+    opened: list[tuple[Target, str]] = field(default_factory=list)  # skipped for an open breaker (panic)
+    needed: int = 0  # tokens the prompt is known to need at least (estimate, or a window that rejected it)
+    rejected: ContextWindowExceeded | None = None  # the first context-window rejection: what the app gets
+    too_long: frozenset[tuple[str, str]] | None = None  # (provider, model)s that rejected the prompt as too long
+
+    def count(self, limited: bool) -> None:
+        if limited:
+            self.limited += 1
+        else:
+            self.unlimited += 1
+
+
+def model_of(target: Target) -> tuple[str, str]:
+    """The upstream model a target serves: a prompt one deployment of it rejected as too long, all do."""
+    return target.deployment.provider, target.deployment.model
+

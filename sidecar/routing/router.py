@@ -3,8 +3,10 @@
 For each request: ``policy.plan`` gives the model group and its fallbacks; ``policy.strategies`` orders a
 group's deployments; each deployment's ``CircuitBreaker`` admits or skips it; an attempt goes through the
 adapter and ``providers.http`` under one shrinking deadline; its failure is classified (``core.errors``)
-and ``RetryPolicy.decide`` says retry, fail over or give up. Every decision is appended to
-``Outcome.trail`` as a value, so telemetry can put it on the trace.
+and ``RetryPolicy.decide`` says retry, fail over or give up — retries are spent inside the group before
+its fallbacks are walked. When nothing answered and candidates were skipped for an open breaker, the
+request goes to the one that reopens soonest (``plan.Panic``) instead of being refused. Every decision is
+appended to ``Outcome.trail`` as a value, so telemetry can put it on the trace. Hedging is ``hedging.race``.
 
 A stream may move to another deployment freely before ``StreamSink.start`` — the commit point. After it, a
 failure continues the answer on the next candidate (prefill or splice, see ``formats.continuation``) or
@@ -37,13 +39,24 @@ from sidecar.core.errors import (
 from sidecar.core.types import ChatRequest, ChatResponse, Usage
 from sidecar.policy.breaker import CircuitBreaker, Transition
 from sidecar.policy.limits import TokenBucket
-from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip, fallback_table, groups_to_try
+from sidecar.policy.plan import (
+    Attempt,
+    FallbackStep,
+    Panic,
+    Ranking,
+    Skip,
+    context_windows,
+    groups_to_try,
+    panic_choice,
+    rejection_fallbacks,
+)
 from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
 from sidecar.routing.catch_all import CatchAllStore
-from sidecar.routing.outcome import Outcome, RaceState, StreamSink, Target
+from sidecar.routing.hedging import hedge_delay, race
+from sidecar.routing.outcome import FAILED, Outcome, RaceState, StreamSink, Target, Walk, model_of
 from sidecar.routing.streaming import StreamAttempt, StreamLimits
 from sidecar.telemetry.record import CURRENT_OUTCOME
 
@@ -69,12 +82,16 @@ class Router:
         self.strategy = settings.routing_strategy
         self.retry_policy = RetryPolicy.from_settings(settings, config.sidecar.retry_after_cap_seconds)
         self.retry_after_cap = config.sidecar.retry_after_cap_seconds
-        self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, config.sidecar.stream_idle_timeout)
+        self.breaker_settings = config.sidecar.breaker
+        self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, self.idle_limit,
+                                          config.sidecar.stream_stall)
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
         self.targets: Mapping[str, tuple[Target, ...]] = {
             name: tuple(self._target(d) for d in group.deployments) for name, group in config.groups.items()
         }
         self.plans = {name: groups_to_try(name, settings) for name in config.groups}
+        self.windows = context_windows({name: [d.model_info.max_input_tokens for d in group.deployments]
+                                        for name, group in config.groups.items()})
         self.hedging = config.sidecar.hedging
         # Token estimates cost a walk over the messages: only when some deployment has a tpm limit or a
         # context window to check, or usage-based routing needs them.
@@ -82,12 +99,14 @@ class Router:
             d.tpm or d.model_info.max_input_tokens for d in config.deployments)
 
     def _target(self, deployment: Deployment) -> Target:
-        settings = self.config.router
+        settings, breaker = self.config.router, self.config.sidecar.breaker
         prefill = deployment.supports_prefill
         return Target(
             deployment=deployment,
             adapter=bind(deployment),
-            breaker=CircuitBreaker(deployment.id, settings.allowed_fails, settings.cooldown_time),
+            breaker=CircuitBreaker(deployment.id, settings.allowed_fails, settings.cooldown_time,
+                                   error_rate_threshold=breaker.error_rate, window=breaker.window,
+                                   min_requests=breaker.min_requests),
             stats=DeploymentStats(),
             rpm=TokenBucket(deployment.rpm) if deployment.rpm else None,
             tpm=TokenBucket(deployment.tpm) if deployment.tpm else None,
@@ -103,10 +122,14 @@ class Router:
         return [t for targets in self.targets.values() for t in targets]
 
     def unavailable_groups(self) -> list[str]:
-        """Model groups none of whose deployments (nor fallbacks) can be tried now (for /readyz)."""
+        """Model groups none of whose deployments (nor fallbacks) can be tried now (for /readyz). An open
+        breaker does not make a deployment untriable — panic routing still sends to it — unless its group
+        refuses, or the upstream itself asked for the pause (Retry-After)."""
         now = self.clock()
-        return [name for name, plan in self.plans.items()
-                if not any(t.breaker.ready_at(now) <= now for g in plan for t in self.targets[g])]
+        refuses = self.breaker_settings.refuses
+        return [name for name, plan in self.plans.items() if not any(
+            t.breaker.ready_at(now) <= now or not (t.rate_limited or refuses(g))
+            for g in plan for t in self.targets[g])]
 
     def refresh_credentials(self) -> None:
         for target in self.all_targets():
@@ -166,59 +189,78 @@ class Router:
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
                      attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None) -> T:
-        deadline = self.clock() + self.timeout
+        walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[request.model]), race)
         if self.estimates:
             outcome.estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request))
-        pending = deque(self.plans[request.model])
-        tried: set[str] = set()
+            walk.needed = outcome.estimate[0]
         previous: str | None = None
-        limited = unlimited = 0  # candidates that were rate limited (or cooling down from it), and others
-        while pending:
-            group = pending.popleft()
-            tried.add(group)
+        while walk.pending:
+            group = walk.pending.popleft()
+            walk.tried.add(group)
             if previous is not None:
                 outcome.trail.append(FallbackStep(previous, group, outcome.errors[-1] if outcome.errors else "skipped"))
             previous = group
-            now = self.clock()
-            candidates = self._ordered(group, outcome, now)
-            hedge = self.hedging.get(group)
-            too_long = 0  # candidates whose context window the prompt does not fit
-            while candidates:
-                target = candidates.popleft()
-                skipped = self._skip_reason(target, outcome, self.clock())
-                if skipped is not None:
-                    too_long += skipped == "context_window"
-                    is_limited = target.rate_limited or skipped in ("rpm_limit", "tpm_limit")
-                    limited, unlimited = limited + is_limited, unlimited + (not is_limited)
-                    continue
-                has_alternative = bool(candidates) or bool(pending)
-                try:
-                    if hedge is not None and candidates:
-                        result = await self._race(target, candidates, group, outcome, deadline, attempt, race)
-                    else:
-                        result = await self._attempts(target, group, outcome, deadline, attempt, has_alternative)
-                except GiveUpError as give_up:
-                    extra = self._fallbacks_for(give_up.error, group, tried)
-                    if not extra:
-                        raise give_up.error from None
-                    pending = deque(extra)
-                    break
-                if result is not _FAILED:
-                    outcome.answered_group = group
-                    return result  # type: ignore[return-value]
-                was_limited = bool(outcome.errors) and outcome.errors[-1] == "rate_limited"
-                limited, unlimited = limited + was_limited, unlimited + (not was_limited)
-                if self.clock() >= deadline:
-                    pending.clear()
-                    break
-            else:
-                if too_long and too_long == len(self.targets[group]):
-                    error = ContextWindowExceeded("the prompt is longer than every deployment's context window "
-                                                  f"for '{group}'", param="messages")
-                    pending = deque(self._fallbacks_for(error, group, tried))
-                    if not pending:
-                        raise error
-        raise self._exhausted(request.model, deadline, limited > 0 and unlimited == 0)
+            result = await self._group(group, walk)
+            if result is not FAILED:
+                outcome.answered_group = group
+                return result  # type: ignore[return-value]
+        result = await self._panic(walk)
+        if result is not FAILED:
+            return result  # type: ignore[return-value]
+        raise self._exhausted(request.model, walk)
+
+    async def _group(self, group: str, walk: Walk) -> object:
+        """``group``'s deployments in strategy order until one answers; else ``FAILED``, and ``walk.pending``
+        holds what comes next (a rejection's own fallbacks; nothing when time ran out)."""
+        outcome = walk.outcome
+        candidates = self._ordered(group, outcome, self.clock())
+        hedge = self.hedging.get(group)
+        too_long = 0  # candidates whose context window the prompt does not fit
+        while candidates:
+            target = candidates.popleft()
+            skipped = self._skip_reason(target, walk, self.clock())
+            if skipped is not None:
+                too_long += skipped == "context_window"
+                self._passed_over(target, group, skipped, walk)
+                continue
+            try:
+                if hedge is not None and candidates:
+                    result = await race(lambda t, left: self._attempts(t, group, walk, left), target, candidates,
+                                        lambda t: self._admit(t, walk), hedge_delay(hedge, target), walk.race,
+                                        outcome.trail)
+                else:
+                    result = await self._attempts(target, group, walk, candidates)
+            except GiveUpError as give_up:
+                walk.pending = self._after_rejection(give_up.error, group, target, walk)
+                return FAILED
+            if result is not FAILED:
+                return result
+            walk.count(bool(outcome.errors) and outcome.errors[-1] == "rate_limited")
+            if self.clock() >= walk.deadline:
+                walk.pending.clear()
+                return FAILED
+        if too_long and too_long == len(self.targets[group]):
+            error = walk.rejected or ContextWindowExceeded(
+                f"the prompt is longer than every deployment's context window for '{group}'", param="messages")
+            walk.pending = self._after_rejection(error, group, None, walk)
+        return FAILED
+
+    async def _panic(self, walk: Walk) -> object:
+        """Nothing answered and candidates were skipped for an open breaker: rather than refuse the request,
+        send it to the one whose breaker reopens soonest (``plan.Panic``) — unless time is up."""
+        now = self.clock()
+        if not walk.opened or now >= walk.deadline:
+            return FAILED
+        target, group = panic_choice((pair, pair[0].breaker.ready_at(now)) for pair in walk.opened)  # type: ignore[misc]
+        walk.outcome.trail.append(Panic(target.deployment.id, group))
+        walk.outcome.panic = target.deployment.id
+        try:
+            result = await self._attempts(target, group, walk, deque(), panic=True)
+        except GiveUpError as give_up:
+            raise give_up.error from None
+        if result is not FAILED:
+            walk.outcome.answered_group = group
+        return result
 
     def _ordered(self, group: str, outcome: Outcome, now: float) -> deque[Target]:
         """The group's deployments in strategy order; with tracing on, the order's reasons go on the trail."""
@@ -229,14 +271,14 @@ class Router:
             (t.deployment.id, tier, unhealthy, score) for t, tier, unhealthy, score in ranking])))
         return deque([r[0] for r in ranking])
 
-    def _admit(self, target: Target, outcome: Outcome, now: float) -> bool:
-        return self._skip_reason(target, outcome, now) is None
+    def _admit(self, target: Target, walk: Walk) -> bool:
+        return self._skip_reason(target, walk, self.clock()) is None
 
-    def _skip_reason(self, target: Target, outcome: Outcome, now: float) -> str | None:
+    def _skip_reason(self, target: Target, walk: Walk, now: float) -> str | None:
         """None when ``target`` may be tried now; else why not (also recorded on the trail)."""
-        estimate = outcome.estimate
+        outcome = walk.outcome
         limit = target.deployment.model_info.max_input_tokens
-        if estimate is not None and limit is not None and estimate[0] > limit:
+        if (limit is not None and walk.needed > limit) or (walk.too_long and model_of(target) in walk.too_long):
             return self._skip(target, outcome, "context_window")
         allowed, transition = target.breaker.admit(now)
         self._note(transition, outcome)
@@ -245,6 +287,7 @@ class Router:
         if target.rpm is not None and target.rpm.take(1, now) > 0:
             target.breaker.release_probe()
             return self._skip(target, outcome, "rpm_limit")
+        estimate = outcome.estimate
         if target.tpm is not None and estimate is not None and target.tpm.take(estimate[1], now) > 0:
             target.breaker.release_probe()
             return self._skip(target, outcome, "tpm_limit")
@@ -255,10 +298,23 @@ class Router:
         outcome.trail.append(Skip(target.deployment.id, reason))
         return reason
 
-    async def _attempts(self, target: Target, group: str, outcome: Outcome, deadline: float,
-                        attempt: Callable[[Target, float], Awaitable[T]], has_alternative: bool) -> T | object:
-        """Attempts on one deployment: the first, then retries while the policy says so."""
-        retries = 0
+    def _passed_over(self, target: Target, group: str, reason: str, walk: Walk) -> None:
+        limited = target.rate_limited or reason in ("rpm_limit", "tpm_limit")
+        walk.count(limited)
+        if reason == "breaker_open" and not self.breaker_settings.refuses(group):
+            walk.opened.append((target, group))
+
+    def _has_alternative(self, others: deque[Target], now: float) -> bool:
+        """May another deployment of the same group be tried now? (Fallback groups do not count: the retry
+        budget is spent inside the group first, see ``policy.retry``.)"""
+        return any(t.breaker.ready_at(now) <= now for t in others)
+
+    async def _attempts(self, target: Target, group: str, walk: Walk, others: deque[Target], *,
+                        panic: bool = False) -> object:
+        """Attempts on one deployment: the first, then retries while the policy says so. ``others``: the
+        group's candidates still to try. A ``panic`` send went past the breaker: it is one call, and it
+        never releases a probe some other request holds."""
+        outcome, retries = walk.outcome, 0
         CURRENT_OUTCOME.set(outcome)  # for the handler's metrics and log line, even if routing raises
         while True:
             outcome.attempts += 1
@@ -267,31 +323,32 @@ class Router:
             target.stats.started(started)
             span = self.observer.attempt(target.deployment, outcome, retries) if self.observer else None
             try:
-                result = await attempt(target, deadline)
+                result = await walk.attempt(target, walk.deadline)
             except UpstreamError as error:
                 if span is not None:
                     span.failed(error)
                 now = self.clock()
                 target.stats.finished(now, now - started, ok=not error.counts_as_failure)
-                self._record_failure(target, error, outcome, now)
-                decision = self.retry_policy.decide(error, retries, now, deadline, self.rng,
-                                                    has_alternative=has_alternative,
-                                                    bytes_received=error.committed)
+                self._record_failure(target, error, outcome, now, panic)
+                decision = self.retry_policy.decide(error, retries, now, walk.deadline, self.rng,
+                                                    has_alternative=self._has_alternative(others, now),
+                                                    bytes_received=error.committed, panic=panic)
                 outcome.trail.append(decision)
                 if isinstance(decision, GiveUp):
                     raise GiveUpError(error) from None
                 if not isinstance(decision, Retry):
-                    return _FAILED
+                    return FAILED
                 await asyncio.sleep(decision.delay)
-                if not self._admit(target, outcome, self.clock()):
-                    return _FAILED
+                if not self._admit(target, walk):
+                    return FAILED
                 retries += 1
                 continue
             except BaseException as error:
                 if span is not None:
                     span.failed(error)
                 target.stats.finished(self.clock(), self.clock() - started, ok=True)
-                target.breaker.release_probe()
+                if not panic:
+                    target.breaker.release_probe()
                 raise
             if span is not None:
                 span.succeeded(result, outcome)
@@ -303,56 +360,6 @@ class Router:
             outcome.deployment = target.deployment.id
             return result
 
-    async def _race(self, first: Target, candidates: deque[Target], group: str, outcome: Outcome, deadline: float,
-                    attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None) -> T | object:
-        """Hedging: if ``first`` has not answered (or, for a stream, sent its first token) after the group's
-        hedge delay, start the next admitted candidate too; the first good answer wins, the other is
-        cancelled — which closes its upstream connection."""
-        tasks = {asyncio.create_task(self._attempts(first, group, outcome, deadline, attempt, True)): first}
-        committed = asyncio.create_task(race.committed.wait()) if race is not None else None
-        try:
-            done, _ = await asyncio.wait([*tasks, *([committed] if committed else [])],
-                                         timeout=self._hedge_delay(group, first))
-            if not done:
-                while candidates and not self._admit(candidates[0], outcome, self.clock()):
-                    candidates.popleft()
-                if candidates:
-                    second = candidates.popleft()
-                    outcome.trail.append(Skip(second.deployment.id, "hedge_started"))
-                    tasks[asyncio.create_task(self._attempts(second, group, outcome, deadline, attempt,
-                                                             bool(candidates)))] = second
-            return await self._first_good(tasks, committed, race)
-        finally:
-            for task in [*tasks, *([committed] if committed else [])]:
-                task.cancel()
-            await asyncio.gather(*tasks, *([committed] if committed else []), return_exceptions=True)
-
-    async def _first_good(self, tasks: dict[asyncio.Task[T | object], Target], committed: asyncio.Task[bool] | None,
-                          race: RaceState | None) -> T | object:
-        waiting: set[asyncio.Future[object]] = {*tasks, *([committed] if committed else [])}
-        while waiting - {committed}:
-            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is committed:  # a stream claimed the app: cancel the attempts that did not
-                    assert race is not None
-                    for other, target in tasks.items():
-                        if target is not race.owner:
-                            other.cancel()
-                    continue
-                if task.cancelled():
-                    continue
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-                if task.result() is not _FAILED:
-                    return task.result()
-        return _FAILED
-
-    def _hedge_delay(self, group: str, target: Target) -> float:
-        hedge = self.hedging[group]
-        if hedge.after is not None:
-            return hedge.after
-        return target.stats.p95_ttft or hedge.fallback_after
-
     @staticmethod
     def _count_tokens(target: Target, usage: Usage | None, estimate: tuple[int, int] | None, now: float) -> None:
         """Feed usage-based routing, and settle the tpm bucket: it was charged the estimate up front."""
@@ -363,15 +370,20 @@ class Router:
         if target.tpm is not None and estimate is not None:
             target.tpm.consume(used - estimate[1], now)
 
-    def _record_failure(self, target: Target, error: UpstreamError, outcome: Outcome, now: float) -> None:
+    def _record_failure(self, target: Target, error: UpstreamError, outcome: Outcome, now: float,
+                        panic: bool) -> None:
         outcome.errors.append(error.error_class)
         if not error.counts_as_failure:
-            target.breaker.release_probe()
+            if not panic:
+                target.breaker.release_probe()
             return
-        self._note(target.breaker.record_failure(now), outcome)
+        pause = None
         if isinstance(error, RateLimited) and error.retry_after:
+            pause = min(error.retry_after, self.retry_after_cap)
+        self._note(target.breaker.record_failure(now, reopen_after=pause), outcome)
+        if pause is not None:
             target.rate_limited = True
-            self._note(target.breaker.cool_down(now, min(error.retry_after, self.retry_after_cap)), outcome)
+            self._note(target.breaker.cool_down(now, pause), outcome)
 
     def _note(self, transition: Transition | None, outcome: Outcome) -> None:
         if transition is not None:
@@ -379,20 +391,27 @@ class Router:
             log.warning("breaker %s: %s -> %s (%s)", transition.deployment, transition.old.value,
                         transition.new.value, transition.reason)
 
-    def _fallbacks_for(self, error: UpstreamError, group: str, tried: set[str]) -> list[str]:
-        """Groups configured for a context-window or content-policy rejection, not yet tried."""
-        if error.error_class not in ("context_window_exceeded", "content_policy"):
-            return []
-        table = fallback_table(self.config.router, error.error_class)
-        if group not in table:
-            return []
-        return [g for g in groups_to_try(group, self.config.router, error.error_class)[1:] if g not in tried]
+    def _after_rejection(self, error: UpstreamError, group: str, target: Target | None, walk: Walk) -> deque[str]:
+        """The groups a request goes to after ``group`` rejected it (``plan.rejection_fallbacks``); raises
+        ``error`` — the first context-window rejection, for that cause — when there are none. A context-window
+        rejection also rules out the model that gave it, and every window not larger than that model's."""
+        if isinstance(error, ContextWindowExceeded):
+            walk.rejected = error = walk.rejected or error
+            if target is not None:
+                walk.too_long = (walk.too_long or frozenset()) | {model_of(target)}
+                limit = target.deployment.model_info.max_input_tokens
+                walk.needed = max(walk.needed, limit + 1 if limit else 0)
+        groups = rejection_fallbacks(group, self.config.router, error.error_class, walk.tried,
+                                     windows=self.windows, needed=walk.needed)
+        if not groups:
+            raise error
+        return deque(groups)
 
-    def _exhausted(self, group: str, deadline: float, only_rate_limited: bool) -> SidecarError:
+    def _exhausted(self, group: str, walk: Walk) -> SidecarError:
         now = self.clock()
-        if now >= deadline:
+        if now >= walk.deadline:
             return DeadlineExceeded("the request ran out of time before an upstream answered")
-        if only_rate_limited:
+        if walk.limited > 0 and walk.unlimited == 0:
             soonest = min(t.breaker.ready_at(now) for g in self.plans[group] for t in self.targets[g])
             return AllRateLimited("every upstream for this model is rate limited; retry later",
                                   retry_after=max(1.0, soonest - now))
@@ -417,6 +436,12 @@ class Router:
             limit = min(60.0, (deployment.timeout or self.timeout) / 3)
         return limit
 
+    def idle_limit(self, deployment: Deployment) -> float:
+        """The longest silence allowed inside a stream: ``stream_idle_timeout``, else a third of the request's
+        timeout (at most 30 s), so a stalled stream is cut while there is still time to continue it."""
+        limit = self.config.sidecar.stream_idle_timeout
+        return limit if limit is not None else min(30.0, (deployment.timeout or self.timeout) / 3)
+
 
 class GiveUpError(Exception):
     """Internal: the policy said to pass ``error`` to the app (unless the plan has a fallback for it)."""
@@ -424,7 +449,3 @@ class GiveUpError(Exception):
     def __init__(self, error: UpstreamError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-_FAILED = object()  # sentinel: this deployment is done for this request; move on
-

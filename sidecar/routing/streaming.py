@@ -16,7 +16,7 @@ from time import perf_counter
 
 import aiohttp
 
-from sidecar.config import Deployment
+from sidecar.config import Deployment, StallSettings
 from sidecar.core.errors import (
     NoHealthyUpstream,
     UpstreamBadRequest,
@@ -26,19 +26,21 @@ from sidecar.core.errors import (
 from sidecar.core.types import ChatRequest, ChatResponse
 from sidecar.formats.continuation import Diverged, Splicer, StreamProgress, prefill_body
 from sidecar.formats.openai import chunks_from_completion
+from sidecar.policy.stall import StallDetector
 from sidecar.providers import http
 from sidecar.routing.outcome import Outcome, StreamSink, Target
 
 
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
-    """What a stream attempt needs from the router: its upstream session, its clock, and the time allowed to
-    the first token (per deployment) and between events."""
+    """What a stream attempt needs from the router: its upstream session, its clock, the time allowed to
+    the first token and between reads (per deployment), and the pace rule for stalls (None: off)."""
 
     session: aiohttp.ClientSession
     clock: Callable[[], float]
     ttft: Callable[[Deployment], float]
-    idle: float
+    idle: Callable[[Deployment], float]
+    stall: StallSettings | None
 
 
 class StreamAttempt:
@@ -87,9 +89,13 @@ class StreamAttempt:
                     raise adapter.classify_error(upstream.status, upstream.headers, body)
                 reader = adapter.stream_reader(request)
                 until, phase = first_byte, "first_byte"
+                pace = StallDetector(limits.idle(deployment), limits.stall)
+                waiting: float | None = None  # when the last wait for bytes began (after the first byte)
                 data = b"-"
                 while data:
                     data = await upstream.next_chunk(until, phase)
+                    if waiting is not None:
+                        pace.waited(limits.clock() - waiting)
                     chunks = reader.feed(data) if data else reader.finish()
                     if splicer is not None:
                         chunks = splicer.feed(chunks)
@@ -104,7 +110,8 @@ class StreamAttempt:
                             raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
                         self.progress.observe(chunks)
                         await sink.send(chunks)
-                    until, phase = limits.clock() + limits.idle, "idle"
+                    waiting = limits.clock()
+                    until, phase = waiting + pace.limit, pace.phase
                 outcome.usage = reader.usage
                 outcome.skipped_events += reader.skipped
                 if not (reader.done or self.progress.finished):

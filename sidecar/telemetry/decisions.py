@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sidecar.policy.breaker import Transition
-from sidecar.policy.plan import Attempt, FallbackStep, Ranking, Skip
+from sidecar.policy.plan import Attempt, FallbackStep, Panic, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
               ("sidecar.routing.retries", retries), ("sidecar.routing.skipped", tuple(skipped) or None),
               ("sidecar.routing.fallbacks", tuple(fallbacks) or None), ("sidecar.routing.chosen", outcome.deployment),
               ("sidecar.routing.answered_group", outcome.answered_group),
-              ("sidecar.routing.catch_all", outcome.catch_all))
+              ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic))
     return labels, scores, rankings
 
 
@@ -60,6 +60,8 @@ def event(item: object) -> tuple[str, dict[str, Any]]:
                            "sidecar.attempt": item.number, "sidecar.retry": item.retry}
     if isinstance(item, Skip):
         return "skip", {"sidecar.deployment": item.deployment, "sidecar.reason": item.reason}
+    if isinstance(item, Panic):
+        return "panic", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group}
     if isinstance(item, FallbackStep):
         return "fallback", {"sidecar.fallback.from": item.from_group, "sidecar.fallback.to": item.to_group,
                             "sidecar.fallback.cause": item.cause}

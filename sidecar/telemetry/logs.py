@@ -107,6 +107,7 @@ def log_request(record: RequestRecord) -> None:
         "errors": record.errors,
         "fallback": record.fallback,
         "fallback_cause": record.fallback_cause,
+        "panic": record.panic,
         "outcome": record.outcome,
         "status": record.status,
         "error_type": record.error_type,

@@ -61,6 +61,7 @@ class RequestMetrics:
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.attempts: Counter[tuple[str, str]] = Counter()
         self.fallbacks: Counter[tuple[str, str, str]] = Counter()
+        self.panics: Counter[tuple[str, str]] = Counter()
         self.tokens: Counter[tuple[str, str, str]] = Counter()
         self.cost: Counter[tuple[str, str]] = Counter()
         self.duration = Histogram()
@@ -79,6 +80,8 @@ class RequestMetrics:
             self.ttft.observe((group, deployment), record.ttft)
         if record.fallback is not None:
             self.fallbacks[(group, record.fallback, record.fallback_cause or "")] += 1
+        if record.panic is not None:
+            self.panics[(group, record.panic)] += 1
         usage = record.usage
         if usage is not None:
             self.tokens[(group, deployment, "input")] += usage.prompt_tokens
@@ -96,6 +99,9 @@ class RequestMetrics:
                  ("model_group", "error_class"), self.attempts)
         _counter(lines, "llm_sidecar_fallbacks_total", "Requests answered by a fallback model group, by cause.",
                  ("model_group", "fallback", "cause"), self.fallbacks)
+        _counter(lines, "llm_sidecar_breaker_panic_total",
+                 "Requests sent to a deployment past its open breaker because nothing else was left.",
+                 ("model_group", "deployment"), self.panics)
         _counter(lines, "llm_sidecar_tokens_total", "Tokens billed, by direction (input, output).",
                  ("model_group", "deployment", "direction"), self.tokens)
         _counter(lines, "llm_sidecar_cost_usd_total", "Spend in USD from model_info prices (deployments with prices).",

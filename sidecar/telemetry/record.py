@@ -24,6 +24,7 @@ class RequestRecord:
     errors: list[str] = field(default_factory=list)
     fallback: str | None = None
     fallback_cause: str | None = None
+    panic: str | None = None  # the deployment sent to past its open breaker (nothing else was left)
     ttft: float | None = None
     usage: Usage | None = None
     cost: float | None = None

@@ -322,3 +322,22 @@ def test_invariants_under_any_event_sequence(seq: list[tuple[str, float]]) -> No
             state = t.new
         assert b.state is state
         assert b.ready_at(now) >= now
+
+
+# ---- a throttled probe (issue 14) -----------------------------------------------------------------
+
+
+def test_a_failed_probe_reopens_for_the_upstreams_own_pause_when_it_named_one() -> None:
+    b = open_breaker(100.0)
+    assert b.admit(110.0) == (True, Transition("dep-a", OPEN, HALF_OPEN, "cooldown_elapsed", 110.0))
+    assert b.record_failure(110.5, reopen_after=2.0) == Transition("dep-a", HALF_OPEN, OPEN, "probe_failed", 110.5)
+    assert b.open_until == 112.5  # the Retry-After, not the 10 s cooldown
+    assert not b.allow(112.4)
+    assert b.allow(112.5)
+
+
+def test_reopen_after_only_changes_a_failed_probe() -> None:
+    b = breaker()
+    for _ in range(3):
+        b.record_failure(100.0, reopen_after=1.0)
+    assert b.state is OPEN and b.open_until == 110.0  # consecutive failures: the configured cooldown

@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.config import RouterSettings
-from sidecar.policy.plan import Attempt, FallbackStep, Skip, groups_to_try
+from sidecar.policy.plan import (
+    Attempt,
+    FallbackStep,
+    Panic,
+    Skip,
+    context_windows,
+    groups_to_try,
+    panic_choice,
+    rejection_fallbacks,
+)
 
 
 def settings(**tables: dict[str, tuple[str, ...]]) -> RouterSettings:
@@ -79,3 +88,61 @@ def test_value_objects_are_frozen() -> None:
             setattr(value, name, "x")
     assert a == Attempt("d1", "g", 2, 1)
     assert hash(f) == hash(FallbackStep("g", "h", "rate_limited"))
+
+
+# ---- where a rejected request goes (issue 14 §3) ----------------------------------------------------
+
+
+def test_context_window_errors_use_the_general_fallbacks_when_no_context_table_entry() -> None:
+    r = settings(fallbacks={"small": ("big", "huge")})
+    assert rejection_fallbacks("small", r, "context_window_exceeded", {"small"}) == ["big", "huge"]
+
+
+def test_the_context_window_table_wins_when_the_group_is_in_it() -> None:
+    r = settings(fallbacks={"small": ("other",)}, context_window_fallbacks={"small": ("big",)})
+    assert rejection_fallbacks("small", r, "context_window_exceeded", {"small"}) == ["big"]
+    assert rejection_fallbacks("other", r, "context_window_exceeded", {"other"}) == []
+
+
+def test_content_policy_uses_only_its_own_table() -> None:
+    r = settings(fallbacks={"a": ("b",)})
+    assert rejection_fallbacks("a", r, "content_policy", {"a"}) == []
+    r = settings(fallbacks={"a": ("b",)}, content_policy_fallbacks={"a": ("c",)})
+    assert rejection_fallbacks("a", r, "content_policy", {"a"}) == ["c"]
+
+
+def test_other_rejections_have_no_fallbacks() -> None:
+    assert rejection_fallbacks("a", settings(fallbacks={"a": ("b",)}), "bad_request", {"a"}) == []
+
+
+def test_groups_already_tried_are_never_sent_the_same_request_again() -> None:
+    r = settings(fallbacks={"a": ("b", "c"), "b": ("a",)})
+    assert rejection_fallbacks("a", r, "context_window_exceeded", {"a", "b"}) == ["c"]
+
+
+def test_a_group_whose_known_window_is_too_small_is_skipped() -> None:
+    r = settings(fallbacks={"a": ("small", "unknown", "big")})
+    windows = {"a": 8000, "small": 8000, "unknown": None, "big": 128000}
+    chosen = rejection_fallbacks("a", r, "context_window_exceeded", {"a"}, windows=windows, needed=8001)
+    assert chosen == ["unknown", "big"]
+    assert rejection_fallbacks("a", r, "context_window_exceeded", {"a"}, windows=windows, needed=8000) == [
+        "small", "unknown", "big"]  # a window fits a prompt of exactly its size
+    # windows say nothing about content policy
+    r = settings(content_policy_fallbacks={"a": ("small",)})
+    assert rejection_fallbacks("a", r, "content_policy", {"a"}, windows=windows, needed=10**6) == ["small"]
+
+
+def test_a_group_window_is_its_largest_deployment_window_when_all_are_known() -> None:
+    windows = context_windows({"a": [8000, 32000], "b": [8000, None], "c": [], "d": [None]})
+    assert windows == {"a": 32000, "b": None, "c": None, "d": None}
+
+
+def test_panic_goes_to_the_candidate_that_reopens_soonest() -> None:
+    assert panic_choice([]) is None
+    assert panic_choice([("a", 30.0), ("b", 12.0), ("c", 20.0)]) == "b"
+    assert panic_choice([("a", 12.0), ("b", 12.0)]) == "a"  # equals: the plan's order
+
+
+def test_panic_is_a_frozen_value() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Panic("dep", "group").deployment = "other"  # type: ignore[misc]

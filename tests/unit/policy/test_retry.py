@@ -1,4 +1,5 @@
-"""Retry policy: every rule of issue 3 §2, with a fake clock and seeded randomness."""
+"""Retry policy: every rule of issue 3 §2 (and issue 14: the group first), with a fake clock and seeded
+randomness."""
 
 from __future__ import annotations
 
@@ -56,6 +57,22 @@ def test_rate_limited_count_from_retry_policy() -> None:
 
 def test_rate_limited_zero_retries_fails_over() -> None:
     assert decide(policy(num_retries=0), RateLimited("x")) == Failover("rate_limited")
+
+
+@pytest.mark.parametrize("err", [RateLimited("x", retry_after=2), UpstreamServerError("500"),
+                                 UpstreamConnectionError("reset"), timeout("connect")])
+def test_with_another_deployment_in_the_group_any_retryable_failure_moves_there_at_once(err: UpstreamError) -> None:
+    p = policy(num_retries=2)
+    assert decide(p, err, has_alternative=True) == Failover(err.error_class if err.error_class != "timeout"
+                                                            else "timeout_connect")
+    assert isinstance(decide(p, err, has_alternative=False), Retry)  # the group's last candidate: retried
+
+
+def test_a_panic_send_is_never_retried() -> None:
+    p = policy(num_retries=5)
+    assert decide(p, UpstreamServerError("500"), panic=True) == Failover("server_error")
+    assert decide(p, RateLimited("x", retry_after=1), panic=True) == Failover("rate_limited")
+    assert decide(p, ContextWindowExceeded("too long"), panic=True) == GiveUp("context_window_exceeded")
 
 
 def test_rate_limited_with_an_alternative_fails_over_at_once() -> None:
@@ -123,10 +140,11 @@ def test_a_retry_never_sleeps_past_the_deadline(remaining: float, done: int, see
 
 @pytest.mark.parametrize("err", [UpstreamServerError("500", upstream_status=500),
                                  UpstreamConnectionError("reset"), timeout("connect")])
-def test_server_error_and_reset_get_one_retry_by_default(err: UpstreamError) -> None:
-    p = policy(num_retries=5)
+def test_server_error_and_reset_get_num_retries_by_default(err: UpstreamError) -> None:
+    p = policy(num_retries=2)
     assert isinstance(decide(p, err, 0), Retry)
-    assert isinstance(decide(p, err, 1), Failover)
+    assert isinstance(decide(p, err, 1), Retry)
+    assert decide(p, err, 2) == Failover(f"{err.error_class}_retries_exhausted")
 
 
 @pytest.mark.parametrize("err", [UpstreamServerError("500"), UpstreamConnectionError("reset")])
@@ -149,7 +167,7 @@ def test_anything_after_the_first_byte_fails_over() -> None:
 
 
 def test_unclassified_retryable_error_is_treated_as_a_server_error() -> None:
-    p = policy(num_retries=3)
+    p = policy(num_retries=1)
     assert isinstance(decide(p, UpstreamError("?")), Retry)
     assert isinstance(decide(p, UpstreamError("?"), 1), Failover)
 
@@ -246,6 +264,6 @@ def test_from_settings_defaults() -> None:
     p = RetryPolicy.from_settings(RouterSettings(), 60.0)
     assert p.retry_after_cap == 60.0
     assert p.budgets["rate_limited"] == 2
-    assert p.budgets["server_error"] == p.budgets["connection"] == p.budgets["timeout"] == 1
+    assert p.budgets["server_error"] == p.budgets["connection"] == p.budgets["timeout"] == 2
     assert p.budgets["auth"] == p.budgets["bad_request"] == p.budgets["content_policy"] == 0
     assert p.silent_timeout_retries == 0
