@@ -114,7 +114,6 @@ class RetryPolicy:
         *,
         bytes_received: bool = False,
         has_alternative: bool = False,
-        panic: bool = False,
     ) -> Decision:
         """Decide after a failed attempt.
 
@@ -122,8 +121,6 @@ class RetryPolicy:
         the attempt had sent the app something (a cut stream) — never retried here. ``has_alternative``:
         another deployment *of the same model group* can be tried now; the failure then moves there at once.
         Fallback groups are not alternatives: the budget is spent on the group's last candidate first.
-        ``panic``: the attempt went to a deployment whose breaker is open, because nothing else was left —
-        one call, never a wait on a deployment known to be failing.
         """
         cls_ = error.error_class
         budget = self.budget(error)
@@ -133,7 +130,7 @@ class RetryPolicy:
             return Failover(f"{cls_}_after_first_byte")
         if retries_done >= budget:
             return Failover(self._exhausted_reason(error, budget))
-        if has_alternative or panic:
+        if has_alternative:
             return Failover(_reason(error))
         delay = self.delay(error, retries_done, rng)
         if now + delay >= deadline:

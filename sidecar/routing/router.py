@@ -312,8 +312,8 @@ class Router:
     async def _attempts(self, target: Target, group: str, walk: Walk, others: deque[Target], *,
                         panic: bool = False) -> object:
         """Attempts on one deployment: the first, then retries while the policy says so. ``others``: the
-        group's candidates still to try. A ``panic`` send went past the breaker: it is one call, and it
-        never releases a probe some other request holds."""
+        group's candidates still to try. A ``panic`` send went past the breaker, and so do its retries (it
+        is the request's last candidate); it never releases a probe some other request holds."""
         outcome, retries = walk.outcome, 0
         CURRENT_OUTCOME.set(outcome)  # for the handler's metrics and log line, even if routing raises
         while True:
@@ -332,14 +332,14 @@ class Router:
                 self._record_failure(target, error, outcome, now, panic)
                 decision = self.retry_policy.decide(error, retries, now, walk.deadline, self.rng,
                                                     has_alternative=self._has_alternative(others, now),
-                                                    bytes_received=error.committed, panic=panic)
+                                                    bytes_received=error.committed)
                 outcome.trail.append(decision)
                 if isinstance(decision, GiveUp):
                     raise GiveUpError(error) from None
                 if not isinstance(decision, Retry):
                     return FAILED
                 await asyncio.sleep(decision.delay)
-                if not self._admit(target, walk):
+                if not (panic or self._admit(target, walk)):
                     return FAILED
                 retries += 1
                 continue

@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar, deployment, free_port
 
 PROMPT = "PROMPT-TEXT-must-not-appear-7731"
-PRIMARY, SPARE, PRICED = "primary-dep", "spare-dep", "priced-dep"
+PRIMARY, SPARE, PRICED, LONELY = "primary-dep", "spare-dep", "priced-dep", "lonely-dep"
 SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
 STATUS_ERROR = 2
 
@@ -168,6 +168,7 @@ def _config(primary: FakeProvider, backup: FakeProvider) -> dict[str, Any]:
             {**deployment("main", primary), "model_info": {"id": PRIMARY}},
             {**deployment("spare", backup), "model_info": {"id": SPARE}},
             {**deployment("priced", backup), "model_info": {"id": PRICED, **prices}},
+            {**deployment("lonely", primary), "model_info": {"id": LONELY}},
         ],
         "router_settings": {"timeout": 10, "num_retries": 1, "allowed_fails": 3, "cooldown_time": 60,
                             "fallbacks": [{"main": ["spare"]}]},
@@ -334,6 +335,27 @@ def test_skip_because_breaker_is_open(traced: Sidecar, receiver: Receiver, prima
               for n, attrs in s.events if n == "breaker_transition" and attrs["sidecar.breaker.to"] == "open"]
     assert opened
     assert _metrics(traced)[("llm_sidecar_breaker_state", (("deployment", PRIMARY),))] == 1
+
+
+def test_panic_send_past_an_open_breaker(traced: Sidecar, receiver: Receiver, primary: FakeProvider) -> None:
+    """A group with one deployment, its breaker open: the request is sent anyway, and the route span says so."""
+    primary.set(error_rate=1.0, error_status=500)
+    for _ in range(3):  # fail until the breaker opens (retries included)
+        with pytest.raises(openai.APIStatusError):
+            _chat(traced, "lonely")
+        if _metrics(traced)[("llm_sidecar_breaker_state", (("deployment", LONELY),))] == 1:
+            break
+    primary.set(error_rate=0.0)
+    request_id, raw = _chat(traced, "lonely")
+    assert raw.headers["x-sidecar-deployment"] == LONELY
+    tree = Tree.of(receiver.trace(request_id))
+    assert tree.events("skip") == [{"sidecar.deployment": LONELY, "sidecar.reason": "breaker_open"}]
+    assert tree.events("panic") == [{"sidecar.deployment": LONELY, "sidecar.model_group": "lonely"}]
+    assert tree.route.attributes["sidecar.routing.panic"] == LONELY
+    assert tree.route.attributes["sidecar.routing.chosen"] == LONELY
+    assert [c.name for c in tree.clients] == ["chat primary-model"]
+    assert _metrics(traced)[("llm_sidecar_breaker_panic_total", (("deployment", LONELY), ("model_group", "lonely")))] \
+        == 1
 
 
 def test_stream_span_tree(traced: Sidecar, receiver: Receiver, backup: FakeProvider) -> None:

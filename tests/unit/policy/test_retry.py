@@ -68,13 +68,6 @@ def test_with_another_deployment_in_the_group_any_retryable_failure_moves_there_
     assert isinstance(decide(p, err, has_alternative=False), Retry)  # the group's last candidate: retried
 
 
-def test_a_panic_send_is_never_retried() -> None:
-    p = policy(num_retries=5)
-    assert decide(p, UpstreamServerError("500"), panic=True) == Failover("server_error")
-    assert decide(p, RateLimited("x", retry_after=1), panic=True) == Failover("rate_limited")
-    assert decide(p, ContextWindowExceeded("too long"), panic=True) == GiveUp("context_window_exceeded")
-
-
 def test_rate_limited_with_an_alternative_fails_over_at_once() -> None:
     p = policy(RateLimitErrorRetries=5)
     err = RateLimited("x", retry_after=1.0)
