@@ -85,23 +85,28 @@ class RaceState(Protocol):
     owner: Target | None
 
 
-@dataclass(slots=True, eq=False)
 class Walk:
     """One request's way through its plan: how an attempt is made, the deadline, the groups left, and what
-    was met on the way — for the final error, panic routing and context-window fallbacks."""
+    was met on the way — for the final error, panic routing and context-window fallbacks. (A plain class:
+    it is made for every request, and a dataclass with default factories costs twice as much.)"""
 
-    outcome: Outcome
-    attempt: Callable[[Target, float], Awaitable[object]]
-    deadline: float
-    pending: deque[str]
-    race: RaceState | None = None
-    tried: set[str] = field(default_factory=set)
-    limited: int = 0  # candidates that were rate limited (or cooling down from it)
-    unlimited: int = 0  # candidates that failed, or were skipped, for any other reason
-    opened: list[tuple[Target, str]] = field(default_factory=list)  # skipped for an open breaker (panic)
-    needed: int = 0  # tokens the prompt is known to need at least (estimate, or a window that rejected it)
-    rejected: ContextWindowExceeded | None = None  # the first context-window rejection: what the app gets
-    too_long: frozenset[tuple[str, str]] | None = None  # (provider, model)s that rejected the prompt as too long
+    __slots__ = ("attempt", "deadline", "limited", "needed", "opened", "outcome", "pending", "race", "rejected",
+                 "too_long", "tried", "unlimited")
+
+    def __init__(self, outcome: Outcome, attempt: Callable[[Target, float], Awaitable[object]], deadline: float,
+                 pending: deque[str], race: RaceState | None = None) -> None:
+        self.outcome = outcome
+        self.attempt = attempt
+        self.deadline = deadline
+        self.pending = pending
+        self.race = race
+        self.tried: set[str] = set()
+        self.limited = 0  # candidates that were rate limited (or cooling down from it)
+        self.unlimited = 0  # candidates that failed, or were skipped, for any other reason
+        self.opened: list[tuple[Target, str]] = []  # skipped for an open breaker: the panic candidates
+        self.needed = 0  # tokens the prompt is known to need at least (estimate, or a window that refused it)
+        self.rejected: ContextWindowExceeded | None = None  # the first context-window rejection: what the app gets
+        self.too_long: frozenset[tuple[str, str]] | None = None  # (provider, model)s that refused the prompt
 
     def count(self, limited: bool) -> None:
         if limited:

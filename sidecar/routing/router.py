@@ -377,9 +377,9 @@ class Router:
             if not panic:
                 target.breaker.release_probe()
             return
-        pause = None
+        pause = None  # the upstream's own Retry-After, honoured up to the cap (a cap of 0: never)
         if isinstance(error, RateLimited) and error.retry_after:
-            pause = min(error.retry_after, self.retry_after_cap)
+            pause = min(error.retry_after, self.retry_after_cap) or None
         self._note(target.breaker.record_failure(now, reopen_after=pause), outcome)
         if pause is not None:
             target.rate_limited = True
