@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.config.aws import AwsSettings, bedrock_settings
 from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, is_number
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.shared import SharedSettings, shared_settings
@@ -32,6 +33,17 @@ PROVIDERS: Mapping[str, str | None] = {
     "ollama": "http://localhost:11434/v1",
     "hosted_vllm": None,
     "sglang": "http://localhost:30000/v1",
+    "bedrock": None,  # https://bedrock-runtime.<region>.amazonaws.com, from the region (config/aws.py)
+    "mistral": "https://api.mistral.ai/v1",
+    "deepseek": "https://api.deepseek.com/beta",
+    "xai": "https://api.x.ai/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "cerebras": "https://api.cerebras.ai/v1",
+    "perplexity": "https://api.perplexity.ai",
+    "deepinfra": "https://api.deepinfra.com/v1/openai",
+    "huggingface": "https://router.huggingface.co/v1",
+    "lm_studio": "http://localhost:1234/v1",
+    "llamafile": "http://127.0.0.1:8080/v1",
 }
 STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing",
               "cost-based-routing")
@@ -74,6 +86,7 @@ class Deployment:
     vertex_location: str | None = None
     vertex_credentials: str | None = None
     propagate_trace: bool = True  # send the attempt's W3C traceparent to this upstream
+    aws: AwsSettings | None = None  # bedrock deployments only
     model_info: ModelInfo = field(default_factory=ModelInfo)
 
 
@@ -323,11 +336,14 @@ def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str]) -> 
     model_ref = params.string("model", None, required=True)
     provider, model = _split_model(model_ref, params)
     base_default = PROVIDERS.get(provider) if provider else None
+    aws, api_key = None, None
+    if provider == "bedrock" and model is not None:
+        aws, model, base_default, api_key = bedrock_settings(params, secrets, model)
     api_base = secrets.plain(params.string("api_base", base_default), f"{params.where}.api_base")
     if provider and not api_base and provider != "vertex_ai":  # Vertex builds its regional host
         params.problem("api_base", f"required for provider '{provider}'")
     key_ref = params.get("api_key")
-    api_key = secrets.resolve(key_ref, f"{params.where}.api_key") if key_ref is not None else None
+    api_key = secrets.resolve(key_ref, f"{params.where}.api_key") if key_ref is not None else api_key
     headers = params.mapping("extra_headers")
     deployment_id = info.string("id", None) or _unique_id(model_ref or "", seen_ids)
     deployment = Deployment(
@@ -350,6 +366,7 @@ def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str]) -> 
         vertex_location=params.string("vertex_location", None),
         vertex_credentials=params.string("vertex_credentials", None),
         propagate_trace=bool(params.boolean("propagate_trace", True)),
+        aws=aws,
         model_info=_model_info(info),
     )
     params.finish()

@@ -27,6 +27,7 @@ class WireFormat(StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    RESPONSES = "responses"  # OpenAI's Responses API (POST /v1/responses)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.types import Usage
+from sidecar.core.types import ChatRequest, Usage, WireFormat
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.DOTALL)
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; used when neither the app nor model_info gives one
@@ -95,6 +95,16 @@ def reject(body: dict[str, Any], fields: dict[str, object], provider: str) -> No
     for name, harmless in fields.items():
         if name in body and body[name] is not None and body[name] != harmless:
             raise InvalidRequest(f"'{name}' cannot be translated for {provider} upstreams", param=name)
+
+
+def refuse_native_only(request: ChatRequest, provider: str) -> InvalidRequest:
+    """The 400 for a request whose dialect-only features (``native_only``) this upstream cannot serve."""
+    name = request.native_only[0]
+    if request.wire is WireFormat.RESPONSES:
+        code = "previous_response_not_found" if name == "previous_response_id" else None
+        return InvalidRequest(f"'{name}' needs what only OpenAI's own Responses API keeps or runs; this model "
+                              f"group answered from {provider}, which cannot serve it", param=name, code=code)
+    return InvalidRequest(f"'{name}' cannot be translated for {provider} upstreams", param=name)
 
 
 # ---- OpenAI shapes ----------------------------------------------------------------------------------

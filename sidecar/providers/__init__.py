@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from sidecar.config import Deployment
 from sidecar.providers.anthropic import AnthropicAdapter
 from sidecar.providers.base import Adapter
+from sidecar.providers.bedrock import BedrockAdapter
 from sidecar.providers.gemini import GeminiAdapter
 from sidecar.providers.openai_compatible import ROWS, OpenAICompatibleAdapter
 
@@ -15,6 +16,7 @@ ADAPTERS: Mapping[str, Callable[[Deployment], Adapter]] = {
     "anthropic": AnthropicAdapter,
     "gemini": GeminiAdapter,
     "vertex_ai": GeminiAdapter,
+    "bedrock": BedrockAdapter,
 }
 
 

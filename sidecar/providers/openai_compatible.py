@@ -1,7 +1,9 @@
 """Every upstream that speaks the OpenAI wire format, as rows of one table.
 
-OpenAI, Azure OpenAI, Groq, Together, Fireworks, Ollama, vLLM and SGLang differ only in URL layout, the
-auth header and a few error quirks; the body is forwarded as the app sent it with ``model`` replaced.
+OpenAI, Azure OpenAI, Groq, Together, Fireworks, Ollama, vLLM, SGLang and the long tail (Mistral, DeepSeek,
+xAI, OpenRouter, Cerebras, Perplexity, DeepInfra, the Hugging Face router, LM Studio, llamafile) differ only in
+URL layout, the auth header and a few quirks (``formats.openai_hosts``); the body is forwarded as the app sent
+it with ``model`` replaced.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from sidecar.config import Deployment
 from sidecar.core.errors import (
     ContentPolicyViolation,
     ContextWindowExceeded,
-    InvalidRequest,
     RateLimited,
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -26,6 +27,8 @@ from sidecar.core.errors import (
 )
 from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk, Usage
 from sidecar.formats import openai as wire
+from sidecar.formats import openai_hosts
+from sidecar.formats.common import refuse_native_only
 from sidecar.formats.sse import DONE, SSEDecoder
 from sidecar.providers.base import UpstreamCall, retry_after_seconds
 
@@ -46,6 +49,7 @@ class Row:
     auth: str  # "bearer", "api-key" or "optional-bearer" (sent only when a key is configured)
     usage_in_streams: bool = True  # accepts stream_options.include_usage
     continue_final_message: bool = False  # prefill needs vLLM/SGLang's continue_final_message switch
+    quirks: openai_hosts.Quirks | None = None
 
 
 ROWS: Mapping[str, Row] = {
@@ -57,6 +61,16 @@ ROWS: Mapping[str, Row] = {
     "ollama": Row("optional-bearer"),
     "hosted_vllm": Row("optional-bearer", continue_final_message=True),
     "sglang": Row("optional-bearer", continue_final_message=True),
+    "mistral": Row("bearer", usage_in_streams=False, quirks=openai_hosts.QUIRKS["mistral"]),
+    "deepseek": Row("bearer", quirks=openai_hosts.QUIRKS["deepseek"]),
+    "xai": Row("bearer", quirks=openai_hosts.QUIRKS["xai"]),
+    "openrouter": Row("bearer"),
+    "cerebras": Row("bearer", quirks=openai_hosts.QUIRKS["cerebras"]),
+    "perplexity": Row("bearer", usage_in_streams=False, quirks=openai_hosts.QUIRKS["perplexity"]),
+    "deepinfra": Row("bearer"),
+    "huggingface": Row("bearer"),
+    "lm_studio": Row("optional-bearer"),
+    "llamafile": Row("optional-bearer"),
 }
 
 
@@ -66,6 +80,7 @@ class OpenAICompatibleAdapter:
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
         self.row = ROWS[deployment.provider]
+        self.model = openai_hosts.upstream_model(deployment.provider, deployment.model)
         self.urls = {endpoint: self._url(endpoint) for endpoint in Endpoint}
         self.headers: dict[str, str] = {}
         self.refresh_credentials()
@@ -87,10 +102,12 @@ class OpenAICompatibleAdapter:
         self.headers = headers
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
-        if request.native_only:  # an Anthropic-only feature the app asked for: refuse, never drop
-            raise InvalidRequest(f"'{request.native_only[0]}' cannot be translated for OpenAI-format upstreams",
-                                 param=request.native_only[0])
-        body = {**request.body, "model": self.deployment.model}
+        if request.native_only:  # a feature only the app's own dialect has: refuse, never drop
+            raise refuse_native_only(request, "OpenAI-format")
+        body = {**request.body, "model": self.model}
+        quirks = self.row.quirks
+        if quirks is not None:
+            body = openai_hosts.apply(quirks, body, self.deployment.provider)
         if request.stream and not request.include_usage and self.row.usage_in_streams:
             # Ask for usage so tokens and cost are known; the extra usage chunk is not forwarded.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -106,10 +123,15 @@ class OpenAICompatibleAdapter:
         choices = response.data.get("choices") or ()
         if any(isinstance(c, dict) and c.get("finish_reason") == "abort" for c in choices):
             raise UpstreamServerError("the upstream aborted the generation", upstream_status=200)
+        quirks = self.row.quirks
+        if quirks is not None and quirks.empty_finish and openai_hosts.fix_finish(response.data):
+            response = ChatResponse(response.data, None, response.usage)
         return response
 
     def stream_reader(self, request: ChatRequest) -> OpenAIStreamReader:
-        return OpenAIStreamReader(drop_usage_chunk=not request.include_usage)
+        quirks = self.row.quirks
+        return OpenAIStreamReader(drop_usage_chunk=not request.include_usage,
+                                  fix_finish=quirks is not None and quirks.empty_finish)
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return classify_openai_error(status, headers, body)
@@ -118,14 +140,16 @@ class OpenAICompatibleAdapter:
 class OpenAIStreamReader:
     """OpenAI SSE → chunks; forwards each event's JSON as it came, except a usage chunk nobody asked for."""
 
-    __slots__ = ("decoder", "done", "drop_usage_chunk", "skipped", "usage")
+    __slots__ = ("decoder", "done", "drop_usage_chunk", "fix_finish", "skipped", "tools_seen", "usage")
 
-    def __init__(self, *, drop_usage_chunk: bool) -> None:
+    def __init__(self, *, drop_usage_chunk: bool, fix_finish: bool = False) -> None:
         self.decoder = SSEDecoder()
         self.done = False
         self.skipped = 0
         self.usage: Usage | None = None
         self.drop_usage_chunk = drop_usage_chunk
+        self.fix_finish = fix_finish  # the host sends "" as a finish reason (xAI)
+        self.tools_seen = False
 
     def feed(self, data: bytes) -> list[StreamChunk]:
         return self._chunks(self.decoder.feed(data))
@@ -154,8 +178,19 @@ class OpenAIStreamReader:
                     continue
             if _aborted(chunk.data):
                 raise UpstreamServerError("the upstream aborted the generation mid-stream", upstream_status=200)
+            if self.fix_finish:
+                chunk = self._fixed(chunk)
             out.append(chunk)
         return out
+
+
+    def _fixed(self, chunk: StreamChunk) -> StreamChunk:
+        choices = chunk.data.get("choices") or ()
+        self.tools_seen = self.tools_seen or any(
+            isinstance(c, dict) and isinstance(c.get("delta"), dict) and c["delta"].get("tool_calls") for c in choices)
+        if openai_hosts.fix_finish(chunk.data, tools_seen=self.tools_seen):
+            return StreamChunk(orjson.dumps(chunk.data), chunk.data, chunk.usage)
+        return chunk
 
 
 def _aborted(data: dict) -> bool:  # type: ignore[type-arg]
@@ -185,9 +220,9 @@ def classify_openai_error(status: int, headers: Mapping[str, str], body: bytes) 
     code = fields.get("code") if isinstance(fields.get("code"), str) else None
     param = fields.get("param") if isinstance(fields.get("param"), str) else None
     kwargs = {"upstream_status": status, "body": body, "code": code, "param": param}
+    if status == 402 or (status == 429 and code == "insufficient_quota"):
+        return UpstreamAuthError(message, **kwargs)  # credits or quota spent: fail over, do not retry
     if status == 429:
-        if code == "insufficient_quota":
-            return UpstreamAuthError(message, **kwargs)  # not transient: fail over, do not retry
         return RateLimited(message, retry_after=retry_after_seconds(headers), **kwargs)
     if code == "content_filter":
         return ContentPolicyViolation(message, **kwargs)

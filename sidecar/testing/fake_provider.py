@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.formats.sse import DONE_EVENT, encode_event
-from sidecar.testing import fake_anthropic, fake_gemini
+from sidecar.testing import fake_anthropic, fake_bedrock, fake_gemini
 from sidecar.testing.faults import (
     FAULTS_KEY,
     STATS_KEY,
@@ -53,7 +53,7 @@ def create_fake_app(faults: Faults | None = None, name: str = "fake") -> web.App
         web.post("/_control/faults", _control_faults),
         web.post("/_control/reset", _control_reset),
     ])
-    app.add_routes(fake_anthropic.ROUTES + fake_gemini.ROUTES)
+    app.add_routes(fake_anthropic.ROUTES + fake_gemini.ROUTES + fake_bedrock.ROUTES)
     return app
 
 

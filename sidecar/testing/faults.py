@@ -44,6 +44,7 @@ class Faults:
     require_key: str | None = None
     reject_prefill: bool = False
     seed: int | None = None
+    stream_exception: str | None = None  # Bedrock: an in-stream exception frame (lowerCamel name) at drop_after
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -64,6 +65,7 @@ class Stats:
     last_headers: dict[str, str] = field(default_factory=dict)
     last_body: Any = None
     request_times: list[float] = field(default_factory=list)
+    sts_calls: int = 0
 
 
 async def common_faults(request: web.Request, *,
