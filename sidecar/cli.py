@@ -103,6 +103,7 @@ def _setup_logging(config: Config) -> None:
 
     secrets = [k.value for k in config.sidecar.inbound_api_keys]
     secrets += [d.api_key.value for d in config.deployments if d.api_key is not None]
+    secrets += [s.value for d in config.deployments if d.aws is not None for s in d.aws.secrets]
     shared = config.sidecar.shared
     secrets += [r.password.value for r in (shared.redis, shared.cache.redis if shared.cache else None)
                 if r is not None and r.password is not None]

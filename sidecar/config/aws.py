@@ -63,7 +63,8 @@ def bedrock_settings(params: Section, secrets: SecretResolver,
     model_id = params.string("model_id", None) or model
     env = secrets.env
     arn = ARN_REGION.match(model_id)
-    region = (explicit_region or (arn.group(1) if arn else None) or _plain(params, "aws_region_name", secrets)
+    configured = _plain(params, "aws_region_name", secrets)
+    region = (explicit_region or (arn.group(1) if arn else None) or configured
               or env.get("AWS_REGION_NAME") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
               or DEFAULT_REGION)
     settings = AwsSettings(

@@ -145,7 +145,7 @@ def classify_anthropic_error(status: int, headers: Mapping[str, str], body: byte
     if status in (401, 402, 403) or type_ in ("authentication_error", "permission_error", "billing_error"):
         return UpstreamAuthError(message, **kwargs)
     if status in (400, 413) and CONTEXT.search(message):
-        return ContextWindowExceeded(message, **kwargs)
+        return ContextWindowExceeded(message, **{**kwargs, "code": None})  # the app sees context_length_exceeded
     if status == 404:
         missing = UpstreamServerError(message, **kwargs)  # a deployment misconfiguration: fail over
         missing.retryable = False

@@ -69,7 +69,10 @@ class BedrockAdapter:
         if deployment.api_key is None:  # SigV4; else a Bedrock API key as bearer token
             self.credentials = credentials or aws_auth.AwsCredentials(aws_auth.resolver(aws))
             self.signer = aws_auth.SigV4Signer(aws.region)
-            self.credentials.current(time.time())  # resolve now, in the background
+            if credentials is None and aws.static_keys and aws.role_name is None:
+                self.credentials.refresh()  # no network involved: ready for the first request
+            else:
+                self.credentials.current(time.time())  # may call STS or IMDS: resolved in the background
         self.headers: dict[str, str] = {}
         self.refresh_credentials()
 
@@ -242,7 +245,7 @@ def classify_exception(name: str, message: str, status: int = 200, headers: Mapp
         return UpstreamAuthError(message, **kwargs)
     if name == "ValidationException" or (status == 400 and not name):
         if CONTEXT.search(message):
-            return ContextWindowExceeded(message, **kwargs)
+            return ContextWindowExceeded(message, **{**kwargs, "code": None})  # the app sees context_length_exceeded
         rejected = UpstreamBadRequest(message, **kwargs)
         rejected.status = 400
         return rejected

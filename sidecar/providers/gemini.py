@@ -234,7 +234,7 @@ def classify_gemini_error(status: int, headers: Mapping[str, str], body: bytes) 
             "UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION"):
         return UpstreamAuthError(message, **kwargs)
     if status == 400 and CONTEXT.search(message):
-        return ContextWindowExceeded(message, **kwargs)
+        return ContextWindowExceeded(message, **{**kwargs, "code": None})  # the app sees context_length_exceeded
     if status == 404:
         missing = UpstreamServerError(message, **kwargs)
         missing.retryable = False

@@ -227,7 +227,7 @@ def classify_openai_error(status: int, headers: Mapping[str, str], body: bytes) 
     if code == "content_filter":
         return ContentPolicyViolation(message, **kwargs)
     if status in (400, 403, 413) and (code == "context_length_exceeded" or CONTEXT_PATTERNS.search(message)):
-        return ContextWindowExceeded(message, **kwargs)
+        return ContextWindowExceeded(message, **{**kwargs, "code": None})  # the app sees context_length_exceeded
     if status in (401, 403):
         return UpstreamAuthError(message, **kwargs)
     if status == 404:

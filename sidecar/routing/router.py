@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.router")
 T = TypeVar("T")
-PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama"})
+PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama", "bedrock"})
 
 
 class Router:

@@ -63,7 +63,7 @@ class StreamAttempt:
         if not self.progress.continuable:
             raise NoHealthyUpstream("the upstream stream broke and this answer cannot be resumed elsewhere")
         sent, stream_id = self.progress.text, self.progress.id
-        if target.accepts_prefill:
+        if target.accepts_prefill and sent:  # nothing sent yet: a fresh answer is the continuation
             body = prefill_body(self.request.body, sent)
             prefilled = dataclasses.replace(self.request, body=body, continuation=True)
             try:

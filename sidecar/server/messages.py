@@ -57,9 +57,9 @@ class AnthropicStreamSink(SSESink):
             await self.response.write(b"".join(out))
 
     def _observe(self, native: bytes) -> None:
-        if native.startswith(b"event: content_block_start"):
-            self.native_blocks += 1
-        elif native.startswith(b"event: message_stop"):
+        """One native piece may hold several events (a translated upstream's, e.g. Bedrock's)."""
+        self.native_blocks += native.count(b"event: content_block_start")
+        if b"event: message_stop" in native:
             self.native_ended = True
 
     def _resumed(self, data: dict[str, Any]) -> bytes:

@@ -58,7 +58,8 @@ _CURRENT: contextvars.ContextVar[RequestSpans | Passthrough | None] = contextvar
 GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic",
                    "gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "groq": "groq",
                    "together_ai": "together_ai", "fireworks_ai": "fireworks_ai", "ollama": "ollama",
-                   "hosted_vllm": "vllm", "sglang": "sglang"}
+                   "hosted_vllm": "vllm", "sglang": "sglang", "bedrock": "aws.bedrock", "mistral": "mistral_ai",
+                   "xai": "x_ai"}
 
 
 _LOCAL_DECISIONS: dict[str, Callable[[SpanContext | None], bool]] = {

@@ -34,7 +34,7 @@ ERRORS = {429: ("ThrottlingException", "Too many requests, please wait before tr
           503: ("ServiceUnavailableException", "Bedrock is unable to process your request.")}
 CONTEXT_MESSAGE = "Input is too long for requested model."
 TOOL_INPUT = {"city": "Oslo"}
-KNOWN_MODELS = ("fake", "anthropic.", "amazon.", "meta.", "arn:aws:bedrock:")
+KNOWN_MODELS = ("fake", "anthropic.", "amazon.", "meta.", "arn:aws:bedrock:")  # base ids, profiles, ARNs
 
 
 def injected(faults: Faults, stats: Stats) -> web.Response:
@@ -60,7 +60,7 @@ async def converse(request: web.Request) -> web.StreamResponse:
     if denied is not None:
         return denied
     model_id = unquote(encoded)
-    if operation not in ("converse", "converse-stream") or not model_id.startswith(KNOWN_MODELS) \
+    if operation not in ("converse", "converse-stream") or not any(k in model_id for k in KNOWN_MODELS) \
             or "/" in encoded:  # a '/' must arrive encoded, as botocore sends it
         return aws_error("ResourceNotFoundException", 404, ERRORS[404][1], stats)
     body = stats.last_body if isinstance(stats.last_body, dict) else {}
