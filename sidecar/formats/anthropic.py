@@ -24,12 +24,12 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
                 "refusal": "content_filter", "pause_turn": "stop"}
 UNTRANSLATABLE: dict[str, object] = {
     "n": 1, "logit_bias": None, "logprobs": False, "top_logprobs": None, "seed": None,
-    "presence_penalty": None, "frequency_penalty": None, "reasoning_effort": None, "audio": None,
+    "presence_penalty": None, "frequency_penalty": None, "audio": None,
     "modalities": None, "prediction": None, "web_search_options": None, "verbosity": None,
     "functions": None, "function_call": None,
 }
 TRANSLATED = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "tools",
-                        "tool_choice", "parallel_tool_calls", "response_format", "user"})
+                        "tool_choice", "parallel_tool_calls", "response_format", "user", "reasoning_effort"})
 
 
 def to_messages_body(body: dict[str, Any], model: str, *, default_max_tokens: int | None = None,
@@ -63,6 +63,9 @@ def to_messages_body(body: dict[str, Any], model: str, *, default_max_tokens: in
         out["metadata"] = {"user_id": body["user"]}
     _tools(body, out)
     _response_format(body.get("response_format"), out)
+    budget = common.thinking_budget(body, "Anthropic")
+    if budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
     return out
 
 

@@ -33,8 +33,6 @@ DOCUMENT_FORMATS = {"application/pdf": "pdf", "text/csv": "csv", "text/html": "h
                     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
                     "application/vnd.ms-excel": "xls",
                     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx"}
-#: Anthropic's extended thinking budgets for ``reasoning_effort`` (LiteLLM's values).
-THINKING_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192, "max": 16384}
 TOOL_ID = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")
 DOCUMENT_NAME = re.compile(r"[^A-Za-z0-9()\[\]\- ]+")
 
@@ -71,7 +69,7 @@ def to_converse(body: dict[str, Any], model_id: str, *, default_max_tokens: int 
     if body.get("top_k") is not None:
         extra["top_k"] = body["top_k"]
     _tools(body, out, extra, model_id, has_tool_history=any("toolUse" in b for m in messages for b in m["content"]))
-    _reasoning(body.get("reasoning_effort"), model_id, out, extra)
+    _reasoning(body, model_id, extra)
     if extra:
         out["additionalModelRequestFields"] = extra
     _response_format(body.get("response_format"), out)
@@ -217,26 +215,15 @@ def _tools(body: dict[str, Any], out: dict[str, Any], extra: dict[str, Any], mod
         extra["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
 
 
-def _reasoning(effort: object, model_id: str, out: dict[str, Any], extra: dict[str, Any]) -> None:
+def _reasoning(body: dict[str, Any], model_id: str, extra: dict[str, Any]) -> None:
     """``reasoning_effort`` → Claude's extended thinking; other Bedrock models have no common switch."""
-    if effort is None or effort in ("none", "minimal"):
+    if body.get("reasoning_effort") in (None, "none", "minimal"):
         return
-    budget = THINKING_BUDGETS.get(str(effort))
-    if budget is None or not is_anthropic_model(model_id):
-        raise InvalidRequest(f"reasoning_effort '{effort}' cannot be translated for this Bedrock model",
-                             param="reasoning_effort")
-    inference = out.setdefault("inferenceConfig", {})
-    max_tokens = inference.get("maxTokens")
-    if max_tokens is not None and max_tokens <= budget:  # the budget counts against max_tokens
-        budget = max_tokens - 1
-    if budget < 1024:  # Claude's minimum budget: no room to think within max_tokens
-        return
-    extra["thinking"] = {"type": "enabled", "budget_tokens": budget}
-    inference.pop("temperature", None)  # thinking requires the default temperature
-    inference.pop("topP", None)
-    choice = out.get("toolConfig", {}).get("toolChoice")
-    if choice is not None and "auto" not in choice:
-        out["toolConfig"].pop("toolChoice")  # forced tool use is not allowed with thinking
+    if not is_anthropic_model(model_id):
+        raise InvalidRequest("reasoning_effort cannot be translated for this Bedrock model", param="reasoning_effort")
+    budget = common.thinking_budget(body, "Bedrock")
+    if budget is not None:
+        extra["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
 def _response_format(fmt: object, out: dict[str, Any]) -> None:

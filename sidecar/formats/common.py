@@ -97,6 +97,36 @@ def reject(body: dict[str, Any], fields: dict[str, object], provider: str) -> No
             raise InvalidRequest(f"'{name}' cannot be translated for {provider} upstreams", param=name)
 
 
+#: Claude's extended-thinking budgets for ``reasoning_effort`` (LiteLLM's values for low/medium/high).
+THINKING_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192, "max": 16384}
+MIN_THINKING_BUDGET = 1024
+
+
+def thinking_budget(body: dict[str, Any], provider: str) -> int | None:
+    """``reasoning_effort`` → a Claude thinking budget (None: no thinking). The budget counts against max_tokens,
+    so it shrinks to fit; sampling settings and forced tool use cannot go with thinking (as OpenAI's reasoning
+    models refuse ``temperature``): a 400 naming them."""
+    effort = body.get("reasoning_effort")
+    if effort is None or effort in ("none", "minimal"):
+        return None
+    budget = THINKING_BUDGETS.get(str(effort))
+    if budget is None:
+        raise InvalidRequest(f"reasoning_effort '{effort}' cannot be translated for {provider} upstreams",
+                             param="reasoning_effort")
+    for name in ("temperature", "top_k"):
+        if body.get(name) is not None:
+            raise InvalidRequest(f"'{name}' cannot be combined with reasoning_effort for {provider} upstreams",
+                                 param=name)
+    choice = body.get("tool_choice")
+    if choice == "required" or isinstance(choice, dict):
+        raise InvalidRequest(f"a forced tool_choice cannot be combined with reasoning_effort for {provider} "
+                             "upstreams", param="tool_choice")
+    limit = max_tokens_of(body)
+    if limit is not None and limit <= budget:
+        budget = limit - 1
+    return budget if budget >= MIN_THINKING_BUDGET else None
+
+
 def refuse_native_only(request: ChatRequest, provider: str) -> InvalidRequest:
     """The 400 for a request whose dialect-only features (``native_only``) this upstream cannot serve."""
     name = request.native_only[0]

@@ -22,13 +22,16 @@ FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(
      "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "LANGUAGE", "MODEL_ARMOR"), "content_filter")}
 UNTRANSLATABLE: dict[str, object] = {"logit_bias": None, "parallel_tool_calls": True, "audio": None,
                                      "prediction": None, "web_search_options": None, "functions": None,
-                                     "function_call": None, "reasoning_effort": None, "modalities": None,
+                                     "function_call": None, "modalities": None,
                                      "verbosity": None, "user": None, "n": 1, "logprobs": False,
                                      "top_logprobs": None}
 GENERATION = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "seed": "seed",
               "presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty"}
 TRANSLATED = frozenset({*GENERATION, "max_tokens", "max_completion_tokens", "stop", "tools", "tool_choice",
-                        "response_format"})
+                        "response_format", "reasoning_effort"})
+#: ``reasoning_effort`` → ``thinkingConfig.thinkingBudget`` (the budgets of Gemini's own OpenAI compatibility).
+THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768,
+                    "max": 32768}
 
 
 def to_generate_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -49,6 +52,12 @@ def to_generate_body(body: dict[str, Any]) -> dict[str, Any]:
     if stops:
         config["stopSequences"] = stops
     _response_format(body.get("response_format"), config)
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in THINKING_BUDGETS:
+            raise InvalidRequest(f"reasoning_effort '{effort}' cannot be translated for Gemini upstreams",
+                                 param="reasoning_effort")
+        config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS[effort]}
     if config:
         out["generationConfig"] = config
     _tools(body, out)

@@ -26,7 +26,7 @@ from sidecar.core.errors import (
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, WireFormat
 from sidecar.formats import anthropic as wire
 from sidecar.formats.anthropic_stream import AnthropicToOpenAI
-from sidecar.formats.common import StreamErrorEvent
+from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
 from sidecar.formats.sse import encode_event
 from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
@@ -58,6 +58,8 @@ class AnthropicAdapter:
     def prepare(self, request: ChatRequest) -> UpstreamCall:
         if passthrough(request):
             body = {**request.source, "model": self.deployment.model}  # type: ignore[dict-item]
+        elif request.native_only and request.wire is not WireFormat.ANTHROPIC:
+            raise refuse_native_only(request, "Anthropic")  # another dialect's own feature (Responses state, …)
         else:
             body = wire.to_messages_body(request.body, self.deployment.model,
                                          default_max_tokens=self.deployment.model_info.max_output_tokens,

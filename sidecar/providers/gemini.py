@@ -21,7 +21,6 @@ import orjson
 from sidecar.config import Deployment
 from sidecar.core.errors import (
     ContextWindowExceeded,
-    InvalidRequest,
     RateLimited,
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -31,7 +30,7 @@ from sidecar.core.errors import (
 )
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
 from sidecar.formats import gemini as wire
-from sidecar.formats.common import StreamErrorEvent
+from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
 from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
 
@@ -155,8 +154,7 @@ class GeminiAdapter:
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
         if request.native_only:
-            raise InvalidRequest(f"'{request.native_only[0]}' cannot be translated for Gemini upstreams",
-                                 param=request.native_only[0])
+            raise refuse_native_only(request, "Gemini")
         body = wire.to_generate_body(request.body)
         return UpstreamCall(self.stream_url if request.stream else self.url, self._headers(), orjson.dumps(body))
 

@@ -30,6 +30,7 @@ from sidecar.formats import openai as wire
 from sidecar.formats import openai_hosts
 from sidecar.formats.common import refuse_native_only
 from sidecar.formats.sse import DONE, SSEDecoder
+from sidecar.providers import openai_responses as responses
 from sidecar.providers.base import UpstreamCall, retry_after_seconds
 
 PATHS: Mapping[Endpoint, str] = {
@@ -50,10 +51,11 @@ class Row:
     usage_in_streams: bool = True  # accepts stream_options.include_usage
     continue_final_message: bool = False  # prefill needs vLLM/SGLang's continue_final_message switch
     quirks: openai_hosts.Quirks | None = None
+    responses: bool = False  # serves the Responses API: Responses apps' bodies pass through untouched
 
 
 ROWS: Mapping[str, Row] = {
-    "openai": Row("bearer"),
+    "openai": Row("bearer", responses=True),
     "azure": Row("api-key"),
     "groq": Row("bearer"),
     "together_ai": Row("bearer"),
@@ -82,6 +84,7 @@ class OpenAICompatibleAdapter:
         self.row = ROWS[deployment.provider]
         self.model = openai_hosts.upstream_model(deployment.provider, deployment.model)
         self.urls = {endpoint: self._url(endpoint) for endpoint in Endpoint}
+        self.responses_url = f"{deployment.api_base}/responses" if self.row.responses else None
         self.headers: dict[str, str] = {}
         self.refresh_credentials()
 
@@ -102,8 +105,10 @@ class OpenAICompatibleAdapter:
         self.headers = headers
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
+        if self.responses_url is not None and responses.passthrough(request):
+            return UpstreamCall(self.responses_url, self.headers, responses.body_for(request, self.model))
         if request.native_only:  # a feature only the app's own dialect has: refuse, never drop
-            raise refuse_native_only(request, "OpenAI-format")
+            raise refuse_native_only(request, self.deployment.provider)
         body = {**request.body, "model": self.model}
         quirks = self.row.quirks
         if quirks is not None:
@@ -116,6 +121,8 @@ class OpenAICompatibleAdapter:
         return UpstreamCall(self.urls[request.endpoint], self.headers, orjson.dumps(body))
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
+        if self.responses_url is not None and responses.passthrough(request):
+            return responses.read_response(body)
         try:
             response = wire.parse_response(body, request.endpoint)
         except ValueError as exc:
@@ -128,7 +135,9 @@ class OpenAICompatibleAdapter:
             response = ChatResponse(response.data, None, response.usage)
         return response
 
-    def stream_reader(self, request: ChatRequest) -> OpenAIStreamReader:
+    def stream_reader(self, request: ChatRequest) -> OpenAIStreamReader | responses.ResponsesStreamReader:
+        if self.responses_url is not None and responses.passthrough(request):
+            return responses.ResponsesStreamReader(include_usage=request.include_usage, classify=in_band_error)
         quirks = self.row.quirks
         return OpenAIStreamReader(drop_usage_chunk=not request.include_usage,
                                   fix_finish=quirks is not None and quirks.empty_finish)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from sidecar.config import Secret
 from sidecar.core.types import Endpoint
-from sidecar.server import handlers, health, messages
+from sidecar.server import handlers, health, messages, responses
 from sidecar.server.middleware import Handler, guarded, method_not_allowed, not_found
 
 HEALTH = [
@@ -46,6 +46,7 @@ def api_routes(keys: tuple[Secret, ...] = ()) -> list[web.RouteDef]:
             ("POST", f"{prefix}/embeddings", handlers.openai_handler(Endpoint.EMBEDDINGS)),
             ("GET", f"{prefix}/models", handlers.list_models),
             ("POST", f"{prefix}/messages", messages.messages_handler),
+            ("POST", f"{prefix}/responses", responses.responses_handler),
         ]
     return [*health_routes(), *_table(entries, keys), catch_all(keys)]
 

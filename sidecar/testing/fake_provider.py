@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.formats.sse import DONE_EVENT, encode_event
-from sidecar.testing import fake_anthropic, fake_bedrock, fake_gemini
+from sidecar.testing import fake_anthropic, fake_bedrock, fake_gemini, fake_responses
 from sidecar.testing.faults import (
     FAULTS_KEY,
     STATS_KEY,
@@ -53,7 +53,7 @@ def create_fake_app(faults: Faults | None = None, name: str = "fake") -> web.App
         web.post("/_control/faults", _control_faults),
         web.post("/_control/reset", _control_reset),
     ])
-    app.add_routes(fake_anthropic.ROUTES + fake_gemini.ROUTES + fake_bedrock.ROUTES)
+    app.add_routes(fake_anthropic.ROUTES + fake_gemini.ROUTES + fake_bedrock.ROUTES + fake_responses.ROUTES)
     return app
 
 
@@ -105,8 +105,26 @@ async def _answer(request: web.Request, kind: str) -> web.StreamResponse:
         return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
     pieces = answer_pieces(request.app, body)
     answer = _completion(kind, model, "".join(pieces), _usage(body, len(pieces)))
+    tool = _tool_to_call(body) if kind == "chat" else None
+    if tool is not None:
+        answer["choices"][0].update(finish_reason="tool_calls", message={
+            "role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                {"id": TOOL_CALL_ID, "type": "function", "function": {"name": tool, "arguments": TOOL_ARGUMENTS}}]})
     request.app[STATS_KEY].completed += 1
     return json_response(answer)
+
+
+TOOL_CALL_ID, TOOL_ARGUMENTS = "call_fake1", '{"city":"Oslo"}'
+
+
+def _tool_to_call(body: Any) -> str | None:
+    """With function tools offered and no tool result after the last user turn, the answer calls the first."""
+    tools = body.get("tools") if isinstance(body, dict) else None
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not tools or not isinstance(messages, list) or not messages or messages[-1].get("role") == "tool":
+        return None
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    return str(function.get("name")) if isinstance(function, dict) else None
 
 
 async def _stream(request: web.Request, kind: str, model: str, body: dict[str, Any]) -> web.StreamResponse:
@@ -114,8 +132,16 @@ async def _stream(request: web.Request, kind: str, model: str, body: dict[str, A
     await asyncio.sleep(faults.latency)
     pieces = answer_pieces(app, body)
     chunks = [_chunk(kind, model, {"role": "assistant", "content": ""}, None)] if kind == "chat" else []
-    chunks += [_chunk(kind, model, {"content": p}, None) for p in pieces]
-    chunks.append(_chunk(kind, model, {}, "stop"))
+    tool = _tool_to_call(body) if kind == "chat" else None
+    if tool is not None:
+        call = {"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": {"name": tool, "arguments": ""}}
+        chunks += [_chunk(kind, model, {"tool_calls": [call]}, None),
+                   _chunk(kind, model, {"tool_calls": [{"index": 0, "function": {"arguments": TOOL_ARGUMENTS}}]},
+                          None),
+                   _chunk(kind, model, {}, "tool_calls")]
+    else:
+        chunks += [_chunk(kind, model, {"content": p}, None) for p in pieces]
+        chunks.append(_chunk(kind, model, {}, "stop"))
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
         usage_chunk = _chunk(kind, model, {}, None)

@@ -20,12 +20,24 @@ def body(**fields: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("n", 2), ("logit_bias", {"1": 2}), ("logprobs", True), ("seed", 7), ("presence_penalty", 0.5),
-    ("reasoning_effort", "high"), ("x_unknown", 1),
+    ("reasoning_effort", "extreme"), ("x_unknown", 1),
 ])
 def test_untranslatable_fields_are_named(field: str, value: object) -> None:
     with pytest.raises(InvalidRequest) as caught:
         anthropic.to_messages_body(body(**{field: value}), "claude")
     assert caught.value.param == field
+
+
+def test_reasoning_effort_is_extended_thinking() -> None:
+    out = anthropic.to_messages_body(body(reasoning_effort="medium", max_tokens=4000), "claude")
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 2048} and out["max_tokens"] == 4000
+    small = anthropic.to_messages_body(body(reasoning_effort="high", max_tokens=1500), "claude")
+    assert small["thinking"]["budget_tokens"] == 1499  # the budget counts against max_tokens
+    assert "thinking" not in anthropic.to_messages_body(body(reasoning_effort="low", max_tokens=512), "claude")
+    assert "thinking" not in anthropic.to_messages_body(body(reasoning_effort="minimal"), "claude")
+    with pytest.raises(InvalidRequest) as caught:
+        anthropic.to_messages_body(body(reasoning_effort="low", temperature=0.3), "claude")
+    assert caught.value.param == "temperature"
 
 
 def test_harmless_defaults_pass() -> None:

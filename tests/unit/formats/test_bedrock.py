@@ -57,9 +57,11 @@ def test_tool_choice_response_format_and_reasoning() -> None:
     out = converse(response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": schema}})
     structure = out["outputConfig"]["textFormat"]["structure"]["jsonSchema"]  # type: ignore[index]
     assert orjson.loads(structure["schema"]) == schema and structure["name"] == "thing"
-    thinking = converse(reasoning_effort="high", max_tokens=3000, temperature=0.2)
+    thinking = converse(reasoning_effort="high", max_tokens=3000)
     assert thinking["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2999}}
-    assert thinking["inferenceConfig"] == {"maxTokens": 3000}  # thinking runs at the default temperature
+    with pytest.raises(InvalidRequest) as caught:  # as OpenAI's reasoning models, thinking takes no temperature
+        converse(reasoning_effort="high", temperature=0.2)
+    assert caught.value.param == "temperature"
     assert "additionalModelRequestFields" not in converse(reasoning_effort="minimal")
     parallel = converse(tools=WEATHER, parallel_tool_calls=False)
     assert parallel["additionalModelRequestFields"]["tool_choice"]["disable_parallel_tool_use"] is True  # type: ignore[index]
