@@ -94,7 +94,8 @@ def test_response_object_parses_with_the_sdk() -> None:
     message = {"role": "assistant", "content": "Let me check.", "reasoning_content": "Hmm.",
                "tool_calls": [{"id": "call_1", "type": "function",
                                "function": {"name": "f", "arguments": "{}"}}]}
-    data = responses.to_response(completion(message, "tool_calls"), {"model": "m", "input": "x", "metadata": {"a": "b"}})
+    source = {"model": "m", "input": "x", "metadata": {"a": "b"}}
+    data = responses.to_response(completion(message, "tool_calls"), source)
     parsed = Response.model_validate(data)
     assert [i.type for i in parsed.output] == ["reasoning", "message", "function_call"]
     assert parsed.output_text == "Let me check." and parsed.status == "completed" and parsed.metadata == {"a": "b"}
