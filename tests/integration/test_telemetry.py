@@ -508,3 +508,19 @@ def test_unreachable_grpc_collector_never_breaks_serving(workdir: Path, primary:
         _never_waits_on_the_exporter(process, 20)
     finally:
         assert process.stop() == 0
+
+
+def test_responses_requests_are_retried_and_traced_like_chat(traced: Sidecar, receiver: Receiver,
+                                                            backup: FakeProvider) -> None:
+    """Last in the module: the other tests count the traffic of their groups exactly."""
+    backup.set(fail_next=1, error_status=500)
+    request_id = uuid.uuid4().hex
+    client = openai.OpenAI(base_url=traced.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+    raw = client.responses.with_raw_response.create(model="spare", input=PROMPT,
+                                                    extra_headers={"x-request-id": request_id})
+    assert raw.parse().output_text == "Hello from backup." and raw.headers["x-sidecar-attempts"] == "2"
+    tree = Tree.of(receiver.trace(request_id))
+    assert tree.server.name == "POST /v1/responses" and tree.route.name == "route spare"
+    assert [c.status == STATUS_ERROR for c in tree.clients] == [True, False]
+    assert tree.clients[-1].attributes["gen_ai.usage.output_tokens"] >= 1
+    _no_secrets(receiver.trace(request_id))
