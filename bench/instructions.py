@@ -11,6 +11,11 @@ counters and divides: instructions per request, the number to compare before and
 
 ``--config`` merges extra YAML into the sidecar's config (e.g. 20 rules, a cache) to price a feature; the
 bench model groups stay ``bench-plain`` and ``bench-stream``.
+
+``--bedrock`` (with ``--upstream fake``) adds an AWS Bedrock deployment on the fake provider's Bedrock surface
+and measures its answers and streams too: SigV4 signing per request, Converse translation and the binary
+event stream (the same text in the same number of pieces as the OpenAI stream). Only the sidecar process runs
+under callgrind, so the fake's own signature checks do not count.
 """
 
 from __future__ import annotations
@@ -95,6 +100,15 @@ def count(pid: int, workdir: Path, label: str, send: object) -> int:
     raise RuntimeError(f"callgrind wrote no dump labelled {label}")
 
 
+def _bedrock_group(port: int) -> str:
+    from sidecar.testing import fake_aws
+
+    return ("  - model_name: bench-bedrock\n"
+            "    litellm_params: {model: 'bedrock/us.anthropic.claude-3-7-sonnet-20250219-v1:0', "
+            f"aws_region_name: us-east-1, aws_bedrock_runtime_endpoint: 'http://127.0.0.1:{port}', "
+            f"aws_access_key_id: '{fake_aws.ACCESS_KEY}', aws_secret_access_key: '{fake_aws.SECRET_KEY}'}}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--requests", type=int, default=2000)
@@ -103,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML appended to the bench config (extra settings)")
     parser.add_argument("--tracing", action="store_true", help="always-on tracing, OTLP/HTTP to a local sink")
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--bedrock", action="store_true", help="also a Bedrock deployment (needs --upstream fake)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
@@ -115,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             config = sidecar_config(upstream, workdir)
             if args.config is not None:
                 config.write_text(config.read_text() + "\n" + args.config.read_text())
+            if args.bedrock:
+                if upstream.kind != "fake":
+                    raise SystemExit("--bedrock needs --upstream fake (nginx cannot answer an event stream)")
+                config.write_text(config.read_text() + _bedrock_group(upstream.port))
             port, admin = free_port(), free_port()
             env = sink.env() if sink is not None else dict(os.environ)
             argv_ = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.out.%p",
@@ -125,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda: http_status(admin, "GET", "/readyz") == 200, child, log, timeout=180)
             results = {}
             kinds = [("plain", "bench-plain", False)] + ([] if args.no_stream else [("stream", "bench-stream", True)])
+            if args.bedrock:
+                kinds += [("bedrock-plain", "bench-bedrock", False), ("bedrock-stream", "bench-bedrock", True)]
             for name, model, stream in kinds:
                 asyncio.run(_send(port, model, stream, 200, args.concurrency))  # warm-up
                 total = count(child.pid, workdir, f"measure-{name}",
@@ -136,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             if sink is not None:
                 sink.stop()
     for name, per in results.items():
-        print(f"{name:>6}: {per / 1000:,.0f}k instructions/request "
+        print(f"{name:>14}: {per / 1000:,.0f}k instructions/request "
               f"({args.requests} requests, concurrency {args.concurrency}{', tracing' if args.tracing else ''})")
     return 0
 
