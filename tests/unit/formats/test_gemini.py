@@ -71,3 +71,13 @@ def test_stream_error_chunk_raises() -> None:
     translator = gemini.GeminiToOpenAI(model="g", created=0, include_usage=False)
     with pytest.raises(common.StreamErrorEvent):
         translator.feed(b'data: {"error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}}\n\n')
+
+
+def test_reasoning_effort_is_a_thinking_budget() -> None:
+    def config(effort: str) -> Any:
+        body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "reasoning_effort": effort}
+        return gemini.to_generate_body(body)["generationConfig"]["thinkingConfig"]
+
+    assert config("low") == {"thinkingBudget": 1024} and config("none") == {"thinkingBudget": 0}
+    with pytest.raises(InvalidRequest):
+        config("extreme")
