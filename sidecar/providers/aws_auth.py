@@ -39,9 +39,10 @@ class AwsCredentials:
     is where botocore refreshes. ``error`` says why there are none, once resolution failed.
     """
 
-    def __init__(self, resolve: Callable[[], Any], *, margin: float = REFRESH_MARGIN) -> None:
+    def __init__(self, resolve: Callable[[], Any], *, margin: float = REFRESH_MARGIN, rebuild: bool = False) -> None:
         self.resolve = resolve
         self.margin = margin
+        self.rebuild = rebuild  # resolve again on every refresh: static keys from files that may be rotated
         self.source: Any = None
         self.frozen: Any = None
         self.refresh_at = 0.0
@@ -74,7 +75,7 @@ class AwsCredentials:
     def refresh(self) -> None:
         """Blocking: resolve or refresh now. Runs in a worker thread; a failure keeps the old credentials."""
         try:
-            if self.source is None:
+            if self.source is None or self.rebuild:
                 self.source = self.resolve()
             if self.source is None:
                 raise LookupError("no AWS credentials were found (environment, web identity, profiles, "
@@ -104,6 +105,9 @@ def resolver(aws: AwsSettings) -> Callable[[], Any]:
 def _credentials(aws: AwsSettings) -> Any:
     from botocore.credentials import Credentials
 
+    for secret in (aws.access_key_id, aws.secret_access_key, aws.session_token):
+        if secret is not None:
+            secret.refresh()  # a mounted Kubernetes Secret may have been rotated (a stat when it was not)
     static = (Credentials(aws.access_key_id.value, aws.secret_access_key.value,  # type: ignore[union-attr]
                           aws.session_token.value if aws.session_token else None) if aws.static_keys else None)
     if static is not None and aws.role_name is None:

@@ -67,9 +67,10 @@ class BedrockAdapter:
         self.credentials: aws_auth.AwsCredentials | None = None
         self.signer: aws_auth.SigV4Signer | None = None
         if deployment.api_key is None:  # SigV4; else a Bedrock API key as bearer token
-            self.credentials = credentials or aws_auth.AwsCredentials(aws_auth.resolver(aws))
+            static = aws.static_keys and aws.role_name is None
+            self.credentials = credentials or aws_auth.AwsCredentials(aws_auth.resolver(aws), rebuild=static)
             self.signer = aws_auth.SigV4Signer(aws.region)
-            if credentials is None and aws.static_keys and aws.role_name is None:
+            if credentials is None and static:
                 self.credentials.refresh()  # no network involved: ready for the first request
             else:
                 self.credentials.current(time.time())  # may call STS or IMDS: resolved in the background

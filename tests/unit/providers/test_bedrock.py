@@ -5,9 +5,11 @@ credentials refreshed off the request path."""
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -202,3 +204,14 @@ def test_missing_credentials_are_an_auth_failure_after_resolution() -> None:
     credentials.refresh_at = time.time() + 60
     with pytest.raises(UpstreamAuthError, match="no AWS credentials"):
         bedrock.prepare(ChatRequest("c", {"model": "c", "messages": [{"role": "user", "content": "Hi"}]}))
+
+
+def test_static_keys_from_a_mounted_secret_are_reread(tmp_path: Path) -> None:
+    secret = tmp_path / "aws-secret"
+    secret.write_text("first-secret\n")
+    bedrock = adapter(aws_secret_access_key=f"file:{secret}")
+    assert bedrock.credentials.frozen.secret_key == "first-secret"  # type: ignore[union-attr]
+    secret.write_text("rotated-secret\n")
+    os.utime(secret, (time.time() + 5, time.time() + 5))
+    bedrock.credentials.refresh()  # type: ignore[union-attr]  (the worker thread's job, every few minutes)
+    assert bedrock.credentials.frozen.secret_key == "rotated-secret"  # type: ignore[union-attr]
