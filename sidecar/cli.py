@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
 import os
 import signal
@@ -87,34 +88,38 @@ def _serve(args: argparse.Namespace) -> int:
         print("llm-sidecar serve: --config PATH or SIDECAR_CONFIG is required", file=sys.stderr)
         return 2
     try:
-        config = config_module.load(args.config)
+        with open(args.config, "rb") as handle:
+            text = handle.read()
+        config = config_module.parse_yaml(text, args.config)
+    except OSError as exc:
+        print(f"{args.config}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
     _setup_logging(config)
-    _run(_serve_async(config, args))
+    args.config = os.path.abspath(args.config)
+    _run(_serve_async(config, hashlib.sha256(text).hexdigest(), args))
     return 0
 
 
 def _setup_logging(config: Config) -> None:
     """JSON lines on stderr at ``sidecar_settings.log_level``; configured keys are redacted everywhere."""
+    from sidecar.config.changes import secret_values
     from sidecar.telemetry.logs import setup_logging
 
-    secrets = [k.value for k in config.sidecar.inbound_api_keys]
-    secrets += [d.api_key.value for d in config.deployments if d.api_key is not None]
-    secrets += [s.value for d in config.deployments if d.aws is not None for s in d.aws.secrets]
-    shared = config.sidecar.shared
-    secrets += [r.password.value for r in (shared.redis, shared.cache.redis if shared.cache else None)
-                if r is not None and r.password is not None]
-    setup_logging(config.sidecar.log_level, secrets)
+    setup_logging(config.sidecar.log_level, secret_values(config))
 
 
-async def _serve_async(config: Config, args: argparse.Namespace) -> None:
+async def _serve_async(config: Config, digest: str, args: argparse.Namespace) -> None:
     from sidecar.server.app import create_admin_app, create_app
     from sidecar.server.keys import AppState
 
-    state = AppState(config)
+    state = AppState(config, config_path=args.config, digest=digest)
+    loop = asyncio.get_running_loop()
+    # SIGHUP reloads the config (its default action would end the process, even while starting).
+    loop.add_signal_handler(signal.SIGHUP, lambda: state.reloader.request() if state.reloader else None)
     grace = config.sidecar.shutdown_grace_seconds
     access_log = logging.getLogger("aiohttp.access") if config.sidecar.access_log else None
     api = web.AppRunner(create_app(state), handle_signals=False, handler_cancellation=True,
@@ -127,7 +132,6 @@ async def _serve_async(config: Config, args: argparse.Namespace) -> None:
     _tune_gc()
     log.info("serving on %s:%d (admin %s:%d)", args.host, args.port, args.admin_host, args.admin_port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

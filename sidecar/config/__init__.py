@@ -17,6 +17,7 @@ from sidecar.config.model import (
     TelemetrySettings,
     load,
     parse,
+    parse_yaml,
 )
 from sidecar.config.reader import ConfigError, Secret
 from sidecar.config.resilience import BreakerSettings, StallSettings
@@ -43,4 +44,5 @@ __all__ = [
     "TelemetrySettings",
     "load",
     "parse",
+    "parse_yaml",
 ]

@@ -176,10 +176,17 @@ class Config:
 def load(path: str, *, resolve_secrets: bool = True) -> Config:
     """Read and validate a config file. Raises ``ConfigError`` listing every problem."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        with open(path, "rb") as handle:
+            text = handle.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_yaml(text, path, resolve_secrets=resolve_secrets)
+
+
+def parse_yaml(text: bytes, path: str, *, resolve_secrets: bool = True) -> Config:
+    """Validate a config file's bytes (``path`` names it in problems). Raises ``ConfigError``."""
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
     return parse(data, resolve_secrets=resolve_secrets)

@@ -67,6 +67,14 @@ class BudgetLedger:
             for group in groups
         }
 
+    def adopt(self, old: BudgetLedger) -> None:
+        """Carry the current spend of every budget that ``old`` also has, with the same name and period
+        (on config reload: a raised limit or new models do not forget what was spent)."""
+        for name, window in self.windows.items():
+            previous = old.windows.get(name)
+            if previous is not None and previous.settings.period == window.settings.period:
+                window.window, window.spent = previous.window, previous.spent
+
     def check(self, group: str, now: float) -> Exceeded | None:
         """The first budget covering ``group`` that is spent in this window, else None."""
         for window in self.covering.get(group, ()):

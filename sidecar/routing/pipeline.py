@@ -69,8 +69,10 @@ class Pipeline:
 
     def __init__(self, router: Router, metrics: RequestMetrics, *, cache: ResponseCache | None = None,
                  budgets: Budgets | None = None, tracing: Tracing | None = None,
-                 prices: Mapping[str, ModelInfo] | None = None) -> None:
+                 prices: Mapping[str, ModelInfo] | None = None, generation: str = "") -> None:
         self.router = router
+        self.generation = generation  # the deployment set's digest: part of every cache key
+        self.active = 0  # requests in flight here: a replaced pipeline is closed once they are done
         self.metrics = metrics
         self.cache = cache
         self.budgets = budgets
@@ -124,6 +126,7 @@ class Pipeline:
     def _begin(self, chat: ChatRequest, head: InboundHead, request_id: str) -> tuple[RequestRecord, Spans, float]:
         started = perf_counter()  # not the loop's clock: uvloop's moves in whole milliseconds
         self.metrics.in_flight += 1
+        self.active += 1
         CURRENT_OUTCOME.set(None)  # keep-alive requests share a task's context
         group = chat.model if self.router.has_group(chat.model) else ""  # app-chosen names are not labels
         record = RequestRecord(request_id, group, stream=chat.stream)
@@ -143,6 +146,7 @@ class Pipeline:
 
     def _end(self, record: RequestRecord, spans: Spans, started: float, outcome: Outcome | None) -> None:
         self.metrics.in_flight -= 1
+        self.active -= 1
         record.seconds = perf_counter() - started
         tried = outcome or CURRENT_OUTCOME.get()
         self._fill(record, tried if isinstance(tried, Outcome) else None)
@@ -173,7 +177,7 @@ class Pipeline:
     async def _lookup(self, chat: ChatRequest, headers: Mapping[str, str]) -> tuple[str | None, bytes | None]:
         """(the key to store this request's answer under, or None; the cached answer's bytes, or None)."""
         assert self.cache is not None
-        key, lookup = self.cache.key_for(chat, headers)
+        key, lookup = self.cache.key_for(chat, headers, self.generation)
         if key is None or not lookup:
             return key, None
         return key, await self.cache.get(key)

@@ -54,6 +54,7 @@ from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
+from sidecar.routing.carry import inherit
 from sidecar.routing.catch_all import CatchAllStore
 from sidecar.routing.hedging import hedge_delay, race
 from sidecar.routing.outcome import FAILED, Outcome, RaceState, StreamSink, Target, Walk, model_of
@@ -71,7 +72,9 @@ PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama", "
 class Router:
     def __init__(self, config: Config, session: aiohttp.ClientSession, *,
                  rng: random.Random | None = None, clock: Callable[[], float] | None = None,
-                 observer: Tracing | None = None) -> None:
+                 observer: Tracing | None = None, previous: Mapping[str, Target] | None = None) -> None:
+        """``previous`` (on reload): new deployment id → the old router's target for the same upstream,
+        whose breaker, statistics and limits carry over (``routing.carry``)."""
         settings = config.router
         self.config = config
         self.observer = observer  # CLIENT span per attempt when tracing is on; None costs nothing
@@ -86,8 +89,10 @@ class Router:
         self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, self.idle_limit,
                                           config.sidecar.stream_stall)
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
+        previous = previous or {}
         self.targets: Mapping[str, tuple[Target, ...]] = {
-            name: tuple(self._target(d) for d in group.deployments) for name, group in config.groups.items()
+            name: tuple(self._target(d, previous.get(d.id)) for d in group.deployments)
+            for name, group in config.groups.items()
         }
         self.plans = {name: groups_to_try(name, settings) for name in config.groups}
         self.windows = context_windows({name: [d.model_info.max_input_tokens for d in group.deployments]
@@ -98,10 +103,10 @@ class Router:
         self.estimates = settings.routing_strategy == "usage-based-routing" or any(
             d.tpm or d.model_info.max_input_tokens for d in config.deployments)
 
-    def _target(self, deployment: Deployment) -> Target:
+    def _target(self, deployment: Deployment, previous: Target | None = None) -> Target:
         settings, breaker = self.config.router, self.config.sidecar.breaker
         prefill = deployment.supports_prefill
-        return Target(
+        target = Target(
             deployment=deployment,
             adapter=bind(deployment),
             breaker=CircuitBreaker(deployment.id, settings.allowed_fails, settings.cooldown_time,
@@ -112,6 +117,7 @@ class Router:
             tpm=TokenBucket(deployment.tpm) if deployment.tpm else None,
             accepts_prefill=deployment.provider in PREFILL_PROVIDERS if prefill is None else prefill,
         )
+        return target if previous is None else inherit(target, previous)
 
     # ---- read-only views ------------------------------------------------------------------------
 

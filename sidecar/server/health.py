@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sidecar.server import keys
+from sidecar.server import keys, reload
 
 OK = b'{"status":"ok"}'
 
@@ -31,4 +31,5 @@ async def metrics(request: web.Request) -> web.Response:
     text = state.metrics.render(breakers)
     if state.budgets is not None:
         text += state.budgets.render()
+    text += reload.render(state)
     return web.Response(body=text.encode(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -47,7 +47,17 @@ def error_response(error: SidecarError, request_id: str, *, anthropic: bool = Fa
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
-def guarded(handler: Handler, *, anthropic: bool = False, keys: tuple[Secret, ...] = ()) -> Handler:
+class InboundKeys:
+    """The inbound API keys the routes check: one holder shared by the route table, whose ``secrets`` a
+    config reload replaces (the routes themselves are fixed when the server starts)."""
+
+    __slots__ = ("secrets",)
+
+    def __init__(self, secrets: tuple[Secret, ...] = ()) -> None:
+        self.secrets = secrets
+
+
+def guarded(handler: Handler, *, anthropic: bool = False, keys: InboundKeys | None = None) -> Handler:
     """``handler`` with the request id in and out, inbound auth when ``keys`` are set, and every exception
     rendered as an error body in the app's dialect (Anthropic's when ``anthropic``), never a stack trace.
 
@@ -60,8 +70,8 @@ def guarded(handler: Handler, *, anthropic: bool = False, keys: tuple[Secret, ..
         request_id = request.headers.get(REQUEST_ID) or new_request_id()
         request[REQUEST_ID] = request_id
         try:
-            if keys:
-                check_key(request, keys)
+            if keys is not None and keys.secrets:
+                check_key(request, keys.secrets)
             response = await handler(request)
         except SidecarError as error:
             response = error_response(error, request_id, anthropic=anthropic)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sidecar.config import Secret
 from sidecar.core.types import Endpoint
 from sidecar.server import handlers, health, messages, responses
-from sidecar.server.middleware import Handler, guarded, method_not_allowed, not_found
+from sidecar.server.middleware import Handler, InboundKeys, guarded, method_not_allowed, not_found
 
 HEALTH = [
     ("GET", "/healthz", health.healthz),
@@ -22,7 +21,7 @@ HEALTH = [
 ANTHROPIC_PATHS = frozenset({"/v1/messages", "/messages"})  # errors there use Anthropic's shape
 
 
-def _table(entries: list[tuple[str, str, Handler]], keys: tuple[Secret, ...]) -> list[web.RouteDef]:
+def _table(entries: list[tuple[str, str, Handler]], keys: InboundKeys | None) -> list[web.RouteDef]:
     routes = []
     for method, path, handler in entries:
         anthropic = path in ANTHROPIC_PATHS
@@ -31,12 +30,12 @@ def _table(entries: list[tuple[str, str, Handler]], keys: tuple[Secret, ...]) ->
     return routes
 
 
-def catch_all(keys: tuple[Secret, ...] = ()) -> web.RouteDef:
+def catch_all(keys: InboundKeys | None = None) -> web.RouteDef:
     """Last in a table: any other path is a 404 with an error body."""
     return web.route("*", "/{tail:.*}", guarded(not_found, keys=keys))
 
 
-def api_routes(keys: tuple[Secret, ...] = ()) -> list[web.RouteDef]:
+def api_routes(keys: InboundKeys | None = None) -> list[web.RouteDef]:
     """The API port's routes; ``keys`` (inbound API keys) guard all but the probes and /metrics."""
     entries: list[tuple[str, str, Handler]] = []
     for prefix in ("/v1", ""):
@@ -53,4 +52,4 @@ def api_routes(keys: tuple[Secret, ...] = ()) -> list[web.RouteDef]:
 
 def health_routes() -> list[web.RouteDef]:
     """/healthz, /readyz and /metrics: open on both ports (kubelet and Prometheus carry no key)."""
-    return _table(HEALTH, ())
+    return _table(HEALTH, None)

@@ -30,12 +30,13 @@ SET_TIMEOUT = 0.5  # stores happen after the answer is sent
 HIT, MISS = "hit", "miss"
 
 
-def cache_key(request: ChatRequest) -> str:
-    """A stable digest of what determines the answer: endpoint, model group and canonical body."""
+def cache_key(request: ChatRequest, generation: str = "") -> str:
+    """A stable digest of what determines the answer: endpoint, model group and canonical body, and the
+    ``generation`` — the digest of the deployment set, so answers from a replaced set are never served."""
     body = {k: v for k, v in request.body.items() if k not in EXCLUDED_FIELDS}
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     digest = hashlib.blake2b(canonical, digest_size=20, person=b"llm-sidecar")
-    digest.update(f"\0{request.endpoint.value}\0{request.model}".encode())
+    digest.update(f"\0{request.endpoint.value}\0{request.model}\0{generation}".encode())
     return digest.hexdigest()
 
 
@@ -128,7 +129,8 @@ class ResponseCache:
             return cls(settings, redis_backend(settings), RedisGate("response cache", settings.redis))
         return cls(settings, memory_backend(settings))
 
-    def key_for(self, request: ChatRequest, headers: Mapping[str, str]) -> tuple[str | None, bool]:
+    def key_for(self, request: ChatRequest, headers: Mapping[str, str],
+                generation: str = "") -> tuple[str | None, bool]:
         """(key to store the answer under, whether to look it up first); key None: the cache stays out."""
         if not cacheable(request, self.mode):
             return None, False
@@ -136,7 +138,7 @@ class ResponseCache:
         if not (store or lookup):
             return None, False
         try:
-            return cache_key(request), lookup
+            return cache_key(request, generation), lookup
         except TypeError:  # a value orjson cannot encode (bodies parsed by orjson never have one)
             return None, False
 

@@ -17,6 +17,7 @@ unsampled request costs one sampler call; it forwards the app's ``traceparent`` 
 from __future__ import annotations
 
 import contextvars
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import Token
@@ -101,6 +102,20 @@ class Tracing:
         self.sampler = provider.sampler
         self.ids = provider.id_generator
         self.exporters = exporters
+        self.labels: dict[tuple[tuple[str, Any], ...], bytes] = {}  # recurring attributes → encoded (_kept)
+        self.events: dict[object, bytes] = {}  # trail item → its event's encoded name and attributes
+        # The usual samplers decide here, without a call: always_on/off and parentbased_always_on/off.
+        self.decide = _LOCAL_DECISIONS.get(self.sampler.get_description())
+        self._configure(config)
+
+    def reconfigured(self, config: Config) -> Tracing:
+        """The same sampler and exporters, with what ``config`` fixes per deployment (on reload; the
+        tracing in use by requests still in flight is left as it is)."""
+        tracing = copy.copy(self)
+        tracing._configure(config)
+        return tracing
+
+    def _configure(self, config: Config) -> None:
         settings = config.sidecar.telemetry
         self.capture_content = settings.capture_content
         self.content_max_chars = settings.content_max_chars
@@ -119,10 +134,6 @@ class Tracing:
                 fixed["server.port"] = address.port
             self.clients[d.id] = (otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed))
         self.strategy_label = ("sidecar.routing.strategy", config.router.routing_strategy)
-        self.labels: dict[tuple[tuple[str, Any], ...], bytes] = {}  # recurring attributes → encoded (_kept)
-        self.events: dict[object, bytes] = {}  # trail item → its event's encoded name and attributes
-        # The usual samplers decide here, without a call: always_on/off and parentbased_always_on/off.
-        self.decide = _LOCAL_DECISIONS.get(self.sampler.get_description())
 
     @classmethod
     def from_env(cls, config: Config, env: Mapping[str, str], post: export.Post | None = None) -> Tracing | None:

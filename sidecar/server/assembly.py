@@ -1,0 +1,139 @@
+"""Everything built from one loaded config, as one value: router, pipeline, cache, budgets, their tasks.
+
+The server serves one ``Assembly`` at a time and a reload swaps it whole (``AppState.install``): a request
+picks the pipeline once and finishes on it, so nothing on the request path locks or checks for reloads.
+``assemble`` builds the next one from the previous: per-deployment state carries over by identity
+(``config.changes``, ``routing.carry``), the cache and budgets are kept when their settings are, and budget
+spend carries over by name. ``retire`` closes what the replaced one owned once its requests are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from sidecar.config import Config
+from sidecar.config.changes import Changes, compare, deployment_set_digest, equal
+from sidecar.providers import http
+from sidecar.routing.outcome import Target
+from sidecar.routing.pipeline import Pipeline
+from sidecar.routing.router import Router
+from sidecar.state.budgets import Budgets
+from sidecar.state.cache import ResponseCache
+from sidecar.telemetry import RequestMetrics
+
+if TYPE_CHECKING:
+    from sidecar.telemetry.tracing import Tracing  # the OTel SDK loads only when tracing is on
+
+log = logging.getLogger("sidecar.server")
+DRAIN_POLL_SECONDS = 0.05
+DRAIN_MARGIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    """One config and everything built from it. ``digest`` is the config file's sha256 (hex)."""
+
+    config: Config
+    digest: str
+    router: Router
+    pipeline: Pipeline
+    tracing: Tracing | None
+    cache: ResponseCache | None
+    budgets: Budgets | None
+    tasks: tuple[asyncio.Task[None], ...] = ()  # background work owned by this config (budget sync)
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """What lives as long as the process, whatever the config: the upstream client, the metrics registry
+    and tracing's sampler and exporters."""
+
+    session: aiohttp.ClientSession
+    metrics: RequestMetrics
+    tracing: Tracing | None
+
+
+async def assemble(config: Config, digest: str, process: Process, previous: Assembly | None = None) -> Assembly:
+    """Build the assembly for ``config``, carrying over from ``previous`` (the one being served)."""
+    changes = compare(previous.config, config) if previous is not None else None
+    if any(d.api_base.startswith("https:") for d in config.deployments):
+        await asyncio.get_running_loop().run_in_executor(None, http.pool_of(process.session).load_tls)
+    tracing = process.tracing.reconfigured(config) if process.tracing is not None and previous else process.tracing
+    router = Router(config, process.session, observer=tracing, previous=_carried(previous, changes))
+    if (previous is not None and changes is not None and not changes.deployments_changed
+            and config.sidecar.catch_all == previous.config.sidecar.catch_all):
+        router.catch_all = previous.router.catch_all  # last good answers of the same deployment set
+    cache = _cache(config, previous)
+    budgets, tasks = _budgets(config, previous)
+    pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
+                        generation=deployment_set_digest(config))
+    return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks)
+
+
+def _carried(previous: Assembly | None, changes: Changes | None) -> Mapping[str, Target]:
+    if previous is None or changes is None:
+        return {}
+    old = {t.deployment.id: t for t in previous.router.all_targets()}
+    return {new_id: old[old_id] for new_id, old_id in changes.matches.items()}
+
+
+def _cache(config: Config, previous: Assembly | None) -> ResponseCache | None:
+    """The same cache when its settings are the same (keys carry the deployment set's digest, so answers
+    from a replaced set are not served); a new one otherwise."""
+    settings = config.sidecar.shared.cache
+    if settings is None:
+        return None
+    if previous is not None and previous.cache is not None and equal(settings, previous.cache.settings):
+        return previous.cache
+    return ResponseCache.from_settings(settings)
+
+
+def _budgets(config: Config, previous: Assembly | None) -> tuple[Budgets | None, tuple[asyncio.Task[None], ...]]:
+    shared = config.sidecar.shared
+    if not shared.budgets:
+        return None, ()
+    _warn_unpriced(config)
+    if previous is not None and previous.budgets is not None:
+        old = previous.config
+        if equal(shared, old.sidecar.shared) and list(config.groups) == list(old.groups):
+            return previous.budgets, previous.tasks
+    budgets = Budgets.from_settings(shared, config.groups)
+    if previous is not None and previous.budgets is not None:
+        budgets.ledger.adopt(previous.budgets.ledger)
+    return budgets, (asyncio.create_task(budgets.run()),) if budgets.redis is not None else ()
+
+
+def _warn_unpriced(config: Config) -> None:
+    """Budgets count the cost from model_info prices: say so when a covered deployment has none."""
+    for budget in config.sidecar.shared.budgets:
+        unpriced = sorted({d.id for d in config.deployments if (not budget.models or d.model_name in budget.models)
+                           and d.model_info.input_cost_per_token is None
+                           and d.model_info.output_cost_per_token is None})
+        if unpriced:
+            log.warning("budget '%s': no model_info prices for %s; their answers cost nothing against it",
+                        budget.name, ", ".join(unpriced))
+
+
+async def retire(old: Assembly, successor: Assembly | None) -> None:
+    """Close what ``old`` owns and ``successor`` does not share, once ``old``'s requests are done (or
+    after its request timeout, the longest any of them may take)."""
+    polls = int((old.config.router.timeout + DRAIN_MARGIN_SECONDS) / DRAIN_POLL_SECONDS)
+    for _ in range(polls):  # the request path keeps a count, not an event: a poll here costs it nothing
+        if not old.pipeline.active:
+            break
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+    keep = set(successor.tasks) if successor is not None else set()
+    stopping = [t for t in old.tasks if t not in keep]
+    for task in stopping:
+        task.cancel()
+    await asyncio.gather(*stopping, return_exceptions=True)
+    if old.budgets is not None and (successor is None or successor.budgets is not old.budgets):
+        await old.budgets.aclose()
+    if old.cache is not None and (successor is None or successor.cache is not old.cache):
+        await old.cache.aclose()
