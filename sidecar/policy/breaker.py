@@ -211,6 +211,13 @@ class CircuitBreaker:
             return None
         return self._open(now, until, "retry_after")
 
+    def reset(self, now: float, reason: str) -> Transition | None:
+        """Forget the failures seen so far (the deployment's key changed: they were the old key's)."""
+        self._consecutive = 0
+        self._probe_started = None
+        self._window.clear()
+        return self._move(BreakerState.CLOSED, reason, now)
+
     def release_probe(self) -> None:
         """The probe ended without a verdict (app disconnected, app's fault): let the next caller probe."""
         if self._state is BreakerState.HALF_OPEN:

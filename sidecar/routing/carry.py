@@ -22,9 +22,11 @@ def inherit(fresh: Target, previous: Target) -> Target:
     breaker.allowed_fails, breaker.cooldown = new_settings.allowed_fails, new_settings.cooldown
     breaker.error_rate_threshold, breaker.min_requests = new_settings.error_rate_threshold, new_settings.min_requests
     new, old = fresh.deployment, previous.deployment
+    same = same_deployment(new, old)
     return dataclasses.replace(
         fresh,
-        adapter=previous.adapter if same_deployment(new, old) else fresh.adapter,
+        deployment=old if same else new,  # equal in every field; the adapter holds the old one's key
+        adapter=previous.adapter if same else fresh.adapter,
         breaker=breaker,
         stats=previous.stats,
         rpm=previous.rpm if new.rpm == old.rpm else fresh.rpm,

@@ -137,11 +137,15 @@ class Router:
             t.breaker.ready_at(now) <= now or not (t.rate_limited or refuses(g))
             for g in plan for t in self.targets[g])]
 
-    def refresh_credentials(self) -> None:
+    def refresh_credentials(self) -> list[Target]:
+        """Re-read file secrets (blocking: call it in a worker thread); the targets whose key changed."""
+        changed = []
         for target in self.all_targets():
             key = target.deployment.api_key
             if key is not None and key.refresh():
                 target.adapter.refresh_credentials()
+                changed.append(target)
+        return changed
 
     # ---- entry points ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.config import Config, ConfigError, parse_yaml
 from sidecar.config.changes import compare, key_files, secret_values
+from sidecar.routing.outcome import Target
 from sidecar.server.assembly import Process, assemble, retire
 from sidecar.telemetry.logs import REDACT
 
@@ -153,14 +154,23 @@ class Reloader:
             return
         config = state.config
 
-        def refresh() -> None:
-            router.refresh_credentials()
-            for key in config.sidecar.inbound_api_keys:
-                key.refresh()
+        def refresh() -> list[Target]:
+            changed = router.refresh_credentials()  # a carried-over target may hold the previous config's Secret
+            for key in (*config.sidecar.inbound_api_keys, *(d.api_key for d in config.deployments)):
+                if key is not None:
+                    key.refresh()
+            return changed
 
-        await asyncio.get_running_loop().run_in_executor(None, refresh)
+        loop = asyncio.get_running_loop()
+        changed = await loop.run_in_executor(None, refresh)
         self._redact(config)
         log.info("key files changed: credentials re-read")
+        for target in changed:  # what the breaker learned was learned with the old key
+            target.rate_limited = False
+            transition = target.breaker.reset(router.clock(), "key_changed")
+            if transition is not None:
+                log.warning("breaker %s: %s -> %s (%s)", transition.deployment, transition.old, transition.new,
+                            transition.reason)
 
     def _redact(self, config: Config) -> None:
         """The redactor masks the new secrets and, for requests still in flight, the previous ones."""

@@ -79,13 +79,17 @@ class FakeProvider:
 class Sidecar:
     """``llm-sidecar serve`` with a config written to a temp file; logs captured for inspection."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, name: str = "sidecar",
+    def __init__(self, config: dict[str, Any] | Path, workdir: Path, name: str = "sidecar",
                  env: dict[str, str] | None = None) -> None:
+        """``config``: a dict written to a temp file, or the path of a config file to serve as it is."""
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
-        self.config_path = workdir / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        if isinstance(config, Path):
+            self.config_path = config
+        else:
+            self.config_path = workdir / f"{name}.yaml"
+            self.config_path.write_text(yaml.safe_dump(config))
         self.log = workdir / f"{name}.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path), "--port",

@@ -341,3 +341,16 @@ def test_reopen_after_only_changes_a_failed_probe() -> None:
     for _ in range(3):
         b.record_failure(100.0, reopen_after=1.0)
     assert b.state is OPEN and b.open_until == 110.0  # consecutive failures: the configured cooldown
+
+
+def test_reset_forgets_the_failures_seen() -> None:
+    breaker = CircuitBreaker("d", allowed_fails=2, cooldown=30.0)
+    breaker.record_failure(0.0)
+    breaker.record_failure(0.1)
+    assert breaker.state == BreakerState.OPEN
+    transition = breaker.reset(0.2, "key_changed")
+    assert transition is not None and (transition.old, transition.new, transition.reason) == (
+        BreakerState.OPEN, BreakerState.CLOSED, "key_changed")
+    assert breaker.allow(0.2) and breaker.consecutive_failures == 0
+    assert breaker.record_failure(0.3) is None  # counting starts again from zero
+    assert breaker.reset(0.4, "key_changed") is None  # already closed: no transition
