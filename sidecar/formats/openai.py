@@ -88,7 +88,7 @@ def _validate_message(message: object, where: str) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{where}' must be an object", param=where)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # a dict or list here is unhashable
         raise InvalidRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}", param=f"{where}.role")
     content = message.get("content")
     if isinstance(content, list):

@@ -41,7 +41,7 @@ def create_app(state: AppState) -> web.Application:
 def create_admin_app(state: AppState) -> web.Application:
     app = web.Application()
     app[STATE] = state
-    app.add_routes([*routes.health_routes(), routes.catch_all()])
+    app.add_routes(routes.admin_routes())
     return app
 
 

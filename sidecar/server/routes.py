@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.core.types import Endpoint
-from sidecar.server import handlers, health, messages, responses
+from sidecar.server import handlers, health, messages, openapi, responses
 from sidecar.server.middleware import Handler, InboundKeys, guarded, method_not_allowed, not_found
 
 HEALTH = [
@@ -53,3 +53,8 @@ def api_routes(keys: InboundKeys | None = None) -> list[web.RouteDef]:
 def health_routes() -> list[web.RouteDef]:
     """/healthz, /readyz and /metrics: open on both ports (kubelet and Prometheus carry no key)."""
     return _table(HEALTH, None)
+
+
+def admin_routes() -> list[web.RouteDef]:
+    """The admin port: the probes, /metrics and /openapi.json (the API's contract)."""
+    return [*health_routes(), *_table([("GET", "/openapi.json", openapi.openapi_json)], None), catch_all()]
