@@ -1,4 +1,4 @@
-"""The ``llm-sidecar`` command: serve, check-config, fake-provider, demo."""
+"""The ``llm-sidecar`` command: serve, check-config, injector, fake-provider, demo."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--require-key", default=None)
     fake.add_argument("--seed", type=int, default=None)
     fake.set_defaults(func=_fake_provider)
+
+    injector = commands.add_parser("injector", help="serve the mutating admission webhook that adds the sidecar")
+    injector.add_argument("--template", required=True, help="the injection template the Helm chart renders")
+    injector.add_argument("--tls-cert", required=True)
+    injector.add_argument("--tls-key", required=True)
+    injector.add_argument("--host", default="0.0.0.0")
+    injector.add_argument("--port", type=int, default=8443)
+    injector.set_defaults(func=_injector)
 
     demo = commands.add_parser("demo", help="show failover in front of local fake providers")
     demo.add_argument("--requests", type=int, default=300)
@@ -166,6 +174,20 @@ def _fake_provider(args: argparse.Namespace) -> int:
                     require_key=args.require_key, seed=args.seed)
     with contextlib.suppress(KeyboardInterrupt):
         _run(run(args.port, faults, args.host, args.name))
+    return 0
+
+
+def _injector(args: argparse.Namespace) -> int:
+    from sidecar.injector.server import Files, serve
+    from sidecar.injector.template import TemplateError
+    from sidecar.telemetry.logs import setup_logging
+
+    setup_logging("info")
+    try:
+        _run(serve(Files(args.template, args.tls_cert, args.tls_key), args.host, args.port))
+    except (OSError, TemplateError) as error:
+        print(f"llm-sidecar injector: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

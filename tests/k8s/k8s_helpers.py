@@ -22,9 +22,10 @@ K8S = REPO / "k8s"
 # Native sidecars (restartPolicy: Always on an init container) need >= 1.29; kubectl here is 1.32.
 KUBE_VERSION = "1.32.0"
 
-# Prometheus Operator CRDs: kubernetes-validate ships only the core API schemas, so these kinds cannot be
-# validated here. They are skipped by name (and only these); anything else without a schema fails.
-CRD_KINDS_WITHOUT_SCHEMA = frozenset({"PodMonitor", "ServiceMonitor", "PrometheusRule"})
+# Prometheus Operator and cert-manager CRDs: kubernetes-validate ships only the core API schemas, so these
+# kinds cannot be validated here. They are skipped by name (and only these); anything else without a schema
+# fails.
+CRD_KINDS_WITHOUT_SCHEMA = frozenset({"PodMonitor", "ServiceMonitor", "PrometheusRule", "Certificate", "Issuer"})
 
 
 def parse_manifests(text: str) -> list[dict[str, Any]]:

@@ -65,6 +65,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "classic": {"example": {"enabled": True}, "sidecar": {"form": "classic"}},
     "custom-models": {"example": {"enabled": True}, "config": CUSTOM_MODELS, "providerKeys": CUSTOM_KEYS},
     "monitoring": {"example": {"enabled": True}, "monitoring": {"enabled": True}},
+    "injector": {"injector": {"enabled": True}},
+    "injector-cert-manager": {"injector": {"enabled": True, "tls": {"source": "cert-manager"}},
+                              "sidecar": {"form": "classic"}},
     "sglang-only": {
         "example": {"enabled": True},
         "sglang": SGLANG,
@@ -109,6 +112,8 @@ def test_every_object_is_valid_kubernetes(rendered):
     if name == "monitoring":
         # Said out loud: the Prometheus Operator kinds have no schema in kubernetes-validate.
         assert sorted(skipped) == ["PodMonitor", "PrometheusRule"]
+    elif name == "injector-cert-manager":
+        assert sorted(skipped) == ["Certificate", "Certificate", "Issuer", "Issuer"]
     else:
         assert skipped == []
 

@@ -117,3 +117,56 @@ for a string. Give such exponents a mantissa with a dot (1.0e-07) so they stay n
 */ -}}
 {{- regexReplaceAll "(?m)((?:^|:|-)\\s+-?[0-9]+)([eE][-+]?[0-9]+)$" (toYaml $cfg) "${1}.0${2}" -}}
 {{- end -}}
+
+{{/* ---- the injector (templates/injector.yaml, templates/injector-webhook.yaml) ---- */}}
+
+{{- define "llm-sidecar.injectorName" -}}
+{{- printf "%s-injector" (include "llm-sidecar.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llm-sidecar.injectorImage" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+{{- if $v.injector.image.repository -}}
+{{- printf "%s:%s" $v.injector.image.repository (default .Chart.AppVersion $v.injector.image.tag) -}}
+{{- else -}}
+{{- include "llm-sidecar.image" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* helm or cert-manager: where the webhook's serving certificate comes from. */}}
+{{- define "llm-sidecar.injectorTLSSource" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+{{- $source := $v.injector.tls.source -}}
+{{- if eq $source "auto" -}}
+{{- $source = ternary "cert-manager" "helm" (.Capabilities.APIVersions.Has "cert-manager.io/v1") -}}
+{{- end -}}
+{{- $source -}}
+{{- end -}}
+
+{{/*
+The Helm-made certificates: called with (list $ $existing), where $existing is the Secret read back with
+lookup (empty on install, and offline). An existing Secret with all three keys is reused, so the
+certificate and the webhook's caBundle stay the same across upgrades; otherwise a new CA signs a
+certificate for the injector Service's DNS names. Returns YAML with base64 values: ca, cert, key.
+*/}}
+{{- define "llm-sidecar.injectorTLS" -}}
+{{- $root := index . 0 -}}
+{{- $existing := index . 1 -}}
+{{- $data := dig "data" dict (default dict $existing) -}}
+{{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
+ca: {{ index $data "ca.crt" }}
+cert: {{ index $data "tls.crt" }}
+key: {{ index $data "tls.key" }}
+{{- else -}}
+{{- $v := include "llm-sidecar.values" $root | fromYaml -}}
+{{- $svc := include "llm-sidecar.injectorName" $root -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- $days := int $v.injector.tls.validityDays -}}
+{{- $ca := genCA (printf "%s-ca" $svc) $days -}}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) -}}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $svc $ns) nil $names $days $ca -}}
+ca: {{ $ca.Cert | b64enc }}
+cert: {{ $cert.Cert | b64enc }}
+key: {{ $cert.Key | b64enc }}
+{{- end -}}
+{{- end -}}

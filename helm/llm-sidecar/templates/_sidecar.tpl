@@ -178,3 +178,22 @@ fsGroup: {{ $v.sidecar.securityContext.runAsGroup | default 10001 }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+The injection template: everything above, rendered once for the injector (templates/injector.yaml), so an
+injected pod gets exactly what an application chart that includes these templates gets.
+*/}}
+{{- define "llm-sidecar.injectionTemplate" -}}
+{{- $v := include "llm-sidecar.values" . | fromYaml -}}
+form: {{ $v.sidecar.form }}
+apiPort: {{ $v.sidecar.port }}
+terminationGracePeriodSeconds: {{ include "llm-sidecar.terminationGracePeriodSeconds" . }}
+podLabels:
+  {{- include "llm-sidecar.podLabels" . | nindent 2 }}
+podAnnotations:
+  {{- include "llm-sidecar.podAnnotations" . | nindent 2 }}
+containers:
+  {{- include "llm-sidecar.container" . | nindent 2 }}
+volumes:
+  {{- include "llm-sidecar.volumes" . | nindent 2 }}
+{{- end -}}
