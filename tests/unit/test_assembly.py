@@ -1,0 +1,92 @@
+"""server.assembly in process: what the next assembly shares with the one it replaces, and what ``retire``
+closes (only what is not shared, and only once the old pipeline's requests are done)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from sidecar.config import Config, parse
+from sidecar.server.assembly import Process, assemble, retire
+from sidecar.telemetry import RequestMetrics
+from sidecar.telemetry.tracing import Tracing
+
+BASE: dict[str, Any] = {
+    "model_list": [{"model_name": "chat", "litellm_params": {"model": "openai/a", "api_base": "http://a.test/v1",
+                                                            "api_key": "k"},
+                    "model_info": {"input_cost_per_token": 1e-6}}],
+    "sidecar_settings": {"cache": {"type": "local", "ttl": 60},
+                         "budgets": [{"name": "team", "max_budget_usd": 10, "period": "1d"}]},
+}
+
+
+def config(edit: Any = None) -> Config:
+    data = copy.deepcopy(BASE)
+    if edit is not None:
+        edit(data)
+    return parse(data)
+
+
+def process(tracing: Tracing | None = None) -> Process:
+    return Process(None, RequestMetrics(), tracing)  # type: ignore[arg-type]  # no upstream is called here
+
+
+async def test_an_unchanged_config_shares_cache_budgets_and_breakers() -> None:
+    proc = process()
+    old = await assemble(config(), "d1", proc)
+    new = await assemble(config(), "d2", proc, old)
+    assert new.cache is old.cache and new.budgets is old.budgets
+    assert new.router.catch_all is old.router.catch_all
+    assert new.router.all_targets()[0].breaker is old.router.all_targets()[0].breaker
+    assert new.pipeline.generation == old.pipeline.generation and new.pipeline is not old.pipeline
+    await retire(old, new)
+    assert new.cache is not None and new.cache.backend is not None  # shared: not closed
+    await retire(new, None)
+
+
+async def test_changed_settings_build_new_ones_and_retire_closes_the_old_after_its_requests() -> None:
+    proc = process()
+    old = await assemble(config(), "d1", proc)
+    assert old.budgets is not None
+    old.budgets.spend(["chat"], 4.0)
+    changed = config(lambda d: (d["sidecar_settings"]["cache"].update(ttl=5),
+                                d["model_list"][0]["litellm_params"].update(api_base="http://b.test/v1")))
+    new = await assemble(changed, "d2", proc, old)
+    assert new.cache is not old.cache and new.budgets is not old.budgets
+    assert new.budgets is not None and new.budgets.ledger.windows["team"].spent == 4.0  # spend carried over
+    assert new.pipeline.generation != old.pipeline.generation  # another deployment set: other cache keys
+    closed: list[str] = []
+    old_cache = old.cache
+    assert old_cache is not None
+
+    async def aclose() -> None:
+        closed.append("cache")
+
+    old_cache.aclose = aclose  # type: ignore[method-assign]
+    old.pipeline.active = 1  # a request still in flight on the old config
+    retiring = asyncio.create_task(retire(old, new))
+    await asyncio.sleep(0.2)
+    assert closed == [] and not retiring.done()
+    old.pipeline.active = 0
+    await asyncio.wait_for(retiring, 5)
+    assert closed == ["cache"]
+    await retire(new, None)
+
+
+async def test_tracing_is_reconfigured_with_the_same_exporters(monkeypatch: Any) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    import os
+
+    tracing = Tracing.from_env(config(), os.environ)
+    assert tracing is not None
+    old = await assemble(config(), "d1", process(tracing))
+    renamed = config(lambda d: d["model_list"][0].update(model_info={"id": "renamed"}))
+    new = await assemble(renamed, "d2", process(old.tracing), old)
+    assert new.tracing is not None and new.tracing is not old.tracing
+    assert new.tracing.exporters is tracing.exporters and new.tracing.sampler is tracing.sampler
+    assert set(new.tracing.clients) == {"renamed"} and set(tracing.clients) == {"openai/a"}
+    assert new.router.observer is new.tracing and new.pipeline.tracing is new.tracing
+    await retire(old, new)
+    await retire(new, None)
+    await tracing.aclose(0.5)
