@@ -203,7 +203,7 @@ def test_reloads_under_load(workdir: Path, primary: FakeProvider, backup: FakePr
         print(f"\nconfig change -> new deployment answering: {[round(s, 2) for s in to_fresh]} s; "
               f"key rotation -> new key in use: {to_key:.2f} s; {load.statuses[200]} requests, "
               f"{dict(load.deployments)}")
-        assert max(to_fresh) < 5 and to_key < 5  # ~0.5 s (the watch period) when the machine is not loaded
+        assert max(to_fresh) < 10 and to_key < 10  # ~0.5 s (the watch period); generous for a loaded machine
         # SIGHUP reloads even when nothing changed; the process is still serving afterwards.
         sidecar.process.send_signal(signal.SIGHUP)
         wait_for(lambda: reloads(sidecar)["success"] == 7, "the SIGHUP reload")
