@@ -12,6 +12,7 @@ import orjson
 import pytest
 import requests
 import schemathesis
+from hypothesis import HealthCheck, settings
 from schemathesis import checks as builtin
 from schemathesis.config import SchemathesisConfig
 
@@ -89,6 +90,7 @@ def error_is_well_shaped(ctx: Any, response: schemathesis.Response, case: schema
 
 
 @schema.parametrize()
+@settings(deadline=None, suppress_health_check=list(HealthCheck))  # a loaded machine is slow, not wrong
 def test_fuzz_the_running_sidecar(case: schemathesis.Case, fuzzed: Sidecar) -> None:
     case.call_and_validate(base_url=fuzzed.url, checks=[builtin.not_a_server_error, builtin.status_code_conformance,
                                    builtin.content_type_conformance, builtin.response_schema_conformance,
