@@ -113,11 +113,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(config: Config) -> None:
-    """JSON lines on stderr at ``sidecar_settings.log_level``; configured keys are redacted everywhere."""
-    from sidecar.config.changes import secret_values
-    from sidecar.telemetry.logs import setup_logging
+    """JSON lines on stderr at ``sidecar_settings.log_level``; the process's redactor is compiled for this
+    configuration (its keys and hosts are masked in logs, spans and errors to the app)."""
+    from sidecar.config.redaction import configure_redactor
+    from sidecar.telemetry.logs import REDACT, setup_logging
 
-    setup_logging(config.sidecar.log_level, secret_values(config))
+    configure_redactor(REDACT, config)
+    setup_logging(config.sidecar.log_level)
 
 
 async def _serve_async(config: Config, digest: str, args: argparse.Namespace) -> None:

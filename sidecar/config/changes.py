@@ -114,10 +114,15 @@ def deployment_set_digest(config: Config) -> str:
     return digest.hexdigest()
 
 
+CREDENTIAL_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "signature")
+
+
 def secret_values(config: Config) -> list[str]:
-    """Every secret value the config holds, for the log redactor."""
+    """Every secret value the config holds (credential-like ``extra_headers`` values too), for the redactor."""
     values = [k.value for k in config.sidecar.inbound_api_keys]
     values += [d.api_key.value for d in config.deployments if d.api_key is not None]
+    values += [value for d in config.deployments for name, value in d.extra_headers
+               if any(word in name.lower() for word in CREDENTIAL_HEADER_WORDS)]
     values += [s.value for d in config.deployments if d.aws is not None for s in d.aws.secrets]
     shared = config.sidecar.shared
     values += [r.password.value for r in (shared.redis, shared.cache.redis if shared.cache else None)

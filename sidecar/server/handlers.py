@@ -15,7 +15,7 @@ from sidecar.formats import openai as openai_format
 from sidecar.formats.sse import DONE_EVENT
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.server.keys import STATE, AppState
-from sidecar.server.middleware import OUTCOME_HEADERS, REQUEST_ID, request_id_of
+from sidecar.server.middleware import OUTCOME_HEADERS, REQUEST_ID, public_fields, request_id_of
 
 JSON = "application/json"
 CACHE_HEADER = "x-sidecar-cache"  # hit | miss, on requests the response cache applies to
@@ -77,7 +77,8 @@ class OpenAIStreamSink(SSESink):
 
     async def fail(self, error: SidecarError) -> None:
         assert self.response is not None
-        body = openai_format.error_body(error.message, error.type, error.param, error.code)
+        message, param, code = public_fields(error, self.request.app[STATE].redactor)
+        body = openai_format.error_body(message, error.type, param, code)
         await self.response.write(b"data: " + body + b"\n\n")
 
 

@@ -19,6 +19,7 @@ from sidecar.formats import anthropic_ingress
 from sidecar.formats.anthropic_stream import OpenAIToAnthropic, error_event
 from sidecar.server.handlers import Dialect, SSESink, read_body, serve
 from sidecar.server.keys import STATE
+from sidecar.server.middleware import public_fields
 
 
 class AnthropicStreamSink(SSESink):
@@ -78,7 +79,8 @@ class AnthropicStreamSink(SSESink):
 
     async def fail(self, error: SidecarError) -> None:
         assert self.response is not None
-        await self.response.write(error_event(anthropic_ingress.error_type(error.status), error.message))
+        message = public_fields(error, self.request.app[STATE].redactor)[0]
+        await self.response.write(error_event(anthropic_ingress.error_type(error.status), message))
 
 
 def _anthropic_body(response: ChatResponse) -> bytes:

@@ -6,18 +6,22 @@ import hmac
 import itertools
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from sidecar.config import Secret
 from sidecar.core.errors import BodyTooLarge, InboundAuthError, SidecarError
+from sidecar.core.redact import Redactor
 from sidecar.formats import anthropic_ingress
 from sidecar.formats import openai as openai_format
+from sidecar.server.keys import STATE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("sidecar.server")
 REQUEST_ID = "x-request-id"
+CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # an error code the app may see: identifier-shaped
 OUTCOME_HEADERS = "sidecar.outcome_headers"  # request key: x-sidecar-* headers for an error answer
 # Generated ids: 32 hex digits like a uuid4's — a random per-process prefix and a counter, unique without
 # asking the OS for randomness on every request (uuid4 was ~2% of the CPU per request under load).
@@ -33,17 +37,33 @@ def request_id_of(request: web.Request) -> str:
     return request.get(REQUEST_ID) or ""
 
 
-def error_response(error: SidecarError, request_id: str, *, anthropic: bool = False) -> web.Response:
+def public_fields(error: SidecarError, redact: Redactor) -> tuple[str, str | None, str | None]:
+    """The message, ``param`` and ``code`` of ``error`` as the app may see them.
+
+    Upstream text (a passed-through 4xx, an in-band stream error) can echo our key or an internal URL:
+    every error leaves through here (error bodies, ``error`` stream events), so all of it is redacted the
+    way log lines are. A code that is not identifier-shaped is dropped.
+    """
+    code = error.code
+    if code is not None and not CODE.fullmatch(code):
+        code = None
+    return (redact(error.message), redact(error.param) if error.param else error.param,
+            redact(code) if code else code)
+
+
+def error_response(error: SidecarError, request_id: str, redact: Redactor, *,
+                   anthropic: bool = False) -> web.Response:
     """The error body in the app's dialect: OpenAI's, or Anthropic's on the Messages routes."""
     status = error.status
     headers = {REQUEST_ID: request_id}
     retry_after = getattr(error, "retry_after", None)
     if status == 429 and retry_after:
         headers["retry-after"] = str(max(1, round(retry_after)))
+    message, param, code = public_fields(error, redact)
     if anthropic:
-        body = anthropic_ingress.error_body(status, error.message)
+        body = anthropic_ingress.error_body(status, message)
     else:
-        body = openai_format.error_body(error.message, error.type, error.param, error.code)
+        body = openai_format.error_body(message, error.type, param, code)
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
@@ -73,26 +93,32 @@ def guarded(handler: Handler, *, anthropic: bool = False, keys: InboundKeys | No
             if keys is not None and keys.secrets:
                 check_key(request, keys.secrets)
             response = await handler(request)
-        except SidecarError as error:
-            response = error_response(error, request_id, anthropic=anthropic)
+        except Exception as exc:
+            error = _as_error(exc, request_id)
+            response = error_response(error, request_id, request.app[STATE].redactor, anthropic=anthropic)
             response.headers.update(request.get(OUTCOME_HEADERS) or {})
             return response
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(BodyTooLarge("the request body is too large"), request_id, anthropic=anthropic)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            error = SidecarError(exc.reason)
-            error.status, error.type = exc.status, "invalid_request_error"
-            return error_response(error, request_id, anthropic=anthropic)
-        except Exception:
-            log.exception("unexpected error handling request %s", request_id)
-            return error_response(SidecarError("internal error in the sidecar"), request_id, anthropic=anthropic)
         if not response.prepared:
             response.headers[REQUEST_ID] = request_id
         return response
 
     return guarded_handler
+
+
+def _as_error(exc: Exception, request_id: str) -> SidecarError:
+    """Any exception out of a handler as the error the app gets (a 3xx ``HTTPException`` is re-raised)."""
+    if isinstance(exc, SidecarError):
+        return exc
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return BodyTooLarge("the request body is too large")
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        error = SidecarError(exc.reason)
+        error.status, error.type = exc.status, "invalid_request_error"
+        return error
+    log.exception("unexpected error handling request %s", request_id)
+    return SidecarError("internal error in the sidecar")
 
 
 def check_key(request: web.Request, keys: tuple[Secret, ...]) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.config import Config, ConfigError, parse_yaml
 from sidecar.config.changes import compare, key_files, secret_values
+from sidecar.config.redaction import internal_hosts
 from sidecar.routing.outcome import Target
 from sidecar.server.assembly import Process, assemble, retire
 from sidecar.telemetry.logs import REDACT
@@ -67,6 +68,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[object]] = set()
         self._secrets = set(secret_values(state.config))
+        self._hosts = set(internal_hosts(state.config))
 
     # ---- triggers -------------------------------------------------------------------------------
 
@@ -173,10 +175,10 @@ class Reloader:
                             transition.reason)
 
     def _redact(self, config: Config) -> None:
-        """The redactor masks the new secrets and, for requests still in flight, the previous ones."""
-        current = set(secret_values(config))
-        REDACT.set_secrets(current | self._secrets)
-        self._secrets = current
+        """The redactor masks the new secrets and hosts and, for requests still in flight, the previous ones."""
+        current, hosts = set(secret_values(config)), set(internal_hosts(config))
+        REDACT.configure(current | self._secrets, hosts | self._hosts)
+        self._secrets, self._hosts = current, hosts
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 

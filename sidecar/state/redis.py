@@ -72,11 +72,12 @@ class RedisGate:
         self.shut_until = self.clock() + self.backoff
         if not self.down:
             self.down = True
-            # The class name only: redis-py's messages can carry the connection URL.
-            log.warning("redis at %s unavailable for the %s (%s); going on without it, next try in %g s",
-                        self.address, self.what, type(error).__name__, self.backoff)
+            # The class name only: redis-py's messages can carry the connection URL. The address is a field
+            # (log messages are redacted of internal addresses; the operator's own setting is not).
+            log.warning("redis unavailable for the %s (%s); going on without it, next try in %g s",
+                        self.what, type(error).__name__, self.backoff, extra={"fields": {"redis": self.address}})
 
     def succeeded(self) -> None:
         if self.down:
             self.down = False
-            log.warning("redis at %s is back for the %s", self.address, self.what)
+            log.warning("redis is back for the %s", self.what, extra={"fields": {"redis": self.address}})

@@ -1,57 +1,27 @@
 """Structured logs: every record one JSON line (orjson), secrets redacted, one line per request.
 
-Redaction runs on every message and field, so a key that reaches a log line by any path — an upstream
-error body echoing our Authorization header, an exception text — leaves as ``[REDACTED]``. It masks the
-configured secret values exactly, and by shape anything that looks like a bearer token or an API key.
+Redaction runs on every message and exception text, so a key that reaches a log line by any path — an
+upstream error body echoing our Authorization header, an exception text — leaves as ``[REDACTED]``
+(``core.redact``: configured secrets, key shapes, URLs, deployment hosts, internal addresses). Structured
+``fields`` are ids, names and numbers the sidecar chose, and are not rewritten.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 import orjson
 
+from sidecar.core.redact import Redactor
 from sidecar.telemetry.record import RequestRecord
 
-REDACTED = "[REDACTED]"
 REQUEST_LOG = logging.getLogger("sidecar.request")
-_SHAPES = [
-    r"(?i:\b(?P<sc>bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}",
-    r"(?P<kp>(?i:\"?(?:authorization|x-api-key|api[-_]?key|x-goog-api-key)\"?\s*[:=]\s*\"?))"
-    r"(?i:(?:bearer|basic)\s+)?[^\s\",}]{4,}",
-    r"\b(?:sk|pk|rk|gsk|xai|fw)[-_][A-Za-z0-9_-]{8,}",
-    r"\bAIza[0-9A-Za-z_-]{20,}",
-]
-
-
-class Redactor:
-    """Masks known secret values and key-shaped strings in text."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.set_secrets(secrets)
-
-    def set_secrets(self, secrets: Iterable[str]) -> None:
-        exact = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-        patterns = [re.escape(s) for s in exact] + _SHAPES
-        self._pattern = re.compile("|".join(f"(?:{p})" for p in patterns))
-
-    def __call__(self, text: str) -> str:
-        return self._pattern.sub(self._mask, text)
-
-    @staticmethod
-    def _mask(match: re.Match[str]) -> str:
-        scheme, prefix = match.group("sc"), match.group("kp")
-        if scheme:
-            return f"{scheme} {REDACTED}"
-        return f"{prefix}{REDACTED}" if prefix else REDACTED
-
-
+# The one redactor of the process: log lines, spans and the errors the app receives (``core.redact``);
+# compiled for the configuration at start (``config.redaction.configure_redactor``).
 REDACT = Redactor()
 
 
@@ -73,9 +43,8 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
+def setup_logging(level: str) -> None:
     """Root logging to stderr as JSON lines at ``level`` (sidecar_settings.log_level)."""
-    REDACT.set_secrets(secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

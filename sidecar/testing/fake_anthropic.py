@@ -42,8 +42,8 @@ def injected(faults: Faults, stats: Stats) -> web.Response:
     status = faults.error_status
     messages = {429: "Number of requests has exceeded your rate limit.", 529: "Overloaded",
                 401: "invalid x-api-key"}
-    response = anthropic_error(status, messages.get(status, "Internal server error"), stats,
-                               faults.error_code)
+    response = anthropic_error(status, faults.error_message or messages.get(status, "Internal server error"),
+                               stats, faults.error_code)
     if faults.retry_after is not None:
         response.headers["retry-after"] = f"{faults.retry_after:g}"
     if status == 429:
@@ -134,7 +134,13 @@ async def _stream(request: web.Request, model: str, blocks: list[dict[str, Any]]
                   usage: dict[str, int]) -> web.StreamResponse:
     headers = {"content-type": "text/event-stream", "cache-control": "no-cache", "request-id": "req_fake"}
     return await stream_events(request, list(_events(model, blocks, stop, usage)), headers=headers,
-                               malformed=b"event: content_block_delta\ndata: {not json\n\n")
+                               malformed=b"event: content_block_delta\ndata: {not json\n\n",
+                               error_event=_error_event)
+
+
+def _error_event(faults: Faults) -> bytes:
+    error = {"type": TYPES.get(faults.error_status, "api_error"), "message": faults.error_message or "Internal error"}
+    return encode_event(orjson.dumps({"type": "error", "error": error}), "error")
 
 
 ROUTES = [web.post("/v1/messages", messages)]

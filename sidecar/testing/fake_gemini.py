@@ -50,7 +50,7 @@ def injected(faults: Faults, stats: Stats) -> web.Response:
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": "fake"}]},
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay:g}s"}])
     messages = {503: "The model is overloaded. Please try again later."}
-    return gemini_error(status, messages.get(status, "Internal error encountered."), stats)
+    return gemini_error(status, faults.error_message or messages.get(status, "Internal error encountered."), stats)
 
 
 def authorized(request: web.Request, key: str) -> bool:
@@ -114,7 +114,15 @@ async def _stream(request: web.Request, model: str, parts: list[dict[str, Any]],
     # Gemini's SSE uses CRLF and has no end marker: the connection closing ends the stream.
     events = [encode_event(orjson.dumps(chunk)).replace(b"\n", b"\r\n") for chunk in chunks]
     return await stream_events(request, events, headers={"content-type": "text/event-stream"},
-                               malformed=b"data: {not json\r\n\r\n")
+                               malformed=b"data: {not json\r\n\r\n",
+                               error_event=_error_event)
+
+
+def _error_event(faults: Faults) -> bytes:
+    status = faults.error_status
+    error = {"code": status, "message": faults.error_message or "Internal error encountered.",
+             "status": STATUSES.get(status, "UNKNOWN")}
+    return encode_event(orjson.dumps({"error": error})).replace(b"\n", b"\r\n")
 
 
 async def token(request: web.Request) -> web.Response:

@@ -148,7 +148,13 @@ async def _stream(request: web.Request, kind: str, model: str, body: dict[str, A
         usage_chunk["choices"], usage_chunk["usage"] = [], _usage(body, len(pieces))
         chunks.append(usage_chunk)
     return await stream_events(request, [encode_event(orjson.dumps(c)) for c in chunks],
-                               malformed=b"data: {not json\n\n", tail=b"" if faults.no_done else DONE_EVENT)
+                               malformed=b"data: {not json\n\n", tail=b"" if faults.no_done else DONE_EVENT,
+                               error_event=_error_event)
+
+
+def _error_event(faults: Faults) -> bytes:
+    message = faults.error_message or "The server had an error"
+    return encode_event(orjson.dumps({"error": {"message": message, "type": "server_error", "code": None}}))
 
 
 async def _embeddings(request: web.Request) -> web.StreamResponse:

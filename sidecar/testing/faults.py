@@ -28,6 +28,9 @@ class Faults:
     fail_next: int = 0
     error_status: int = 429
     error_code: str | None = None
+    error_message: str | None = None  # replaces the injected error's message (each dialect's own body)
+    error_param: str | None = None
+    error_event_at: int | None = None  # the stream ends with the dialect's in-band error event at this index
     retry_after: float | None = None
     latency: float = 0.0
     ttft: float = 0.0
@@ -117,7 +120,8 @@ def _injected_error(faults: Faults, stats: Stats) -> web.Response:
              401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
              404: ("invalid_request_error", "model_not_found", "The model does not exist")}
     type_, code, message = kinds.get(status, ("server_error", None, "The server had an error"))
-    response = error_response(status, message, type_, faults.error_code or code, stats)
+    response = error_response(status, faults.error_message or message, type_, faults.error_code or code, stats,
+                              faults.error_param)
     if faults.retry_after is not None:
         response.headers["retry-after"] = f"{faults.retry_after:g}"
         response.headers["retry-after-ms"] = str(int(faults.retry_after * 1000))
@@ -127,10 +131,12 @@ def _injected_error(faults: Faults, stats: Stats) -> web.Response:
 
 
 async def stream_events(request: web.Request, events: list[bytes], *, malformed: bytes, tail: bytes = b"",
-                        headers: dict[str, str] | None = None) -> web.StreamResponse:
+                        headers: dict[str, str] | None = None,
+                        error_event: Callable[[Faults], bytes] | None = None) -> web.StreamResponse:
     """Send already-encoded SSE events with the stream faults applied (time to first token, drop or stall
-    after N events, one malformed event, per-event delay), counting completions and disconnects.
-    ``tail`` is the provider's end marker, if it has one."""
+    after N events, one malformed event, an in-band error event, per-event delay), counting completions and
+    disconnects. ``tail`` is the provider's end marker, if it has one; ``error_event`` encodes the
+    provider's in-band error event (``error_message``, and ``error_status`` where its dialect has one)."""
     faults, stats = request.app[FAULTS_KEY], request.app[STATS_KEY]
     response = web.StreamResponse(headers=headers or {"content-type": "text/event-stream",
                                                       "cache-control": "no-cache"})
@@ -145,12 +151,15 @@ async def stream_events(request: web.Request, events: list[bytes], *, malformed:
                 return response
             if faults.stall_after is not None and i >= faults.stall_after:
                 await asyncio.sleep(3600)
+            if faults.error_event_at == i and error_event is not None:
+                await response.write(error_event(faults))
+                break
             if faults.malformed_event_at == i:
                 await response.write(malformed)
             await response.write(data)
             if faults.chunk_delay:
                 await asyncio.sleep(faults.chunk_delay)
-        if tail:
+        if tail and faults.error_event_at is None:
             await response.write(tail)
         await response.write_eof()
         finished = True
@@ -197,9 +206,10 @@ def answer_pieces(app: web.Application, body: Any) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
-def error_response(status: int, message: str, type_: str, code: str | None, stats: Stats) -> web.Response:
+def error_response(status: int, message: str, type_: str, code: str | None, stats: Stats,
+                   param: str | None = None) -> web.Response:
     stats.by_status[str(status)] = stats.by_status.get(str(status), 0) + 1
-    return json_response({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
+    return json_response({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
