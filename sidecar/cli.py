@@ -13,8 +13,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from sidecar import config as config_module
 from sidecar.config import Config, ConfigError
 
@@ -108,7 +106,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(config)
     args.config = os.path.abspath(args.config)
-    _run(_serve_async(config, hashlib.sha256(text).hexdigest(), args))
+    from sidecar.server.lifecycle import StartupError
+
+    try:
+        _run(_serve_async(config, hashlib.sha256(text).hexdigest(), args))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
@@ -123,33 +127,23 @@ def _setup_logging(config: Config) -> None:
 
 
 async def _serve_async(config: Config, digest: str, args: argparse.Namespace) -> None:
-    from sidecar.server.app import create_admin_app, create_app
-    from sidecar.server.keys import AppState
+    from sidecar.server.lifecycle import Servers
 
-    state = AppState(config, config_path=args.config, digest=digest)
+    servers = Servers(config, args.host, args.port, args.admin_host, args.admin_port, config_path=args.config,
+                      digest=digest)
+    state = servers.state
     loop = asyncio.get_running_loop()
     # SIGHUP reloads the config (its default action would end the process, even while starting).
     loop.add_signal_handler(signal.SIGHUP, lambda: state.reloader.request() if state.reloader else None)
-    grace = config.sidecar.shutdown_grace_seconds
-    access_log = logging.getLogger("aiohttp.access") if config.sidecar.access_log else None
-    api = web.AppRunner(create_app(state), handle_signals=False, handler_cancellation=True,
-                        shutdown_timeout=grace, access_log=access_log)
-    admin = web.AppRunner(create_admin_app(state), handle_signals=False, shutdown_timeout=1.0, access_log=None)
-    await api.setup()
-    await admin.setup()
-    await web.TCPSite(api, args.host, args.port, backlog=1024).start()
-    await web.TCPSite(admin, args.admin_host, args.admin_port).start()
+    await servers.start()
     _tune_gc()
-    log.info("serving on %s:%d (admin %s:%d)", args.host, args.port, args.admin_host, args.admin_port)
+    log.info("serving", extra={"fields": {"api": f"{args.host}:{args.port}",
+                                          "admin": f"{args.admin_host}:{args.admin_port}"}})
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining in-flight requests for up to %gs", grace)
-    state.draining = True
-    await api.cleanup()
-    await admin.cleanup()
-    log.info("stopped")
+    await servers.stop()
 
 
 GC_GEN0_THRESHOLD = 20_000

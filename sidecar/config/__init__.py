@@ -4,6 +4,7 @@ where each value came from (``reader``), and the settings of what pods share (``
 ``sidecar.config`` exposes ``load``/``parse`` and the settings types, so callers need not know the split.
 """
 
+from sidecar.config.limits import LimitSettings, ListenerSettings
 from sidecar.config.model import (
     PROVIDERS,
     CatchAll,
@@ -33,6 +34,8 @@ __all__ = [
     "ConfigError",
     "Deployment",
     "Hedging",
+    "LimitSettings",
+    "ListenerSettings",
     "ModelGroup",
     "ModelInfo",
     "RedisSettings",

@@ -24,7 +24,7 @@ from sidecar.config.reader import Secret
 
 # Settings read once when the process starts (listener, connection pool, logging setup, shutdown):
 # a reload that changes them says they take effect at the next restart.
-RESTART_ONLY = ("max_body_size_mb", "max_connections_per_host", "access_log", "shutdown_grace_seconds")
+RESTART_ONLY = ("max_body_size_mb", "max_connections_per_host", "access_log", "shutdown_grace_seconds", "listeners")
 
 Identity = tuple[str, str, str, str, str | None, str | None, str | None, str]
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.config.aws import AwsSettings, bedrock_settings
+from sidecar.config.limits import LimitSettings, ListenerSettings, limit_settings, listener_settings
 from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, is_number
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.shared import SharedSettings, shared_settings
@@ -156,6 +157,8 @@ class SidecarSettings:
     hedging: Mapping[str, Hedging] = field(default_factory=dict)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     shared: SharedSettings = field(default_factory=SharedSettings)  # cache, budgets and their Redis
+    limits: LimitSettings = field(default_factory=LimitSettings)  # sidecar_settings.limits
+    listeners: ListenerSettings = field(default_factory=ListenerSettings)  # sidecar_settings.listeners
 
     @property
     def max_body_bytes(self) -> int:
@@ -281,6 +284,8 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, secrets: S
         hedging=_hedging(s.section("hedging")),
         telemetry=_telemetry(s.section("telemetry")),
         shared=shared_settings(s, litellm, secrets, env),
+        limits=limit_settings(s.section("limits")),
+        listeners=listener_settings(s.section("listeners")),
     )
     s.finish()
     return settings

@@ -5,7 +5,8 @@
     │   ├── InvalidRequest            400, names the bad field (``param``)
     │   ├── InboundAuthError          401, missing or wrong inbound key
     │   ├── UnknownModel              404, no model group of that name
-    │   └── BodyTooLarge              413
+    │   ├── BodyTooLarge              413
+    │   └── RequestTimeout            408, the app's body did not arrive in time
     ├── UpstreamError                 one upstream attempt failed; ``error_class`` is the telemetry name
     │   ├── RateLimited               rate_limited  (429, Anthropic 529, Gemini RESOURCE_EXHAUSTED)
     │   ├── UpstreamServerError       server_error  (5xx, malformed or truncated body)
@@ -81,6 +82,12 @@ class BodyTooLarge(RequestError):
     status = 413
     code = "request_too_large"
     error_class = "body_too_large"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+    error_class = "request_timeout"
 
 
 # ---- one upstream attempt failed ----------------------------------------------------------------

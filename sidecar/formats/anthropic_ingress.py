@@ -73,7 +73,7 @@ def _system(system: object) -> list[dict[str, Any]]:
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
     if isinstance(system, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in system):
-        return [{"role": "system", "content": "".join(str(b.get("text", "")) for b in system)}]
+        return [{"role": "system", "content": "".join(_text(b, f"system.{i}") for i, b in enumerate(system))}]
     raise InvalidRequest("system: must be a string or an array of text blocks", param="system")
 
 
@@ -107,7 +107,7 @@ def _user(blocks: list[Any], where: str, native: list[str]) -> list[dict[str, An
         at = f"{where}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text", ""))})
+            parts.append({"type": "text", "text": _text(block, at)})
         elif kind == "image":
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source"), at)}})
         elif kind == "tool_result":
@@ -137,13 +137,24 @@ def _image_url(source: object, at: str) -> str:
 def _tool_result_text(content: object, at: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
+    if not isinstance(content, list):  # never lost silently: Anthropic itself refuses anything else
+        raise InvalidRequest(f"{at}.content: must be a string or an array of content blocks",
+                             param=f"{at}.content")
     texts = []
-    for k, block in enumerate(content if isinstance(content, list) else ()):
+    for k, block in enumerate(content):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise InvalidRequest(f"{at}.content.{k}: only text can be passed to non-Anthropic upstreams",
                                  param=f"{at}.content.{k}")
-        texts.append(str(block.get("text", "")))
+        texts.append(_text(block, f"{at}.content.{k}"))
     return "".join(texts)
+
+
+def _text(block: dict[str, Any], at: str) -> str:
+    """A text block's text, which must be a string (not stringified: that would change what was said)."""
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{at}.text: must be a string", param=f"{at}.text")
+    return text
 
 
 def _assistant(blocks: list[Any], where: str, native: list[str]) -> dict[str, Any]:
@@ -153,7 +164,7 @@ def _assistant(blocks: list[Any], where: str, native: list[str]) -> dict[str, An
         at = f"{where}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(str(block.get("text", "")))
+            texts.append(_text(block, at))
         elif kind == "tool_use":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise InvalidRequest(f"{at}: tool_use needs 'id' and 'name'", param=at)

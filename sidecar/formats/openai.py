@@ -18,6 +18,8 @@ from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk,
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+MAX_DEPTH = 128  # objects and arrays nested in a request body
+ORJSON_MAX_DEPTH = 254  # what orjson.dumps encodes
 
 
 def parse_request(raw: bytes, endpoint: Endpoint) -> ChatRequest:
@@ -52,7 +54,38 @@ def loads_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:  # else it cannot be nested that deep: nothing to check
+        _check_depth(body)
     return body
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    """Refuse a body nested deeper than ``MAX_DEPTH``, naming the first field that is.
+
+    orjson reads 1,024 levels but writes only 254, and every upstream call re-encodes the body (translations
+    add a few levels): a deeper body would fail there. The test is orjson's own encoder, with the body
+    wrapped so that it fails exactly beyond ``MAX_DEPTH``; only then does a walk find the field.
+    """
+    wrapped: object = body
+    for _ in range(ORJSON_MAX_DEPTH - MAX_DEPTH):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+        return
+    except TypeError:  # orjson.JSONEncodeError, or a plain TypeError past its recursion limit
+        pass
+    stack: list[tuple[object, str, int]] = [(body, "", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            where = where if len(where) <= 80 else where[:80] + "…"
+            raise InvalidRequest(f"'{where}' is nested more than {MAX_DEPTH} levels deep", param=where)
+        if isinstance(value, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()
+                      if isinstance(v, dict | list)]
+        elif isinstance(value, list):
+            stack += [(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value) if isinstance(v, dict | list)]
+    raise InvalidRequest("the request body cannot be encoded again")  # e.g. an integer beyond 64 bits
 
 
 def _validate_chat(body: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.core.cost import format_cost
-from sidecar.core.errors import BodyTooLarge, SidecarError
+from sidecar.core.errors import BodyTooLarge, RequestTimeout, SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk
 from sidecar.formats import openai as openai_format
 from sidecar.formats.sse import DONE_EVENT
@@ -32,10 +33,19 @@ def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
 
 
 async def read_body(request: web.Request, state: AppState) -> bytes:
+    """The whole body, within ``max_body_size_mb`` and ``listeners.body_timeout`` (a timer only when the body
+    is not already all there, as a small body is with its head)."""
+    sidecar = state.config.sidecar
     length = request.content_length
-    if length is not None and length > state.config.sidecar.max_body_bytes:
-        raise BodyTooLarge(f"the request body is larger than {state.config.sidecar.max_body_size_mb:g} MiB")
-    return await request.read()
+    if length is not None and length > sidecar.max_body_bytes:
+        raise BodyTooLarge(f"the request body is larger than {sidecar.max_body_size_mb:g} MiB")
+    if request.content.is_eof():
+        return await request.read()
+    try:
+        async with asyncio.timeout(sidecar.listeners.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {sidecar.listeners.body_timeout:g} s") from None
 
 
 class SSESink:
@@ -77,7 +87,7 @@ class OpenAIStreamSink(SSESink):
 
     async def fail(self, error: SidecarError) -> None:
         assert self.response is not None
-        message, param, code = public_fields(error, self.request.app[STATE].redactor)
+        message, param, code = public_fields(error)
         body = openai_format.error_body(message, error.type, param, code)
         await self.response.write(b"data: " + body + b"\n\n")
 

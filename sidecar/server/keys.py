@@ -10,7 +10,6 @@ import aiohttp
 from aiohttp import web
 
 from sidecar.config import Config
-from sidecar.core.redact import Redactor
 from sidecar.routing.pipeline import Pipeline
 from sidecar.routing.router import Router
 from sidecar.server.assembly import Assembly
@@ -18,7 +17,6 @@ from sidecar.server.middleware import InboundKeys
 from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
 from sidecar.telemetry import RequestMetrics
-from sidecar.telemetry.logs import REDACT
 
 if TYPE_CHECKING:
     from sidecar.server.reload import Reloader
@@ -43,7 +41,6 @@ class AppState:
     assembly: Assembly | None = None
     reloader: Reloader | None = None
     reloads: Counter[str] = field(default_factory=Counter)  # llm_sidecar_config_reloads_total by result
-    redactor: Redactor = REDACT  # the process's one redactor (logs, spans, errors to the app)
 
     def install(self, assembly: Assembly) -> None:
         """Serve ``assembly`` from now on. One synchronous step: no request sees half of a config, and a

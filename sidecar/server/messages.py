@@ -79,7 +79,7 @@ class AnthropicStreamSink(SSESink):
 
     async def fail(self, error: SidecarError) -> None:
         assert self.response is not None
-        message = public_fields(error, self.request.app[STATE].redactor)[0]
+        message = public_fields(error)[0]
         await self.response.write(error_event(anthropic_ingress.error_type(error.status), message))
 
 

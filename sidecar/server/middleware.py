@@ -12,15 +12,16 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from sidecar.config import Secret
-from sidecar.core.errors import BodyTooLarge, InboundAuthError, SidecarError
+from sidecar.core.errors import BodyTooLarge, InboundAuthError, InvalidRequest, SidecarError
 from sidecar.core.redact import Redactor
 from sidecar.formats import anthropic_ingress
 from sidecar.formats import openai as openai_format
-from sidecar.server.keys import STATE
+from sidecar.telemetry.logs import REDACT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("sidecar.server")
 REQUEST_ID = "x-request-id"
+MAX_REQUEST_ID = 200
 CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # an error code the app may see: identifier-shaped
 OUTCOME_HEADERS = "sidecar.outcome_headers"  # request key: x-sidecar-* headers for an error answer
 # Generated ids: 32 hex digits like a uuid4's — a random per-process prefix and a counter, unique without
@@ -37,7 +38,7 @@ def request_id_of(request: web.Request) -> str:
     return request.get(REQUEST_ID) or ""
 
 
-def public_fields(error: SidecarError, redact: Redactor) -> tuple[str, str | None, str | None]:
+def public_fields(error: SidecarError, redact: Redactor = REDACT) -> tuple[str, str | None, str | None]:
     """The message, ``param`` and ``code`` of ``error`` as the app may see them.
 
     Upstream text (a passed-through 4xx, an in-band stream error) can echo our key or an internal URL:
@@ -51,15 +52,14 @@ def public_fields(error: SidecarError, redact: Redactor) -> tuple[str, str | Non
             redact(code) if code else code)
 
 
-def error_response(error: SidecarError, request_id: str, redact: Redactor, *,
-                   anthropic: bool = False) -> web.Response:
+def error_response(error: SidecarError, request_id: str, *, anthropic: bool = False) -> web.Response:
     """The error body in the app's dialect: OpenAI's, or Anthropic's on the Messages routes."""
     status = error.status
     headers = {REQUEST_ID: request_id}
     retry_after = getattr(error, "retry_after", None)
     if status == 429 and retry_after:
         headers["retry-after"] = str(max(1, round(retry_after)))
-    message, param, code = public_fields(error, redact)
+    message, param, code = public_fields(error)
     if anthropic:
         body = anthropic_ingress.error_body(status, message)
     else:
@@ -87,7 +87,9 @@ def guarded(handler: Handler, *, anthropic: bool = False, keys: InboundKeys | No
     """
 
     async def guarded_handler(request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID) or new_request_id()
+        request_id = request.headers.get(REQUEST_ID)
+        if not (request_id and len(request_id) <= MAX_REQUEST_ID and request_id.isascii() and request_id.isprintable()):
+            request_id = new_request_id()  # ours, when the app's is missing or could not be echoed and logged
         request[REQUEST_ID] = request_id
         try:
             if keys is not None and keys.secrets:
@@ -95,7 +97,7 @@ def guarded(handler: Handler, *, anthropic: bool = False, keys: InboundKeys | No
             response = await handler(request)
         except Exception as exc:
             error = _as_error(exc, request_id)
-            response = error_response(error, request_id, request.app[STATE].redactor, anthropic=anthropic)
+            response = error_response(error, request_id, anthropic=anthropic)
             response.headers.update(request.get(OUTCOME_HEADERS) or {})
             return response
         if not response.prepared:
@@ -122,9 +124,18 @@ def _as_error(exc: Exception, request_id: str) -> SidecarError:
 
 
 def check_key(request: web.Request, keys: tuple[Secret, ...]) -> None:
-    """Require one of the configured keys (Bearer or x-api-key)."""
-    offered = request.headers.get("x-api-key") or request.headers.get("authorization", "")
-    offered_bytes = offered.removeprefix("Bearer ").strip().encode()
+    """Require one of the configured keys (``Authorization: Bearer``, any case, or ``x-api-key``)."""
+    name = "x-api-key"
+    offered = request.headers.get(name)
+    if not offered:
+        name, offered = "authorization", request.headers.get("authorization", "")
+        scheme, _, token = offered.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            offered = token
+    try:
+        offered_bytes = offered.strip().encode()
+    except UnicodeEncodeError:  # aiohttp keeps undecodable header bytes as surrogates
+        raise InvalidRequest(f"the {name} header is not valid UTF-8", param=name) from None
     if not any(hmac.compare_digest(offered_bytes, key.value.encode()) for key in keys):
         raise InboundAuthError("a valid API key for the sidecar is required")
 

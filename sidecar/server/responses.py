@@ -17,6 +17,7 @@ from sidecar.formats import responses
 from sidecar.formats.responses_stream import ChatToResponses
 from sidecar.server.handlers import Dialect, SSESink, read_body, serve
 from sidecar.server.keys import STATE
+from sidecar.server.middleware import public_fields
 
 
 class ResponsesStreamSink(SSESink):
@@ -59,7 +60,8 @@ class ResponsesStreamSink(SSESink):
 
     async def fail(self, error: SidecarError) -> None:
         assert self.response is not None
-        await self.response.write(self.renderer.fail(error.status, error.type, error.code, error.message))
+        message, _, code = public_fields(error)  # redacted: upstream text can echo keys and addresses
+        await self.response.write(self.renderer.fail(error.status, error.type, code, message))
 
 
 def _dialect(chat: ChatRequest) -> Dialect:

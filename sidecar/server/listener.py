@@ -1,0 +1,198 @@
+"""The two listening ports, with the limits aiohttp's server lacks: no client connection can pin the sidecar.
+
+aiohttp's ``AppRunner`` keeps an idle keep-alive connection for an hour, has no limit on the time a client
+may take to send a request's head, and accepts connections until the process runs out of descriptors. Each
+``Listener`` here serves one app on one port through ``GuardedHandler``, aiohttp's own ``RequestHandler``
+with:
+
+* a cap on open connections (``sidecar_settings.listeners``): beyond it a new connection gets a 503 and is
+  closed at once, so a flood of connections to the admin port (reachable from the cluster) cannot take the
+  descriptors the API port needs — and the API's own cap leaves room for upstream connections;
+* a head timeout from a request's first byte to its last header (slowloris), answered with a 408;
+* the idle keep-alive timeout (also the time allowed to a new connection's first byte);
+* low-level HTTP errors (a bad request line, oversized headers) answered in our JSON error shape and logged
+  as one line, not a traceback.
+
+The body's own timeout is the handler's (``handlers.read_body``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from sidecar.formats import openai as openai_format
+
+log = logging.getLogger("sidecar.server")
+LINGERING_SECONDS = 2.0  # reading and dropping an unread body before closing (aiohttp's default is 10 s)
+
+
+def canned(status: int, reason: str, message: str, code: str) -> bytes:
+    """A whole HTTP/1.1 error answer written straight to a connection that has no request object."""
+    body = openai_format.error_body(message, "invalid_request_error" if status < 500 else "api_error", None, code)
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n")
+    return head.encode() + body
+
+
+TOO_MANY = canned(503, "Service Unavailable", "too many open connections to this port; retry later",
+                  "too_many_connections")
+HEAD_TIMEOUT = canned(408, "Request Timeout", "the request's headers did not arrive in time", "request_timeout")
+
+
+PROBLEMS = {  # aiohttp's parser exceptions → what the app is told
+    "LineTooLong": "the request line or a header is too long",
+    "BadStatusLine": "invalid request line",
+    "BadHttpMethod": "invalid method",
+    "BadHttpMessage": "invalid request",
+    "InvalidHeader": "invalid header",
+    "InvalidURLError": "invalid URL",
+    "ContentLengthError": "invalid Content-Length",
+    "TransferEncodingError": "invalid Transfer-Encoding",
+}
+
+
+@dataclass(slots=True)
+class Guard:
+    """One port's open connections against its cap, and the head timeout of its connections."""
+
+    name: str
+    max_connections: int
+    header_timeout: float
+    open: int = 0
+    refused: int = 0
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's request handler with a connection cap, a head timeout and JSON low-level errors."""
+
+    __slots__ = ("_counted", "_guard", "_head_timer")
+
+    def __init__(self, manager: Any, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._counted = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        if guard.open >= guard.max_connections:
+            guard.refused += 1
+            transport.write(TOO_MANY)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        guard.open += 1
+        self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._counted:
+            return  # refused at the cap: aiohttp never saw it
+        self._counted = False
+        self._guard.open -= 1
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # A head begins when bytes arrive while no request is queued or being handled; it is complete once
+        # the parser queued the request (its body, if any, is the handler's to time).
+        if self._head_timer is None and self._current_request is None and not self._messages:
+            self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_too_slow)
+        super().data_received(data)
+        if self._head_timer is not None and (self._messages or self._current_request is not None):
+            self._stop_head_timer()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport is not None and self._current_request is None and not self._messages:
+            self.transport.write(HEAD_TIMEOUT)
+            self.force_close()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp could not parse (or, never expected, an exception past our handlers): our JSON
+        error shape, one log line for the client's mistakes, a traceback only for our own."""
+        if status >= 500:
+            log.error("unhandled error in the HTTP server", exc_info=exc)
+            text = "internal error in the sidecar"
+        else:  # the exception's own text quotes the client's bytes: name the kind of problem only
+            text = f"malformed HTTP request: {PROBLEMS.get(type(exc).__name__, 'the request could not be parsed')}"
+            log.warning("%s (%s port)", text, self._guard.name)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had started; the connection is closed instead")
+        body = openai_format.error_body(text, "invalid_request_error" if status < 500 else "api_error", None,
+                                        None)
+        response = web.Response(status=status, body=body, content_type="application/json")
+        response.force_close()
+        return response
+
+
+class Listener(web.BaseSite):
+    """One port of an ``AppRunner``, served through ``GuardedHandler``."""
+
+    __slots__ = ("_factory", "_host", "_port")
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, factory: Callable[[], GuardedHandler], *,
+                 backlog: int = 1024) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port, self._factory = host, port, factory
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._factory, self._host, self._port, backlog=self._backlog,
+                                                reuse_address=True)
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, guard: Guard, *, idle_timeout: float,
+                 access_log: logging.Logger | None = None) -> Listener:
+    """Serve ``runner``'s app (already set up) on ``host:port`` within ``guard``'s limits."""
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
+    kwargs: dict[str, Any] = {"loop": loop, "keepalive_timeout": idle_timeout, "lingering_time": LINGERING_SECONDS,
+                              "access_log": access_log}
+
+    def factory() -> GuardedHandler:
+        return GuardedHandler(server, guard, **kwargs)
+
+    listener = Listener(runner, host, port, factory)
+    await listener.start()
+    return listener
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard limit (often 1,024 soft against far more hard);
+    return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def api_connection_cap(configured: int, admin: int, open_files: int, upstream: int) -> int:
+    """The API port's cap, lowered when the descriptors cannot hold it next to the admin port's connections,
+    ``upstream`` connections and a margin for files, Redis and the collector."""
+    room = open_files - admin - upstream - 64
+    return max(16, min(configured, room))
