@@ -85,6 +85,8 @@ def _check_config(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) in {args.path}", file=sys.stderr)
         return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.path}: ok — {len(config.groups)} model group(s), {len(config.deployments)} deployment(s)")
     return 0
 
@@ -110,8 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         _run(_serve_async(config, hashlib.sha256(text).hexdigest(), args))
-    except StartupError as exc:
-        log.error("%s", exc)
+    except StartupError as exc:  # one line, like a config problem (a log line would mask the address)
+        print(f"llm-sidecar serve: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -124,6 +126,8 @@ def _setup_logging(config: Config) -> None:
 
     configure_redactor(REDACT, config)
     setup_logging(config.sidecar.log_level)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
 
 
 async def _serve_async(config: Config, digest: str, args: argparse.Namespace) -> None:

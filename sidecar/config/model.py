@@ -17,7 +17,7 @@ import yaml
 
 from sidecar.config.aws import AwsSettings, bedrock_settings
 from sidecar.config.limits import LimitSettings, ListenerSettings, limit_settings, listener_settings
-from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, is_number
+from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, described, is_number
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.shared import SharedSettings, shared_settings
 
@@ -53,6 +53,7 @@ RETRY_POLICY_KEYS = ("RateLimitErrorRetries", "TimeoutErrorRetries", "InternalSe
                      "ContentPolicyViolationErrorRetries")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIB = 1024 * 1024
+MAX_ECHOED = 32  # a provider name longer than this is not echoed in a problem: it may be a pasted key
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,7 @@ class Config:
     groups: Mapping[str, ModelGroup]
     router: RouterSettings
     sidecar: SidecarSettings
+    warnings: tuple[str, ...] = ()  # not problems: check-config prints them, serve logs them
 
     @property
     def deployments(self) -> tuple[Deployment, ...]:
@@ -192,6 +194,8 @@ def parse_yaml(text: bytes, path: str, *, resolve_secrets: bool = True) -> Confi
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError([f"{path}: not valid YAML: nested too deeply"]) from None
     return parse(data, resolve_secrets=resolve_secrets)
 
 
@@ -201,7 +205,8 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
     env = dict(os.environ if environ is None else environ)
     extra_env = root.mapping("environment_variables")
     env.update({str(k): str(v) for k, v in extra_env.items()})
-    secrets = SecretResolver(env, problems, enabled=resolve_secrets)
+    warnings: list[str] = []
+    secrets = SecretResolver(env, problems, enabled=resolve_secrets, warnings=warnings)
 
     litellm = root.section("litellm_settings")
     general = root.section("general_settings")
@@ -221,7 +226,7 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
         problems.append("model_list: at least one deployment is required")
     if problems:
         raise ConfigError(problems)
-    return Config(groups, router, sidecar)
+    return Config(groups, router, sidecar, tuple(warnings))
 
 
 # ---- sections ------------------------------------------------------------------------------------
@@ -318,7 +323,7 @@ def _hedging(s: Section) -> dict[str, Hedging]:
         entry = s.section(str(group))
         after = entry.get("after")
         if after is not None and after != "p95" and not (is_number(after) and after > 0):
-            entry.problem("after", f"expected a number of seconds > 0 or 'p95', got {after!r}")
+            entry.problem("after", f"expected a number of seconds > 0 or 'p95', got {described(after)}")
             after = None
         out[str(group)] = Hedging(
             after=float(after) if is_number(after) else None,
@@ -403,10 +408,11 @@ def _split_model(ref: str | None, params: Section) -> tuple[str | None, str | No
         return None, None
     provider, sep, model = ref.partition("/")
     if not sep or not model:
-        params.problem("model", f"expected '<provider>/<model>', got '{ref}'")
+        params.problem("model", f"expected '<provider>/<model>', got {described(ref)}")
         return None, None
     if provider not in PROVIDERS:
-        params.problem("model", f"unknown provider '{provider}' (known: {', '.join(PROVIDERS)})")
+        shown = f"'{provider}'" if len(provider) <= MAX_ECHOED else described(provider)
+        params.problem("model", f"unknown provider {shown} (known: {', '.join(PROVIDERS)})")
         return None, None
     return provider, model
 

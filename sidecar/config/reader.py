@@ -8,8 +8,10 @@ configuration on top of them.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import stat
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,8 +48,10 @@ class Secret:
                 return False
             with open(self.path, encoding="utf-8") as handle:
                 value = handle.read().strip()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return False  # keep the last good value; the file may be mid-rotation
+        if not value:
+            return False  # an empty file (mid-rotation, or a mistake): keep the last good value, look again
         self._mtime = mtime
         changed, self.value = value != self.value, value
         return changed
@@ -114,7 +118,7 @@ class Section:
                 self.problem(key, "is required")
             return default
         if not ok(value):
-            self.problem(key, f"expected {expected}, got {value!r}")
+            self.problem(key, f"expected {expected}, got {described(value)}")
             return default
         return value
 
@@ -136,7 +140,10 @@ class Section:
         return float(value) if value is not None else None
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self._typed(key, default, lambda v: v in choices, f"one of {', '.join(choices)}", False)
+        value = self.get(key)
+        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        value = self._typed(key, default, lambda v: v in choices, f"one of {', '.join(choices)}{hint}", False)
         return value  # type: ignore[no-any-return]
 
     def fallbacks(self, key: str) -> dict[str, tuple[str, ...]]:
@@ -159,6 +166,16 @@ class Section:
                 self.problem(str(key), "unknown key")
 
 
+def described(value: object) -> str:
+    """A wrong value as a config problem names it: numbers and booleans as they are; a string, list or mapping
+    by its kind only — a secret pasted into the wrong field must not be printed back in the error."""
+    if isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -168,12 +185,15 @@ def is_number(value: object) -> bool:
 
 
 class SecretResolver:
-    """Resolves ``os.environ/NAME`` and ``file:/path`` references, recording what cannot be resolved."""
+    """Resolves ``os.environ/NAME`` and ``file:/path`` references, recording what cannot be resolved (and, in
+    ``warnings``, key files any user of the machine can read)."""
 
-    def __init__(self, env: Mapping[str, str], problems: list[str], *, enabled: bool) -> None:
+    def __init__(self, env: Mapping[str, str], problems: list[str], *, enabled: bool,
+                 warnings: list[str] | None = None) -> None:
         self.env = env
         self.problems = problems
         self.enabled = enabled
+        self.warnings = warnings if warnings is not None else []
 
     def resolve(self, ref: object, where: str) -> Secret | None:
         if not isinstance(ref, str) or not ref:
@@ -192,10 +212,18 @@ class SecretResolver:
             try:
                 with open(path, encoding="utf-8") as handle:
                     value = handle.read().strip()
-                return Secret(value, path, os.stat(path).st_mtime)
-            except OSError as exc:
-                self.problems.append(f"{where}: cannot read secret file {path}: {exc.strerror}")
+                status = os.stat(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                self.problems.append(f"{where}: cannot read secret file {path}: {reason}")
                 return None
+            if not value:
+                self.problems.append(f"{where}: secret file {path} is empty")
+                return None
+            if status.st_mode & stat.S_IROTH and not _kubernetes_volume(path):
+                self.warnings.append(f"{where}: secret file {path} is readable by every user "
+                                     f"(mode {stat.S_IMODE(status.st_mode):04o}); make it 0600 or 0640")
+            return Secret(value, path, status.st_mtime)
         return Secret(ref)
 
     def resolve_all(self, refs: list[Any], where: str) -> list[Secret]:
@@ -208,3 +236,9 @@ class SecretResolver:
             return value
         secret = self.resolve(value, where)
         return secret.value if secret else None
+
+
+def _kubernetes_volume(path: str) -> bool:
+    """A file of a mounted Kubernetes Secret (its atomic writer's ``..<timestamp>`` directory): its mode is
+    the volume's ``defaultMode`` and only the containers that mount the volume can read it."""
+    return any(part.startswith("..") and part != ".." for part in os.path.realpath(path).split(os.sep))

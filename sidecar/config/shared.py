@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from sidecar.config.reader import Secret, SecretResolver, Section, is_number
+from sidecar.config.reader import Secret, SecretResolver, Section, described, is_number
 
 CACHE_TYPES = ("local", "redis")
 CACHE_MODES = ("deterministic", "all")
@@ -119,7 +119,7 @@ def _redis(s: Section, secrets: SecretResolver, *, url_key: str) -> RedisSetting
         resolved = secrets.plain(port, s._at("port"))
         port = int(resolved) if resolved and resolved.isdigit() else None
     if port is not None and not (isinstance(port, int) and 0 < port < 65536):
-        s.problem("port", f"expected a port number, got {port!r}")
+        s.problem("port", f"expected a port number, got {described(port)}")
         port = None
     settings = RedisSettings(
         host=secrets.plain(s.string("host", None), s._at("host")) or settings.host,
@@ -247,7 +247,7 @@ def _budget(entry: Section) -> BudgetSettings | None:
     raw_period = entry.get("period")
     period = parse_duration(raw_period)
     if period is None:
-        entry.problem("period", f"expected a duration like 1h, 1d, 7d, 30d, got {raw_period!r}")
+        entry.problem("period", f"expected a duration like 1h, 1d, 7d, 30d, got {described(raw_period)}")
     models = entry.list("models")
     if not all(isinstance(m, str) for m in models):
         entry.problem("models", "expected a list of model group names")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -60,7 +61,8 @@ class Servers:
         except OSError as exc:
             await self.api.cleanup()
             await self.admin.cleanup()
-            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {where}: {reason}") from None
 
     def _guards(self) -> tuple[Guard, Guard]:
         """Each port's cap; the API's lowered if the open-file limit cannot hold it next to the others."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_every_problem_is_reported_with_its_location() -> None:
     assert "model_list[1].litellm_params.model: unknown provider 'opnai'" in found[0] or any(
         p.startswith("model_list[1].litellm_params.model: unknown provider 'opnai'") for p in found)
     expected = [
-        "model_list[2].litellm_params.timeout: expected a number >= 0.001, got 'soon'",
+        "model_list[2].litellm_params.timeout: expected a number >= 0.001, got a string",
         "model_list[2].litellm_params.colour: unknown key",
         "router_settings.retries: unknown key",
         "sidecar_settings.max_body_size_mb: expected a number >= 0.001, got -1",
@@ -72,7 +73,7 @@ def test_every_problem_is_reported_with_its_location() -> None:
 
 def test_model_without_provider_prefix() -> None:
     assert problems({"model_list": [entry(model="gpt-4o")]}) == [
-        "model_list[0].litellm_params.model: expected '<provider>/<model>', got 'gpt-4o'"]
+        "model_list[0].litellm_params.model: expected '<provider>/<model>', got a string"]
 
 
 def test_provider_without_default_base_needs_api_base() -> None:
@@ -125,7 +126,7 @@ def test_catch_all_and_hedging_settings() -> None:
     assert cfg.sidecar.catch_all.enabled and cfg.sidecar.catch_all.max_entries == 10
     assert cfg.sidecar.hedging["gpt-4o"].after is None
     assert problems({"model_list": [entry()], "sidecar_settings": {"hedging": {"gpt-4o": {"after": "soon"}}}}) \
-        == ["sidecar_settings.hedging.gpt-4o.after: expected a number of seconds > 0 or 'p95', got 'soon'"]
+        == ["sidecar_settings.hedging.gpt-4o.after: expected a number of seconds > 0 or 'p95', got a string"]
 
 
 def test_empty_config() -> None:
@@ -144,3 +145,106 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "model_list[0].litellm_params.model: unknown provider 'opnai'" in failed.stderr
     assert "router: unknown key" in failed.stderr
+
+
+# ---- hardening (issue 13, point 6) ---------------------------------------------------------------------
+
+
+def test_an_empty_key_file_is_a_problem_and_a_rotation_to_empty_keeps_the_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("\n")
+    found = problems({"model_list": [entry(api_key=f"file:{key_file}")]})
+    assert found == [f"model_list[0].litellm_params.api_key: secret file {key_file} is empty"]
+    key_file.write_text("sk-good")
+    secret = config.parse({"model_list": [entry(api_key=f"file:{key_file}")]}).deployments[0].api_key
+    assert secret is not None
+    key_file.write_text("")
+    os.utime(key_file, (1, 1))
+    assert secret.refresh() is False and secret.value == "sk-good"
+
+
+def test_a_key_file_everyone_can_read_is_a_warning(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-good")
+    key_file.chmod(0o644)
+    cfg = config.parse({"model_list": [entry(api_key=f"file:{key_file}")]})
+    assert cfg.warnings == (f"model_list[0].litellm_params.api_key: secret file {key_file} is readable by every "
+                            "user (mode 0644); make it 0600 or 0640",)
+    key_file.chmod(0o640)
+    assert config.parse({"model_list": [entry(api_key=f"file:{key_file}")]}).warnings == ()
+
+
+def test_a_mounted_kubernetes_secret_is_not_warned_about(tmp_path: Path) -> None:
+    """A Secret volume's files link into its atomic writer's ``..<timestamp>`` directory; only the containers
+    that mount it can read them, whatever their mode."""
+    data = tmp_path / "..2026_01_01_00_00_00.000000001"
+    data.mkdir()
+    (data / "key").write_text("sk-good")
+    (data / "key").chmod(0o644)
+    (tmp_path / "..data").symlink_to(data.name)
+    (tmp_path / "key").symlink_to("..data/key")
+    assert config.parse({"model_list": [entry(api_key=f"file:{tmp_path / 'key'}")]}).warnings == ()
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    ({"max_body_size_mb": "sk-live-0123456789abcdef"}, "max_body_size_mb"),
+    ({"log_level": "sk-live-0123456789abcdef"}, "log_level"),
+    ({"listeners": {"header_timeout": "sk-live-0123456789abcdef"}}, "listeners.header_timeout"),
+    ({"hedging": {"gpt-4o": {"after": "sk-live-0123456789abcdef"}}}, "hedging.gpt-4o.after"),
+])
+def test_a_secret_in_a_typed_field_is_not_echoed(settings: dict[str, object], field: str) -> None:
+    found = problems({"model_list": [entry()], "sidecar_settings": settings})
+    assert len(found) == 1 and found[0].startswith(f"sidecar_settings.{field}: expected")
+    assert "0123456789abcdef" not in found[0] and "a string" in found[0]
+
+
+def test_a_misspelt_choice_gets_a_suggestion() -> None:
+    found = problems({"model_list": [entry()], "router_settings": {"routing_strategy": "simple_shuffle"}})
+    assert "did you mean simple-shuffle?" in found[0]
+
+
+def test_limits_and_listeners_settings() -> None:
+    cfg = config.parse({"model_list": [entry()], "sidecar_settings": {
+        "limits": {"max_stream_mb": 8, "max_stream_events": 1000},
+        "listeners": {"header_timeout": 5, "body_timeout": 20, "idle_timeout": 30, "max_connections": 100,
+                      "admin_max_connections": 8}}})
+    assert cfg.sidecar.limits.max_stream_bytes == 8 * 1024 * 1024 and cfg.sidecar.limits.max_stream_events == 1000
+    assert (cfg.sidecar.listeners.idle_timeout, cfg.sidecar.listeners.admin_max_connections) == (30, 8)
+    assert problems({"model_list": [entry()], "sidecar_settings": {"listeners": {"max_connection": 1}}}) == \
+        ["sidecar_settings.listeners.max_connection: unknown key"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_deeply_nested_yaml_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("model_list: " + "[" * 5000 + "]" * 5000 + "\n")
+    for args in (("check-config", str(path)), ("serve", "--config", str(path))):
+        result = _cli(*args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert f"{path}: not valid YAML: nested too deeply" in result.stderr
+
+
+def test_an_empty_key_file_stops_check_config_and_serve(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model_list:\n  - model_name: m\n    litellm_params: {{model: openai/x, api_key: "
+                    f"'file:{tmp_path}/key'}}\n")
+    for args in (("check-config", str(path)), ("serve", "--config", str(path))):
+        result = _cli(*args)
+        assert result.returncode != 0 and "is empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model_list:\n  - model_name: m\n    litellm_params: {model: openai/x, api_key: k}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _cli("serve", "--config", str(path), "--port", str(port), "--admin-port", "0",
+                      "--admin-host", "127.0.0.1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -99,7 +99,7 @@ def test_budget_problems_have_locations() -> None:
         {"name": "c", "max_budget_usd": 1, "period": "1h", "models": ["nope"]},
     ]}, "litellm_settings": {"max_budget": 5}})
     expected = [
-        "sidecar_settings.budgets[0].period: expected a duration like 1h, 1d, 7d, 30d, got 'fortnight'",
+        "sidecar_settings.budgets[0].period: expected a duration like 1h, 1d, 7d, 30d, got a string",
         "sidecar_settings.budgets[1].name: is required",
         "sidecar_settings.budgets[1].max_budget_usd: expected a number >= 1e-06, got -1",
         "sidecar_settings.budgets[1].extra: unknown key",
