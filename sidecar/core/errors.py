@@ -17,6 +17,7 @@
     │   ├── ContextWindowExceeded     context_window_exceeded
     │   └── ContentPolicyViolation    content_policy
     ├── BudgetExceeded                429, a configured spend budget is used up (Retry-After: its reset)
+    ├── AnswerTooLarge                502, a streamed answer passed sidecar_settings.limits: the request ends
     └── RoutingError                  the sidecar ran out of options
         ├── NoHealthyUpstream         503
         ├── AllRateLimited            429 with Retry-After of the soonest recovery
@@ -189,6 +190,20 @@ class BudgetExceeded(SidecarError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# ---- an upstream's answer is too long --------------------------------------------------------------
+
+
+class AnswerTooLarge(SidecarError):
+    """A streamed answer went past ``sidecar_settings.limits`` (bytes or events): a runaway or endless stream.
+
+    Not an ``UpstreamError``: the request ends here (in-band once the app has part of the answer) rather than
+    continuing the same runaway answer on another deployment."""
+
+    status = 502
+    code = "answer_too_large"
+    error_class = "answer_too_large"
 
 
 # ---- the sidecar ran out of options ---------------------------------------------------------------

@@ -26,12 +26,16 @@ class Diverged(Exception):
 
 
 class StreamProgress:
-    """What the app has received of choice 0, and whether that is enough to continue elsewhere."""
+    """What the app has received of choice 0, and whether that is enough to continue elsewhere.
 
-    __slots__ = ("continuable", "finish_reason", "id", "model", "text")
+    The text is kept as its pieces and joined when asked for (``text``): appending to one string copied the
+    whole answer on every chunk — quadratic in the answer's length.
+    """
+
+    __slots__ = ("_pieces", "continuable", "finish_reason", "id", "model")
 
     def __init__(self) -> None:
-        self.text = ""
+        self._pieces: list[str] = []
         self.id: str | None = None
         self.model: str | None = None
         self.continuable = True
@@ -40,6 +44,13 @@ class StreamProgress:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def text(self) -> str:
+        pieces = self._pieces
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0] if pieces else ""
 
     def observe(self, chunks: list[StreamChunk]) -> None:
         for chunk in chunks:
@@ -57,8 +68,8 @@ class StreamProgress:
                 if delta.get("tool_calls") or delta.get("function_call"):
                     self.continuable = False  # a half-sent tool call cannot be resumed faithfully
                 content = delta.get("content")
-                if isinstance(content, str):
-                    self.text += content
+                if isinstance(content, str) and content:
+                    self._pieces.append(content)
 
 
 def prefill_body(body: dict[str, Any], sent: str) -> dict[str, Any]:
@@ -67,15 +78,18 @@ def prefill_body(body: dict[str, Any], sent: str) -> dict[str, Any]:
 
 
 class Splicer:
-    """Adapts a replacement stream so that it continues exactly where the app's stream broke."""
+    """Adapts a replacement stream so that it continues exactly where the app's stream broke.
 
-    __slots__ = ("_forwarding", "_received", "id", "prefilled", "sent")
+    The replacement's text is compared with the sent text piece by piece at a moving offset (``_matched``),
+    never re-joined: linear in the answer's length."""
+
+    __slots__ = ("_forwarding", "_matched", "id", "prefilled", "sent")
 
     def __init__(self, sent: str, *, prefilled: bool, stream_id: str | None) -> None:
         self.sent = sent
         self.prefilled = prefilled
         self.id = stream_id
-        self._received = ""
+        self._matched = 0  # characters of ``sent`` the replacement has reproduced
         self._forwarding = prefilled
 
     def feed(self, chunks: list[StreamChunk]) -> list[StreamChunk]:
@@ -103,18 +117,24 @@ class Splicer:
             if finish:
                 raise Diverged("the replacement answer ended before reproducing the text already sent")
             return None
-        self._received += content
-        if len(self._received) <= len(self.sent):
-            if not self.sent.startswith(self._received):
+        sent, matched = self.sent, self._matched
+        reached = matched + len(content)
+        if reached <= len(sent):
+            if not sent.startswith(content, matched):
                 raise Diverged("the replacement answer differs from the text already sent")
-            if len(self._received) < len(self.sent) or not finish:
-                if len(self._received) == len(self.sent):
+            self._matched = reached
+            if reached < len(sent) or not finish:
+                if reached == len(sent):
                     self._forwarding = True
                 return None
-        elif not self._received.startswith(self.sent):
-            raise Diverged("the replacement answer differs from the text already sent")
+            rest = ""
+        else:
+            missing = len(sent) - matched
+            if not sent.endswith(content[:missing]):
+                raise Diverged("the replacement answer differs from the text already sent")
+            self._matched = len(sent)
+            rest = content[missing:]
         self._forwarding = True
-        rest = self._received[len(self.sent):]
         data["choices"] = [{**choice, "delta": {**delta, "content": rest}}, *choices[1:]]  # type: ignore[dict-item]
         return _encode(data, chunk)
 

@@ -87,7 +87,7 @@ class Router:
         self.retry_after_cap = config.sidecar.retry_after_cap_seconds
         self.breaker_settings = config.sidecar.breaker
         self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, self.idle_limit,
-                                          config.sidecar.stream_stall)
+                                          config.sidecar.stream_stall, config.sidecar.limits)
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
         previous = previous or {}
         self.targets: Mapping[str, tuple[Target, ...]] = {

@@ -11,36 +11,51 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 
 import aiohttp
 
-from sidecar.config import Deployment, StallSettings
+from sidecar.config import Deployment, LimitSettings, StallSettings
 from sidecar.core.errors import (
+    AnswerTooLarge,
     NoHealthyUpstream,
     UpstreamBadRequest,
     UpstreamError,
     UpstreamServerError,
 )
-from sidecar.core.types import ChatRequest, ChatResponse
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
 from sidecar.formats.continuation import Diverged, Splicer, StreamProgress, prefill_body
 from sidecar.formats.openai import chunks_from_completion
 from sidecar.policy.stall import StallDetector
 from sidecar.providers import http
+from sidecar.providers.base import StreamReader
 from sidecar.routing.outcome import Outcome, StreamSink, Target
+
+# A read brings all the bytes that waited (up to hundreds of KiB from a fast upstream), and translating them
+# does not suspend — nor do writes to the app under its high-water mark — so one read could hold the loop
+# for a long time. Large reads are translated in pieces with the loop let go between them. (Bytes arrive
+# only when the loop runs, so the next read suspends: a stream never holds the loop longer than one piece.)
+PIECE = 4 * 1024
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    """``data`` in pieces of at most ``PIECE`` bytes."""
+    return [data[i:i + PIECE] for i in range(0, len(data), PIECE)]
 
 
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
     """What a stream attempt needs from the router: its upstream session, its clock, the time allowed to
-    the first token and between reads (per deployment), and the pace rule for stalls (None: off)."""
+    the first token and between reads (per deployment), the pace rule for stalls (None: off), and how long an
+    answer may be."""
 
     session: aiohttp.ClientSession
     clock: Callable[[], float]
     ttft: Callable[[Deployment], float]
     idle: Callable[[Deployment], float]
     stall: StallSettings | None
+    answer: LimitSettings = field(default_factory=LimitSettings)
 
 
 class StreamAttempt:
@@ -52,6 +67,8 @@ class StreamAttempt:
         self.sink = sink
         self.outcome = outcome
         self.progress = StreamProgress()
+        # What is left of the answer's limits, all attempts together (counted down: nothing to look up per read)
+        self.bytes_left, self.events_left = limits.answer.max_stream_bytes, limits.answer.max_stream_events
         self.committed = asyncio.Event()  # set when an attempt sends the app its first chunk (hedging)
         self.owner: Target | None = None
 
@@ -96,20 +113,18 @@ class StreamAttempt:
                     data = await upstream.next_chunk(until, phase)
                     if waiting is not None:
                         pace.waited(limits.clock() - waiting)
-                    chunks = reader.feed(data) if data else reader.finish()
-                    if splicer is not None:
-                        chunks = splicer.feed(chunks)
-                    if chunks:
-                        if not sink.started:
-                            self.owner = target
-                            self.committed.set()
-                            outcome.ttft = perf_counter() - started
-                            outcome.deployment, outcome.answered_group = deployment.id, deployment.model_name
-                            await sink.start(outcome)
-                        elif self.owner is not target and splicer is None:
-                            raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
-                        self.progress.observe(chunks)
-                        await sink.send(chunks)
+                    pieces = (data,) if len(data) <= PIECE else _pieces(data)
+                    for piece in pieces:
+                        chunks = self._translate(reader, piece, splicer)
+                        if chunks:
+                            if not sink.started:
+                                await self._commit(target, started)
+                            elif self.owner is not target and splicer is None:
+                                raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
+                            self.progress.observe(chunks)
+                            await sink.send(chunks)
+                        if len(pieces) > 1:
+                            await asyncio.sleep(0)  # a large read: the others run between its pieces
                     waiting = limits.clock()
                     until, phase = waiting + pace.limit, pace.phase
                 outcome.usage = reader.usage
@@ -123,6 +138,28 @@ class StreamAttempt:
         except UpstreamError as error:
             raise self._mark(error) from None
         await sink.finish()
+
+    def _translate(self, reader: StreamReader, data: bytes, splicer: Splicer | None) -> list[StreamChunk]:
+        """One piece of the body (b"": its end) as chunks for the app, counted against the answer's limits:
+        past ``sidecar_settings.limits`` the request ends (``AnswerTooLarge``)."""
+        chunks = reader.feed(data) if data else reader.finish()
+        self.bytes_left -= len(data)
+        self.events_left -= len(chunks)
+        if self.bytes_left < 0 or self.events_left < 0:
+            answer = self.limits.answer
+            self.progress.continuable = False
+            raise AnswerTooLarge(f"the upstream's answer passed the sidecar's limit of {answer.max_stream_mb:g} MiB "
+                                 f"or {answer.max_stream_events} events (sidecar_settings.limits)")
+        return splicer.feed(chunks) if splicer is not None else chunks
+
+    async def _commit(self, target: Target, started: float) -> None:
+        """The first chunk for the app: this attempt owns the answer; status and headers go out."""
+        outcome, deployment = self.outcome, target.deployment
+        self.owner = target
+        self.committed.set()
+        outcome.ttft = perf_counter() - started
+        outcome.deployment, outcome.answered_group = deployment.id, deployment.model_name
+        await self.sink.start(outcome)
 
     def _mark(self, error: UpstreamError) -> UpstreamError:
         error.committed = self.sink.started

@@ -130,6 +130,8 @@ def _tool_to_call(body: Any) -> str | None:
 async def _stream(request: web.Request, kind: str, model: str, body: dict[str, Any]) -> web.StreamResponse:
     app, faults = request.app, request.app[FAULTS_KEY]
     await asyncio.sleep(faults.latency)
+    if faults.endless:
+        return await _endless(request, kind, model, faults.text or "x")
     pieces = answer_pieces(app, body)
     chunks = [_chunk(kind, model, {"role": "assistant", "content": ""}, None)] if kind == "chat" else []
     tool = _tool_to_call(body) if kind == "chat" else None
@@ -150,6 +152,19 @@ async def _stream(request: web.Request, kind: str, model: str, body: dict[str, A
     return await stream_events(request, [encode_event(orjson.dumps(c)) for c in chunks],
                                malformed=b"data: {not json\n\n", tail=b"" if faults.no_done else DONE_EVENT,
                                error_event=_error_event)
+
+
+async def _endless(request: web.Request, kind: str, model: str, text: str) -> web.StreamResponse:
+    """A runaway answer: the same content event forever, written in batches (backpressure paces it)."""
+    response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+    await response.prepare(request)
+    await response.write(encode_event(orjson.dumps(_chunk(kind, model, {"role": "assistant", "content": ""}, None))))
+    batch = encode_event(orjson.dumps(_chunk(kind, model, {"content": text}, None))) * 64
+    try:
+        while True:
+            await response.write(batch)
+    finally:
+        request.app[STATS_KEY].disconnects += 1
 
 
 def _error_event(faults: Faults) -> bytes:

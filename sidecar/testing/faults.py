@@ -31,6 +31,7 @@ class Faults:
     error_message: str | None = None  # replaces the injected error's message (each dialect's own body)
     error_param: str | None = None
     error_event_at: int | None = None  # the stream ends with the dialect's in-band error event at this index
+    endless: bool = False  # stream content events as fast as the client takes them, never ending
     retry_after: float | None = None
     latency: float = 0.0
     ttft: float = 0.0
