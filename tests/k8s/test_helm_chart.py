@@ -68,6 +68,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "injector": {"injector": {"enabled": True}},
     "injector-cert-manager": {"injector": {"enabled": True, "tls": {"source": "cert-manager"}},
                               "sidecar": {"form": "classic"}},
+    "network-policy": {"example": {"enabled": True}, "networkPolicy": {"enabled": True, "adminFrom": {
+        "namespaces": ["monitoring", "observability"], "podLabels": {"app.kubernetes.io/name": "prometheus"}}}},
     "sglang-only": {
         "example": {"enabled": True},
         "sglang": SGLANG,
@@ -221,6 +223,25 @@ def test_prometheus_scrapes_the_admin_port(chart):
     assert annotations["prometheus.io/port"] == "4001"
     assert annotations["prometheus.io/path"] == "/metrics"
     assert template["metadata"]["labels"]["llm-sidecar/enabled"] == "true"
+
+
+def test_network_policy_admits_the_admin_port_only_from_named_namespaces(chart):
+    objects = render(chart, VALUE_SETS["network-policy"])
+    policy = find(objects, "NetworkPolicy", "-admin")["spec"]
+    labels = find(objects, "Deployment", "-example")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()  # selects the pods with the sidecar
+    admin, others = policy["ingress"]
+    assert admin["ports"] == [{"protocol": "TCP", "port": 4001}]
+    assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in admin["from"]] \
+        == ["monitoring", "observability"]
+    assert all(peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+               for peer in admin["from"])
+    assert "from" not in others  # the pod's other ports stay open to all: the app's traffic is not ours
+    tcp = [(p["port"], p["endPort"]) for p in others["ports"] if p["protocol"] == "TCP"]
+    assert tcp == [(1, 4000), (4002, 65535)]
+    closed = render(chart, {**VALUE_SETS["network-policy"], "networkPolicy": {
+        "enabled": True, "adminFrom": {"namespaces": []}, "allowOtherPorts": False}})
+    assert not find(closed, "NetworkPolicy", "-admin")["spec"].get("ingress")  # nothing admitted but the node
 
 
 def test_sglang_deployment_and_sidecar_entry(chart):
