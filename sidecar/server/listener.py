@@ -101,12 +101,15 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        # A head begins when bytes arrive while no request is queued or being handled; it is complete once
-        # the parser queued the request (its body, if any, is the handler's to time).
-        if self._head_timer is None and self._current_request is None and not self._messages:
-            self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_too_slow)
+        # A head begins when bytes arrive while no request is queued or being handled; it is complete once the
+        # parser queued the request (its body, if any, is the handler's to time). A head that arrives whole —
+        # nearly always — never needs a timer; one still incomplete after these bytes gets one.
+        waiting = self._current_request is None and not self._messages
         super().data_received(data)
-        if self._head_timer is not None and (self._messages or self._current_request is not None):
+        if self._head_timer is None:
+            if waiting and self._current_request is None and not self._messages and self.transport is not None:
+                self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_too_slow)
+        elif self._messages or self._current_request is not None:
             self._stop_head_timer()
 
     def _stop_head_timer(self) -> None:
