@@ -101,16 +101,24 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        # A head begins when bytes arrive while no request is queued or being handled; it is complete once the
-        # parser queued the request (its body, if any, is the handler's to time). A head that arrives whole —
-        # nearly always — never needs a timer; one still incomplete after these bytes gets one.
-        waiting = self._current_request is None and not self._messages
+        # A head begins with bytes that come while the connection waits for its next request (aiohttp's own
+        # test for an idle connection: its request loop awaits ``_waiter``; before the first request, nothing
+        # was parsed yet) — not with body bytes, which come while a request is queued or handled. The head is
+        # complete once the parser queued the request. A head that arrives whole — nearly always — never needs
+        # a timer; one still incomplete after these bytes gets one.
+        awaiting = self._awaiting_head()
         super().data_received(data)
         if self._head_timer is None:
-            if waiting and self._current_request is None and not self._messages and self.transport is not None:
+            if awaiting and not self._messages and self.transport is not None:
                 self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_too_slow)
-        elif self._messages or self._current_request is not None:
+        elif self._messages:
             self._stop_head_timer()
+
+    def _awaiting_head(self) -> bool:
+        if self._messages:
+            return False
+        waiter = self._waiter
+        return (waiter is not None and not waiter.done()) or self._request_count == 0
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -119,7 +127,7 @@ class GuardedHandler(RequestHandler):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self.transport is not None and self._current_request is None and not self._messages:
+        if self.transport is not None and self._awaiting_head():
             self.transport.write(HEAD_TIMEOUT)
             self.force_close()
 

@@ -123,3 +123,19 @@ def test_the_open_file_limit_is_raised(sidecar: Sidecar) -> None:
     line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
     soft, hard = line.split()[3:5]
     assert soft == hard
+
+
+def test_body_bytes_after_the_head_start_no_head_timer(sidecar: Sidecar) -> None:
+    """A body that comes after its head is the handler's to time: the connection, once answered, stays a
+    healthy keep-alive connection past the head timeout."""
+    body = b'{"model": "solo", "messages": [{"role": "user", "content": "hi"}]}'
+    sock = _connect(sidecar.port)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body))
+    time.sleep(0.3)
+    sock.sendall(body)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(1.4)  # past the 1 s head timeout, within the 2 s idle timeout
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.close()
