@@ -54,7 +54,7 @@ def loads_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:  # else it cannot be nested that deep: nothing to check
+    if len(raw) > 2 * MAX_DEPTH and raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:  # else it cannot be that deep
         _check_depth(body)
     return body
 

@@ -105,14 +105,16 @@ class GuardedHandler(RequestHandler):
         # test for an idle connection: its request loop awaits ``_waiter``; before the first request, nothing
         # was parsed yet) — not with body bytes, which come while a request is queued or handled. The head is
         # complete once the parser queued the request. A head that arrives whole — nearly always — never needs
-        # a timer; one still incomplete after these bytes gets one.
-        awaiting = self._awaiting_head()
-        super().data_received(data)
+        # a timer; one still incomplete after these bytes gets one. (Called for every segment: kept lean.)
         if self._head_timer is None:
+            awaiting = self._awaiting_head()
+            RequestHandler.data_received(self, data)
             if awaiting and not self._messages and self.transport is not None:
                 self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_too_slow)
-        elif self._messages:
-            self._stop_head_timer()
+        else:
+            RequestHandler.data_received(self, data)
+            if self._messages:
+                self._stop_head_timer()
 
     def _awaiting_head(self) -> bool:
         if self._messages:
