@@ -106,3 +106,17 @@ def test_in_band_stream_error_is_redacted(sidecar: Sidecar, primary: FakeProvide
     status, streamed = _stream_text(sidecar, path, body)
     assert status == 200 and "error" in streamed.rsplit("\n\n", 2)[-2]
     assert leaked(streamed, primary) == []
+
+
+@pytest.mark.parametrize("group", SHAPES)
+def test_the_responses_ingress_redacts_too(sidecar: Sidecar, primary: FakeProvider, group: str) -> None:
+    """The Responses API ingress renders errors its own way (a body, a ``response.failed`` event): the same
+    redaction applies. (An OpenAI upstream serves the Responses API itself: its stream has no injected error.)"""
+    primary.set(fail_next=1, error_status=400, error_message=echo(primary))
+    response = requests.post(f"{sidecar.url}/v1/responses", json={"model": group, "input": "hi"}, timeout=20)
+    assert response.status_code == 400 and USEFUL in response.text
+    assert leaked(response.text, primary) == []
+    primary.set(error_event_at=3, error_status=400, error_message=echo(primary), chunks=4, chunk_delay=0.05)
+    status, streamed = _stream_text(sidecar, "/v1/responses", {"model": group, "input": "hi"})
+    assert status == 200 and ("response.failed" in streamed) == (group != "oa")
+    assert leaked(streamed, primary) == []
