@@ -213,7 +213,7 @@ def encode(body: Any) -> bytes:
     return text.encode()
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=CASES)
 def test_fuzzed_bodies_never_get_a_500(sidecar: Sidecar, primary: FakeProvider, case: tuple[str, Any]) -> None:
     path, body = case
