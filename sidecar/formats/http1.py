@@ -1,28 +1,36 @@
-"""Sans-I/O HTTP/1.1 response parser for the upstream client (``providers.wire``).
+"""Sans-I/O HTTP/1.1 response parsing for the upstream client (``providers.wire``), on httptools (llhttp).
+
+llhttp — the parser of Node.js, used in Python by uvicorn — does the framing (content-length, chunked with
+extensions and trailers, read-until-close) with its strictness: bare-LF line ends, control characters in
+field values, obsolete line folding, a content-length together with chunked, a malformed chunk size are all
+errors. On top of it this module adds what our client needs: a final status of 100-599 (interim 1xx
+answers skipped, 101 refused), HTTP/1.0 or 1.1 only, a cap on the head and on any run of bytes that
+makes no progress (an endless header or trailer line), a cap on a whole body and on the bytes all whole
+bodies hold together (``AnswerMemory``), and the decoding of gzip/deflate bodies (``decoder_for``).
 
 ``ResponseParser.feed(bytes)`` returns the whole ``Response`` once it is complete, ``None`` while more bytes
 are needed, or raises ``BadResponse``; ``eof()`` is called when the server closes the connection. In stream
-mode (``reset(stream=True)``) ``feed_stream(bytes)`` parses the head (``status``, ``headers``) and then leaves
-the de-chunked body bytes for ``take()`` as they arrive, never the whole body at once, with no size limit:
-the reader's backpressure bounds what waits here. Bodies are
-framed by content-length, chunked transfer-encoding (trailers read and dropped) or, failing both, by the
-close of the connection. It parses only what our requests can meet: answers to a POST that asked for no
-compression and no upgrade. Like ``formats.sse`` it does no I/O, so every byte split is unit-testable.
+mode (``reset(stream=True)``) ``feed_stream(bytes)`` parses the head (``status``, ``headers``) and leaves the
+de-chunked body bytes for ``take()`` as they arrive — a chunk announced as a gigabyte is handed on piece by
+piece, never gathered whole; the reader's backpressure bounds what waits here.
+
+Reference cycles are avoided on purpose: the llhttp parser holds its callbacks object (``_Message``), which
+holds the parser only weakly, and errors met inside callbacks are noted, never raised through C, so a body
+being read is freed by reference counting the moment its request lets go of it.
 """
 
 from __future__ import annotations
 
+import weakref
+import zlib
 from dataclasses import dataclass
 
-MAX_HEAD = 64 * 1024  # status line + headers; nginx's default limit for requests is 8 KiB
-MAX_BODY = 64 * 1024 * 1024  # a chat answer is kilobytes; an embedding batch a few MiB
-_NO_LIMIT = 1 << 62  # streams: bytes are handed on as they come, so their total is not held anywhere
-_MAX_CHUNK_LINE = 4096  # a chunk size line with extensions
-_HEX = b"0123456789abcdefABCDEF"
+import httptools
 
-# Body framing, and the states inside a chunked body.
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2
-_SIZE, _DATA, _TRAILER = 0, 1, 2
+MAX_HEAD = 64 * 1024  # status line + headers; also the most bytes fed in a row without progress
+MAX_BODY = 64 * 1024 * 1024  # a whole answer's default cap (``sidecar_settings.limits`` sets the real one)
+DECODE_STEP = 256 * 1024  # most decoded bytes a stream's decoder hands out per call
+_NO_LIMIT = 1 << 62
 
 
 class BadResponse(Exception):
@@ -31,6 +39,14 @@ class BadResponse(Exception):
 
 class TooLarge(BadResponse):
     """The response is bigger than ``max_body`` (or its head bigger than ``MAX_HEAD``)."""
+
+
+class OutOfMemory(TooLarge):
+    """Taking this body would exceed the memory all upstream answers may hold together."""
+
+
+class BadEncoding(BadResponse):
+    """A content-encoding we do not decode, or compressed bytes that do not decode."""
 
 
 class CutOff(Exception):
@@ -45,223 +61,326 @@ class Response:
     reusable: bool  # keep-alive: HTTP/1.1, no ``connection: close``, and nothing after the body
 
 
+class AnswerMemory:
+    """The bytes that whole (non-streamed) upstream answers hold in memory at once, over all requests.
+
+    A parser takes from it as body bytes arrive and gives everything back when the answer is handed on,
+    fails, or its connection is dropped; a body that would take more than is left is refused (``OutOfMemory``).
+    """
+
+    __slots__ = ("limit", "peak", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def take(self, n: int) -> bool:
+        used = self.used + n
+        if used > self.limit:
+            return False
+        self.used = used
+        if used > self.peak:
+            self.peak = used
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+class _Llhttp(httptools.HttpResponseParser):
+    __slots__ = ("__weakref__",)  # so that ``_Message`` can hold it weakly
+
+
+class _Message:
+    """httptools' callbacks for one response: what they learn, and the first error they met."""
+
+    __slots__ = ("complete", "error", "head_done", "headers", "keep_alive", "limit", "memory", "parser", "pieces",
+                 "progress", "size", "status", "until_close")
+
+    def __init__(self, limit: int, memory: AnswerMemory | None) -> None:
+        self.parser: weakref.ref[_Llhttp] | None = None
+        self.limit = limit
+        self.memory = memory  # None in stream mode: a stream's bytes are not held
+        self.status = 0  # 0 until the final (non-1xx) head is in
+        self.headers: dict[str, str] = {}
+        self.keep_alive = False
+        self.until_close = False
+        self.head_done = False
+        self.complete = False
+        self.progress = False  # a head or body bytes came out of the last feed
+        self.pieces: list[bytes] = []
+        self.size = 0  # body bytes taken (and, in whole mode, taken from ``memory``)
+        self.error: BadResponse | None = None
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response after ours: the connection's state is unknown
+            self.keep_alive = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # a trailer: read (its size bounded by MAX_HEAD) and dropped
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").rstrip(" \t")  # llhttp drops the leading whitespace only
+        headers = self.headers
+        previous = headers.get(key)
+        headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser() if self.parser is not None else None
+        assert parser is not None
+        self.progress = True
+        status = parser.get_status_code()
+        if self.complete or self.error is not None:
+            return
+        if status < 100 or status > 599 or parser.get_http_version() not in ("1.1", "1.0"):
+            self.error = BadResponse("malformed status line")
+        elif status < 200:
+            self.headers = {}  # an interim answer (103 Early Hints, 100 Continue): the final one follows
+        else:
+            self.status, self.head_done = status, True
+            self.keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+            self._framing(status)
+
+    def _framing(self, status: int) -> None:
+        headers = self.headers
+        coding = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if status in (204, 304):
+            return
+        if coding is not None:
+            # RFC 9112 §6.3: a final coding other than chunked is read until the close
+            self.until_close = coding.lower().rsplit(",", 1)[-1].strip() != "chunked"
+        elif length is None:
+            self.until_close = True
+        elif int(length) > self.limit:  # llhttp checked the digits
+            self.error = TooLarge("response body too large")
+        if self.until_close:
+            self.keep_alive = False
+
+    def on_body(self, data: bytes) -> None:
+        self.progress = True
+        n = len(data)
+        size = self.size + n
+        if self.error is not None or self.complete:
+            return
+        if size > self.limit:
+            self.error = TooLarge("response body too large")
+            return
+        memory = self.memory
+        if memory is not None and not memory.take(n):
+            self.error = OutOfMemory("upstream answers hold too much memory")
+            return
+        self.size = size
+        self.pieces.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.status and not self.complete:
+            self.complete = True
+
+    def fail(self) -> BadResponse:
+        """The error met, once; what the body held is given back."""
+        error, self.error = self.error, None
+        assert error is not None
+        self.release()
+        return error
+
+    def release(self) -> None:
+        """Give the body's bytes back to ``memory`` and forget them (idempotent)."""
+        if self.memory is not None and self.size:
+            self.memory.give(self.size)
+        self.size = 0
+        self.pieces = []
+
+
 class ResponseParser:
     """One response at a time; ``reset()`` before the next request on the same connection."""
 
-    __slots__ = ("_buf", "_chunk", "_framing", "_headers", "_keep_alive", "_limit", "_pieces", "_remaining",
-                 "_status", "_total", "max_body", "pending")
+    __slots__ = ("_llhttp", "_message", "_stalled", "_stream", "max_body", "memory", "pending")
 
-    def __init__(self, max_body: int = MAX_BODY) -> None:
+    def __init__(self, max_body: int = MAX_BODY, memory: AnswerMemory | None = None) -> None:
         self.max_body = max_body
+        self.memory = memory
         self.reset()
 
     def reset(self, stream: bool = False) -> None:
-        self._buf = bytearray()
-        self._limit = _NO_LIMIT if stream else self.max_body
+        old = getattr(self, "_message", None)
+        if old is not None:
+            old.release()
+        self._stream = stream
+        self._message = message = _Message(_NO_LIMIT if stream else self.max_body, None if stream else self.memory)
+        self._llhttp = parser = _Llhttp(message)
+        message.parser = weakref.ref(parser)
+        self._stalled = 0
         self.pending = 0  # body bytes parsed and not yet taken (stream mode)
-        self._status = 0  # 0 until the (final, non-1xx) head is parsed
-        self._headers: dict[str, str] = {}
-        self._framing = _LENGTH
-        self._keep_alive = True
-        self._remaining = 0
-        self._chunk = _SIZE
-        self._pieces: list[bytes] = []
-        self._total = 0
+
+    def close(self) -> None:
+        """The connection is gone: give back what the body held."""
+        self._message.release()
 
     def feed(self, data: bytes) -> Response | None:
-        buf = self._buf
-        buf += data
-        if not self._status and not self._head(buf):
+        message = self._parse(data)
+        if not message.complete:
             return None
-        if self._framing == _LENGTH:
-            if len(buf) < self._remaining:
-                return None
-            if len(buf) > self._remaining:  # bytes after the body: the connection's state is unknown
-                self._keep_alive = False
-                body = bytes(buf[:self._remaining])
-            else:
-                body = bytes(buf)
-            buf.clear()
-            return self._done(body)
-        if self._framing == _CHUNKED:
-            return self._done(b"".join(self._pieces)) if self._parse_chunks() else None
-        self._take(len(buf))
-        self._pieces.append(bytes(buf))
-        buf.clear()
-        return None
+        return self._done(message)
+
+    def eof(self) -> Response:
+        """The server closed the connection: the end of a read-until-close body, otherwise ``CutOff``."""
+        message = self._message
+        if message.status and message.until_close and message.error is None:
+            return self._done(message)
+        message.release()
+        raise CutOff("the connection closed before the end of the response")
+
+    def _done(self, message: _Message) -> Response:
+        pieces = message.pieces
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        coding = message.headers.get("content-encoding")
+        try:
+            if coding is not None:
+                body = decode_body(coding, body, self.max_body)
+        finally:
+            message.release()
+        response = Response(message.status, message.headers, body, message.keep_alive)
+        message.status = 0  # the next feed() is unsolicited unless reset() is called
+        return response
+
+    def _parse(self, data: bytes) -> _Message:
+        message = self._message
+        message.progress = False
+        try:
+            self._llhttp.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            message.error = message.error or BadResponse("unexpected protocol switch")
+        except httptools.HttpParserError:
+            if message.complete:  # garbage after our response: the connection's state is unknown
+                message.keep_alive = False
+            elif message.error is None:
+                message.error = BadResponse("malformed response")
+        if message.progress:
+            self._stalled = 0
+        else:
+            self._stalled += len(data)
+            if self._stalled > MAX_HEAD and message.error is None:
+                message.error = TooLarge("response head, chunk line or trailers too large")
+        if message.error is not None:
+            raise message.fail()  # no local names the error: its traceback's frames do not hold it
+        return message
 
     # ---- stream mode ------------------------------------------------------------------------------------
 
     @property
     def status(self) -> int:
         """The status once the (final) head is in, else 0; stream mode only (``feed`` clears it when done)."""
-        return self._status
+        return self._message.status
 
     @property
     def headers(self) -> dict[str, str]:
-        return self._headers
+        return self._message.headers
 
     @property
     def reusable(self) -> bool:
-        return self._keep_alive
+        return self._message.keep_alive
 
     def feed_stream(self, data: bytes) -> bool:
         """Parse ``data`` in stream mode: body bytes wait for ``take()``; True once the response is complete."""
-        buf = self._buf
-        buf += data
-        if not self._status and not self._head(buf):
-            return False
-        framing = self._framing
-        if framing == _CHUNKED:
-            return self._parse_chunks()
-        n = len(buf)
-        if framing == _LENGTH:
-            if n > self._remaining:  # bytes after the body: the connection's state is unknown
-                self._keep_alive = False
-                n = self._remaining
-            self._remaining -= n
-        if n:
-            self._pieces.append(bytes(buf[:n]))
-            self.pending += n
-        buf.clear()
-        return framing == _LENGTH and not self._remaining
+        message = self._parse(data)
+        self.pending = message.size
+        return message.complete
 
     def take(self) -> bytes:
         """The body bytes parsed since the last ``take()`` (b"" if none)."""
-        pieces = self._pieces
+        message = self._message
+        pieces = message.pieces
         if not pieces:
             return b""
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
-        self.pending = 0
+        message.size = self.pending = 0
         return data
 
     def eof_stream(self) -> None:
         """The server closed the connection in stream mode: the end of a read-until-close body, else ``CutOff``."""
-        if not (self._status and self._framing == _UNTIL_CLOSE):
+        message = self._message
+        if not (message.status and message.until_close):
             raise CutOff("the connection closed before the end of the response")
 
-    # ---- both modes -----------------------------------------------------------------------------------
 
-    def _head(self, buf: bytearray) -> bool:
-        """Parse the head out of ``buf``; True once the final (non-1xx) one is in."""
-        while not self._status:  # a loop: interim 1xx answers (103 Early Hints) come before the real one
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    raise TooLarge("response head too large")
-                return False
-            if end > MAX_HEAD:
-                raise TooLarge("response head too large")
-            head = buf[:end].decode("latin-1")
-            del buf[:end + 4]
-            self._parse_head(head)
-        return True
-
-    def eof(self) -> Response:
-        """The server closed the connection: the end of a read-until-close body, otherwise ``CutOff``."""
-        if self._status and self._framing == _UNTIL_CLOSE:
-            return self._done(b"".join(self._pieces))
-        raise CutOff("the connection closed before the end of the response")
-
-    def _done(self, body: bytes) -> Response:
-        response = Response(self._status, self._headers, body, self._keep_alive)
-        self._status = 0  # the next feed() is unsolicited unless reset() is called
-        return response
-
-    def _take(self, n: int) -> None:
-        self._total += n
-        if self._total > self._limit:
-            raise TooLarge("response body too large")
-
-    def _parse_head(self, head: str) -> None:
-        lines = head.split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if (version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit() or not code.isascii()
-                or (len(rest) > 3 and rest[3] != " ")):
-            raise BadResponse("malformed status line")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            # No whitespace in or around a field name (RFC 9112 §5.1), no obsolete line folding.
-            if not colon or not name or name != name.strip() or " " in name or "\t" in name:
-                raise BadResponse("malformed header line")
-            name = name.lower()
-            value = value.strip(" \t")
-            previous = headers.get(name)
-            headers[name] = value if previous is None else f"{previous}, {value}"
-        status = int(code)
-        if status < 200:
-            if status == 101:
-                raise BadResponse("unexpected protocol switch")
-            return  # interim answer: the final one follows
-        self._status, self._headers = status, headers
-        self._keep_alive = version == "HTTP/1.1"
-        connection = headers.get("connection")
-        if connection is not None and "close" in (t.strip() for t in connection.lower().split(",")):
-            self._keep_alive = False
-        self._set_framing(status, headers)
-
-    def _set_framing(self, status: int, headers: dict[str, str]) -> None:
-        coding = headers.get("transfer-encoding")
-        if status in (204, 304):
-            self._framing, self._remaining = _LENGTH, 0
-        elif coding is not None:
-            if coding.lower().rsplit(",", 1)[-1].strip() == "chunked":
-                self._framing = _CHUNKED
-            else:  # RFC 9112 §6.3: a response with another final coding is read until the close
-                self._framing, self._keep_alive = _UNTIL_CLOSE, False
-        elif (length := headers.get("content-length")) is not None:
-            self._framing, self._remaining = _LENGTH, _content_length(length)
-            self._take(self._remaining)
-        else:
-            self._framing, self._keep_alive = _UNTIL_CLOSE, False
-
-    def _parse_chunks(self) -> bool:
-        """Consume what ``_buf`` holds of a chunked body; True once the last chunk and trailers are in."""
-        buf = self._buf
-        while True:
-            if self._chunk == _DATA:
-                need = self._remaining + 2
-                if len(buf) < need:
-                    return False
-                if buf[need - 2:need] != b"\r\n":
-                    raise BadResponse("malformed chunk")
-                self._pieces.append(bytes(buf[:self._remaining]))
-                self.pending += self._remaining
-                del buf[:need]
-                self._chunk = _SIZE
-                continue
-            eol = buf.find(b"\r\n")
-            if eol < 0:
-                if len(buf) > (_MAX_CHUNK_LINE if self._chunk == _SIZE else MAX_HEAD):
-                    raise BadResponse("chunk size or trailer line too long")
-                return False
-            line = bytes(buf[:eol])
-            del buf[:eol + 2]
-            if self._chunk == _TRAILER:
-                if not line:  # the empty line after the trailers ends the message
-                    if buf:
-                        self._keep_alive = False
-                    return True
-                self._take(len(line))  # trailers count against the body's limit
-                continue
-            size = line.split(b";", 1)[0].strip(b" \t")
-            if not size or size.strip(_HEX):  # int(x, 16) alone would accept "0x1f", "+1f" and "1_f"
-                raise BadResponse("malformed chunk size")
-            self._remaining = int(size, 16)
-            if self._remaining:
-                self._take(self._remaining)
-                self._chunk = _DATA
-            else:
-                self._chunk = _TRAILER
+# ---- content codings ------------------------------------------------------------------------------------
 
 
-def _content_length(value: str) -> int:
-    if not (value.isascii() and value.isdigit()):
-        values = {v.strip() for v in value.split(",")}  # "5, 5": the same field repeated is allowed
-        value = values.pop()
-        if values or not (value.isascii() and value.isdigit()):
-            raise BadResponse("invalid content-length")
-    return int(value)
+class Decoder:
+    """Decodes a gzip or deflate body as it arrives, at most ``DECODE_STEP`` bytes out per call.
+
+    ``feed(data)`` returns what ``data`` decodes to (b"" if it needs more input); while ``more`` is True,
+    ``feed(b"")`` gives the rest without more input — so a small compressed piece that expands hugely is
+    handed on step by step, never decoded whole. ``finish()`` checks the compressed stream ended.
+    """
+
+    __slots__ = ("_fed", "_gzip", "_z")
+
+    def __init__(self, coding: str) -> None:
+        self._gzip = coding in ("gzip", "x-gzip")
+        self._z = zlib.decompressobj(31) if self._gzip else None
+        self._fed = False  # a compressed byte arrived (an empty body is left alone)
+
+    @property
+    def more(self) -> bool:
+        return self._z is not None and bool(self._z.unconsumed_tail)
+
+    def feed(self, data: bytes) -> bytes:
+        z = self._z
+        if z is None:  # deflate: zlib-wrapped as RFC 9110 says, or raw as some servers send it
+            if not data:
+                return b""
+            z = self._z = zlib.decompressobj(15 if _zlib_header(data) else -15)
+        self._fed = self._fed or bool(data)
+        try:
+            if z.unconsumed_tail:
+                data = z.unconsumed_tail + data
+            out = z.decompress(data, DECODE_STEP)
+            if z.eof and z.unused_data and self._gzip:  # concatenated gzip members
+                rest = z.unused_data
+                self._z = zlib.decompressobj(31)
+                out += self._z.decompress(rest, DECODE_STEP)
+        except zlib.error:
+            raise BadEncoding("the compressed body does not decode") from None
+        return out
+
+    def finish(self) -> None:
+        if self._fed and self._z is not None and not self._z.eof:
+            raise BadEncoding("the compressed body ended early")
+
+
+def _zlib_header(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+
+
+def decoder_for(headers: dict[str, str]) -> Decoder | None:
+    """A decoder for the answer's content-encoding (None for none or identity); ``BadEncoding`` for others."""
+    coding = headers.get("content-encoding")
+    if coding is None:
+        return None
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise BadEncoding(f"unsupported content-encoding {coding[:32]!r}")
+    return Decoder(coding)
+
+
+def decode_body(coding: str, body: bytes, limit: int) -> bytes:
+    """A whole body decoded; ``TooLarge`` once the decoded bytes pass ``limit``."""
+    decoder = decoder_for({"content-encoding": coding})
+    if decoder is None:
+        return body
+    pieces, size = [], 0
+    piece = decoder.feed(body)
+    while piece:
+        size += len(piece)
+        if size > limit:
+            raise TooLarge("decoded response body too large")
+        pieces.append(piece)
+        piece = decoder.feed(b"") if decoder.more else b""
+    decoder.finish()
+    return b"".join(pieces)
