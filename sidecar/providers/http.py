@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
-from sidecar.providers import wire, wire_stream
+from sidecar.core.errors import UpstreamAuthError, UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
+from sidecar.formats import http1
+from sidecar.providers import connect, wire, wire_stream
 from sidecar.providers.base import UpstreamCall
 
 # Header lines added to the calls of the current attempt: the W3C trace context (``traceparent`` of its CLIENT
@@ -43,27 +44,38 @@ class Answer:
 
 @contextmanager
 def map_errors(phase: str) -> Iterator[None]:
-    """Wire, asyncio and socket exceptions → UpstreamTimeout / UpstreamConnectionError / UpstreamServerError.
+    """Wire, asyncio and socket exceptions → UpstreamTimeout / UpstreamConnectionError / UpstreamServerError
+    (UpstreamAuthError for a proxy's 407), each with its ``cause`` for logs, spans and metrics.
 
     ``phase`` names the limit in force (connect, first_byte, idle, total) for timeouts and traces.
     Messages never include the upstream's address.
     """
     try:
         yield
+    except connect.ConnectTimeout:
+        raise UpstreamTimeout("could not connect to the upstream in time", phase="connect",
+                              cause="connect_timeout") from None
     except TimeoutError:
-        raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase) from None
-    except wire.ConnectFailed:
-        raise UpstreamConnectionError("could not connect to the upstream") from None
-    except wire.Disconnected:
-        raise UpstreamConnectionError("the upstream closed the connection") from None
+        raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase,
+                              cause=f"{phase}_timeout") from None
+    except connect.ProxyAuthFailed as exc:
+        raise UpstreamAuthError("the egress proxy refused our credentials", cause=exc.cause) from None
+    except wire.ConnectFailed as exc:
+        raise UpstreamConnectionError("could not connect to the upstream", cause=exc.cause) from None
+    except wire.Disconnected as exc:
+        raise UpstreamConnectionError("the upstream closed the connection", cause=exc.cause) from None
     except wire.CutOff:
-        raise UpstreamServerError("the upstream's answer was cut off") from None
+        raise UpstreamServerError("the upstream's answer was cut off", cause="cut_off") from None
+    except http1.OutOfMemory:
+        raise UpstreamServerError("the upstream's answer is too large", cause="memory") from None
     except wire.TooLarge:
-        raise UpstreamServerError("the upstream's answer is too large") from None
+        raise UpstreamServerError("the upstream's answer is too large", cause="too_large") from None
+    except http1.BadEncoding:
+        raise UpstreamServerError("the upstream's answer could not be decoded", cause="encoding") from None
     except wire.BadResponse:
-        raise UpstreamServerError("the upstream sent an invalid HTTP response") from None
-    except OSError:
-        raise UpstreamConnectionError("the connection to the upstream failed") from None
+        raise UpstreamServerError("the upstream sent an invalid HTTP response", cause="bad_response") from None
+    except OSError as exc:
+        raise UpstreamConnectionError("the connection to the upstream failed", cause=connect.cause_of(exc)) from None
 
 
 # The wire pool of each session, attached by the server (the router passes only the session around).

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import Config
+from sidecar.config.model import MIB
+from sidecar.formats.http1 import AnswerMemory
 from sidecar.providers import http, wire
 from sidecar.providers.base import UpstreamCall
 from sidecar.server import routes
@@ -49,9 +51,13 @@ def new_session(config: Config) -> aiohttp.ClientSession:
     """The router's handle on the upstream client: a ``wire.Pool`` (keep-alive, at most
     ``max_connections_per_host`` connections per host) attached to an aiohttp session that sends nothing
     itself — ``providers.http`` uses the pool for whole answers and streams alike."""
+    sidecar = config.sidecar
+    limits = sidecar.limits
     session = aiohttp.ClientSession()
-    http.attach_pool(session, wire.Pool(limit=config.sidecar.max_connections_per_host, user_agent=USER_AGENT,
-                                        keepalive=60.0))
+    http.attach_pool(session, wire.Pool(
+        limit=sidecar.max_connections_per_host, user_agent=USER_AGENT, keepalive=60.0,
+        max_body=int(limits.upstream_answer_mb * MIB), memory=AnswerMemory(int(limits.upstream_answers_total_mb * MIB)),
+        proxies=sidecar.proxies, connect_timeout=sidecar.connect_timeout_seconds))
     return session
 
 

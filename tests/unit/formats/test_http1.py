@@ -130,7 +130,8 @@ def test_limits() -> None:
     with pytest.raises(TooLarge):
         ResponseParser(max_body=10).feed(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n")
     with pytest.raises(TooLarge):
-        ResponseParser(max_body=10).feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n123456\r\n6\r\n12345")
+        ResponseParser(max_body=10).feed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n123456\r\n6\r\n12345")
     parser = ResponseParser(max_body=10)
     parser.feed(b"HTTP/1.1 200 OK\r\n\r\n123456")
     with pytest.raises(TooLarge):
