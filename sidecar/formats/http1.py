@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import weakref
 import zlib
-from dataclasses import dataclass
 
 import httptools
 
@@ -53,12 +52,35 @@ class CutOff(Exception):
     """The connection closed after part of a response arrived, before its end."""
 
 
-@dataclass(slots=True)
 class Response:
-    status: int
-    headers: dict[str, str]  # lower-cased names; repeated fields joined with ", "
-    body: bytes
-    reusable: bool  # keep-alive: HTTP/1.1, no ``connection: close``, and nothing after the body
+    """A whole answer. ``headers`` (lower-cased names; repeated fields joined with ", ") are split from the
+    raw head only when read — on the success path nobody reads them."""
+
+    __slots__ = ("_headers", "_raw", "body", "reusable", "status")
+
+    def __init__(self, status: int, headers: dict[str, str] | None, body: bytes, reusable: bool,
+                 raw: bytes = b"") -> None:
+        self.status = status
+        self._headers = headers
+        self._raw = raw
+        self.body = body
+        self.reusable = reusable  # keep-alive: HTTP/1.1, no ``connection: close``, and nothing after the body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _fields(self._raw)
+        return headers
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Response) and (self.status, self.headers, self.body, self.reusable) == (
+            other.status, other.headers, other.body, other.reusable)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {self.headers!r}, {len(self.body)} bytes, reusable={self.reusable})"
 
 
 class AnswerMemory:
@@ -93,19 +115,28 @@ class _Llhttp(httptools.HttpResponseParser):
 
 
 class _Message:
-    """httptools' callbacks for one response: what they learn, and the first error they met."""
+    """httptools' callbacks for one response: what they learn, and the first error they met.
 
-    __slots__ = ("complete", "error", "head_done", "headers", "keep_alive", "limit", "memory", "parser", "pieces",
-                 "progress", "size", "status", "until_close")
+    Header fields get no callback each (most answers' headers are never read): the final head's raw bytes
+    are kept, already validated by llhttp, and split into ``headers`` only when someone asks.
+    """
+
+    __slots__ = ("_headers", "coded", "complete", "error", "head_done", "interim", "keep_alive", "limit", "memory",
+                 "parser", "pieces", "progress", "raw", "size", "status")
 
     def __init__(self, limit: int, memory: AnswerMemory | None) -> None:
         self.parser: weakref.ref[_Llhttp] | None = None
+        self.restart(limit, memory)
+
+    def restart(self, limit: int, memory: AnswerMemory | None) -> None:
         self.limit = limit
         self.memory = memory  # None in stream mode: a stream's bytes are not held
         self.status = 0  # 0 until the final (non-1xx) head is in
-        self.headers: dict[str, str] = {}
+        self.interim = 0  # interim (1xx) heads before it
+        self.raw = b""  # the final head's bytes
+        self.coded = False  # the head names a content-encoding
+        self._headers: dict[str, str] | None = None
         self.keep_alive = False
-        self.until_close = False
         self.head_done = False
         self.complete = False
         self.progress = False  # a head or body bytes came out of the last feed
@@ -113,50 +144,33 @@ class _Message:
         self.size = 0  # body bytes taken (and, in whole mode, taken from ``memory``)
         self.error: BadResponse | None = None
 
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _fields(self.raw)
+        return headers
+
     def on_message_begin(self) -> None:
         if self.complete:  # a second response after ours: the connection's state is unknown
             self.keep_alive = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.head_done:
-            return  # a trailer: read (its size bounded by MAX_HEAD) and dropped
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1").rstrip(" \t")  # llhttp drops the leading whitespace only
-        headers = self.headers
-        previous = headers.get(key)
-        headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
         parser = self.parser() if self.parser is not None else None
         assert parser is not None
         self.progress = True
-        status = parser.get_status_code()
-        if self.complete or self.error is not None:
+        if self.head_done or self.error is not None:
             return
-        if status < 100 or status > 599 or parser.get_http_version() not in ("1.1", "1.0"):
+        status = parser.get_status_code()
+        version = parser.get_http_version()
+        if status < 100 or status > 599 or version not in ("1.1", "1.0"):
             self.error = BadResponse("malformed status line")
         elif status < 200:
-            self.headers = {}  # an interim answer (103 Early Hints, 100 Continue): the final one follows
+            self.interim += 1  # an interim answer (103 Early Hints, 100 Continue): the final one follows
         else:
             self.status, self.head_done = status, True
-            self.keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
-            self._framing(status)
-
-    def _framing(self, status: int) -> None:
-        headers = self.headers
-        coding = headers.get("transfer-encoding")
-        length = headers.get("content-length")
-        if status in (204, 304):
-            return
-        if coding is not None:
-            # RFC 9112 §6.3: a final coding other than chunked is read until the close
-            self.until_close = coding.lower().rsplit(",", 1)[-1].strip() != "chunked"
-        elif length is None:
-            self.until_close = True
-        elif int(length) > self.limit:  # llhttp checked the digits
-            self.error = TooLarge("response body too large")
-        if self.until_close:
-            self.keep_alive = False
+            # llhttp's keep-alive: no "connection: close", and a body framed by length or chunks
+            self.keep_alive = version == "1.1" and parser.should_keep_alive()
 
     def on_body(self, data: bytes) -> None:
         self.progress = True
@@ -175,8 +189,19 @@ class _Message:
         self.pieces.append(data)
 
     def on_message_complete(self) -> None:
-        if self.status and not self.complete:
+        if self.status:
             self.complete = True
+
+    @property
+    def until_close(self) -> bool:
+        """The body ends with the connection (no content-length, no chunked framing)."""
+        if self.status in (204, 304):
+            return False
+        headers = self.headers
+        coding = headers.get("transfer-encoding")
+        if coding is not None:  # RFC 9112 §6.3: a final coding other than chunked is read until the close
+            return coding.lower().rsplit(",", 1)[-1].strip() != "chunked"
+        return "content-length" not in headers
 
     def fail(self) -> BadResponse:
         """The error met, once; what the body held is given back."""
@@ -193,30 +218,62 @@ class _Message:
         self.pieces = []
 
 
+def _fields(raw: bytes) -> dict[str, str]:
+    """Header fields of a head llhttp accepted: lower-case names, repeated fields joined with ", "."""
+    headers: dict[str, str] = {}
+    for line in raw.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.lower(), value.strip(" \t")
+        previous = headers.get(name)
+        headers[name] = value if previous is None else f"{previous}, {value}"
+    return headers
+
+
+def _length(head: bytes, at: int) -> int:
+    """The content-length value starting at ``at`` (llhttp checked it is digits, given once)."""
+    end = head.find(b"\r", at)
+    return int(head[at:end if end >= 0 else len(head)])
+
+
+def _final_head(data: bytes, interim: int) -> bytes:
+    """The final head's bytes (status line and fields, without the blank line) from the start of ``data``."""
+    start = 0
+    for _ in range(interim):
+        start = data.index(b"\r\n\r\n", start) + 4
+    return data[start:data.index(b"\r\n\r\n", start)]
+
+
 class ResponseParser:
     """One response at a time; ``reset()`` before the next request on the same connection."""
 
-    __slots__ = ("_llhttp", "_message", "_stalled", "_stream", "max_body", "memory", "pending")
+    __slots__ = ("_head", "_llhttp", "_message", "_stalled", "max_body", "memory", "pending")
 
     def __init__(self, max_body: int = MAX_BODY, memory: AnswerMemory | None = None) -> None:
         self.max_body = max_body
         self.memory = memory
+        self._message: _Message | None = None
         self.reset()
 
     def reset(self, stream: bool = False) -> None:
-        old = getattr(self, "_message", None)
-        if old is not None:
-            old.release()
-        self._stream = stream
-        self._message = message = _Message(_NO_LIMIT if stream else self.max_body, None if stream else self.memory)
-        self._llhttp = parser = _Llhttp(message)
-        message.parser = weakref.ref(parser)
+        limit, memory = (_NO_LIMIT, None) if stream else (self.max_body, self.memory)
+        message = self._message
+        if message is not None and message.complete and message.error is None and message.keep_alive:
+            message.release()
+            message.restart(limit, memory)  # llhttp is ready for the next response on this connection
+        else:
+            if message is not None:
+                message.release()
+            self._message = message = _Message(limit, memory)
+            self._llhttp = parser = _Llhttp(message)
+            message.parser = weakref.ref(parser)
+        self._head = b""  # the bytes of a head that arrived in pieces
         self._stalled = 0
         self.pending = 0  # body bytes parsed and not yet taken (stream mode)
 
     def close(self) -> None:
         """The connection is gone: give back what the body held."""
-        self._message.release()
+        if self._message is not None:
+            self._message.release()
 
     def feed(self, data: bytes) -> Response | None:
         message = self._parse(data)
@@ -226,28 +283,36 @@ class ResponseParser:
 
     def eof(self) -> Response:
         """The server closed the connection: the end of a read-until-close body, otherwise ``CutOff``."""
-        message = self._message
-        if message.status and message.until_close and message.error is None:
+        message = self._msg
+        if message.status and not message.complete and message.until_close and message.error is None:
+            message.complete = True
             return self._done(message)
         message.release()
         raise CutOff("the connection closed before the end of the response")
 
+    @property
+    def _msg(self) -> _Message:
+        message = self._message
+        assert message is not None
+        return message
+
     def _done(self, message: _Message) -> Response:
         pieces = message.pieces
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        coding = message.headers.get("content-encoding")
         try:
+            coding = self.coding
             if coding is not None:
                 body = decode_body(coding, body, self.max_body)
         finally:
             message.release()
-        response = Response(message.status, message.headers, body, message.keep_alive)
+        response = Response(message.status, message._headers, body, message.keep_alive, message.raw)
         message.status = 0  # the next feed() is unsolicited unless reset() is called
         return response
 
     def _parse(self, data: bytes) -> _Message:
-        message = self._message
+        message = self._msg
         message.progress = False
+        head_done = message.head_done
         try:
             self._llhttp.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -257,6 +322,8 @@ class ResponseParser:
                 message.keep_alive = False
             elif message.error is None:
                 message.error = BadResponse("malformed response")
+        if not head_done and message.error is None:
+            self._keep_head(message, data)
         if message.progress:
             self._stalled = 0
         else:
@@ -267,20 +334,44 @@ class ResponseParser:
             raise message.fail()  # no local names the error: its traceback's frames do not hold it
         return message
 
+    def _keep_head(self, message: _Message, data: bytes) -> None:
+        """Keep the final head's bytes once it is in; until then, what arrived of it."""
+        if message.head_done:
+            message.raw = raw = _final_head(self._head + data if self._head else data, message.interim)
+            self._head = b""
+            lower = raw.lower()
+            message.coded = b"\ncontent-encoding:" in lower
+            at = lower.find(b"\ncontent-length:")
+            if at >= 0 and _length(lower, at + 16) > message.limit:
+                message.error = TooLarge("response body too large")  # refused before its bytes are read
+        else:
+            self._head += data  # bounded: MAX_HEAD bytes without a head are an error
+
+    @property
+    def coding(self) -> str | None:
+        """The answer's content-encoding, if it has one (found without splitting the head when it has none)."""
+        message = self._msg
+        return message.headers.get("content-encoding") if message.coded else None
+
     # ---- stream mode ------------------------------------------------------------------------------------
 
     @property
     def status(self) -> int:
         """The status once the (final) head is in, else 0; stream mode only (``feed`` clears it when done)."""
-        return self._message.status
+        return self._msg.status
 
     @property
     def headers(self) -> dict[str, str]:
-        return self._message.headers
+        return self._msg.headers
+
+    def head(self) -> Response:
+        """The head alone (no body), its fields split when read: what a stream keeps of it."""
+        message = self._msg
+        return Response(message.status, message._headers, b"", False, message.raw)
 
     @property
     def reusable(self) -> bool:
-        return self._message.keep_alive
+        return self._msg.keep_alive
 
     def feed_stream(self, data: bytes) -> bool:
         """Parse ``data`` in stream mode: body bytes wait for ``take()``; True once the response is complete."""
@@ -290,7 +381,7 @@ class ResponseParser:
 
     def take(self) -> bytes:
         """The body bytes parsed since the last ``take()`` (b"" if none)."""
-        message = self._message
+        message = self._msg
         pieces = message.pieces
         if not pieces:
             return b""
@@ -301,7 +392,7 @@ class ResponseParser:
 
     def eof_stream(self) -> None:
         """The server closed the connection in stream mode: the end of a read-until-close body, else ``CutOff``."""
-        message = self._message
+        message = self._msg
         if not (message.status and message.until_close):
             raise CutOff("the connection closed before the end of the response")
 
@@ -356,9 +447,8 @@ def _zlib_header(data: bytes) -> bool:
     return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
 
 
-def decoder_for(headers: dict[str, str]) -> Decoder | None:
-    """A decoder for the answer's content-encoding (None for none or identity); ``BadEncoding`` for others."""
-    coding = headers.get("content-encoding")
+def decoder_for(coding: str | None) -> Decoder | None:
+    """A decoder for an answer's content-encoding (None for none or identity); ``BadEncoding`` for others."""
     if coding is None:
         return None
     coding = coding.strip().lower()
@@ -371,7 +461,7 @@ def decoder_for(headers: dict[str, str]) -> Decoder | None:
 
 def decode_body(coding: str, body: bytes, limit: int) -> bytes:
     """A whole body decoded; ``TooLarge`` once the decoded bytes pass ``limit``."""
-    decoder = decoder_for({"content-encoding": coding})
+    decoder = decoder_for(coding)
     if decoder is None:
         return body
     pieces, size = [], 0

@@ -8,7 +8,7 @@ in the bytes fed: each piece is scanned once, however long the event it belongs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.core.errors import UpstreamServerError
 
@@ -16,8 +16,7 @@ DONE = b"[DONE]"
 MAX_EVENT = 4 * 1024 * 1024  # the default of sidecar_settings.limits.upstream_sse_event_mb
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):  # a tuple: cheaper to make than a frozen dataclass, one per event
     data: bytes
     event: str | None = None
 

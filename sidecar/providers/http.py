@@ -20,7 +20,6 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import aiohttp
 
@@ -35,11 +34,7 @@ TRACE_HEADERS: ContextVar[bytes] = ContextVar("sidecar_trace_headers", default=b
 trace_fields = wire.trace_fields
 
 
-@dataclass(slots=True)
-class Answer:
-    status: int
-    headers: Mapping[str, str]  # lower-case names; read only on errors
-    body: bytes
+Answer = wire.Response  # status, headers (lower-case names; split from the head when read: only on errors), body
 
 
 @contextmanager
@@ -103,21 +98,24 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: flo
     pool = _POOLS[session]
     with map_errors("total"):
         async with asyncio.timeout_at(deadline):
-            response = await pool.post(call, TRACE_HEADERS.get())
-            return Answer(response.status, response.headers, response.body)
+            return await pool.post(call, TRACE_HEADERS.get())
 
 
 class UpstreamStream:
     """An open streaming answer: status and headers known, body read chunk by chunk under deadlines."""
 
-    __slots__ = ("_max_body", "_stream", "headers", "status", "total_deadline")
+    __slots__ = ("_max_body", "_stream", "status", "total_deadline")
 
     def __init__(self, stream: wire_stream.Stream, total_deadline: float, max_body: int) -> None:
         self._stream = stream
         self.status = stream.status
-        self.headers: Mapping[str, str] = stream.headers  # lower-case names; read only on errors
         self.total_deadline = total_deadline
         self._max_body = max_body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Lower-case names; split from the head when read (only on errors)."""
+        return self._stream.headers
 
     async def read_body(self) -> bytes:
         """The whole body of a non-2xx answer, under the total deadline (the block's own)."""

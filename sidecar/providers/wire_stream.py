@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar.formats.http1 import BadResponse, CutOff, Decoder, TooLarge, decoder_for
+from sidecar.formats.http1 import BadResponse, CutOff, Decoder, Response, TooLarge, decoder_for
 from sidecar.providers.base import UpstreamCall
 from sidecar.providers.wire import Conn, Host, Pool, closed_before_answer
 
@@ -41,8 +41,8 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class Stream:
     """One answer read as it arrives: ``status`` and ``headers`` (lower-case names), then ``read()``."""
 
-    __slots__ = ("_conn", "_decoder", "_done", "_error", "_host", "_paused", "_pool", "_received", "_waiter",
-                 "headers", "status")
+    __slots__ = ("_conn", "_decoder", "_done", "_error", "_head", "_host", "_paused", "_pool", "_received",
+                 "_waiter", "status")
 
     def __init__(self, pool: Pool, host: Host, conn: Conn) -> None:
         self._pool = pool
@@ -55,7 +55,7 @@ class Stream:
         self._paused = False
         self._decoder: Decoder | None = None  # a gzip or deflate answer's
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self._head: Response | None = None  # the head, its fields split when read
 
     def begin(self, data: bytes) -> Stream:
         """Write the request (``Stale`` if the connection is found closed first)."""
@@ -73,12 +73,17 @@ class Stream:
                 if self._error is not None:
                     raise self._take_error()
                 await self._wait(None)
-            self._decoder = decoder_for(parser.headers)
+            self._decoder = decoder_for(parser.coding)
         except BaseException:
             self.close()
             raise
-        self.status, self.headers = parser.status, parser.headers
+        self.status = parser.status
+        self._head = parser.head()
         return self
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._head.headers if self._head is not None else {}
 
     async def read(self, until: float | None = None) -> bytes:
         """The body bytes that arrived since the last read, waiting for some until ``until`` (loop time).
