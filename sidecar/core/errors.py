@@ -118,6 +118,16 @@ class UpstreamError(SidecarError):
         self.cause = cause
 
 
+    @property
+    def cause_label(self) -> str:
+        """What the log line, the span and the metric say went wrong: the cause, else the upstream's status."""
+        if self.cause:
+            return self.cause
+        if self.upstream_status >= 400:
+            return f"http_{self.upstream_status}"
+        return self.error_class
+
+
 class RateLimited(UpstreamError):
     status = 429
     type = "rate_limit_error"

@@ -252,6 +252,8 @@ class Pool:
         except BaseException:
             conn.drop()  # failed, timed out or cancelled: never back to the pool mid-answer
             raise
+        finally:
+            waiter = None  # type: ignore[assignment]  # the raised error's frames must not hold its future
         self.release(host, conn, response.reusable)
         return response
 
