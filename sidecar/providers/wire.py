@@ -66,18 +66,26 @@ class Host:
     def __init__(self) -> None:
         self.count = 0  # open or opening connections, idle ones included
         self.idle: list[Conn] = []  # LIFO: the most recently used connection is the likeliest alive
-        self.waiters: deque[asyncio.Future[Conn | None]] = deque()  # FIFO; every one still pending
+        # FIFO. A cancelled request's future stays here until its task runs again and takes it out.
+        self.waiters: deque[asyncio.Future[Conn | None]] = deque()
+
+    def waiting(self) -> bool:
+        """Whether a request is waiting (cancelled ones at the front are dropped first)."""
+        waiters = self.waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        return bool(waiters)
 
     def hand_over(self, conn: Conn) -> bool:
         """Give a released connection to the longest-waiting request, if any."""
-        if not self.waiters:
+        if not self.waiting():
             return False
         self.waiters.popleft().set_result(conn)
         return True
 
     def give_place(self) -> None:
         """A connection closed (``count`` already lowered): the longest-waiting request may open one."""
-        if self.waiters:
+        if self.waiting():
             self.count += 1
             self.waiters.popleft().set_result(None)
 
@@ -293,7 +301,7 @@ class Pool:
         for host in self._hosts.values():
             for conn in list(host.idle):
                 conn.drop(graceful=True)
-            while host.waiters:  # waiting requests see the pool closed
+            while host.waiting():  # waiting requests see the pool closed
                 host.waiters.popleft().set_exception(ConnectFailed("the connection pool is closed", "closing"))
         await asyncio.sleep(0)  # let the transports run connection_lost before the loop closes
 
@@ -304,7 +312,7 @@ class Pool:
         order requests asked (a newcomer never takes a connection from a request already waiting)."""
         if self.closed:
             raise ConnectFailed("the connection pool is closed", "closing")
-        if not host.waiters:
+        if not host.waiting():
             conn = self._idle(host)
             if conn is not None:
                 return conn
@@ -316,10 +324,12 @@ class Pool:
         try:
             conn = await waiter
         except asyncio.CancelledError:
-            if not waiter.done():
-                host.waiters.remove(waiter)
-            elif not waiter.cancelled() and waiter.exception() is None:
+            if not waiter.cancelled() and waiter.exception() is None:
                 self._pass_on(host, waiter.result())  # our turn came, but we will not use it
+            else:
+                if waiter in host.waiters:
+                    host.waiters.remove(waiter)
+                self._serve_waiting(host)  # a newcomer may have queued behind us while a connection was free
             raise
         if conn is not None and not conn.lost:
             return conn
@@ -336,6 +346,17 @@ class Pool:
                 return conn
             conn.drop()
         return None
+
+    def _serve_waiting(self, host: Host) -> None:
+        """Give waiting requests what is free: idle connections, then places under the limit."""
+        while host.waiting():
+            conn = self._idle(host)
+            if conn is not None:
+                host.hand_over(conn)
+            elif host.count < self.limit:
+                host.give_place()
+            else:
+                return
 
     def _pass_on(self, host: Host, conn: Conn | None) -> None:
         if conn is None:
