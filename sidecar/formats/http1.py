@@ -29,6 +29,7 @@ import httptools
 MAX_HEAD = 64 * 1024  # status line + headers; also the most bytes fed in a row without progress
 MAX_BODY = 64 * 1024 * 1024  # a whole answer's default cap (``sidecar_settings.limits`` sets the real one)
 DECODE_STEP = 256 * 1024  # most decoded bytes a stream's decoder hands out per call
+HOLD_FROM = 64 * 1024  # a whole body this large keeps its share of ``AnswerMemory`` for as long as it lives
 _NO_LIMIT = 1 << 62
 
 
@@ -81,6 +82,21 @@ class Response:
 
     def __repr__(self) -> str:
         return f"Response({self.status}, {self.headers!r}, {len(self.body)} bytes, reusable={self.reusable})"
+
+
+class HeldResponse(Response):
+    """A large answer: what its body takes of ``AnswerMemory`` is given back when the answer is let go of
+    (after the adapter parsed it), not when it left the connection."""
+
+    __slots__ = ("_held", "_memory")
+
+    def __init__(self, status: int, headers: dict[str, str] | None, body: bytes, reusable: bool, raw: bytes,
+                 memory: AnswerMemory, held: int) -> None:
+        super().__init__(status, headers, body, reusable, raw)
+        self._memory, self._held = memory, held
+
+    def __del__(self) -> None:
+        self._memory.give(self._held)
 
 
 class AnswerMemory:
@@ -299,15 +315,27 @@ class ResponseParser:
     def _done(self, message: _Message) -> Response:
         pieces = message.pieces
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        memory, held = message.memory, message.size
+        message.pieces, message.size = [], 0  # what the body holds of ``memory`` goes with it from here
         try:
             coding = self.coding
             if coding is not None:
                 body = decode_body(coding, body, self.max_body)
-        finally:
-            message.release()
-        response = Response(message.status, message._headers, body, message.keep_alive, message.raw)
-        message.status = 0  # the next feed() is unsolicited unless reset() is called
-        return response
+                if memory is not None:  # the decoded body takes the compressed one's place
+                    if not memory.take(len(body)):
+                        raise OutOfMemory("upstream answers hold too much memory")
+                    memory.give(held)
+                    held = len(body)
+        except BaseException:
+            if memory is not None:
+                memory.give(held)
+            raise
+        status, message.status = message.status, 0  # the next feed() is unsolicited unless reset() is called
+        if memory is None or held < HOLD_FROM:
+            if memory is not None:
+                memory.give(held)
+            return Response(status, message._headers, body, message.keep_alive, message.raw)
+        return HeldResponse(status, message._headers, body, message.keep_alive, message.raw, memory, held)
 
     def _parse(self, data: bytes) -> _Message:
         message = self._msg
