@@ -11,8 +11,8 @@ Only a new connection pays for this; ``wire.Pool`` reuses its keep-alive connect
   the upstream end to end; an http one needs no tunnel (the request goes to the proxy in absolute form).
 * ``ConnectFailed.cause`` tells what failed — ``dns``, ``refused``, ``unreachable``, ``reset``,
   ``tls_verify``, ``tls``, ``connect_timeout``, and for the proxy ``proxy_dns``, ``proxy_refused``,
-  ``proxy_auth`` (a 407), ``proxy_denied`` (another refusal of the tunnel), ``proxy_bad_response`` — for
-  logs, spans and metrics; the app only ever sees a generic message.
+  ``proxy_auth`` (a 407, or a 401 to the tunnel request), ``proxy_denied`` (another refusal of the tunnel),
+  ``proxy_bad_response`` — for logs, spans and metrics; the app only ever sees a generic message.
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ async def _tunnel(loop: asyncio.AbstractEventLoop, sock: socket.socket, host: st
     if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1].isdigit():
         raise ConnectFailed("the proxy's answer is not HTTP", "proxy_bad_response")
     status = int(parts[1])
-    if status == 407:
-        raise ProxyAuthFailed("the proxy requires authentication (407)", "proxy_auth")
+    if status in (401, 407):  # 407 by the standard; some proxies (tinyproxy) refuse wrong credentials with 401
+        raise ProxyAuthFailed(f"the proxy refused our credentials ({status})", "proxy_auth")
     if not 200 <= status < 300:
         raise ConnectFailed(f"the proxy refused the tunnel ({status})", "proxy_denied")
     if answer.index(b"\r\n\r\n") + 4 != len(answer):

@@ -32,7 +32,7 @@ from typing import Protocol, TypeVar
 from sidecar.config.egress import Proxy, ProxySettings
 from sidecar.formats.http1 import MAX_BODY, AnswerMemory, BadResponse, CutOff, Response, ResponseParser, TooLarge
 from sidecar.providers.base import UpstreamCall
-from sidecar.providers.connect import ConnectFailed, Resolver, WireError, open_connection
+from sidecar.providers.connect import ConnectFailed, ProxyAuthFailed, Resolver, WireError, open_connection
 from sidecar.providers.wire_head import TRACE_FIELDS, Target, build_target, trace_fields
 
 __all__ = ["TRACE_FIELDS", "BadResponse", "ConnectFailed", "CutOff", "Disconnected", "Pool", "Response", "TooLarge",
@@ -104,8 +104,9 @@ class Conn(asyncio.Protocol):
     While a streamed answer is read, ``stream`` (a ``StreamReader``) takes the bytes and the close.
     """
 
-    def __init__(self, host: Host, max_body: int, memory: AnswerMemory | None = None) -> None:
+    def __init__(self, host: Host, max_body: int, memory: AnswerMemory | None = None, via_proxy: bool = False) -> None:
         self.host = host
+        self.via_proxy = via_proxy  # to an http proxy, requests in absolute form: a 407 is the proxy's
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser(max_body, memory)
         self.waiter: asyncio.Future[Response] | None = None
@@ -171,7 +172,7 @@ class Conn(asyncio.Protocol):
             if not self.received:
                 waiter.set_exception(closed_before_answer(exc))
             elif exc is not None:
-                waiter.set_exception(CutOff("the connection was reset mid-answer"))
+                waiter.set_exception(self.cut_off())
             else:
                 try:
                     waiter.set_result(self.parser.eof())
@@ -179,6 +180,12 @@ class Conn(asyncio.Protocol):
                     waiter.set_exception(error.with_traceback(None))
         if self.idle:  # the server closed an idle connection (its keep-alive ran out): forget it now
             self.drop()
+
+    def cut_off(self) -> WireError | CutOff:
+        """The answer was cut by a reset: a proxy refusing our credentials often resets as it answers 407."""
+        if self.via_proxy and self.parser.status == 407:
+            return ProxyAuthFailed("the proxy refused our credentials (407)", "proxy_auth")
+        return CutOff("the connection was reset mid-answer")
 
     def drop(self, graceful: bool = False) -> None:
         """Close the connection and give its place in the pool back (idempotent)."""
@@ -263,6 +270,8 @@ class Pool:
         finally:
             waiter = None  # type: ignore[assignment]  # the raised error's frames must not hold its future
         self.release(host, conn, response.reusable)
+        if response.status == 407 and target.proxy is not None:  # the proxy's answer, not the upstream's
+            raise ProxyAuthFailed("the proxy refused our credentials (407)", "proxy_auth")
         return response
 
     async def send(self, host: Host, target: Target, write: Callable[[Conn], T]) -> tuple[Conn, T]:
@@ -373,9 +382,10 @@ class Pool:
     async def _connect(self, host: Host, target: Target) -> Conn:
         """A new connection in a place already counted in ``host.count``."""
         try:
-            conn = await open_connection(lambda: Conn(host, self.max_body, self.memory), target.host, target.port,
-                                         tls=target.ssl, proxy=target.proxy, timeout=self.connect_timeout,
-                                         resolver=self.resolver)
+            via_proxy = target.proxy is not None and target.ssl is None
+            conn = await open_connection(lambda: Conn(host, self.max_body, self.memory, via_proxy), target.host,
+                                         target.port, tls=target.ssl, proxy=target.proxy,
+                                         timeout=self.connect_timeout, resolver=self.resolver)
         except BaseException:
             host.count -= 1
             host.give_place()

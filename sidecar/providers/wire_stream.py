@@ -21,6 +21,7 @@ import asyncio
 
 from sidecar.formats.http1 import BadResponse, CutOff, Decoder, Response, TooLarge, decoder_for
 from sidecar.providers.base import UpstreamCall
+from sidecar.providers.connect import ProxyAuthFailed
 from sidecar.providers.wire import Conn, Host, Pool, closed_before_answer
 
 HIGH_WATER = 256 * 1024  # bytes parsed and not yet read before the socket is paused; SSE events are ~100-300 B
@@ -30,7 +31,11 @@ async def open_stream(pool: Pool, call: UpstreamCall, trace: bytes = b"") -> Str
     """POST ``call`` and return once the answer's head is in; the caller bounds the time."""
     host, target, data = pool.prepare(call, trace)
     _, stream = await pool.send(host, target, lambda conn: Stream(pool, host, conn).begin(data))
-    return await stream.start()
+    await stream.start()
+    if stream.status == 407 and target.proxy is not None:  # the proxy's answer, not the upstream's
+        stream.close()
+        raise ProxyAuthFailed("the proxy refused our credentials (407)", "proxy_auth")
+    return stream
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -177,7 +182,7 @@ class Stream:
         if not self._received:
             self._error = closed_before_answer(exc)
         elif exc is not None:
-            self._error = CutOff("the connection was reset mid-answer")
+            self._error = conn.cut_off()
         else:
             try:
                 conn.parser.eof_stream()
