@@ -17,7 +17,7 @@ install: $(STAMP)
 REDIS_SERVER = command -v redis-server >/dev/null \
 	|| apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
 # The egress tests: a real forward proxy (tinyproxy) and a private hosts file (libnss-wrapper), from Debian.
-EGRESS_TOOLS = (command -v tinyproxy >/dev/null && test -e /usr/lib/x86_64-linux-gnu/libnss_wrapper.so) \
+EGRESS_TOOLS = (command -v tinyproxy >/dev/null && dpkg -s libnss-wrapper >/dev/null 2>&1) \
 	|| apt-get install -y tinyproxy libnss-wrapper || (apt-get update && apt-get install -y tinyproxy libnss-wrapper)
 
 # Test files run in parallel workers (each file stays in one worker, so module-scoped sidecars are shared).

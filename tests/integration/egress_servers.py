@@ -28,6 +28,7 @@ class RawServer:
         self.handler = handler
         self.requests: list[bytes] = []
         self.accepted = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
         self.port = 0
         started = threading.Event()
@@ -46,11 +47,15 @@ class RawServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
         try:
             await self.handler(self, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
             pass
         finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
@@ -67,6 +72,10 @@ class RawServer:
     def stop(self) -> None:
         async def close() -> None:
             self._server.close()
+            for task in list(self._tasks):  # handlers still waiting (a hang on purpose) end now
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.sleep(0)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
