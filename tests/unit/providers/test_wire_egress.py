@@ -181,7 +181,8 @@ def raw_deflate(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("coding", "encode"), [("gzip", gzip.compress), ("deflate", zlib.compress),
-                                                ("deflate", raw_deflate), ("x-gzip", gzip.compress)])
+                                                ("deflate", raw_deflate), ("x-gzip", gzip.compress)],
+                         ids=["gzip", "deflate-zlib", "deflate-raw", "x-gzip"])
 async def test_compressed_answers_are_decoded(coding: str, encode: object) -> None:
     body = b'{"choices": []}' * 500
     packed = encode(body)  # type: ignore[operator]
@@ -216,8 +217,9 @@ async def test_a_compression_bomb_is_refused_whole_and_handed_on_in_steps_stream
 @pytest.mark.parametrize("answer", [
     b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\n" + gzip.compress(b"x" * 100)[:10],
-])
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\n"
+    + gzip.compress(b"x" * 100, mtime=0)[:10],
+], ids=["unsupported", "not-gzip", "truncated"])
 async def test_answers_that_do_not_decode_are_server_errors(answer: bytes) -> None:
     async with pool_session() as session, serving(answering(answer)) as (_, url):
         with pytest.raises(UpstreamServerError) as failure:
