@@ -106,7 +106,8 @@ class OpenAICompatibleAdapter:
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
         if self.responses_url is not None and responses.passthrough(request):
-            return UpstreamCall(self.responses_url, self.headers, responses.body_for(request, self.model))
+            return UpstreamCall(self.responses_url, self.headers, responses.body_for(request, self.model),
+                                self.deployment.proxy)
         if request.native_only:  # a feature only the app's own dialect has: refuse, never drop
             raise refuse_native_only(request, self.deployment.provider)
         body = {**request.body, "model": self.model}
@@ -137,7 +138,8 @@ class OpenAICompatibleAdapter:
 
     def stream_reader(self, request: ChatRequest) -> OpenAIStreamReader | responses.ResponsesStreamReader:
         if self.responses_url is not None and responses.passthrough(request):
-            return responses.ResponsesStreamReader(include_usage=request.include_usage, classify=in_band_error)
+            return responses.ResponsesStreamReader(include_usage=request.include_usage, classify=in_band_error,
+                                                   max_event=self.deployment.max_sse_event_bytes)
         quirks = self.row.quirks
         return OpenAIStreamReader(drop_usage_chunk=not request.include_usage,
                                   fix_finish=quirks is not None and quirks.empty_finish,

@@ -122,3 +122,13 @@ def test_check_config_refuses_a_header_value_with_a_line_break(tmp_path: Path) -
     result = subprocess.run([sys.executable, "-m", "sidecar", "check-config", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode != 0 and "x-team" in result.stdout + result.stderr
+
+
+def test_pool_settings_take_effect_at_restart_the_sse_event_cap_at_reload() -> None:
+    from sidecar.config.changes import compare
+
+    old = config.parse({"model_list": [entry()]})
+    new = config.parse({"model_list": [entry()], "sidecar_settings": {
+        "connect_timeout_seconds": 3, "limits": {"upstream_answer_mb": 8, "upstream_sse_event_mb": 1}}})
+    assert compare(old, new).restart_only == ("connect_timeout_seconds", "limits.upstream_answer_mb")
+    assert new.deployments[0].max_sse_event_bytes == 1024 * 1024  # travels with the deployments
