@@ -16,11 +16,15 @@ install: $(STAMP)
 # The integration tests run a real redis-server (Debian's package, installed only when missing).
 REDIS_SERVER = command -v redis-server >/dev/null \
 	|| apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
+# The egress tests: a real forward proxy (tinyproxy) and a private hosts file (libnss-wrapper), from Debian.
+EGRESS_TOOLS = (command -v tinyproxy >/dev/null && dpkg -s libnss-wrapper >/dev/null 2>&1) \
+	|| apt-get install -y tinyproxy libnss-wrapper || (apt-get update && apt-get install -y tinyproxy libnss-wrapper)
 
 # Test files run in parallel workers (each file stays in one worker, so module-scoped sidecars are shared).
 PYTEST_WORKERS ?= 4
 test: install
 	@$(REDIS_SERVER)
+	@$(EGRESS_TOOLS)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: install

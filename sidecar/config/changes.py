@@ -24,7 +24,8 @@ from sidecar.config.reader import Secret
 
 # Settings read once when the process starts (listener, connection pool, logging setup, shutdown):
 # a reload that changes them says they take effect at the next restart.
-RESTART_ONLY = ("max_body_size_mb", "max_connections_per_host", "access_log", "shutdown_grace_seconds", "listeners")
+RESTART_ONLY = ("max_body_size_mb", "max_connections_per_host", "access_log", "shutdown_grace_seconds", "listeners",
+                "connect_timeout_seconds", "limits.upstream_answer_mb", "limits.upstream_answers_total_mb")
 
 Identity = tuple[str, str, str, str, str | None, str | None, str | None, str]
 
@@ -102,7 +103,15 @@ def compare(old: Config, new: Config) -> Changes:
 
 
 def restart_only(old: SidecarSettings, new: SidecarSettings) -> tuple[str, ...]:
-    return tuple(name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name))
+    return tuple(name for name in RESTART_ONLY if _setting(old, name) != _setting(new, name))
+
+
+def _setting(settings: SidecarSettings, name: str) -> object:
+    """``name`` may be dotted: ``limits.upstream_answer_mb``."""
+    value: object = settings
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def deployment_set_digest(config: Config) -> str:

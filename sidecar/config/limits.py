@@ -17,6 +17,11 @@ MIB = 1024 * 1024
 class LimitSettings:
     """``sidecar_settings.limits``: how much of an upstream's answer the sidecar takes."""
 
+    # -- upstream answers held in memory (egress): one whole (non-streamed) answer, decoded; all whole answers
+    #    being read at once; one event of a streamed answer. Beyond them the answer is an upstream error.
+    upstream_answer_mb: float = 64.0
+    upstream_answers_total_mb: float = 128.0
+    upstream_sse_event_mb: float = 4.0
     # -- a streamed answer's length (issue 13): an endless or runaway stream ends at whichever comes first,
     #    with an upstream error (in-band once the app has part of the answer).
     max_stream_mb: float = 64.0
@@ -47,6 +52,10 @@ class ListenerSettings:
 def limit_settings(s: Section) -> LimitSettings:
     default = LimitSettings()
     settings = LimitSettings(
+        upstream_answer_mb=s.number("upstream_answer_mb", default.upstream_answer_mb, minimum=0.001),
+        upstream_answers_total_mb=s.number("upstream_answers_total_mb", default.upstream_answers_total_mb,
+                                           minimum=0.001),
+        upstream_sse_event_mb=s.number("upstream_sse_event_mb", default.upstream_sse_event_mb, minimum=0.001),
         max_stream_mb=s.number("max_stream_mb", default.max_stream_mb, minimum=0.001),
         max_stream_events=s.integer("max_stream_events", default.max_stream_events, minimum=1),
     )

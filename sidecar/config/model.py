@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sidecar.config.aws import AwsSettings, bedrock_settings
+from sidecar.config.egress import ProxySettings, check_egress, proxy_settings
 from sidecar.config.limits import LimitSettings, ListenerSettings, limit_settings, listener_settings
 from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, described, is_number
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
@@ -90,6 +91,8 @@ class Deployment:
     propagate_trace: bool = True  # send the attempt's W3C traceparent to this upstream
     aws: AwsSettings | None = None  # bedrock deployments only
     model_info: ModelInfo = field(default_factory=ModelInfo)
+    proxy: str | None = None  # None: the environment's proxy (HTTPS_PROXY, ...); a URL; or "none" to go direct
+    max_sse_event_bytes: int = 4 * MIB  # from sidecar_settings.limits.upstream_sse_event_mb
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,8 @@ class SidecarSettings:
     stream_idle_timeout: float | None = None  # None: a third of the request's timeout, at most 30 s
     stream_stall: StallSettings | None = field(default_factory=StallSettings)  # None: the idle limit only
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    connect_timeout_seconds: float = 10.0  # DNS, TCP (every address, Happy Eyeballs), proxy tunnel and TLS
+    proxies: ProxySettings = field(default_factory=ProxySettings)  # from HTTPS_PROXY, HTTP_PROXY, NO_PROXY
     catch_all: CatchAll = field(default_factory=CatchAll)
     hedging: Mapping[str, Hedging] = field(default_factory=dict)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
@@ -212,7 +217,7 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
     general = root.section("general_settings")
     router = _router_settings(root.section("router_settings"), litellm)
     sidecar = _sidecar_settings(root.section("sidecar_settings"), general, litellm, secrets, env)
-    groups = _model_list(root.list("model_list"), secrets, problems)
+    groups = _model_list(root.list("model_list"), secrets, problems, sidecar.limits)
     for section in (litellm, general):
         section.finish()
     root.finish()
@@ -285,6 +290,9 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, secrets: S
         stream_idle_timeout=s.number("stream_idle_timeout", default.stream_idle_timeout, minimum=0.001),
         stream_stall=stall_settings(s.section("stream_stall")),
         breaker=breaker_settings(s.section("breaker")),
+        connect_timeout_seconds=s.number("connect_timeout_seconds", default.connect_timeout_seconds,
+                                         minimum=0.001),
+        proxies=proxy_settings(env, s.problems),
         catch_all=_catch_all(s.section("catch_all")),
         hedging=_hedging(s.section("hedging")),
         telemetry=_telemetry(s.section("telemetry")),
@@ -333,12 +341,13 @@ def _hedging(s: Section) -> dict[str, Hedging]:
     return out
 
 
-def _model_list(items: list[Any], secrets: SecretResolver, problems: list[str]) -> dict[str, ModelGroup]:
+def _model_list(items: list[Any], secrets: SecretResolver, problems: list[str],
+                limits: LimitSettings) -> dict[str, ModelGroup]:
     members: dict[str, list[Deployment]] = {}
     seen_ids: set[str] = set()
     for i, item in enumerate(items):
         entry = Section(item, f"model_list[{i}]", problems)
-        deployment = _deployment(entry, secrets, seen_ids)
+        deployment = _deployment(entry, secrets, seen_ids, int(limits.upstream_sse_event_mb * MIB))
         entry.finish()
         if deployment is not None:
             seen_ids.add(deployment.id)
@@ -346,7 +355,7 @@ def _model_list(items: list[Any], secrets: SecretResolver, problems: list[str]) 
     return {name: ModelGroup(name, tuple(deps)) for name, deps in members.items()}
 
 
-def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str]) -> Deployment | None:
+def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str], sse_event: int) -> Deployment | None:
     name = entry.string("model_name", None, required=True)
     params = entry.section("litellm_params", required=True)
     info = entry.section("model_info")
@@ -362,6 +371,7 @@ def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str]) -> 
     key_ref = params.get("api_key")
     api_key = secrets.resolve(key_ref, f"{params.where}.api_key") if key_ref is not None else api_key
     headers = params.mapping("extra_headers")
+    proxy = check_egress(params, api_base, headers)
     deployment_id = info.string("id", None) or _unique_id(model_ref or "", seen_ids)
     deployment = Deployment(
         id=deployment_id,
@@ -385,6 +395,8 @@ def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str]) -> 
         propagate_trace=bool(params.boolean("propagate_trace", True)),
         aws=aws,
         model_info=_model_info(info),
+        proxy=proxy,
+        max_sse_event_bytes=sse_event,
     )
     params.finish()
     info.finish()

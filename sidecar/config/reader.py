@@ -52,6 +52,8 @@ class Secret:
             return False  # keep the last good value; the file may be mid-rotation
         if not value:
             return False  # an empty file (mid-rotation, or a mistake): keep the last good value, look again
+        if has_control(value):
+            return False  # a value no request could carry: keep the last good one
         self._mtime = mtime
         changed, self.value = value != self.value, value
         return changed
@@ -176,6 +178,25 @@ def described(value: object) -> str:
     return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
 
 
+def has_control(text: str) -> bool:
+    """A control character (other than tab) — never valid in an HTTP field value (RFC 9110 §5.5)."""
+    return any((c < " " and c != "\t") or c == "\x7f" for c in text)
+
+
+def header_problem(name: object, value: object) -> str | None:
+    """Why ``name: value`` cannot be sent as an HTTP header field, or None."""
+    if not isinstance(name, str) or not name or any(c not in _TOKEN for c in name):
+        return f"{name!r} is not a valid header name"
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        return f"header {name}: expected a string value"
+    if has_control(str(value)):
+        return f"header {name}: the value contains a control character (CR, LF, NUL, ...)"
+    return None
+
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -204,7 +225,7 @@ class SecretResolver:
             value = self.env.get(name)
             if value is None and self.enabled:
                 self.problems.append(f"{where}: environment variable {name} is not set")
-            return Secret(value or "")
+            return self._checked(Secret((value or "").strip()), where)  # a trailing newline, as from a file
         if ref.startswith("file:"):
             path = ref.removeprefix("file:")
             if not self.enabled:
@@ -223,8 +244,14 @@ class SecretResolver:
             if status.st_mode & stat.S_IROTH and not _kubernetes_volume(path):
                 self.warnings.append(f"{where}: secret file {path} is readable by every user "
                                      f"(mode {stat.S_IMODE(status.st_mode):04o}); make it 0600 or 0640")
-            return Secret(value, path, status.st_mtime)
-        return Secret(ref)
+            return self._checked(Secret(value, path, status.st_mtime), where)
+        return self._checked(Secret(ref.strip()), where)
+
+    def _checked(self, secret: Secret, where: str) -> Secret:
+        """A credential goes into a header: a control character in it would fail every request."""
+        if has_control(secret.value):
+            self.problems.append(f"{where}: the value contains a control character (CR, LF, NUL, ...)")
+        return secret
 
     def resolve_all(self, refs: list[Any], where: str) -> list[Secret]:
         out = [self.resolve(ref, f"{where}[{i}]") for i, ref in enumerate(refs)]

@@ -11,8 +11,8 @@
     │   ├── RateLimited               rate_limited  (429, Anthropic 529, Gemini RESOURCE_EXHAUSTED)
     │   ├── UpstreamServerError       server_error  (5xx, malformed or truncated body)
     │   ├── UpstreamTimeout           timeout       (connect, first byte, idle, whole request)
-    │   ├── UpstreamConnectionError   connection    (refused, reset, DNS)
-    │   ├── UpstreamAuthError         auth          (401/403: our key, not the app's; fail over)
+    │   ├── UpstreamConnectionError   connection    (refused, reset, DNS, TLS, proxy)
+    │   ├── UpstreamAuthError         auth          (401/403: our key, not the app's; a proxy's 407)
     │   ├── UpstreamBadRequest        bad_request   (400/404/413/422 caused by the request: pass through)
     │   ├── ContextWindowExceeded     context_window_exceeded
     │   └── ContentPolicyViolation    content_policy
@@ -95,7 +95,12 @@ class RequestTimeout(RequestError):
 
 
 class UpstreamError(SidecarError):
-    """An upstream attempt's failure. ``upstream_status`` is what the provider said (0: no answer)."""
+    """An upstream attempt's failure. ``upstream_status`` is what the provider said (0: no answer).
+
+    ``cause`` tells an operator what went wrong on the way (``dns``, ``refused``, ``tls_verify``,
+    ``proxy_auth``, ``connect_timeout``, ``closed``, ``too_large``, ...): it goes to the log line, the
+    attempt's span and a metric label, never into the message the app sees.
+    """
 
     status = 502
     type = "api_error"
@@ -112,11 +117,23 @@ class UpstreamError(SidecarError):
         body: bytes | None = None,
         param: str | None = None,
         code: str | None = None,
+        cause: str | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.body = body
+        self.cause = cause
+
+
+    @property
+    def cause_label(self) -> str:
+        """What the log line, the span and the metric say went wrong: the cause, else the upstream's status."""
+        if self.cause:
+            return self.cause
+        if self.upstream_status >= 400:
+            return f"http_{self.upstream_status}"
+        return self.error_class
 
 
 class RateLimited(UpstreamError):

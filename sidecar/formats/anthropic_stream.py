@@ -16,7 +16,7 @@ from sidecar.core.types import Usage
 from sidecar.formats import common
 from sidecar.formats.anthropic import STOP_REASONS, usage_of
 from sidecar.formats.openai import usage_from
-from sidecar.formats.sse import Event, SSEDecoder, encode_event
+from sidecar.formats.sse import MAX_EVENT, Event, SSEDecoder, encode_event
 
 
 @dataclass(slots=True)
@@ -35,8 +35,8 @@ class AnthropicToOpenAI:
     An ``error`` event raises ``StreamErrorEvent``; an event that is not JSON is counted in ``skipped``.
     """
 
-    def __init__(self, *, created: int, include_usage: bool, model: str = "") -> None:
-        self.decoder = SSEDecoder()
+    def __init__(self, *, created: int, include_usage: bool, model: str = "", max_event: int = MAX_EVENT) -> None:
+        self.decoder = SSEDecoder(max_event)
         self.created = created
         self.include_usage = include_usage
         self.id = "msg"

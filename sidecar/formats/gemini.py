@@ -15,7 +15,7 @@ import orjson
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.types import Usage
 from sidecar.formats import common
-from sidecar.formats.sse import SSEDecoder
+from sidecar.formats.sse import MAX_EVENT, SSEDecoder
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(
     ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
@@ -257,8 +257,8 @@ class GeminiToOpenAI:
     when ``include_usage``, the usage chunk. ``{"error": …}`` raises ``StreamErrorEvent``.
     """
 
-    def __init__(self, *, model: str, created: int, include_usage: bool) -> None:
-        self.decoder = SSEDecoder()
+    def __init__(self, *, model: str, created: int, include_usage: bool, max_event: int = MAX_EVENT) -> None:
+        self.decoder = SSEDecoder(max_event)
         self.model, self.created, self.include_usage = model, created, include_usage
         self.id = "gemini"
         self.usage: Usage | None = None

@@ -14,7 +14,7 @@ import orjson
 
 from sidecar.core.types import Usage
 from sidecar.formats import common
-from sidecar.formats.sse import Event, SSEDecoder
+from sidecar.formats.sse import MAX_EVENT, Event, SSEDecoder
 
 INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"}
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -84,8 +84,8 @@ class ResponsesToChat:
     ``error`` and ``response.failed`` raise ``StreamErrorEvent``; a terminal event sets ``done``.
     """
 
-    def __init__(self, *, include_usage: bool) -> None:
-        self.decoder = SSEDecoder()
+    def __init__(self, *, include_usage: bool, max_event: int = MAX_EVENT) -> None:
+        self.decoder = SSEDecoder(max_event)
         self.include_usage = include_usage
         self.id = "resp"
         self.model = ""

@@ -1,18 +1,22 @@
 """Sans-I/O Server-Sent Events: feed bytes in, get whole events out; encode events back.
 
 Only what LLM streams use: ``event:`` and ``data:`` fields (multi-line data joined with ``\\n``), comments
-ignored, LF, CRLF or CR line endings. The decoder never holds more than one unfinished event.
+ignored, LF, CRLF or CR line endings. The decoder holds at most one unfinished event, of at most
+``max_event`` bytes — a longer one is the upstream's error, not a memory spike — and its work is linear
+in the bytes fed: each piece is scanned once, however long the event it belongs to.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
+
+from sidecar.core.errors import UpstreamServerError
 
 DONE = b"[DONE]"
+MAX_EVENT = 4 * 1024 * 1024  # the default of sidecar_settings.limits.upstream_sse_event_mb
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):  # a tuple: cheaper to make than a frozen dataclass, one per event
     data: bytes
     event: str | None = None
 
@@ -20,40 +24,77 @@ class Event:
 class SSEDecoder:
     """Incremental decoder: ``feed(chunk)`` returns the events completed by that chunk."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_cr", "_max", "_newline", "_parts", "_size")
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_event: int = MAX_EVENT) -> None:
+        self._max = max_event
+        self._parts: list[bytes] = []  # the unfinished event, line ends already normalized to LF
+        self._size = 0
+        self._newline = False  # the unfinished event ends with LF: a chunk starting with LF completes it
+        self._cr = False  # the last chunk ended with CR, maybe the first half of CRLF: the next one decides
 
     def feed(self, chunk: bytes) -> list[Event]:
-        buffer = self._buffer + chunk
-        if b"\r" in buffer:
-            # A lone trailing CR may be the first half of CRLF: keep it until the next chunk decides.
-            tail = b"\r" if buffer.endswith(b"\r") else b""
-            buffer = buffer[: len(buffer) - len(tail)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        if self._cr:
+            chunk, self._cr = b"\r" + chunk, False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                chunk, self._cr = chunk[:-1], True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events: list[Event] = []
         start = 0
+        parts = self._parts
+        if parts:  # the event begun in earlier chunks: only this chunk is searched for its end
+            if self._newline and chunk[:1] == b"\n":
+                block, start = b"".join(parts)[:-1], 1
+            else:
+                end = chunk.find(b"\n\n")
+                if end < 0:
+                    self._hold(chunk)
+                    return events
+                block, start = b"".join(parts) + chunk[:end], end + 2
+            parts.clear()
+            self._size = 0
+            _append(events, block)
         while True:
-            end = buffer.find(b"\n\n", start)
+            end = chunk.find(b"\n\n", start)
             if end < 0:
                 break
-            event = _parse_block(buffer[start:end])
-            if event is not None:
-                events.append(event)
+            _append(events, chunk[start:end])
             start = end + 2
-        self._buffer = buffer[start:]
+        if start < len(chunk):
+            self._hold(chunk[start:] if start else chunk)
         return events
+
+    def _hold(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._size += len(piece)
+        if self._size > self._max:
+            self._parts.clear()
+            self._size = 0
+            raise UpstreamServerError(f"an event of the upstream's stream is longer than {self._max} bytes",
+                                      upstream_status=200, cause="sse_event_too_large")
+        self._parts.append(piece)
+        self._newline = piece.endswith(b"\n")
 
     def flush(self) -> list[Event]:
         """Events left when the stream ended without a final blank line."""
-        block, self._buffer = self._buffer.rstrip(b"\r\n"), b""
-        event = _parse_block(block.replace(b"\r\n", b"\n")) if block else None
+        block = b"".join(self._parts).rstrip(b"\n")
+        self._parts.clear()
+        self._size, self._cr = 0, False
+        event = _parse_block(block) if block else None
         return [event] if event is not None else []
 
     @property
     def pending(self) -> int:
         """Bytes of an event not yet complete."""
-        return len(self._buffer)
+        return self._size
+
+
+def _append(events: list[Event], block: bytes) -> None:
+    event = _parse_block(block)
+    if event is not None:
+        events.append(event)
 
 
 def _parse_block(block: bytes) -> Event | None:

@@ -28,7 +28,7 @@ from sidecar.formats import anthropic as wire
 from sidecar.formats.anthropic_stream import AnthropicToOpenAI
 from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
-from sidecar.formats.sse import encode_event
+from sidecar.formats.sse import MAX_EVENT, encode_event
 from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
 
 CONTEXT = re.compile(r"prompt is too long|context window|too many tokens", re.IGNORECASE)
@@ -64,7 +64,7 @@ class AnthropicAdapter:
             body = wire.to_messages_body(request.body, self.deployment.model,
                                          default_max_tokens=self.deployment.model_info.max_output_tokens,
                                          version=self.version)
-        return UpstreamCall(self.url, self.headers, orjson.dumps(body))
+        return UpstreamCall(self.url, self.headers, orjson.dumps(body), self.deployment.proxy)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         try:
@@ -79,7 +79,7 @@ class AnthropicAdapter:
 
     def stream_reader(self, request: ChatRequest) -> AnthropicStreamReader:
         return AnthropicStreamReader(include_usage=request.include_usage, native=passthrough(request),
-                                     model=self.deployment.model)
+                                     model=self.deployment.model, max_event=self.deployment.max_sse_event_bytes)
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return classify_anthropic_error(status, headers, body)
@@ -91,8 +91,9 @@ class AnthropicStreamReader(TranslatingReader):
     __slots__ = ("native",)
     translator: AnthropicToOpenAI
 
-    def __init__(self, *, include_usage: bool, native: bool, model: str) -> None:
-        super().__init__(AnthropicToOpenAI(created=int(time.time()), include_usage=include_usage, model=model))
+    def __init__(self, *, include_usage: bool, native: bool, model: str, max_event: int = MAX_EVENT) -> None:
+        super().__init__(AnthropicToOpenAI(created=int(time.time()), include_usage=include_usage, model=model,
+                                           max_event=max_event))
         self.native = native
 
     def feed(self, data: bytes) -> list[StreamChunk]:

@@ -25,6 +25,7 @@ class UpstreamCall:
     url: str
     headers: Mapping[str, str]
     body: bytes
+    proxy: str | None = None  # the deployment's proxy override (a URL, or "none"); None: the environment's
 
 
 class StreamReader(Protocol):

@@ -103,7 +103,7 @@ class BedrockAdapter:
                                     default_max_tokens=self.deployment.model_info.max_output_tokens)
         url = self.stream_url if request.stream else self.url
         data = orjson.dumps(body)
-        return UpstreamCall(url, self._signed(url, data), data)
+        return UpstreamCall(url, self._signed(url, data), data, self.deployment.proxy)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         model = self.deployment.model

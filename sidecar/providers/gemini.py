@@ -156,7 +156,8 @@ class GeminiAdapter:
         if request.native_only:
             raise refuse_native_only(request, "Gemini")
         body = wire.to_generate_body(request.body)
-        return UpstreamCall(self.stream_url if request.stream else self.url, self._headers(), orjson.dumps(body))
+        return UpstreamCall(self.stream_url if request.stream else self.url, self._headers(), orjson.dumps(body),
+                            self.deployment.proxy)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         try:
@@ -170,6 +171,7 @@ class GeminiAdapter:
 
     def stream_reader(self, request: ChatRequest) -> GeminiStreamReader:
         return GeminiStreamReader(wire.GeminiToOpenAI(model=self.deployment.model, created=int(time.time()),
+                                                      max_event=self.deployment.max_sse_event_bytes,
                                                       include_usage=request.include_usage))
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:

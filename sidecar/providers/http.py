@@ -20,12 +20,12 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import aiohttp
 
-from sidecar.core.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
-from sidecar.providers import wire, wire_stream
+from sidecar.core.errors import UpstreamAuthError, UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
+from sidecar.formats import http1
+from sidecar.providers import connect, wire, wire_stream
 from sidecar.providers.base import UpstreamCall
 
 # Header lines added to the calls of the current attempt: the W3C trace context (``traceparent`` of its CLIENT
@@ -34,36 +34,43 @@ TRACE_HEADERS: ContextVar[bytes] = ContextVar("sidecar_trace_headers", default=b
 trace_fields = wire.trace_fields
 
 
-@dataclass(slots=True)
-class Answer:
-    status: int
-    headers: Mapping[str, str]  # lower-case names; read only on errors
-    body: bytes
+Answer = wire.Response  # status, headers (lower-case names; split from the head when read: only on errors), body
 
 
 @contextmanager
 def map_errors(phase: str) -> Iterator[None]:
-    """Wire, asyncio and socket exceptions → UpstreamTimeout / UpstreamConnectionError / UpstreamServerError.
+    """Wire, asyncio and socket exceptions → UpstreamTimeout / UpstreamConnectionError / UpstreamServerError
+    (UpstreamAuthError for a proxy's 407), each with its ``cause`` for logs, spans and metrics.
 
     ``phase`` names the limit in force (connect, first_byte, idle, total) for timeouts and traces.
     Messages never include the upstream's address.
     """
     try:
         yield
+    except connect.ConnectTimeout:
+        raise UpstreamTimeout("could not connect to the upstream in time", phase="connect",
+                              cause="connect_timeout") from None
     except TimeoutError:
-        raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase) from None
-    except wire.ConnectFailed:
-        raise UpstreamConnectionError("could not connect to the upstream") from None
-    except wire.Disconnected:
-        raise UpstreamConnectionError("the upstream closed the connection") from None
+        raise UpstreamTimeout(f"the upstream did not answer in time ({phase})", phase=phase,
+                              cause=f"{phase}_timeout") from None
+    except connect.ProxyAuthFailed as exc:
+        raise UpstreamAuthError("the egress proxy refused our credentials", cause=exc.cause) from None
+    except wire.ConnectFailed as exc:
+        raise UpstreamConnectionError("could not connect to the upstream", cause=exc.cause) from None
+    except wire.Disconnected as exc:
+        raise UpstreamConnectionError("the upstream closed the connection", cause=exc.cause) from None
     except wire.CutOff:
-        raise UpstreamServerError("the upstream's answer was cut off") from None
+        raise UpstreamServerError("the upstream's answer was cut off", cause="cut_off") from None
+    except http1.OutOfMemory:
+        raise UpstreamServerError("the upstream's answer is too large", cause="memory") from None
     except wire.TooLarge:
-        raise UpstreamServerError("the upstream's answer is too large") from None
+        raise UpstreamServerError("the upstream's answer is too large", cause="too_large") from None
+    except http1.BadEncoding:
+        raise UpstreamServerError("the upstream's answer could not be decoded", cause="encoding") from None
     except wire.BadResponse:
-        raise UpstreamServerError("the upstream sent an invalid HTTP response") from None
-    except OSError:
-        raise UpstreamConnectionError("the connection to the upstream failed") from None
+        raise UpstreamServerError("the upstream sent an invalid HTTP response", cause="bad_response") from None
+    except OSError as exc:
+        raise UpstreamConnectionError("the connection to the upstream failed", cause=connect.cause_of(exc)) from None
 
 
 # The wire pool of each session, attached by the server (the router passes only the session around).
@@ -91,21 +98,24 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall, deadline: flo
     pool = _POOLS[session]
     with map_errors("total"):
         async with asyncio.timeout_at(deadline):
-            response = await pool.post(call, TRACE_HEADERS.get())
-            return Answer(response.status, response.headers, response.body)
+            return await pool.post(call, TRACE_HEADERS.get())
 
 
 class UpstreamStream:
     """An open streaming answer: status and headers known, body read chunk by chunk under deadlines."""
 
-    __slots__ = ("_max_body", "_stream", "headers", "status", "total_deadline")
+    __slots__ = ("_max_body", "_stream", "status", "total_deadline")
 
     def __init__(self, stream: wire_stream.Stream, total_deadline: float, max_body: int) -> None:
         self._stream = stream
         self.status = stream.status
-        self.headers: Mapping[str, str] = stream.headers  # lower-case names; read only on errors
         self.total_deadline = total_deadline
         self._max_body = max_body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Lower-case names; split from the head when read (only on errors)."""
+        return self._stream.headers
 
     async def read_body(self) -> bytes:
         """The whole body of a non-2xx answer, under the total deadline (the block's own)."""

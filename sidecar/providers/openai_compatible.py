@@ -29,7 +29,7 @@ from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk,
 from sidecar.formats import openai as wire
 from sidecar.formats import openai_hosts
 from sidecar.formats.common import refuse_native_only
-from sidecar.formats.sse import DONE, SSEDecoder
+from sidecar.formats.sse import DONE, MAX_EVENT, SSEDecoder
 from sidecar.providers import openai_responses as responses
 from sidecar.providers.base import UpstreamCall, retry_after_seconds
 
@@ -106,7 +106,8 @@ class OpenAICompatibleAdapter:
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
         if self.responses_url is not None and responses.passthrough(request):
-            return UpstreamCall(self.responses_url, self.headers, responses.body_for(request, self.model))
+            return UpstreamCall(self.responses_url, self.headers, responses.body_for(request, self.model),
+                                self.deployment.proxy)
         if request.native_only:  # a feature only the app's own dialect has: refuse, never drop
             raise refuse_native_only(request, self.deployment.provider)
         body = {**request.body, "model": self.model}
@@ -118,7 +119,7 @@ class OpenAICompatibleAdapter:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         if request.continuation and self.row.continue_final_message:
             body["continue_final_message"], body["add_generation_prompt"] = True, False
-        return UpstreamCall(self.urls[request.endpoint], self.headers, orjson.dumps(body))
+        return UpstreamCall(self.urls[request.endpoint], self.headers, orjson.dumps(body), self.deployment.proxy)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         if self.responses_url is not None and responses.passthrough(request):
@@ -137,10 +138,12 @@ class OpenAICompatibleAdapter:
 
     def stream_reader(self, request: ChatRequest) -> OpenAIStreamReader | responses.ResponsesStreamReader:
         if self.responses_url is not None and responses.passthrough(request):
-            return responses.ResponsesStreamReader(include_usage=request.include_usage, classify=in_band_error)
+            return responses.ResponsesStreamReader(include_usage=request.include_usage, classify=in_band_error,
+                                                   max_event=self.deployment.max_sse_event_bytes)
         quirks = self.row.quirks
         return OpenAIStreamReader(drop_usage_chunk=not request.include_usage,
-                                  fix_finish=quirks is not None and quirks.empty_finish)
+                                  fix_finish=quirks is not None and quirks.empty_finish,
+                                  max_event=self.deployment.max_sse_event_bytes)
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return classify_openai_error(status, headers, body)
@@ -151,8 +154,8 @@ class OpenAIStreamReader:
 
     __slots__ = ("decoder", "done", "drop_usage_chunk", "fix_finish", "skipped", "tools_seen", "usage")
 
-    def __init__(self, *, drop_usage_chunk: bool, fix_finish: bool = False) -> None:
-        self.decoder = SSEDecoder()
+    def __init__(self, *, drop_usage_chunk: bool, fix_finish: bool = False, max_event: int = MAX_EVENT) -> None:
+        self.decoder = SSEDecoder(max_event)
         self.done = False
         self.skipped = 0
         self.usage: Usage | None = None

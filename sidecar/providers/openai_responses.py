@@ -16,7 +16,7 @@ from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, WireForma
 from sidecar.formats.common import StreamErrorEvent
 from sidecar.formats.openai import usage_from
 from sidecar.formats.responses_upstream import ResponsesToChat, response_to_completion
-from sidecar.formats.sse import encode_event
+from sidecar.formats.sse import MAX_EVENT, encode_event
 from sidecar.providers.base import TranslatingReader
 
 
@@ -46,8 +46,9 @@ class ResponsesStreamReader(TranslatingReader):
     __slots__ = ("classify",)
     translator: ResponsesToChat
 
-    def __init__(self, *, include_usage: bool, classify: Callable[[dict[str, Any]], UpstreamError]) -> None:
-        super().__init__(ResponsesToChat(include_usage=include_usage))
+    def __init__(self, *, include_usage: bool, classify: Callable[[dict[str, Any]], UpstreamError],
+                 max_event: int = MAX_EVENT) -> None:
+        super().__init__(ResponsesToChat(include_usage=include_usage, max_event=max_event))
         self.classify = classify  # an in-band error event → the error class (the OpenAI adapter's rules)
 
     def feed(self, data: bytes) -> list[StreamChunk]:

@@ -10,17 +10,19 @@ deadline is the caller's.
 
 Only a body read to its end (``read`` returned b"") gives the connection back to the pool; ``close()``
 before that — an error, a cancellation, a lost hedge — aborts it, so the upstream sees the client gone.
-As for whole answers, a pooled connection found closed before any byte of the answer is retried once on
-a fresh one. Errors raised are those of ``wire`` (mapped by ``providers.http``) and ``TimeoutError``.
+As for whole answers, the request is sent again (once, on a fresh connection) only if its pooled connection
+is found closed before it was written. A gzip or deflate answer is decoded as it arrives, a bounded step
+at a time. Errors raised are those of ``wire`` (mapped by ``providers.http``) and ``TimeoutError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from sidecar.formats.http1 import BadResponse, CutOff, TooLarge
+from sidecar.formats.http1 import BadResponse, CutOff, Decoder, Response, TooLarge, decoder_for
 from sidecar.providers.base import UpstreamCall
-from sidecar.providers.wire import Conn, Host, Pool, Stale
+from sidecar.providers.connect import ProxyAuthFailed
+from sidecar.providers.wire import Conn, Host, Pool, closed_before_answer
 
 HIGH_WATER = 256 * 1024  # bytes parsed and not yet read before the socket is paused; SSE events are ~100-300 B
 
@@ -28,14 +30,12 @@ HIGH_WATER = 256 * 1024  # bytes parsed and not yet read before the socket is pa
 async def open_stream(pool: Pool, call: UpstreamCall, trace: bytes = b"") -> Stream:
     """POST ``call`` and return once the answer's head is in; the caller bounds the time."""
     host, target, data = pool.prepare(call, trace)
-    conn, reused = await pool.acquire(host, target, fresh=False)
-    if reused:
-        try:
-            return await Stream(pool, host, conn).start(data)
-        except Stale:
-            pass  # closed by the server while idle: once more, on a fresh connection
-        conn, _ = await pool.acquire(host, target, fresh=True)
-    return await Stream(pool, host, conn).start(data)
+    _, stream = await pool.send(host, target, lambda conn: Stream(pool, host, conn).begin(data))
+    await stream.start()
+    if stream.status == 407 and target.proxy is not None:  # the proxy's answer, not the upstream's
+        stream.close()
+        raise ProxyAuthFailed("the proxy refused our credentials (407)", "proxy_auth")
+    return stream
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -46,8 +46,8 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class Stream:
     """One answer read as it arrives: ``status`` and ``headers`` (lower-case names), then ``read()``."""
 
-    __slots__ = ("_conn", "_done", "_error", "_host", "_paused", "_pool", "_received", "_waiter", "headers",
-                 "status")
+    __slots__ = ("_conn", "_decoder", "_done", "_error", "_head", "_host", "_paused", "_pool", "_received",
+                 "_waiter", "status")
 
     def __init__(self, pool: Pool, host: Host, conn: Conn) -> None:
         self._pool = pool
@@ -58,24 +58,37 @@ class Stream:
         self._done = False  # the whole answer arrived
         self._error: Exception | None = None
         self._paused = False
+        self._decoder: Decoder | None = None  # a gzip or deflate answer's
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self._head: Response | None = None  # the head, its fields split when read
 
-    async def start(self, data: bytes) -> Stream:
+    def begin(self, data: bytes) -> Stream:
+        """Write the request (``Stale`` if the connection is found closed first)."""
+        assert self._conn is not None
+        self._conn.begin_stream(self, data)
+        return self
+
+    async def start(self) -> Stream:
+        """Wait for the answer's head."""
         conn = self._conn
         assert conn is not None
         try:
-            conn.begin_stream(self, data)
             parser = conn.parser
             while not parser.status:
                 if self._error is not None:
-                    raise self._error
+                    raise self._take_error()
                 await self._wait(None)
+            self._decoder = decoder_for(parser.coding)
         except BaseException:
             self.close()
             raise
-        self.status, self.headers = parser.status, parser.headers
+        self.status = parser.status
+        self._head = parser.head()
         return self
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._head.headers if self._head is not None else {}
 
     async def read(self, until: float | None = None) -> bytes:
         """The body bytes that arrived since the last read, waiting for some until ``until`` (loop time).
@@ -86,20 +99,42 @@ class Stream:
         conn = self._conn
         if conn is None:
             return b""
+        decoder = self._decoder
         while True:
+            if decoder is not None and decoder.more:  # a compressed piece that decodes to more than one step
+                data = decoder.feed(b"")
+                if data:
+                    return data
             data = conn.parser.take()
             if data:
                 if self._paused:
                     self._paused = False
                     if conn.transport is not None and not conn.lost:
                         conn.transport.resume_reading()
+                if decoder is not None:
+                    data = self._decode(decoder, data)
+                    if not data:
+                        continue
                 return data
             if self._error is not None:
-                raise self._error
+                raise self._take_error()
             if self._done:
+                if decoder is not None:
+                    self._decode(decoder, None)
                 self._release(conn)
                 return b""
             await self._wait(until)
+
+    def _decode(self, decoder: Decoder, data: bytes | None) -> bytes:
+        """``data`` decoded, or with None the check that the compressed body ended; closes on an error."""
+        try:
+            if data is None:
+                decoder.finish()
+                return b""
+            return decoder.feed(data)
+        except BadResponse:
+            self.close()
+            raise
 
     async def read_all(self, limit: int) -> bytes:
         """The rest of the body (an error answer), refused beyond ``limit`` bytes."""
@@ -131,7 +166,7 @@ class Stream:
         try:
             self._done = conn.parser.feed_stream(data)
         except BadResponse as exc:
-            self._error = exc
+            self._error = exc.with_traceback(None)  # its frames would hold this chunk, and this stream: a cycle
             conn.drop()
         else:
             if not self._done and not self._paused and conn.parser.pending > HIGH_WATER:
@@ -145,18 +180,26 @@ class Stream:
         if conn is None or self._done or self._error is not None:
             return
         if not self._received:
-            self._error = Stale("the upstream closed the connection")
+            self._error = closed_before_answer(exc)
         elif exc is not None:
-            self._error = CutOff("the connection was reset mid-answer")
+            self._error = conn.cut_off()
         else:
             try:
                 conn.parser.eof_stream()
                 self._done = True
             except CutOff as error:
-                self._error = error
+                self._error = error.with_traceback(None)
         self._wake()
 
     # ---- internals ---------------------------------------------------------------------------------
+
+    def _take_error(self) -> Exception:
+        """The failure, to raise; a fresh one stays for later reads. Never is an exception both kept here and
+        raised: its traceback's frames would refer back to this stream — a cycle only the collector frees."""
+        error = self._error
+        assert error is not None
+        self._error = CutOff("the answer had already failed")
+        return error
 
     async def _wait(self, until: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -165,7 +208,7 @@ class Stream:
         try:
             await waiter
         finally:
-            self._waiter = None
+            self._waiter = waiter = None  # a raised TimeoutError's frames must not hold the future holding it
             if timer is not None:
                 timer.cancel()
 

@@ -49,6 +49,7 @@ class Outcome:
     panic: str | None = None  # the deployment sent to although its breaker was open (nothing else was left)
     estimate: tuple[int, int] | None = None  # (prompt, prompt + completion budget) tokens, when needed
     errors: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (deployment, error class, cause)
     trail: list[object] = field(default_factory=list)
 
     @property

@@ -165,6 +165,7 @@ class Pipeline:
         record.deployment = outcome.deployment or ""
         record.attempts, record.errors, record.ttft, record.usage = (outcome.attempts, outcome.errors, outcome.ttft,
                                                                      outcome.usage)
+        record.failures = outcome.failures
         record.fallback, record.panic = outcome.fallback, outcome.panic
         if record.fallback is not None:
             record.fallback_cause = next((s.cause for s in reversed(outcome.trail) if isinstance(s, FallbackStep)),

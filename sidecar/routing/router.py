@@ -383,6 +383,7 @@ class Router:
     def _record_failure(self, target: Target, error: UpstreamError, outcome: Outcome, now: float,
                         panic: bool) -> None:
         outcome.errors.append(error.error_class)
+        outcome.failures.append((target.deployment.id, error.error_class, error.cause_label))
         if not error.counts_as_failure:
             if not panic:
                 target.breaker.release_probe()

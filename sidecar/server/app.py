@@ -12,11 +12,14 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import Config
+from sidecar.config.model import MIB
+from sidecar.formats.http1 import AnswerMemory
 from sidecar.providers import http, wire
 from sidecar.providers.base import UpstreamCall
 from sidecar.server import routes
 from sidecar.server.assembly import Process, assemble, retire
 from sidecar.server.keys import STATE, AppState
+from sidecar.server.memory import trim_after_large_answers
 from sidecar.server.reload import Reloader
 from sidecar.telemetry import exporter_names, metrics_export_requested
 from sidecar.telemetry.logs import flush_request_log
@@ -49,9 +52,13 @@ def new_session(config: Config) -> aiohttp.ClientSession:
     """The router's handle on the upstream client: a ``wire.Pool`` (keep-alive, at most
     ``max_connections_per_host`` connections per host) attached to an aiohttp session that sends nothing
     itself — ``providers.http`` uses the pool for whole answers and streams alike."""
+    sidecar = config.sidecar
+    limits = sidecar.limits
     session = aiohttp.ClientSession()
-    http.attach_pool(session, wire.Pool(limit=config.sidecar.max_connections_per_host, user_agent=USER_AGENT,
-                                        keepalive=60.0))
+    http.attach_pool(session, wire.Pool(
+        limit=sidecar.max_connections_per_host, user_agent=USER_AGENT, keepalive=60.0,
+        max_body=int(limits.upstream_answer_mb * MIB), memory=AnswerMemory(int(limits.upstream_answers_total_mb * MIB)),
+        proxies=sidecar.proxies, connect_timeout=sidecar.connect_timeout_seconds))
     return session
 
 
@@ -76,7 +83,8 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
                                os.environ)
         state.metrics.exporter = exporter
     state.reloader = Reloader(state)
-    timers = [asyncio.create_task(state.reloader.run()), asyncio.create_task(_flush_logs())]
+    timers = [asyncio.create_task(state.reloader.run()), asyncio.create_task(_flush_logs()),
+              asyncio.create_task(trim_after_large_answers())]
     if state.tracing is not None:
         timers += [asyncio.create_task(p.run()) for p in state.tracing.exporters]
     yield

@@ -74,6 +74,7 @@ def log_request(record: RequestRecord) -> None:
         "deployment": record.deployment or None,
         "attempts": record.attempts,
         "errors": record.errors,
+        "failures": [{"deployment": d, "error": e, "cause": c} for d, e, c in record.failures],
         "fallback": record.fallback,
         "fallback_cause": record.fallback_cause,
         "panic": record.panic,

@@ -60,6 +60,7 @@ class RequestMetrics:
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.attempts: Counter[tuple[str, str]] = Counter()
+        self.causes: Counter[tuple[str, str, str]] = Counter()  # (deployment, error class, cause)
         self.fallbacks: Counter[tuple[str, str, str]] = Counter()
         self.panics: Counter[tuple[str, str]] = Counter()
         self.tokens: Counter[tuple[str, str, str]] = Counter()
@@ -75,6 +76,8 @@ class RequestMetrics:
         self.requests[(group, deployment, record.outcome)] += 1
         for error_class in record.errors:
             self.attempts[(group, error_class)] += 1
+        for failure in record.failures:
+            self.causes[failure] += 1
         self.duration.observe((group, deployment, record.outcome), record.seconds)
         if record.ttft is not None:
             self.ttft.observe((group, deployment), record.ttft)
@@ -97,6 +100,9 @@ class RequestMetrics:
                  ("model_group", "deployment", "outcome"), self.requests)
         _counter(lines, "llm_sidecar_failed_attempts_total", "Upstream attempts that failed, by error class.",
                  ("model_group", "error_class"), self.attempts)
+        _counter(lines, "llm_sidecar_upstream_failures_total",
+                 "Failed upstream attempts by deployment, error class and cause (dns, refused, tls_verify, proxy_auth, "
+                 "connect_timeout, closed, http_503, ...).", ("deployment", "error_class", "cause"), self.causes)
         _counter(lines, "llm_sidecar_fallbacks_total", "Requests answered by a fallback model group, by cause.",
                  ("model_group", "fallback", "cause"), self.fallbacks)
         _counter(lines, "llm_sidecar_breaker_panic_total",

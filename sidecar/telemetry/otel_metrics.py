@@ -46,6 +46,7 @@ class OTelMetrics:
         counters = {
             "llm_sidecar_requests": (registry.requests, ("model_group", "deployment", "outcome")),
             "llm_sidecar_failed_attempts": (registry.attempts, ("model_group", "error_class")),
+            "llm_sidecar_upstream_failures": (registry.causes, ("deployment", "error_class", "cause")),
             "llm_sidecar_fallbacks": (registry.fallbacks, ("model_group", "fallback", "cause")),
             "llm_sidecar_breaker_panic": (registry.panics, ("model_group", "deployment")),
             "llm_sidecar_tokens": (registry.tokens, ("model_group", "deployment", "direction")),

@@ -22,6 +22,7 @@ class RequestRecord:
     seconds: float = 0.0
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (deployment, error class, cause)
     fallback: str | None = None
     fallback_cause: str | None = None
     panic: str | None = None  # the deployment sent to past its open breaker (nothing else was left)

@@ -292,9 +292,10 @@ class AttemptSpan:
         labels = self.labels
         if isinstance(error, UpstreamError):
             labels.append(("error.type", error.error_class))
+            labels.append(("sidecar.error.cause", error.cause_label))
             if error.upstream_status:
                 labels.append(("http.response.status_code", error.upstream_status))
-            self.status = otlp.error_status(REDACT(error.message))
+            self.status = otlp.error_status(REDACT(f"{error.message} [{error.cause_label}]"))
         else:
             labels.append(("error.type", "cancelled" if not isinstance(error, Exception) else type(error).__name__))
             self.status = otlp.ERROR

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar.core.errors import UpstreamServerError
 from sidecar.formats.sse import DONE, Event, SSEDecoder, encode_event
 
 payloads = st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
@@ -39,3 +43,36 @@ def test_unterminated_last_event_is_flushed() -> None:
 
 def test_encode_named_event() -> None:
     assert encode_event(b"{}", "ping") == b"event: ping\ndata: {}\n\n"
+
+
+@given(st.lists(st.tuples(st.sampled_from([None, "message_delta"]), payloads), min_size=1, max_size=5),
+       st.lists(st.integers(min_value=0, max_value=600)), st.sampled_from([b"\n", b"\r\n", b"\r"]))
+def test_named_multiline_events_any_split(events: list[tuple[str | None, list[bytes]]], cuts: list[int],
+                                          newline: bytes) -> None:
+    stream = b"".join((b"event: %s\n" % name.encode() if name else b"") + b"".join(b"data: %s\n" % d for d in datas)
+                      + b"\n" for name, datas in events).replace(b"\n", newline)
+    assert decode(stream, cuts) == [Event(b"\n".join(datas), name) for name, datas in events]
+
+
+def test_an_event_longer_than_the_limit_is_an_upstream_error() -> None:
+    decoder = SSEDecoder(max_event=1000)
+    assert decoder.feed(b"data: " + b"x" * 900 + b"\n\n") == [Event(b"x" * 900)]  # under the limit: fine
+    decoder.feed(b"data: " + b"y" * 500)
+    with pytest.raises(UpstreamServerError) as failure:
+        decoder.feed(b"y" * 600)
+    assert failure.value.cause == "sse_event_too_large" and decoder.pending == 0
+
+
+def test_a_long_line_is_decoded_in_linear_time() -> None:
+    """Issue 13 point 4: a 100 MB line without a newline took 16 s of CPU (each piece re-scanned all before it).
+    32 MiB in 16 KiB pieces is 2,048 feeds: quadratic work would copy ~32 GiB; linear work takes well under
+    a second. The bound below is generous: it only catches the quadratic case."""
+    decoder = SSEDecoder(max_event=64 * 1024 * 1024)
+    piece = b"z" * 16384
+    started = time.process_time()
+    assert decoder.feed(b"data: ") == []
+    for _ in range(2048):
+        assert decoder.feed(piece) == []
+    [event] = decoder.feed(b"\n\n")
+    assert len(event.data) == 2048 * 16384
+    assert time.process_time() - started < 10

@@ -1,5 +1,6 @@
-"""Event loops for the async tests here: uvloop (the server's loop) as well as asyncio's for the wire stream
-tests, whose transports' pause/resume and abort are separate implementations in each; asyncio's alone elsewhere."""
+"""Event loops for the async tests here: uvloop (the server's loop) as well as asyncio's for the wire stream and
+egress tests, whose transports' pause/resume, abort and sockets are separate implementations in each; asyncio's
+alone elsewhere."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ _BOTH: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {**_ASYNCIO, "uvl
 def pytest_asyncio_loop_factories(config: pytest.Config,
                                   item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     module = getattr(item, "module", None)
-    return _BOTH if module is not None and module.__name__.endswith(".test_wire_stream") else _ASYNCIO
+    both = module is not None and module.__name__.endswith((".test_wire_stream", ".test_wire_egress"))
+    return _BOTH if both else _ASYNCIO
 
 
 @pytest.fixture
