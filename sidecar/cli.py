@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.add_argument("--skip-secrets", action="store_true",
                        help="do not require os.environ/ and file: secrets to resolve (e.g. in CI)")
+    check.add_argument("--strict", action="store_true",
+                       help="treat every warning (a LiteLLM key the sidecar ignores, an unknown key) as an error")
     check.set_defaults(func=_check_config)
 
     fake = commands.add_parser("fake-provider", help="run a fault-injecting fake upstream")
@@ -78,16 +80,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Every problem (exit 1) and every warning (exit 1 too with ``--strict``), each with its location."""
     try:
         config = config_module.load(args.path, resolve_secrets=not args.skip_secrets)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) in {args.path}", file=sys.stderr)
-        return 1
-    for warning in config.warnings:
+        problems, warnings = exc.problems, exc.warnings
+    else:
+        problems, warnings = [], config.warnings
+    if args.strict:
+        problems, warnings = [*problems, *warnings], ()
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{args.path}: ok — {len(config.groups)} model group(s), {len(config.deployments)} deployment(s)")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    groups = len(config.groups) + len(config.wildcards)
+    print(f"{args.path}: ok — {groups} model group(s), {len(config.deployments)} deployment(s)"
+          + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 
@@ -106,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    _setup_logging(config)
+    _setup_logging(config)  # also logs the config's warnings: what it asks for that the sidecar ignores
     args.config = os.path.abspath(args.config)
     from sidecar.server.lifecycle import StartupError
 

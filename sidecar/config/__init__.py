@@ -6,23 +6,25 @@ where each value came from (``reader``), and the settings of what pods share (``
 
 from sidecar.config.limits import LimitSettings, ListenerSettings
 from sidecar.config.model import (
-    PROVIDERS,
     CatchAll,
     Config,
     Deployment,
     Hedging,
     ModelGroup,
     ModelInfo,
-    RouterSettings,
     SidecarSettings,
     TelemetrySettings,
     load,
     parse,
     parse_yaml,
 )
+from sidecar.config.params import RequestParams
 from sidecar.config.reader import ConfigError, Secret
+from sidecar.config.references import PROVIDERS
 from sidecar.config.resilience import BreakerSettings, StallSettings
+from sidecar.config.router import RouterSettings
 from sidecar.config.shared import BudgetSettings, CacheSettings, RedisSettings, SharedSettings
+from sidecar.config.wildcards import Wildcard
 
 __all__ = [
     "PROVIDERS",
@@ -39,12 +41,14 @@ __all__ = [
     "ModelGroup",
     "ModelInfo",
     "RedisSettings",
+    "RequestParams",
     "RouterSettings",
     "Secret",
     "SharedSettings",
     "SidecarSettings",
     "StallSettings",
     "TelemetrySettings",
+    "Wildcard",
     "load",
     "parse",
     "parse_yaml",

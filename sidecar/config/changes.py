@@ -116,9 +116,11 @@ def _setting(settings: SidecarSettings, name: str) -> object:
 
 def deployment_set_digest(config: Config) -> str:
     """A digest of every deployment's identity, without key values (a rotated key keeps cached answers
-    valid; the digest may be part of shared cache keys, so it names the set, not the secrets)."""
+    valid; the digest may be part of shared cache keys, so it names the set, not the secrets) — wildcard
+    deployments included, and the request parameters (completion defaults change the answers)."""
     digest = hashlib.blake2b(digest_size=8, person=b"deployments")
-    for ident in sorted(identity(d)[:-1] for d in config.deployments):
+    templates = (d for w in config.wildcards for d in w.deployments)
+    for ident in sorted((*identity(d)[:-1], repr(d.params)) for d in (*config.deployments, *templates)):
         digest.update(repr(ident).encode())
     return digest.hexdigest()
 
@@ -132,6 +134,8 @@ def secret_values(config: Config) -> list[str]:
     values += [d.api_key.value for d in config.deployments if d.api_key is not None]
     values += [value for d in config.deployments for name, value in d.extra_headers
                if any(word in name.lower() for word in CREDENTIAL_HEADER_WORDS)]
+    values += [d.api_key.value for w in config.wildcards for d in w.deployments if d.api_key is not None]
+    values += [k.value for w in config.wildcards for k in w.keys.values()]
     values += [s.value for d in config.deployments if d.aws is not None for s in d.aws.secrets]
     shared = config.sidecar.shared
     values += [r.password.value for r in (shared.redis, shared.cache.redis if shared.cache else None)
@@ -139,7 +143,14 @@ def secret_values(config: Config) -> list[str]:
     return values
 
 
+def new_warnings(config: Config, previous: Config) -> list[str]:
+    """The warnings a reloaded config has that the one it replaces did not: logged once, not on every reload."""
+    known = set(previous.warnings)
+    return [w for w in config.warnings if w not in known]
+
+
 def key_files(config: Config) -> list[str]:
     """The ``file:`` secrets' paths, for the watcher (a rotated Kubernetes Secret swaps them)."""
-    secrets = [*config.sidecar.inbound_api_keys, *(d.api_key for d in config.deployments if d.api_key is not None)]
+    secrets = [*config.sidecar.inbound_api_keys, *(d.api_key for d in config.deployments if d.api_key is not None),
+               *(d.api_key for w in config.wildcards for d in w.deployments if d.api_key is not None)]
     return sorted({s.path for s in secrets if s.path is not None})

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from sidecar.config.environ import unresolved
 from sidecar.config.reader import Section, has_control, header_problem
 
 NO_PROXY_VALUES = ("none", "direct")
@@ -160,7 +161,7 @@ def check_egress(params: Section, api_base: str | None, headers: Mapping[Any, An
     for key, value in headers.items():
         if (problem := header_problem(key, value)) is not None:
             params.problem("extra_headers", problem)
-    if api_base:
+    if api_base and not unresolved(api_base):
         scheme, _, rest = api_base.partition("://")
         if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
             params.problem("api_base", "expected an http:// or https:// URL with a host")

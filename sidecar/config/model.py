@@ -1,9 +1,11 @@
 """Configuration: YAML → validated, immutable typed objects, resolved once at load.
 
-Accepts LiteLLM's proxy keys where the features overlap (``model_list``, ``router_settings``,
-``litellm_settings``, ``general_settings.master_key``, ``environment_variables``) and our own extensions
-under ``sidecar_settings``. Every problem is collected with its location — unknown keys included — so one
-run of ``llm-sidecar check-config`` reports them all.
+Accepts LiteLLM's proxy config (``model_list``, ``router_settings``, ``litellm_settings``,
+``general_settings``, ``environment_variables``, ``credential_list``) and our own extensions under
+``sidecar_settings``. What each LiteLLM key does here is the table in ``config.litellm``: a key that has no
+meaning in a sidecar is a warning (``Config.warnings``), never a reason not to load; ``sidecar_settings`` is
+strict. Every problem is collected with its location, so one run of ``llm-sidecar check-config`` reports
+them all. ``os.environ/NAME`` is resolved in every string value first (``config.environ``).
 """
 
 from __future__ import annotations
@@ -11,59 +13,48 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import yaml
 
+from sidecar.config import deployments
+from sidecar.config import environ as environment
 from sidecar.config.aws import AwsSettings, bedrock_settings
 from sidecar.config.egress import ProxySettings, check_egress, proxy_settings
 from sidecar.config.limits import LimitSettings, ListenerSettings, limit_settings, listener_settings
-from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, described, is_number
+from sidecar.config.params import RequestParams, request_params, shared_defaults
+from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, Warnings, described, is_number
+from sidecar.config.references import WILDCARD, default_base, root_base, unique_id
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
+from sidecar.config.router import RouterSettings, resolve_groups, router_settings
 from sidecar.config.shared import SharedSettings, shared_settings
+from sidecar.config.wildcards import Wildcard, compile_pattern, ordered
 
-PROVIDERS: Mapping[str, str | None] = {
-    # provider prefix → default api_base (None: must be configured)
-    "openai": "https://api.openai.com/v1",
-    "azure": None,
-    "anthropic": "https://api.anthropic.com",
-    "gemini": "https://generativelanguage.googleapis.com",
-    "vertex_ai": None,
-    "groq": "https://api.groq.com/openai/v1",
-    "together_ai": "https://api.together.xyz/v1",
-    "fireworks_ai": "https://api.fireworks.ai/inference/v1",
-    "ollama": "http://localhost:11434/v1",
-    "hosted_vllm": None,
-    "sglang": "http://localhost:30000/v1",
-    "bedrock": None,  # https://bedrock-runtime.<region>.amazonaws.com, from the region (config/aws.py)
-    "mistral": "https://api.mistral.ai/v1",
-    "deepseek": "https://api.deepseek.com/beta",
-    "xai": "https://api.x.ai/v1",
-    "openrouter": "https://openrouter.ai/api/v1",
-    "cerebras": "https://api.cerebras.ai/v1",
-    "perplexity": "https://api.perplexity.ai",
-    "deepinfra": "https://api.deepinfra.com/v1/openai",
-    "huggingface": "https://router.huggingface.co/v1",
-    "lm_studio": "http://localhost:1234/v1",
-    "llamafile": "http://127.0.0.1:8080/v1",
-}
-STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing",
-              "cost-based-routing")
-RETRY_POLICY_KEYS = ("RateLimitErrorRetries", "TimeoutErrorRetries", "InternalServerErrorRetries",
-                     "AuthenticationErrorRetries", "BadRequestErrorRetries",
-                     "ContentPolicyViolationErrorRetries")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIB = 1024 * 1024
-MAX_ECHOED = 32  # a provider name longer than this is not echoed in a problem: it may be a pasted key
 
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
+    """Prices, limits and capability flags (LiteLLM's ``supports_*``: None when the config does not say)."""
+
     input_cost_per_token: float | None = None
     output_cost_per_token: float | None = None
     cache_read_input_token_cost: float | None = None
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
+    capabilities: Mapping[str, bool] = field(default_factory=dict)  # every supports_* flag given
+
+    @property
+    def supports_function_calling(self) -> bool | None:
+        return self.capabilities.get("supports_function_calling")
+
+    @property
+    def supports_vision(self) -> bool | None:
+        return self.capabilities.get("supports_vision")
+
+    @property
+    def supports_response_schema(self) -> bool | None:
+        return self.capabilities.get("supports_response_schema")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +82,7 @@ class Deployment:
     propagate_trace: bool = True  # send the attempt's W3C traceparent to this upstream
     aws: AwsSettings | None = None  # bedrock deployments only
     model_info: ModelInfo = field(default_factory=ModelInfo)
+    params: RequestParams | None = None  # completion defaults, extra_body, drop_params (None: none set)
     proxy: str | None = None  # None: the environment's proxy (HTTPS_PROXY, ...); a URL; or "none" to go direct
     max_sse_event_bytes: int = 4 * MIB  # from sidecar_settings.limits.upstream_sse_event_mb
 
@@ -99,20 +91,6 @@ class Deployment:
 class ModelGroup:
     name: str
     deployments: tuple[Deployment, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RouterSettings:
-    routing_strategy: str = "simple-shuffle"
-    num_retries: int = 2
-    retry_policy: Mapping[str, int] = field(default_factory=dict)
-    timeout: float = 600.0
-    stream_timeout: float | None = None
-    allowed_fails: int = 3
-    cooldown_time: float = 10.0
-    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    context_window_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    content_policy_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +154,8 @@ class Config:
     groups: Mapping[str, ModelGroup]
     router: RouterSettings
     sidecar: SidecarSettings
-    warnings: tuple[str, ...] = ()  # not problems: check-config prints them, serve logs them
+    wildcards: tuple[Wildcard, ...] = ()  # model groups named with a '*', most specific first
+    warnings: tuple[str, ...] = ()  # what the config asks for that the sidecar ignores (config.litellm)
 
     @property
     def deployments(self) -> tuple[Deployment, ...]:
@@ -206,65 +185,50 @@ def parse_yaml(text: bytes, path: str, *, resolve_secrets: bool = True) -> Confi
 
 def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, str] | None = None) -> Config:
     problems: list[str] = []
-    root = Section(data if data is not None else {}, "", problems)
+    warnings = Warnings()
     env = dict(os.environ if environ is None else environ)
-    extra_env = root.mapping("environment_variables")
-    env.update({str(k): str(v) for k, v in extra_env.items()})
-    warnings: list[str] = []
-    secrets = SecretResolver(env, problems, enabled=resolve_secrets, warnings=warnings)
+    extra_env = data.get("environment_variables") if isinstance(data, dict) else None
+    if isinstance(extra_env, dict):
+        env.update({str(k): str(v) for k, v in extra_env.items()})
+    data = environment.resolve(data if data is not None else {}, env)
+    root = Section(data, "", problems, warnings=warnings, policy="(top level)", require_env=resolve_secrets)
+    root.mapping("environment_variables")
+    key_file_warnings: list[str] = []
+    secrets = SecretResolver(env, problems, enabled=resolve_secrets, warnings=key_file_warnings)
 
-    litellm = root.section("litellm_settings")
-    general = root.section("general_settings")
-    router = _router_settings(root.section("router_settings"), litellm)
-    sidecar = _sidecar_settings(root.section("sidecar_settings"), general, litellm, secrets, env)
-    groups = _model_list(root.list("model_list"), secrets, problems, sidecar.limits)
-    for section in (litellm, general):
+    litellm = root.section("litellm_settings", policy="litellm_settings")
+    general = root.section("general_settings", policy="general_settings")
+    router_section = root.section("router_settings", policy="router_settings")
+    router = router_settings(router_section, litellm)
+    sidecar = _sidecar_settings(root.section("sidecar_settings"), general, litellm, router_section, secrets, env)
+    context = deployments.Context(secrets, env, shared_defaults(router_section),
+                                  bool(litellm.boolean("drop_params", False)), deployments.credentials(root))
+    groups, patterns = _model_list(root, context, sidecar.limits)
+    for section in (litellm, general, router_section):
         section.finish()
     root.finish()
-    _check_fallbacks(router, groups, problems)
+    if groups or patterns:
+        router = resolve_groups(router, groups, patterns, problems)
     for key, named in (("hedging", sidecar.hedging), ("breaker.groups", sidecar.breaker.groups)):
         problems.extend(f"sidecar_settings.{key}.{name}: unknown model group" for name in named
                         if groups and name not in groups)
     problems.extend(f"sidecar_settings.budgets: budget '{b.name}': unknown model group '{m}'"
-                    for b in sidecar.shared.budgets for m in b.models if groups and m not in groups)
-    if not groups and not problems:
+                    for b in sidecar.shared.budgets for m in b.models
+                    if groups and m not in groups and m not in patterns)
+    if not groups and not patterns and not problems:
         problems.append("model_list: at least one deployment is required")
     if problems:
-        raise ConfigError(problems)
-    return Config(groups, router, sidecar, tuple(warnings))
+        raise ConfigError(problems, warnings.lines() + tuple(key_file_warnings))
+    keys, bases = context.wildcard_keys(), context.wildcard_bases()
+    wildcards = ordered(Wildcard(name, compile_pattern(name), group.deployments, keys, bases)
+                        for name, group in patterns.items())
+    return Config(groups, router, sidecar, wildcards, warnings.lines() + tuple(key_file_warnings))
 
 
 # ---- sections ------------------------------------------------------------------------------------
 
 
-def _router_settings(s: Section, litellm: Section) -> RouterSettings:
-    default = RouterSettings()
-    retries = litellm.integer("num_retries", default.num_retries, minimum=0)
-    timeout = litellm.number("request_timeout", default.timeout, minimum=0.001)
-    fallbacks = {k: litellm.fallbacks(k) for k in
-                 ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")}
-    policy = s.section("retry_policy")
-    retry_policy = {k: policy.integer(k, None, minimum=0) for k in RETRY_POLICY_KEYS}
-    policy.finish()
-    settings = RouterSettings(
-        routing_strategy=s.choice("routing_strategy", default.routing_strategy, STRATEGIES),
-        num_retries=s.integer("num_retries", retries, minimum=0),
-        retry_policy={k: v for k, v in retry_policy.items() if v is not None},
-        timeout=s.number("timeout", timeout, minimum=0.001),
-        stream_timeout=s.number("stream_timeout", None, minimum=0.001),
-        allowed_fails=s.integer("allowed_fails", default.allowed_fails, minimum=1),
-        cooldown_time=s.number("cooldown_time", default.cooldown_time, minimum=0),
-        fallbacks=s.fallbacks("fallbacks") or fallbacks["fallbacks"],
-        context_window_fallbacks=s.fallbacks("context_window_fallbacks")
-        or fallbacks["context_window_fallbacks"],
-        content_policy_fallbacks=s.fallbacks("content_policy_fallbacks")
-        or fallbacks["content_policy_fallbacks"],
-    )
-    s.finish()
-    return settings
-
-
-def _sidecar_settings(s: Section, general: Section, litellm: Section, secrets: SecretResolver,
+def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Section, secrets: SecretResolver,
                       env: Mapping[str, str]) -> SidecarSettings:
     default = SidecarSettings()
     keys: list[Secret] = []
@@ -277,8 +241,9 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, secrets: S
             keys.extend(secrets.resolve_all(raw_keys, f"{s.where}.inbound_api_keys"))
         else:
             s.problem("inbound_api_keys", "expected a list of keys")
+    max_body = general.number("max_request_size_mb", default.max_body_size_mb, minimum=0.001)
     settings = SidecarSettings(
-        max_body_size_mb=s.number("max_body_size_mb", default.max_body_size_mb, minimum=0.001),
+        max_body_size_mb=s.number("max_body_size_mb", max_body, minimum=0.001),
         shutdown_grace_seconds=s.number("shutdown_grace_seconds", default.shutdown_grace_seconds, minimum=0),
         inbound_api_keys=tuple(keys),
         log_level=s.choice("log_level", default.log_level, LOG_LEVELS),
@@ -296,7 +261,7 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, secrets: S
         catch_all=_catch_all(s.section("catch_all")),
         hedging=_hedging(s.section("hedging")),
         telemetry=_telemetry(s.section("telemetry")),
-        shared=shared_settings(s, litellm, secrets, env),
+        shared=shared_settings(s, litellm, router, secrets, env),
         limits=limit_settings(s.section("limits")),
         listeners=listener_settings(s.section("listeners")),
     )
@@ -341,46 +306,51 @@ def _hedging(s: Section) -> dict[str, Hedging]:
     return out
 
 
-def _model_list(items: list[Any], secrets: SecretResolver, problems: list[str],
-                limits: LimitSettings) -> dict[str, ModelGroup]:
+def _model_list(root: Section, context: deployments.Context,
+                limits: LimitSettings) -> tuple[dict[str, ModelGroup], dict[str, ModelGroup]]:
+    """(model groups, wildcard groups: those whose model_name has a '*')."""
     members: dict[str, list[Deployment]] = {}
     seen_ids: set[str] = set()
-    for i, item in enumerate(items):
-        entry = Section(item, f"model_list[{i}]", problems)
-        deployment = _deployment(entry, secrets, seen_ids, int(limits.upstream_sse_event_mb * MIB))
+    for i, item in enumerate(root.list("model_list", sections=True)):
+        entry = root.child(item, f"model_list[{i}]", policy="model_list[]")
+        deployment = _deployment(entry, context, seen_ids, int(limits.upstream_sse_event_mb * MIB))
         entry.finish()
         if deployment is not None:
             seen_ids.add(deployment.id)
             members.setdefault(deployment.model_name, []).append(deployment)
-    return {name: ModelGroup(name, tuple(deps)) for name, deps in members.items()}
+    groups = {name: ModelGroup(name, tuple(deps)) for name, deps in members.items()}
+    patterns = {name: group for name, group in groups.items() if WILDCARD in name}
+    return {name: group for name, group in groups.items() if name not in patterns}, patterns
 
 
-def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str], sse_event: int) -> Deployment | None:
+def _deployment(entry: Section, context: deployments.Context, seen_ids: set[str],
+                sse_event: int) -> Deployment | None:
     name = entry.string("model_name", None, required=True)
-    params = entry.section("litellm_params", required=True)
-    info = entry.section("model_info")
-    model_ref = params.string("model", None, required=True)
-    provider, model = _split_model(model_ref, params)
-    base_default = PROVIDERS.get(provider) if provider else None
+    params = deployments.params_section(entry, context)
+    info = entry.section("model_info", policy="model_list[].model_info")
+    ref = deployments.reference(params, name)
+    provider, model = (ref.provider, ref.model) if ref is not None else (None, None)
+    base_default = default_base(provider, context.env) if provider else None
     aws, api_key = None, None
     if provider == "bedrock" and model is not None:
-        aws, model, base_default, api_key = bedrock_settings(params, secrets, model)
-    api_base = secrets.plain(params.string("api_base", base_default), f"{params.where}.api_base")
-    if provider and not api_base and provider != "vertex_ai":  # Vertex builds its regional host
+        aws, model, base_default, api_key = bedrock_settings(params, context.secrets, model)
+    api_base = params.string("api_base", base_default)
+    reachable = bool(api_base) or provider in ("vertex_ai", "")  # Vertex builds its host; '*' the provider's
+    if provider and not reachable:
         params.problem("api_base", f"required for provider '{provider}'")
-    key_ref = params.get("api_key")
-    api_key = secrets.resolve(key_ref, f"{params.where}.api_key") if key_ref is not None else api_key
-    headers = params.mapping("extra_headers")
-    proxy = check_egress(params, api_base, headers)
-    deployment_id = info.string("id", None) or _unique_id(model_ref or "", seen_ids)
+    api_key = deployments.api_key(params, provider or "", context) or api_key
+    headers = deployments.headers(params, provider or "")
+    proxy = check_egress(params, api_base, {**params.mapping("headers"), **params.mapping("extra_headers")})
+    raw_ref = str(params.data.get("model"))
+    canonical = raw_ref if not provider or raw_ref.startswith(f"{provider}/") else f"{provider}/{model}"
     deployment = Deployment(
-        id=deployment_id,
+        id=info.string("id", None) or unique_id(canonical, seen_ids),
         model_name=name or "",
         provider=provider or "",
         model=model or "",
-        api_base=(api_base or "").rstrip("/"),
+        api_base=root_base(provider or "", api_base or "").rstrip("/"),
         api_key=api_key,
-        api_version=secrets.plain(params.string("api_version", None), f"{params.where}.api_version"),
+        api_version=params.string("api_version", None),
         timeout=params.number("timeout", None, minimum=0.001),
         stream_timeout=params.number("stream_timeout", None, minimum=0.001),
         rpm=params.integer("rpm", None, minimum=1),
@@ -388,59 +358,19 @@ def _deployment(entry: Section, secrets: SecretResolver, seen_ids: set[str], sse
         weight=params.number("weight", 1.0, minimum=0) or 0.0,
         order=params.integer("order", None, minimum=0),
         supports_prefill=params.boolean("supports_prefill", None),
-        extra_headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        extra_headers=headers,
         vertex_project=params.string("vertex_project", None),
         vertex_location=params.string("vertex_location", None),
         vertex_credentials=params.string("vertex_credentials", None),
         propagate_trace=bool(params.boolean("propagate_trace", True)),
         aws=aws,
-        model_info=_model_info(info),
+        model_info=ModelInfo(**deployments.model_info_values(info, params)),
+        params=request_params(params, context.defaults, context.drop_params),
         proxy=proxy,
         max_sse_event_bytes=sse_event,
     )
     params.finish()
     info.finish()
-    if name is None or provider is None or model is None or (not api_base and provider != "vertex_ai"):
+    if name is None or ref is None or model is None or not reachable:
         return None
     return deployment
-
-
-def _model_info(s: Section) -> ModelInfo:
-    return ModelInfo(
-        input_cost_per_token=s.number("input_cost_per_token", None, minimum=0),
-        output_cost_per_token=s.number("output_cost_per_token", None, minimum=0),
-        cache_read_input_token_cost=s.number("cache_read_input_token_cost", None, minimum=0),
-        max_input_tokens=s.integer("max_input_tokens", None, minimum=1),
-        max_output_tokens=s.integer("max_output_tokens", None, minimum=1),
-    )
-
-
-def _split_model(ref: str | None, params: Section) -> tuple[str | None, str | None]:
-    if ref is None:
-        return None, None
-    provider, sep, model = ref.partition("/")
-    if not sep or not model:
-        params.problem("model", f"expected '<provider>/<model>', got {described(ref)}")
-        return None, None
-    if provider not in PROVIDERS:
-        shown = f"'{provider}'" if len(provider) <= MAX_ECHOED else described(provider)
-        params.problem("model", f"unknown provider {shown} (known: {', '.join(PROVIDERS)})")
-        return None, None
-    return provider, model
-
-
-def _unique_id(base: str, seen: set[str]) -> str:
-    candidate, n = base, 2
-    while candidate in seen:
-        candidate, n = f"{base}#{n}", n + 1
-    return candidate
-
-
-def _check_fallbacks(router: RouterSettings, groups: Mapping[str, ModelGroup], problems: list[str]) -> None:
-    if not groups:
-        return
-    for key in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
-        for source, targets in getattr(router, key).items():
-            for name in (source, *targets):
-                if name not in groups:
-                    problems.append(f"router_settings.{key}: unknown model group '{name}'")

@@ -1,9 +1,11 @@
 """Reading a configuration mapping with locations: typed getters that collect problems instead of raising.
 
 ``Section`` reads one mapping (``model_list[2].litellm_params``), records each problem as
-``location: message``, and reports every key it was never asked about as unknown; ``SecretResolver``
-turns ``os.environ/NAME`` and ``file:/path`` references into ``Secret`` values. ``config`` builds the typed
-configuration on top of them.
+``location: message``, and at ``finish`` looks at every key it was never asked about: in our own sections
+that is an error; in LiteLLM's (a section with a ``policy``) the policy table (``config.litellm``) says
+whether it is ignored with a warning, refused, or a typo to point out. ``SecretResolver`` turns
+``file:/path`` references (and the ``os.environ/NAME`` values ``config.environ`` resolved) into ``Secret``
+values. ``config`` builds the typed configuration on top of them.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import stat
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sidecar.config import litellm
+from sidecar.config.environ import PREFIX, EnvString, missing
+
 
 class ConfigError(Exception):
     """Raised with every problem found; ``problems`` are ``location: message`` strings."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], warnings: tuple[str, ...] = ()) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = warnings  # found on the way; ``check-config`` shows them too
 
 
 class Secret:
@@ -65,9 +71,13 @@ class Secret:
 class Section:
     """A mapping being read: typed getters record problems with locations; ``finish`` flags unknown keys."""
 
-    def __init__(self, data: object, where: str, problems: list[str], *, required: bool = False) -> None:
+    def __init__(self, data: object, where: str, problems: list[str], *, required: bool = False,
+                 warnings: Warnings | None = None, policy: str | None = None, require_env: bool = True) -> None:
         self.where = where
         self.problems = problems
+        self.warnings = warnings if warnings is not None else Warnings()
+        self.require_env = require_env  # an unset os.environ/ variable read here is a problem (not --skip-secrets)
+        self.policy = policy  # a section of ``litellm.SECTIONS``: LiteLLM's leniency; None: strict
         self.seen: set[str] = set()
         if data is None and not required:
             data = {}
@@ -85,15 +95,34 @@ class Section:
     def _at(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def get(self, key: str) -> Any:
+    def raw(self, key: str) -> Any:
+        """The value of a key whose own keys are read by a section of their own (their variables checked there)."""
         self.seen.add(key)
         return self.data.get(key)
 
-    def section(self, key: str, *, required: bool = False) -> Section:
-        value = self.get(key)
+    def get(self, key: str) -> Any:
+        self.seen.add(key)
+        value = self.data.get(key)
+        if self.require_env and value is not None and not isinstance(value, int | float | bool):
+            for where, variable in missing(value, self._at(key)):
+                problem = f"{where}: environment variable {variable} is not set"
+                if problem not in self.problems:  # a key may be read more than once
+                    self.problems.append(problem)
+        return value
+
+    def section(self, key: str, *, required: bool = False, policy: str | None = None) -> Section:
+        value = self.raw(key)
         if value is None and required:
             self.problem(key, "is required")
-        return Section(value, self._at(key), self.problems)
+        return self.child(value, self._at(key), policy)
+
+    def child(self, data: object, where: str, policy: str | None = None) -> Section:
+        """A section that is not one key of this one (an entry of a list), sharing its problems and warnings."""
+        return Section(data, where, self.problems, warnings=self.warnings, policy=policy,
+                       require_env=self.require_env)
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.add(self.policy or "", key, self._at(key), message)
 
     def mapping(self, key: str) -> dict[Any, Any]:
         value = self.get(key)
@@ -104,8 +133,9 @@ class Section:
             return {}
         return value
 
-    def list(self, key: str) -> list[Any]:
-        value = self.get(key)
+    def list(self, key: str, *, sections: bool = False) -> list[Any]:
+        """A list; of ``sections`` (mappings each read by a ``child``), or of values."""
+        value = self.raw(key) if sections else self.get(key)
         if value is None:
             return []
         if not isinstance(value, list):
@@ -113,32 +143,39 @@ class Section:
             return []
         return value
 
-    def _typed(self, key: str, default: Any, ok: Callable[[Any], bool], expected: str, required: bool) -> Any:
+    def _typed(self, key: str, default: Any, ok: Callable[[Any], bool], expected: str, required: bool,
+               convert: Callable[[str], Any] | None = None, *, keep_missing: bool = False) -> Any:
         value = self.get(key)
         if value is None:
             if required:
                 self.problem(key, "is required")
             return default
+        if isinstance(value, EnvString):
+            if value.missing:  # not resolved (check-config --skip-secrets): nothing to check
+                return value if keep_missing else default
+            if convert is not None:
+                value = _converted(value, convert)
         if not ok(value):
-            self.problem(key, f"expected {expected}, got {described(value)}")
+            shown = value.describe() if isinstance(value, EnvString) else described(value)
+            self.problem(key, f"expected {expected}, got {shown}")
             return default
         return value
 
     def string(self, key: str, default: str | None, *, required: bool = False) -> str | None:
         value = self._typed(key, default, lambda v: isinstance(v, str) and v != "", "a non-empty string",
-                            required)
+                            required, keep_missing=True)
         return value  # type: ignore[no-any-return]
 
     def boolean(self, key: str, default: bool | None) -> Any:
-        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false", False)
+        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false", False, _boolean)
 
     def integer(self, key: str, default: int | None, *, minimum: int) -> Any:
         return self._typed(key, default, lambda v: is_int(v) and v >= minimum,
-                           f"an integer >= {minimum}", False)
+                           f"an integer >= {minimum}", False, int)
 
     def number(self, key: str, default: float | None, *, minimum: float) -> Any:
         value = self._typed(key, default, lambda v: is_number(v) and v >= minimum,
-                            f"a number >= {minimum}", False)
+                            f"a number >= {minimum}", False, float)
         return float(value) if value is not None else None
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -163,9 +200,56 @@ class Section:
         return out
 
     def finish(self) -> None:
+        """Report the keys nobody read: errors in a strict section; per the policy table in LiteLLM's."""
+        keys = litellm.SECTIONS.get(self.policy) if self.policy is not None else None
         for key in self.data:
-            if key not in self.seen:
-                self.problem(str(key), "unknown key")
+            if key in self.seen:
+                continue
+            name = str(key)
+            known = keys.get(name) if keys is not None else None
+            if keys is None:
+                self.problem(name, "unknown key")
+            elif known is None:
+                self.warn(name, litellm.advice(self.policy, name))  # type: ignore[arg-type]
+            elif known.status == litellm.REFUSED:
+                self.problem(name, f"not supported: {known.note}")
+            elif known.status == litellm.IGNORED:
+                self.warn(name, f"ignored: {known.note}")
+            elif known.status == litellm.IMPLEMENTED:  # read elsewhere, or not for this kind of deployment
+                self.warn(name, "ignored: it has no effect here")
+
+
+class Warnings:
+    """Warnings about a config, each said once: the same key with the same message in many deployments is
+    one line naming the first place and how many more (a config with 40 deployments says it once)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str], list[str]] = {}
+
+    def add(self, policy: str, key: str, location: str, message: str) -> None:
+        self._seen.setdefault((policy, key, message), []).append(location)
+
+    def lines(self) -> tuple[str, ...]:
+        out = []
+        for (_, _, message), where in self._seen.items():
+            more = f" (and {len(where) - 1} more)" if len(where) > 1 else ""
+            out.append(f"{where[0]}: {message}{more}")
+        return tuple(out)
+
+
+def _converted(value: str, convert: Callable[[str], Any]) -> Any:
+    """A number or boolean written in an environment variable, typed as YAML would have typed it inline."""
+    try:
+        return convert(value.strip())
+    except ValueError:
+        return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise ValueError(text)
 
 
 def described(value: object) -> str:
@@ -220,8 +304,11 @@ class SecretResolver:
         if not isinstance(ref, str) or not ref:
             self.problems.append(f"{where}: expected a string")
             return None
-        if ref.startswith("os.environ/"):
-            name = ref.removeprefix("os.environ/")
+        if isinstance(ref, EnvString):  # resolved before the sections were read (config.environ)
+            # unset: reported where it was read; a trailing newline dropped, as from a file
+            return self._checked(Secret("" if ref.missing else str(ref).strip()), where)
+        if ref.startswith(PREFIX):
+            name = ref.removeprefix(PREFIX)
             value = self.env.get(name)
             if value is None and self.enabled:
                 self.problems.append(f"{where}: environment variable {name} is not set")
@@ -259,7 +346,7 @@ class SecretResolver:
 
     def plain(self, value: str | None, where: str) -> str | None:
         """Non-secret strings may also come from ``os.environ/NAME`` (LiteLLM allows it for api_base)."""
-        if value is None or not value.startswith("os.environ/"):
+        if value is None or isinstance(value, EnvString) or not value.startswith(PREFIX):
             return value
         secret = self.resolve(value, where)
         return secret.value if secret else None

@@ -1,9 +1,10 @@
 """Configuration of the state sidecars may share: the response cache, spend budgets and their Redis.
 
 ``sidecar_settings.cache``, ``sidecar_settings.budgets`` and ``sidecar_settings.redis`` are our own keys;
-LiteLLM's ``litellm_settings.cache`` + ``cache_params`` and ``litellm_settings.max_budget`` +
-``budget_duration`` are read into the same values, so a LiteLLM config works unchanged. Problems are
-collected with their locations like the rest of ``config``.
+LiteLLM's ``litellm_settings.cache`` + ``cache_params``, ``litellm_settings.max_budget`` + ``budget_duration``
+and ``router_settings.redis_*`` are read into the same values, so a LiteLLM config works unchanged. As in
+LiteLLM, a Redis field its LiteLLM section leaves out comes from ``REDIS_HOST``, ``REDIS_PORT``,
+``REDIS_PASSWORD`` (or ``REDIS_URL``). Problems are collected with their locations like the rest of ``config``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from sidecar.config.environ import EnvString, unresolved
 from sidecar.config.reader import Secret, SecretResolver, Section, described, is_number
 
 CACHE_TYPES = ("local", "redis")
+REDIS_FIELDS = ("host", "port", "password", "db", "ssl")
 CACHE_MODES = ("deterministic", "all")
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|mo)\s*$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
@@ -80,7 +83,8 @@ def parse_duration(value: object) -> float | None:
     return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
-def shared_settings(s: Section, litellm: Section, secrets: SecretResolver, env: Mapping[str, str]) -> SharedSettings:
+def shared_settings(s: Section, litellm: Section, router: Section, secrets: SecretResolver,
+                    env: Mapping[str, str]) -> SharedSettings:
     """Read ``sidecar_settings.{redis,cache,budgets}`` (from ``s``) and LiteLLM's equivalents."""
     redis, namespace = None, None
     if s.get("redis") is not None:
@@ -88,6 +92,8 @@ def shared_settings(s: Section, litellm: Section, secrets: SecretResolver, env: 
         redis = _redis(section, secrets, url_key="url")
         namespace = section.string("namespace", None)  # the prefix of budget keys (default the cache's)
         section.finish()
+    elif any(router.data.get(f"redis_{k}") is not None for k in (*REDIS_FIELDS, "url")):
+        redis = _redis(router, secrets, url_key="redis_url", prefix="redis_", env=env)
     cache = _cache(s.section("cache"), secrets, redis, env) if s.get("cache") is not None else None
     litellm_cache = _litellm_cache(litellm, secrets, redis, env)
     if litellm_cache is not None:
@@ -102,34 +108,46 @@ def shared_settings(s: Section, litellm: Section, secrets: SecretResolver, env: 
     return SharedSettings(cache, budgets, redis, namespace)
 
 
-def _redis(s: Section, secrets: SecretResolver, *, url_key: str) -> RedisSettings:
-    """``url`` (``redis://[user:password@]host[:port][/db]``, ``rediss://`` for TLS) or host/port/password/db."""
+def _redis(s: Section, secrets: SecretResolver, *, url_key: str, prefix: str = "",
+           env: Mapping[str, str] | None = None) -> RedisSettings:
+    """``url`` (``redis://[user:password@]host[:port][/db]``, ``rediss://`` for TLS) or host/port/password/db
+    (named ``{prefix}host``…). With ``env`` (LiteLLM's sections), what is left out comes from ``REDIS_*``."""
     settings = RedisSettings()
+    env = env or {}
     url_ref = s.get(url_key)
+    if url_ref is None and env.get("REDIS_URL") and not any(s.data.get(prefix + k) for k in ("host", "port")):
+        url_ref = env["REDIS_URL"]
     if url_ref is not None:
         url = secrets.resolve(url_ref, s._at(url_key))
         if url is not None and url.value:
             settings = _from_url(url.value, s, url_key) or settings
-    password_ref = s.get("password")
-    password = secrets.resolve(password_ref, s._at("password")) if password_ref is not None else None
-    port = s.get("port")
-    if isinstance(port, str) and port.isdigit():  # LiteLLM configs often quote it, or take it from the env
-        port = int(port)
-    elif isinstance(port, str) and port.startswith("os.environ/"):
-        resolved = secrets.plain(port, s._at("port"))
-        port = int(resolved) if resolved and resolved.isdigit() else None
-    if port is not None and not (isinstance(port, int) and 0 < port < 65536):
-        s.problem("port", f"expected a port number, got {described(port)}")
-        port = None
+    password_ref = s.get(prefix + "password") or env.get("REDIS_PASSWORD")
+    password = secrets.resolve(password_ref, s._at(prefix + "password")) if password_ref else None
+    port = _port(s, prefix + "port", env.get("REDIS_PORT"))
     settings = RedisSettings(
-        host=secrets.plain(s.string("host", None), s._at("host")) or settings.host,
+        host=s.string(prefix + "host", None) or env.get("REDIS_HOST") or settings.host,
         port=port or settings.port,
-        db=s.integer("db", settings.db, minimum=0),
+        db=s.integer(prefix + "db", settings.db, minimum=0),
         username=settings.username,
         password=password if password is not None else settings.password,
-        ssl=bool(s.boolean("ssl", settings.ssl)),
+        ssl=bool(s.boolean(prefix + "ssl", settings.ssl)),
     )
     return settings
+
+
+def _port(s: Section, key: str, fallback: str | None) -> int | None:
+    port = s.get(key)
+    if port is None:
+        port = fallback
+    if unresolved(port):
+        return None  # os.environ/ not resolved (check-config --skip-secrets)
+    if isinstance(port, str) and port.strip().isdigit():  # LiteLLM configs often quote it, or take it from the env
+        port = int(port)
+    if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+        shown = port.describe() if isinstance(port, EnvString) else described(port)
+        s.problem(key, f"expected a port number, got {shown}")
+        return None
+    return port
 
 
 def _from_url(url: str, s: Section, key: str) -> RedisSettings | None:
@@ -176,7 +194,7 @@ def _cache(s: Section, secrets: SecretResolver, shared: RedisSettings | None,
         max_size=s.integer("max_size", default.max_size, minimum=1),
         namespace=s.string("namespace", default.namespace) or default.namespace,
         mode=s.choice("mode", default.mode, CACHE_MODES),
-        redis=_cache_redis(kind, redis, shared, env, s) if kind == "redis" else None,
+        redis=_cache_redis(redis, shared, env, s, secrets) if kind == "redis" else None,
     )
     if kind != "redis" and has_address:
         s.problem("type", "a Redis address is set but type is not redis")
@@ -184,9 +202,11 @@ def _cache(s: Section, secrets: SecretResolver, shared: RedisSettings | None,
     return settings
 
 
-def _cache_redis(kind: str, own: RedisSettings | None, shared: RedisSettings | None, env: Mapping[str, str],
-                 s: Section) -> RedisSettings | None:
+def _cache_redis(own: RedisSettings | None, shared: RedisSettings | None, env: Mapping[str, str],
+                 s: Section, secrets: SecretResolver) -> RedisSettings | None:
     redis = own or shared or _redis_from_env(env)
+    if redis is None and not secrets.enabled:
+        return RedisSettings()  # check-config --skip-secrets: the address comes from the environment at run time
     if redis is None:
         s.problem("type", "a redis cache needs redis_url or host (or sidecar_settings.redis, or REDIS_HOST)")
     return redis
@@ -196,29 +216,41 @@ def _litellm_cache(litellm: Section, secrets: SecretResolver, shared: RedisSetti
                    env: Mapping[str, str]) -> CacheSettings | None:
     """LiteLLM's ``cache: true`` with ``cache_params: {type, host, port, password, ttl, namespace}``."""
     enabled = litellm.boolean("cache", False)
-    params = litellm.section("cache_params")
-    if not enabled:
-        if params.data:
-            params.seen.update(params.data)  # LiteLLM ignores cache_params while cache is off; so do we
+    params = litellm.section("cache_params", policy="litellm_settings.cache_params")
+    if not enabled or not _litellm_cache_on(params):
+        params.seen.update(params.data)  # LiteLLM ignores cache_params while cache is off; so do we
         return None
     kind = params.choice("type", "redis", CACHE_TYPES)  # LiteLLM's default cache type is Redis
     has_address = any(params.data.get(k) is not None for k in ("host", "port", "password", "url"))
-    redis = _redis(params, secrets, url_key="url") if has_address else None
+    redis = _redis(params, secrets, url_key="url", env=env) if has_address else None
     default = CacheSettings()
     settings = CacheSettings(
         type=kind,
         ttl=params.number("ttl", default.ttl, minimum=0.001),
         namespace=params.string("namespace", default.namespace) or default.namespace,
-        redis=_cache_redis(kind, redis, shared, env, params) if kind == "redis" else None,
+        redis=_cache_redis(redis, shared, env, params, secrets) if kind == "redis" else None,
     )
     params.finish()
     return settings
 
 
+def _litellm_cache_on(params: Section) -> bool:
+    """False, with a warning, for what LiteLLM caches and we cannot: another store, or opt-in caching."""
+    kind, mode = params.data.get("type", "redis"), params.data.get("mode")
+    if kind not in CACHE_TYPES:
+        params.warn("type", f"cache type '{kind}' is not supported (local or redis): the cache stays off")
+        return False
+    if mode == "default_off":
+        params.warn("mode", "default_off (caching only on request) is not supported: the cache stays off")
+        return False
+    params.get("mode")
+    return True
+
+
 def _budgets(s: Section, litellm: Section) -> tuple[BudgetSettings, ...]:
     out: list[BudgetSettings] = []
-    for i, item in enumerate(s.list("budgets")):
-        entry = Section(item, f"{s._at('budgets')}[{i}]", s.problems)
+    for i, item in enumerate(s.list("budgets", sections=True)):
+        entry = s.child(item, f"{s._at('budgets')}[{i}]")
         budget = _budget(entry)
         entry.finish()
         if budget is not None:

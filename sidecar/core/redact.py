@@ -40,6 +40,14 @@ _KEY_SHAPES = [
     r"\bya29\.[0-9A-Za-z_.-]{20,}",  # a Google OAuth access token (Vertex AI)
     r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # an AWS access key id (Bedrock)
 ]
+_KEY_SHAPED = re.compile("|".join(_KEY_SHAPES[2:]))  # the shapes that need no context around them
+
+
+def looks_secret(text: str) -> bool:
+    """Does ``text`` contain something shaped like a provider key or token (not to be echoed back)?"""
+    return _KEY_SHAPED.search(text) is not None
+
+
 _URL = r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s\"'<>`]+)"
 _PORT = r"(?::\d{1,5})?"
 _INTERNAL_HOST = (r"(?P<ih>(?i:\blocalhost\b|\b(?:[a-z0-9-]+\.)+"

@@ -83,6 +83,7 @@ class RetryPolicy:
     budgets: Mapping[str, int] = field(default_factory=dict)
     silent_timeout_retries: int = 0
     retry_after_cap: float = 60.0
+    min_wait: float = 0.0  # router_settings.retry_after: the shortest backoff (an upstream's Retry-After wins)
     base: float = BACKOFF_BASE
     cap: float = BACKOFF_CAP
 
@@ -102,6 +103,7 @@ class RetryPolicy:
             budgets=budgets,
             silent_timeout_retries=policy.get("TimeoutErrorRetries", 0),
             retry_after_cap=retry_after_cap,
+            min_wait=router.retry_after,
         )
 
     def decide(
@@ -148,10 +150,11 @@ class RetryPolicy:
         return self.budgets.get("server_error", 0) if error.retryable else 0
 
     def delay(self, error: UpstreamError, retries_done: int, rng: random.Random) -> float:
-        """Retry-After when the upstream gave one (capped), else exponential backoff with full jitter."""
+        """Retry-After when the upstream gave one (capped), else exponential backoff with full jitter, at least
+        ``min_wait``."""
         if error.retry_after is not None:
             return min(max(0.0, error.retry_after), self.retry_after_cap)
-        return rng.uniform(0.0, min(self.cap, self.base * 2.0 ** min(retries_done, 32)))
+        return max(self.min_wait, rng.uniform(0.0, min(self.cap, self.base * 2.0 ** min(retries_done, 32))))
 
     @staticmethod
     def _exhausted_reason(error: UpstreamError, budget: int) -> str:

@@ -10,6 +10,7 @@ from sidecar.providers.base import Adapter
 from sidecar.providers.bedrock import BedrockAdapter
 from sidecar.providers.gemini import GeminiAdapter
 from sidecar.providers.openai_compatible import ROWS, OpenAICompatibleAdapter
+from sidecar.providers.params import ParamsAdapter
 
 ADAPTERS: Mapping[str, Callable[[Deployment], Adapter]] = {
     **{name: OpenAICompatibleAdapter for name in ROWS},
@@ -21,5 +22,8 @@ ADAPTERS: Mapping[str, Callable[[Deployment], Adapter]] = {
 
 
 def bind(deployment: Deployment) -> Adapter:
-    """The adapter for a deployment. ``KeyError`` for a provider with no adapter in this build."""
-    return ADAPTERS[deployment.provider](deployment)
+    """The adapter for a deployment (wrapped when it sets request parameters: ``providers.params``).
+    ``KeyError`` for a provider with no adapter in this build."""
+    adapter = ADAPTERS[deployment.provider](deployment)
+    params = deployment.params
+    return ParamsAdapter(adapter, params) if params is not None and params.changes_request else adapter

@@ -48,6 +48,7 @@ class AnthropicAdapter:
         self.version = deployment.api_version or wire.VERSION
         self.url = f"{deployment.api_base}/v1/messages"
         self.headers: dict[str, str] = {}
+        self.extra_body = deployment.params.extra_body if deployment.params is not None else None
         self.refresh_credentials()
 
     def refresh_credentials(self) -> None:
@@ -64,6 +65,8 @@ class AnthropicAdapter:
             body = wire.to_messages_body(request.body, self.deployment.model,
                                          default_max_tokens=self.deployment.model_info.max_output_tokens,
                                          version=self.version)
+        if self.extra_body:  # the deployment's extra_body, under what the request says
+            body = {**self.extra_body, **body}
         return UpstreamCall(self.url, self.headers, orjson.dumps(body), self.deployment.proxy)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:

@@ -20,12 +20,14 @@ from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 @dataclass(frozen=True, slots=True)
 class UpstreamCall:
-    """One HTTP request to an upstream, ready to send."""
+    """One HTTP request to an upstream, ready to send. ``dropped``: fields removed because the provider cannot
+    take them (``drop_params``), for the trace and the log line."""
 
     url: str
     headers: Mapping[str, str]
     body: bytes
     proxy: str | None = None  # the deployment's proxy override (a URL, or "none"); None: the environment's
+    dropped: tuple[str, ...] = ()
 
 
 class StreamReader(Protocol):

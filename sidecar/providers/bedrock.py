@@ -61,6 +61,7 @@ class BedrockAdapter:
         aws = deployment.aws
         assert aws is not None, "bedrock deployments carry their AWS settings"
         self.deployment = deployment
+        self.extra_body = deployment.params.extra_body if deployment.params is not None else None
         self.model_id = aws.model_id
         prefix = f"{deployment.api_base}/model/{quote(aws.model_id, safe='')}"  # ':' and '/' encoded, as botocore
         self.url, self.stream_url = f"{prefix}/converse", f"{prefix}/converse-stream"
@@ -101,6 +102,8 @@ class BedrockAdapter:
                 raise refuse_native_only(request, "Bedrock")
             body = wire.to_converse(request.body, self.model_id,
                                     default_max_tokens=self.deployment.model_info.max_output_tokens)
+        if self.extra_body:  # the deployment's extra_body, under what the request says
+            body = {**self.extra_body, **body}
         url = self.stream_url if request.stream else self.url
         data = orjson.dumps(body)
         return UpstreamCall(url, self._signed(url, data), data, self.deployment.proxy)

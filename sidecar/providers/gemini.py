@@ -118,6 +118,7 @@ class GeminiAdapter:
 
     def __init__(self, deployment: Deployment, token: CachedToken | None = None) -> None:
         self.deployment = deployment
+        self.extra_body = deployment.params.extra_body if deployment.params is not None else None
         self.vertex = deployment.provider == "vertex_ai"
         if self.vertex:
             location = deployment.vertex_location or "us-central1"
@@ -156,6 +157,8 @@ class GeminiAdapter:
         if request.native_only:
             raise refuse_native_only(request, "Gemini")
         body = wire.to_generate_body(request.body)
+        if self.extra_body:  # the deployment's extra_body, under what the request says
+            body = {**self.extra_body, **body}
         return UpstreamCall(self.stream_url if request.stream else self.url, self._headers(), orjson.dumps(body),
                             self.deployment.proxy)
 

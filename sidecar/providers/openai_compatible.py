@@ -86,6 +86,7 @@ class OpenAICompatibleAdapter:
         self.urls = {endpoint: self._url(endpoint) for endpoint in Endpoint}
         self.responses_url = f"{deployment.api_base}/responses" if self.row.responses else None
         self.headers: dict[str, str] = {}
+        self.extra_body = deployment.params.extra_body if deployment.params is not None else None
         self.refresh_credentials()
 
     def _url(self, endpoint: Endpoint) -> str:
@@ -111,6 +112,8 @@ class OpenAICompatibleAdapter:
         if request.native_only:  # a feature only the app's own dialect has: refuse, never drop
             raise refuse_native_only(request, self.deployment.provider)
         body = {**request.body, "model": self.model}
+        if self.extra_body:  # the deployment's extra_body, under the app's own fields
+            body = {**self.extra_body, **body}
         quirks = self.row.quirks
         if quirks is not None:
             body = openai_hosts.apply(quirks, body, self.deployment.provider)

@@ -48,6 +48,7 @@ class Outcome:
     failed: bool = False  # a committed stream that ended with an in-band error
     panic: str | None = None  # the deployment sent to although its breaker was open (nothing else was left)
     estimate: tuple[int, int] | None = None  # (prompt, prompt + completion budget) tokens, when needed
+    dropped: tuple[str, ...] | None = None  # fields drop_params removed for the deployment that was called
     errors: list[str] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (deployment, error class, cause)
     trail: list[object] = field(default_factory=list)

@@ -89,7 +89,7 @@ class Pipeline:
                 record.outcome, record.status = "cache_hit", 200
                 return Answer(ChatResponse({}, raw=hit), None, cache=response_cache.HIT)
             if self.budgets is not None:
-                self.budgets.check(chat.model)  # memory only; raises BudgetExceeded before any upstream call
+                self.budgets.check(record.group)  # memory only; raises BudgetExceeded before any upstream call
             response, outcome = await self.router.complete(chat)
             record.outcome, record.status = "success", 200
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
@@ -111,7 +111,7 @@ class Pipeline:
         outcome: Outcome | None = None
         try:
             if self.budgets is not None:
-                self.budgets.check(chat.model)
+                self.budgets.check(record.group)
             outcome = await self.router.stream(chat, sink)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
             return outcome
@@ -128,7 +128,7 @@ class Pipeline:
         self.metrics.in_flight += 1
         self.active += 1
         CURRENT_OUTCOME.set(None)  # keep-alive requests share a task's context
-        group = chat.model if self.router.has_group(chat.model) else ""  # app-chosen names are not labels
+        group = self.router.group_label(chat.model)  # app-chosen names are not labels
         record = RequestRecord(request_id, group, stream=chat.stream)
         tracing = self.tracing
         spans = None if tracing is None else tracing.start_request(head.method, head.path, head.headers,
@@ -166,7 +166,7 @@ class Pipeline:
         record.attempts, record.errors, record.ttft, record.usage = (outcome.attempts, outcome.errors, outcome.ttft,
                                                                      outcome.usage)
         record.failures = outcome.failures
-        record.fallback, record.panic = outcome.fallback, outcome.panic
+        record.fallback, record.panic, record.dropped = outcome.fallback, outcome.panic, outcome.dropped
         if record.fallback is not None:
             record.fallback_cause = next((s.cause for s in reversed(outcome.trail) if isinstance(s, FallbackStep)),
                                          None)

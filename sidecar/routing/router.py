@@ -33,7 +33,6 @@ from sidecar.core.errors import (
     NoHealthyUpstream,
     RateLimited,
     SidecarError,
-    UnknownModel,
     UpstreamError,
 )
 from sidecar.core.types import ChatRequest, ChatResponse, Usage
@@ -54,6 +53,7 @@ from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
+from sidecar.routing import names
 from sidecar.routing.carry import inherit
 from sidecar.routing.catch_all import CatchAllStore
 from sidecar.routing.hedging import hedge_delay, race
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.router")
 T = TypeVar("T")
-PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama", "bedrock"})
+PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama", "ollama_chat", "bedrock"})
 
 
 class Router:
@@ -90,18 +90,20 @@ class Router:
                                           config.sidecar.stream_stall, config.sidecar.limits)
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
         previous = previous or {}
-        self.targets: Mapping[str, tuple[Target, ...]] = {
+        self.targets: dict[str, tuple[Target, ...]] = {
             name: tuple(self._target(d, previous.get(d.id)) for d in group.deployments)
             for name, group in config.groups.items()
         }
         self.plans = {name: groups_to_try(name, settings) for name in config.groups}
         self.windows = context_windows({name: [d.model_info.max_input_tokens for d in group.deployments]
                                         for name, group in config.groups.items()})
+        self.names = names.Names(config, self.targets, self.plans, self.windows, self._target)
         self.hedging = config.sidecar.hedging
         # Token estimates cost a walk over the messages: only when some deployment has a tpm limit or a
         # context window to check, or usage-based routing needs them.
         self.estimates = settings.routing_strategy == "usage-based-routing" or any(
-            d.tpm or d.model_info.max_input_tokens for d in config.deployments)
+            d.tpm or d.model_info.max_input_tokens
+            for d in (*config.deployments, *(t for w in config.wildcards for t in w.deployments)))
 
     def _target(self, deployment: Deployment, previous: Target | None = None) -> Target:
         settings, breaker = self.config.router, self.config.sidecar.breaker
@@ -124,6 +126,9 @@ class Router:
     def has_group(self, name: str) -> bool:
         return name in self.targets
 
+    def group_label(self, name: str) -> str:
+        return name if name in self.config.groups else self.names.label(name)
+
     def all_targets(self) -> list[Target]:
         return [t for targets in self.targets.values() for t in targets]
 
@@ -133,7 +138,7 @@ class Router:
         refuses, or the upstream itself asked for the pause (Retry-After)."""
         now = self.clock()
         refuses = self.breaker_settings.refuses
-        return [name for name, plan in self.plans.items() if not any(
+        return [name for name, plan in self.plans.items() if name not in self.names.built and not any(
             t.breaker.ready_at(now) <= now or not (t.rate_limited or refuses(g))
             for g in plan for t in self.targets[g])]
 
@@ -154,7 +159,7 @@ class Router:
         outcome = self._outcome(request)
 
         async def attempt(target: Target, deadline: float) -> ChatResponse:
-            return await self._call(target, request, deadline)
+            return await self._call(target, request, deadline, outcome)
 
         try:
             response = await self._route(request, outcome, attempt)
@@ -191,15 +196,14 @@ class Router:
         return outcome
 
     def _outcome(self, request: ChatRequest) -> Outcome:
-        if request.model not in self.targets:
-            raise UnknownModel(f"the model '{request.model}' does not exist", param="model")
-        return Outcome(request.model)
+        name = request.model
+        return Outcome(name if name in self.targets else self.names.resolve(name))
 
     # ---- the attempt loop -----------------------------------------------------------------------
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
                      attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None) -> T:
-        walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[request.model]), race)
+        walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
         if self.estimates:
             outcome.estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request))
             walk.needed = outcome.estimate[0]
@@ -217,7 +221,7 @@ class Router:
         result = await self._panic(walk)
         if result is not FAILED:
             return result  # type: ignore[return-value]
-        raise self._exhausted(request.model, walk)
+        raise self._exhausted(outcome.group, walk)
 
     async def _group(self, group: str, walk: Walk) -> object:
         """``group``'s deployments in strategy order until one answers; else ``FAILED``, and ``walk.pending``
@@ -430,11 +434,14 @@ class Router:
 
     # ---- one non-streaming call -----------------------------------------------------------------
 
-    async def _call(self, target: Target, request: ChatRequest, deadline: float) -> ChatResponse:
+    async def _call(self, target: Target, request: ChatRequest, deadline: float, outcome: Outcome) -> ChatResponse:
         adapter = target.adapter
         limit = target.deployment.timeout
         attempt_deadline = min(deadline, self.clock() + limit) if limit else deadline
-        answer = await http.send(self.session, adapter.prepare(request), attempt_deadline)
+        call = adapter.prepare(request)
+        if call.dropped:  # drop_params removed what this provider cannot take: on the trace and the log line
+            outcome.dropped = call.dropped
+        answer = await http.send(self.session, call, attempt_deadline)
         if answer.status != 200:
             raise adapter.classify_error(answer.status, answer.headers, answer.body)
         return adapter.read_response(request, answer.body)

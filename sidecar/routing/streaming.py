@@ -98,8 +98,11 @@ class StreamAttempt:
         started = perf_counter()  # the loop's clock moves in whole milliseconds under uvloop: too coarse for TTFT
         first_byte = start + limits.ttft(deployment)
         total = min(deadline, start + deployment.timeout) if deployment.timeout else deadline
+        call = adapter.prepare(request)
+        if call.dropped:
+            outcome.dropped = call.dropped
         try:
-            async with http.stream(limits.session, adapter.prepare(request), first_byte_deadline=first_byte,
+            async with http.stream(limits.session, call, first_byte_deadline=first_byte,
                                    total_deadline=total) as upstream:
                 if upstream.status != 200:
                     body = await upstream.read_body()

@@ -103,7 +103,7 @@ def _budgets(config: Config, previous: Assembly | None) -> tuple[Budgets | None,
         old = previous.config
         if equal(shared, old.sidecar.shared) and list(config.groups) == list(old.groups):
             return previous.budgets, previous.tasks
-    budgets = Budgets.from_settings(shared, config.groups)
+    budgets = Budgets.from_settings(shared, [*config.groups, *(w.pattern for w in config.wildcards)])
     if previous is not None and previous.budgets is not None:
         budgets.ledger.adopt(previous.budgets.ledger)
     return budgets, (asyncio.create_task(budgets.run()),) if budgets.redis is not None else ()

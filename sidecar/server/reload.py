@@ -26,7 +26,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from sidecar.config import Config, ConfigError, parse_yaml
-from sidecar.config.changes import compare, key_files, secret_values
+from sidecar.config.changes import compare, key_files, new_warnings, secret_values
 from sidecar.config.redaction import internal_hosts
 from sidecar.routing.outcome import Target
 from sidecar.server.assembly import Process, assemble, retire
@@ -134,6 +134,8 @@ class Reloader:
         logging.getLogger().setLevel(config.sidecar.log_level.upper())
         log.info("config reloaded (%s) in %.0f ms: %s; config %s", cause, (perf_counter() - started) * 1000,
                  changes.summary, new.digest[:12])
+        for warning in new_warnings(config, old.config):
+            log.warning("config: %s", warning)
         if changes.restart_only:
             log.warning("config reload: %s changed; that takes effect when the sidecar restarts",
                         ", ".join(f"sidecar_settings.{name}" for name in changes.restart_only))

@@ -42,7 +42,8 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
               ("sidecar.routing.retries", retries), ("sidecar.routing.skipped", tuple(skipped) or None),
               ("sidecar.routing.fallbacks", tuple(fallbacks) or None), ("sidecar.routing.chosen", outcome.deployment),
               ("sidecar.routing.answered_group", outcome.answered_group),
-              ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic))
+              ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic),
+              ("sidecar.request.dropped_params", outcome.dropped))
     return labels, scores, rankings
 
 

@@ -89,6 +89,8 @@ def log_request(record: RequestRecord) -> None:
         "cached_tokens": usage.cached_tokens if usage else None,
         "cost_usd": record.cost,
     }
+    if record.dropped:  # drop_params removed fields the provider cannot take
+        line["dropped_params"] = record.dropped
     REQUEST_LINES.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 
 

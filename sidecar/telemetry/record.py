@@ -32,3 +32,4 @@ class RequestRecord:
     stream: bool = False
     trace_id: str | None = None
     error_type: str | None = None
+    dropped: tuple[str, ...] | None = None  # fields drop_params removed (the provider cannot take them)

@@ -77,7 +77,7 @@ def test_problems_are_reported_with_locations() -> None:
     assert "model_list[1].litellm_params.aws_secret_access_key: aws_access_key_id and aws_secret_access_key " \
            "go together" in found
     assert "model_list[2].litellm_params.aws_role_name: is required with aws_web_identity_token" in found
-    assert "model_list[3].litellm_params.aws_region_name: unknown key" in found
+    assert not any("model_list[3]" in p for p in found)  # an AWS key on another provider: a warning
 
 
 @pytest.mark.parametrize(("prefix", "base"), [
