@@ -28,7 +28,7 @@ from sidecar.core.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage, WireFormat
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, WireFormat
 from sidecar.formats import bedrock as wire
 from sidecar.formats.bedrock_anthropic import ConverseToAnthropic, converse_to_message, messages_to_converse
 from sidecar.formats.bedrock_stream import ConverseToOpenAI
@@ -36,7 +36,7 @@ from sidecar.formats.common import refuse_native_only
 from sidecar.formats.openai import usage_from
 from sidecar.providers import aws_auth
 from sidecar.providers.anthropic import passthrough
-from sidecar.providers.base import UpstreamCall, retry_after_seconds
+from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
 
 # Context-window messages, matched case-sensitively as LiteLLM does ("Too many tokens, please wait" is throttling).
 CONTEXT = re.compile(r"too many tokens|expected maxLength:|Input is too long|prompt is too long|prompt: length: 1\.\."
@@ -134,30 +134,19 @@ class BedrockAdapter:
         return error
 
 
-class BedrockStreamReader:
+class BedrockStreamReader(TranslatingReader):
     """ConverseStream bytes (any split) → OpenAI chunks; with ``native``, Anthropic events ride along."""
 
-    __slots__ = ("buffer", "native", "pending", "translator")
+    __slots__ = ("buffer", "native", "pending")
+    translator: ConverseToOpenAI
 
     def __init__(self, translator: ConverseToOpenAI, native: ConverseToAnthropic | None) -> None:
         from botocore.eventstream import EventStreamBuffer
 
+        super().__init__(translator)
         self.buffer = EventStreamBuffer()
-        self.translator = translator
         self.native = native
         self.pending = 0  # bytes received that are not yet a whole message
-
-    @property
-    def done(self) -> bool:
-        return self.translator.done
-
-    @property
-    def skipped(self) -> int:
-        return self.translator.skipped
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.translator.usage
 
     def feed(self, data: bytes) -> list[StreamChunk]:
         from botocore.eventstream import ParserError
