@@ -2,8 +2,9 @@
 
 Shares ``Faults`` and ``Stats`` with the OpenAI surface (``fake_provider``); injected errors use Anthropic's
 own bodies (429 ``rate_limit_error`` with ``retry-after``, 529 ``overloaded_error``, …). With ``tools`` in
-the request and no tool result yet, the answer is a call of the first tool with ``{"city": "Oslo"}`` (none when the
-fault ``tool_call`` is ""). Beta-gated fields (``BETA_GATED``) are refused without their ``anthropic-beta`` flag.
+the request and no tool result yet, the answer is a call of the first tool with ``{"city": "Oslo"}`` (or of
+the tool and arguments the faults ``tool_call``/``tool_arguments`` name; none when ``tool_call`` is "").
+Beta-gated fields (``BETA_GATED``) are refused without their ``anthropic-beta`` flag, as the real API does.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             if name in body:
                 return anthropic_error(400, f"{name}: Extra inputs are not permitted", stats)
     await asyncio.sleep(faults.latency)
-    blocks = _blocks(answer_pieces(app, body), body, faults.tool_call)
+    blocks = _blocks(answer_pieces(app, body), body, faults)
     model = str(body.get("model", "fake-claude"))
     usage = {"input_tokens": _prompt_tokens(body), "output_tokens": len(blocks[0].get("pieces", ())) or 1,
              "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
@@ -105,13 +106,18 @@ def _beta_gated(body: dict[str, Any], header: str) -> str | None:
     return next((name for name, flag in BETA_GATED if used[name] and flag not in flags), None)
 
 
-def _blocks(pieces: list[str], body: dict[str, Any], tool_call: str | None) -> list[dict[str, Any]]:
-    tools = body.get("tools") if tool_call != "" else None  # "": never call a tool
+def _blocks(pieces: list[str], body: dict[str, Any], faults: Faults) -> list[dict[str, Any]]:
+    """A call of the first tool offered (or of the one ``faults.tool_call`` names, with ``tool_arguments``; ""
+    calls none) until the last user turn holds a tool result; else text."""
+    tools = [t for t in body.get("tools") or () if isinstance(t, dict)]
+    names = [t.get("name") for t in tools]
+    name = names[0] if faults.tool_call is None and names else faults.tool_call if faults.tool_call in names else None
     last = (body.get("messages") or [{}])[-1]
     answered = isinstance(last, dict) and isinstance(last.get("content"), list) and any(
         isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"])
-    if tools and not answered:
-        return [{"type": "tool_use", "id": "toolu_fake1", "name": str(tools[0].get("name")), "input": TOOL_INPUT}]
+    if name is not None and not answered:
+        arguments = orjson.loads(faults.tool_arguments) if faults.tool_arguments else TOOL_INPUT
+        return [{"type": "tool_use", "id": "toolu_fake1", "name": str(name), "input": arguments}]
     return [{"type": "text", "pieces": pieces}]
 
 

@@ -121,16 +121,27 @@ TOOL_CALL_ID, TOOL_ARGUMENTS = "call_fake1", '{"city":"Oslo"}'
 
 
 def _tool_to_call(body: Any, faults: Faults) -> str | None:
-    """With function tools offered and no tool result after the last user turn, the answer calls the first
+    """With function tools offered and no tool result since the last assistant turn, the answer calls the first
     (or the one ``faults.tool_call`` names, if offered; none when it is "")."""
     tools = body.get("tools") if isinstance(body, dict) else None
     messages = body.get("messages") if isinstance(body, dict) else None
-    if not tools or not isinstance(messages, list) or not messages or messages[-1].get("role") == "tool":
+    if not tools or not isinstance(messages, list) or not messages or _answered(messages):
         return None
     names = [t["function"].get("name") for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     if faults.tool_call is not None:
         return faults.tool_call if faults.tool_call in names else None
     return str(names[0]) if names else None
+
+
+def _answered(messages: list[Any]) -> bool:
+    """A tool result came after the last assistant message (an agent may add user text after it)."""
+    for message in reversed(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            return True
+        if role == "assistant":
+            return False
+    return False
 
 
 async def _stream(request: web.Request, kind: str, model: str, body: dict[str, Any]) -> web.StreamResponse:
