@@ -138,11 +138,11 @@ class BetaRules:
     deny: tuple[str, ...] = ()
 
 
-BETA_PROVIDERS = ("anthropic",)
+BETA_PROVIDERS = ("anthropic", "bedrock")
 
 
 def beta_rules(params: Section, provider: str) -> BetaRules | None:
-    """``anthropic_betas: {allow: [...], deny: [...]}`` (ours, strict), for Anthropic deployments."""
+    """``anthropic_betas: {allow: [...], deny: [...]}`` (ours, strict), for Anthropic and Bedrock deployments."""
     if params.data.get("anthropic_betas") is None:
         params.raw("anthropic_betas")
         return None

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sidecar.config import Deployment
+
 MAX_FLAGS = 64  # an app's header holds a handful; more is not a header we pass on whole
 MAX_REMEMBERED = 32  # distinct header values remembered per policy (an app sends the same one every time)
 
@@ -80,3 +82,22 @@ def _flags(value: str) -> list[str]:
 
 #: Every flag passes (a deployment that sets no ``anthropic_betas`` and no fixed flags).
 OPEN = BetaPolicy.compile()
+#: What Claude on Bedrock is sent by default (``additionalModelRequestFields.anthropic_beta``): the flags of
+#: features Bedrock serves. Anthropic-API-only flags (``claude-code-…``, ``advanced-tool-use-…``, MCP, files)
+#: would make Bedrock refuse the request; ``anthropic_betas`` on the deployment replaces this list.
+BEDROCK_ALLOW = ("interleaved-thinking-*", "context-management-*", "effort-*", "token-efficient-tools-*",
+                 "fine-grained-tool-streaming-*", "output-128k-*", "context-1m-*", "computer-use-*",
+                 "tool-search-tool-*")
+BEDROCK = BetaPolicy.compile(BEDROCK_ALLOW)
+
+
+def for_deployment(deployment: Deployment) -> BetaPolicy:
+    """The deployment's policy: its ``anthropic_betas`` (else every flag for Anthropic, ``BEDROCK_ALLOW`` for
+    Bedrock), with an Anthropic deployment's own ``extra_headers`` flags always sent first."""
+    rules = deployment.anthropic_betas
+    bedrock = deployment.provider == "bedrock"
+    fixed = None if bedrock else next((v for k, v in deployment.extra_headers if k.lower() == "anthropic-beta"), None)
+    if rules is None and fixed is None:
+        return BEDROCK if bedrock else OPEN
+    allow = rules.allow if rules is not None else BEDROCK_ALLOW if bedrock else None
+    return BetaPolicy.compile(allow, rules.deny if rules is not None else (), fixed)

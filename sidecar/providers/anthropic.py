@@ -31,7 +31,7 @@ from sidecar.formats.anthropic_stream import AnthropicToOpenAI
 from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
 from sidecar.formats.sse import MAX_EVENT, encode_event
-from sidecar.policy.betas import OPEN, BetaPolicy
+from sidecar.policy import betas
 from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
 
 CONTEXT = re.compile(r"prompt is too long|context window|too many tokens", re.IGNORECASE)
@@ -52,7 +52,7 @@ class AnthropicAdapter:
         self.url = f"{deployment.api_base}/v1/messages"
         self.headers: dict[str, str] = {}
         self.extra_body = deployment.params.extra_body if deployment.params is not None else None
-        self.betas = beta_policy(deployment)
+        self.betas = betas.for_deployment(deployment)
         self.refresh_credentials()
 
     def refresh_credentials(self) -> None:
@@ -106,15 +106,6 @@ class AnthropicAdapter:
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return classify_anthropic_error(status, headers, body)
-
-
-def beta_policy(deployment: Deployment) -> BetaPolicy:
-    """The deployment's rule for the app's beta flags, with its own ``extra_headers`` flags always sent."""
-    rules = deployment.anthropic_betas
-    fixed = next((v for k, v in deployment.extra_headers if k.lower() == "anthropic-beta"), None)
-    if rules is None and fixed is None:
-        return OPEN
-    return BetaPolicy.compile(rules.allow if rules else None, rules.deny if rules else (), fixed)
 
 
 class AnthropicStreamReader(TranslatingReader):

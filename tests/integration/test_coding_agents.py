@@ -15,6 +15,7 @@ import anthropic
 import orjson
 import pytest
 
+from sidecar.testing import fake_aws
 from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar
 
 BETAS = ("claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
@@ -47,7 +48,7 @@ def claude_code_body(**changes: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fakes(workdir: Path) -> Iterator[dict[str, FakeProvider]]:
-    started = {name: FakeProvider(name, workdir) for name in ("ccclaude", "ccoai")}
+    started = {name: FakeProvider(name, workdir) for name in ("ccclaude", "ccoai", "ccbed")}
     yield started
     for fake in started.values():
         fake.stop()
@@ -77,6 +78,16 @@ def sidecar(workdir: Path, fakes: dict[str, FakeProvider]) -> Iterator[Sidecar]:
             _entry("cc-deny", "anthropic/claude-fake", claude, anthropic_betas={"deny": ["context-management-*"]}),
             _entry("cc-fast", "openai/small", oai, {"max_output_tokens": 8192}),
             _entry("cc-think", "sglang/thinker", oai, {"supports_reasoning": True}),
+            {**_entry("cc-bedrock", "bedrock/us.anthropic.claude-sonnet-4-5-v1:0", fakes["ccbed"].url,
+                      {"max_output_tokens": 32000}), "litellm_params": {
+                "model": "bedrock/us.anthropic.claude-sonnet-4-5-v1:0", "api_base": fakes["ccbed"].url,
+                "api_key": fake_aws.BEARER_KEY}},
+            {**_entry("cc-bedrock-pinned", "bedrock/us.anthropic.claude-sonnet-4-5-v1:0", fakes["ccbed"].url),
+             "litellm_params": {"model": "bedrock/us.anthropic.claude-sonnet-4-5-v1:0", "api_base": fakes["ccbed"].url,
+                                "api_key": fake_aws.BEARER_KEY, "anthropic_betas": {"deny": ["effort-*"]}}},
+            {**_entry("cc-nova", "bedrock/amazon.nova-lite-v1:0", fakes["ccbed"].url), "litellm_params": {
+                "model": "bedrock/amazon.nova-lite-v1:0", "api_base": fakes["ccbed"].url,
+                "api_key": fake_aws.BEARER_KEY}},
         ],
         "router_settings": {"timeout": 10, "num_retries": 0},
     }
@@ -104,13 +115,15 @@ def text_of(events_: list[dict[str, Any]]) -> str:
     return "".join(e["delta"].get("text", "") for e in events_ if e["type"] == "content_block_delta")
 
 
-def logged(sidecar: Sidecar, field: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+def logged(sidecar: Sidecar, field: str, value: object, timeout: float = 10.0) -> bool:
+    """Whether a request log line has ``field`` == ``value`` (lines are flushed on a short timer)."""
     deadline = time.monotonic() + timeout
     while True:
         lines = [orjson.loads(line) for line in sidecar.logs().splitlines() if f'"{field}":' in line]
-        found = [line for line in lines if line.get(field) is not None]
-        if found or time.monotonic() > deadline:
-            return found
+        if any(line.get(field) == value for line in lines):
+            return True
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.1)
 
 
@@ -170,9 +183,8 @@ def test_claude_code_request_to_an_openai_upstream(sidecar, client, fakes) -> No
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]  # the system message in place
     assert sent["messages"][2]["content"] == "# Environment\nPlatform: linux"
     assert [t["function"]["name"] for t in sent["tools"]] == ["Read", "Later"]
-    dropped = logged(sidecar, "dropped_params")
-    assert any(line["dropped_params"] == ["context_management", "cache_control", "thinking",
-                                          "output_config.effort"] for line in dropped)
+    assert logged(sidecar, "dropped_params", ["context_management", "cache_control", "thinking",
+                                              "output_config.effort"])
 
 
 def test_effort_and_reasoning_text_on_a_reasoning_upstream(client, fakes) -> None:
@@ -227,3 +239,42 @@ def test_tool_use_and_tool_result_round_trip(client, fakes, stream: bool) -> Non
     assert orjson.loads(tool_call["function"]["arguments"]) == orjson.loads(arguments)
     assert sent[-1] == {"role": "tool", "tool_call_id": "call_fake1",
                         "content": '     1\tsecret content 42\nLater\n{"kind":"custom","n":1}'}
+
+
+# ---- Bedrock deployments: Claude takes the fields natively, other models drop them -------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_claude_code_request_to_claude_on_bedrock(client, fakes, stream: bool) -> None:
+    fakes["ccbed"].set(text="hi from bedrock")
+    answer = post(client, claude_code_body(model="cc-bedrock", stream=stream))
+    text = text_of(events(answer)) if stream else "".join(b.get("text", "") for b in answer["content"])
+    assert text.endswith("hi from bedrock")
+    sent = fakes["ccbed"].stats()["last_body"]
+    extra = sent["additionalModelRequestFields"]
+    assert extra["thinking"] == {"type": "adaptive"} and extra["context_management"]["edits"]
+    assert extra["anthropic_beta"] == ["interleaved-thinking-2025-05-14", "context-management-2025-06-27",
+                                       "effort-2025-11-24"]  # Anthropic-API-only flags stay behind
+    assert sent["outputConfig"]["effort"] == "medium"
+    assert sent["inferenceConfig"]["maxTokens"] == 32000  # capped at max_output_tokens
+    assert [m["role"] for m in sent["messages"]] == ["user"]  # the system message joined the system prompt
+    assert sent["system"][-1] == {"text": "# Environment\nPlatform: linux"}
+    assert "anthropic-beta" not in fakes["ccbed"].stats()["last_headers"]
+
+
+def test_bedrock_deployment_beta_rules(client, fakes) -> None:
+    post(client, claude_code_body(model="cc-bedrock-pinned", stream=False))
+    extra = fakes["ccbed"].stats()["last_body"]["additionalModelRequestFields"]
+    assert extra["anthropic_beta"] == ["claude-code-20250219", "interleaved-thinking-2025-05-14",
+                                       "context-management-2025-06-27", "advanced-tool-use-2025-11-20"]
+
+
+def test_claude_code_request_to_another_model_on_bedrock(sidecar, client, fakes) -> None:
+    fakes["ccbed"].set(text="hi from nova")
+    answer = post(client, claude_code_body(model="cc-nova", stream=False))
+    assert answer["content"][-1]["text"] == "hi from nova"
+    sent = fakes["ccbed"].stats()["last_body"]
+    assert "thinking" not in sent.get("additionalModelRequestFields", {})
+    assert "context_management" not in sent.get("additionalModelRequestFields", {})
+    assert "effort" not in sent.get("outputConfig", {})
+    assert logged(sidecar, "dropped_params", ["thinking", "context_management", "output_config.effort"])

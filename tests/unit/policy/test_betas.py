@@ -38,3 +38,25 @@ def test_remembered_values_are_bounded() -> None:
     for i in range(MAX_REMEMBERED * 3):
         assert policy.header(f"flag-{i},x") == f"flag-{i}"
     assert len(policy.remembered) <= MAX_REMEMBERED
+
+
+def _deployment(provider: str, **fields: object):
+    from sidecar.config import Deployment
+
+    return Deployment(id="d", model_name="m", provider=provider, model="x", api_base="http://x", **fields)
+
+
+def test_policies_by_deployment() -> None:
+    from sidecar.config.deployments import BetaRules
+    from sidecar.policy.betas import BEDROCK, for_deployment
+
+    assert for_deployment(_deployment("anthropic")) is OPEN
+    assert for_deployment(_deployment("bedrock")) is BEDROCK
+    assert BEDROCK.header(CLAUDE_CODE) == ("interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+                                           "effort-2025-11-24")
+    pinned = for_deployment(_deployment("anthropic", extra_headers=(("Anthropic-Beta", "ops-1"),),
+                                        anthropic_betas=BetaRules(deny=("effort-*",))))
+    assert pinned.header(CLAUDE_CODE) == ("ops-1,claude-code-20250219,interleaved-thinking-2025-05-14,"
+                                          "context-management-2025-06-27")
+    own = for_deployment(_deployment("bedrock", anthropic_betas=BetaRules(allow=("claude-code-*",))))
+    assert own.header(CLAUDE_CODE) == "claude-code-20250219"
