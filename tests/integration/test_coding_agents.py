@@ -85,6 +85,8 @@ def sidecar(workdir: Path, fakes: dict[str, FakeProvider]) -> Iterator[Sidecar]:
             {**_entry("cc-bedrock-pinned", "bedrock/us.anthropic.claude-sonnet-4-5-v1:0", fakes["ccbed"].url),
              "litellm_params": {"model": "bedrock/us.anthropic.claude-sonnet-4-5-v1:0", "api_base": fakes["ccbed"].url,
                                 "api_key": fake_aws.BEARER_KEY, "anthropic_betas": {"deny": ["effort-*"]}}},
+            _entry("cc-gemini", "gemini/gemini-fake", fakes["ccoai"].url, {"supports_reasoning": True,
+                                                                           "max_output_tokens": 16000}),
             {**_entry("cc-nova", "bedrock/amazon.nova-lite-v1:0", fakes["ccbed"].url), "litellm_params": {
                 "model": "bedrock/amazon.nova-lite-v1:0", "api_base": fakes["ccbed"].url,
                 "api_key": fake_aws.BEARER_KEY}},
@@ -278,3 +280,13 @@ def test_claude_code_request_to_another_model_on_bedrock(sidecar, client, fakes)
     assert "context_management" not in sent.get("additionalModelRequestFields", {})
     assert "effort" not in sent.get("outputConfig", {})
     assert logged(sidecar, "dropped_params", ["thinking", "context_management", "output_config.effort"])
+
+
+def test_claude_code_request_to_gemini(sidecar, client, fakes) -> None:
+    fakes["ccoai"].set(text="hi from gemini")
+    answer = post(client, claude_code_body(model="cc-gemini", stream=False))
+    assert answer["content"][-1]["text"] == "hi from gemini"
+    sent = fakes["ccoai"].stats()["last_body"]
+    assert sent["generationConfig"]["maxOutputTokens"] == 16000
+    assert sent["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 8192  # effort medium
+    assert logged(sidecar, "dropped_params", ["context_management", "cache_control", "metadata.user_id"])
