@@ -20,11 +20,26 @@ REDIS_SERVER = command -v redis-server >/dev/null \
 EGRESS_TOOLS = (command -v tinyproxy >/dev/null && dpkg -s libnss-wrapper >/dev/null 2>&1) \
 	|| apt-get install -y tinyproxy libnss-wrapper || (apt-get update && apt-get install -y tinyproxy libnss-wrapper)
 
+# The coding-agent tests run Claude Code itself: npm's package, installed once into a cache directory (npm from
+# Debian when missing). Without the npm registry they are skipped, saying so.
+CLAUDE_CODE_VERSION := 2.1.332
+CLAUDE_CODE_DIR ?= $(HOME)/.cache/llm-sidecar/claude-code-$(CLAUDE_CODE_VERSION)
+CLAUDE_CODE_BIN = $(CLAUDE_CODE_DIR)/node_modules/.bin/claude
+.PHONY: claude-code
+claude-code:
+	@($(CLAUDE_CODE_BIN) --version 2>/dev/null | grep -q '^$(CLAUDE_CODE_VERSION) ') || { \
+	  (command -v npm >/dev/null || apt-get install -y npm || (apt-get update && apt-get install -y npm)) \
+	  && npm install --prefix $(CLAUDE_CODE_DIR) --no-audit --no-fund --loglevel=error \
+	       @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) \
+	  && (cd $(CLAUDE_CODE_DIR)/node_modules/@anthropic-ai/claude-code && node install.cjs) \
+	  && $(CLAUDE_CODE_BIN) --version; }
+
 # Test files run in parallel workers (each file stays in one worker, so module-scoped sidecars are shared).
 PYTEST_WORKERS ?= 4
 test: install
 	@$(REDIS_SERVER)
 	@$(EGRESS_TOOLS)
+	@$(MAKE) -s claude-code || echo "Claude Code could not be installed: its tests will say why they are skipped"
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: install

@@ -127,3 +127,39 @@ def model_info_values(info: Section, params: Section) -> dict[str, Any]:
         "max_output_tokens": max_output if max_output is not None else legacy,
         "capabilities": capabilities,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class BetaRules:
+    """``litellm_params.anthropic_betas``: which of the app's ``anthropic-beta`` flags an Anthropic deployment
+    receives (``allow`` None: every flag not denied; an entry ending in ``*`` matches by prefix)."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+
+BETA_PROVIDERS = ("anthropic", "bedrock")
+
+
+def beta_rules(params: Section, provider: str) -> BetaRules | None:
+    """``anthropic_betas: {allow: [...], deny: [...]}`` (ours, strict), for Anthropic and Bedrock deployments."""
+    if params.data.get("anthropic_betas") is None:
+        params.raw("anthropic_betas")
+        return None
+    section = params.section("anthropic_betas")
+    lists: dict[str, tuple[str, ...] | None] = {}
+    for name in ("allow", "deny"):
+        value = section.get(name)
+        if value is None:
+            lists[name] = None
+        elif isinstance(value, list) and all(isinstance(v, str) and v.strip() and "," not in v for v in value):
+            lists[name] = tuple(v.strip() for v in value)
+        else:
+            section.problem(name, "expected a list of beta flags (e.g. context-management-2025-06-27 or effort-*)")
+            lists[name] = None
+    section.finish()
+    if provider not in BETA_PROVIDERS:
+        params.warn("anthropic_betas", f"ignored: only {', '.join(BETA_PROVIDERS)} deployments receive beta "
+                                       f"flags, not {provider}")
+        return None
+    return BetaRules(lists["allow"], lists["deny"] or ())

@@ -237,7 +237,9 @@ LITELLM_PARAMS: dict[str, Key] = {
             vertex_credentials="path of a service-account JSON key",
             supports_prefill="may a cut stream be continued here by assistant prefill? (ours)",
             propagate_trace="send the W3C traceparent upstream (ours, default true)",
-            proxy="this deployment's egress proxy URL, or none to go direct (ours; see Egress)"),
+            proxy="this deployment's egress proxy URL, or none to go direct (ours; see Egress)",
+            anthropic_betas="{allow: [...], deny: [...]}: which of the app's anthropic-beta flags an anthropic or "
+                            "bedrock deployment receives (ours; see Coding agents)"),
     **_done(**{name: "see AWS Bedrock" for name in (
         "aws_region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_role_name",
         "aws_session_name", "aws_external_id", "aws_sts_endpoint", "aws_profile_name", "aws_web_identity_token",

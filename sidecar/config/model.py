@@ -19,6 +19,7 @@ import yaml
 from sidecar.config import deployments
 from sidecar.config import environ as environment
 from sidecar.config.aws import AwsSettings, bedrock_settings
+from sidecar.config.deployments import BetaRules
 from sidecar.config.egress import ProxySettings, check_egress, proxy_settings
 from sidecar.config.limits import LimitSettings, ListenerSettings, limit_settings, listener_settings
 from sidecar.config.params import RequestParams, request_params, shared_defaults
@@ -85,6 +86,7 @@ class Deployment:
     params: RequestParams | None = None  # completion defaults, extra_body, drop_params (None: none set)
     proxy: str | None = None  # None: the environment's proxy (HTTPS_PROXY, ...); a URL; or "none" to go direct
     max_sse_event_bytes: int = 4 * MIB  # from sidecar_settings.limits.upstream_sse_event_mb
+    anthropic_betas: BetaRules | None = None  # which app anthropic-beta flags pass (None: all of them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +370,7 @@ def _deployment(entry: Section, context: deployments.Context, seen_ids: set[str]
         params=request_params(params, context.defaults, context.drop_params),
         proxy=proxy,
         max_sse_event_bytes=sse_event,
+        anthropic_betas=deployments.beta_rules(params, provider or ""),
     )
     params.finish()
     info.finish()

@@ -31,6 +31,26 @@ class WireFormat(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class AnthropicExtras:
+    """What an Anthropic app's request says beyond its OpenAI-shaped body (None for every other request).
+
+    ``beta`` and ``version``: the app's ``anthropic-beta`` and ``anthropic-version`` headers, for Anthropic
+    deployments only. ``effort``: the ``reasoning_effort`` its ``thinking`` / ``output_config.effort`` ask
+    for, sent only to deployments whose ``model_info`` says ``supports_reasoning`` (``effort_from`` names the
+    app's fields, recorded as dropped elsewhere). ``left_out``: Anthropic server features translation leaves
+    out (``context_management``, ``cache_control``), recorded as dropped on the span and the log line.
+    ``thinking``: the app asked to see thinking, so reasoning text comes back as ``thinking`` blocks.
+    """
+
+    beta: str | None = None
+    version: str | None = None
+    effort: str | None = None
+    effort_from: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
+    thinking: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     """One validated request from the app.
 
@@ -49,6 +69,7 @@ class ChatRequest:
     source: dict[str, Any] | None = None
     native_only: tuple[str, ...] = ()
     continuation: bool = False  # the last message is our own partial answer, to be continued (prefill)
+    extras: AnthropicExtras | None = None  # an Anthropic app's headers and translation hints
 
 
 @dataclass(frozen=True, slots=True)

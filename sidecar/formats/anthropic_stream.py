@@ -154,10 +154,13 @@ class OpenAIToAnthropic:
     """OpenAI chunk dicts → Messages SSE bytes, in the exact order the Anthropic SDK expects.
 
     ``message_delta`` waits for ``end()`` because an OpenAI stream reports usage after its finish chunk.
+    With ``thinking`` (the app asked to see it), reasoning text (``reasoning_content`` from SGLang, vLLM,
+    DeepSeek; ``reasoning`` from newer vLLM and OpenRouter) becomes ``thinking`` blocks; otherwise it is left out.
     """
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, thinking: bool = False) -> None:
         self.model = model
+        self.thinking = thinking
         self.started = False
         self.block: int | None = None  # index of the open content block
         self.block_kind = ""
@@ -174,6 +177,10 @@ class OpenAIToAnthropic:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            if self.thinking:
+                reasoning = reasoning_of(delta)
+                if reasoning:
+                    out.append(self._reasoning(reasoning))
             if delta.get("content"):
                 out.append(self._text(str(delta["content"])))
             for call in delta.get("tool_calls") or ():
@@ -220,6 +227,12 @@ class OpenAIToAnthropic:
         return opened + event("content_block_delta", {"index": self.block,
                                                       "delta": {"type": "text_delta", "text": text}})
 
+    def _reasoning(self, text: str) -> bytes:
+        opened = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}) \
+            if self.block_kind != "thinking" or self.block is None else b""
+        return opened + event("content_block_delta", {"index": self.block,
+                                                      "delta": {"type": "thinking_delta", "thinking": text}})
+
     def _tool(self, call: dict[str, Any]) -> bytes:
         index = call.get("index", 0)
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
@@ -233,6 +246,12 @@ class OpenAIToAnthropic:
             return opened  # fragments of an already closed block cannot be sent any more
         return opened + event("content_block_delta", {
             "index": self.block, "delta": {"type": "input_json_delta", "partial_json": str(arguments)}})
+
+
+def reasoning_of(message: dict[str, Any]) -> str:
+    """An OpenAI-format message's or delta's reasoning text (``reasoning_content``, or vLLM's ``reasoning``)."""
+    text = message.get("reasoning_content") or message.get("reasoning")
+    return text if isinstance(text, str) else ""
 
 
 def error_event(type_: str, message: str) -> bytes:

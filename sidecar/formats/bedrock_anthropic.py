@@ -6,6 +6,13 @@ request cannot carry. ``messages_to_converse`` builds the Converse body from the
 ``converse_to_message`` and ``ConverseToAnthropic`` turn Converse answers and stream events into Messages
 JSON and SSE events, for ``ChatResponse.native`` / ``StreamChunk.native``. Anthropic-API-only features
 (server tools, MCP servers, containers, …) are a 400 naming them.
+
+Claude Code's requests (``converse_request``): Claude on Bedrock takes ``thinking``, ``context_management`` and
+the app's beta flags (``anthropic_beta``, as the deployment's policy lets them through) in
+``additionalModelRequestFields``, and ``output_config.effort`` as ``outputConfig.effort``; for any other model
+on Bedrock they are dropped and named. A ``system`` message among ``messages`` (Converse has no such role) joins
+the system prompt; ``max_tokens`` is capped at the deployment's ``max_output_tokens``; a tool result's blocks
+other than text and images become text (a ``tool_reference`` by name, any other object as its JSON).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from sidecar.core.errors import InvalidRequest
 from sidecar.formats.anthropic_stream import event as sse_event
 from sidecar.formats.bedrock import IMAGE_FORMATS, is_anthropic_model, tool_id
 
-REFUSED = ("container", "mcp_servers", "context_management", "inference_geo", "speed", "service_tier")
+REFUSED = ("container", "mcp_servers", "inference_geo", "speed", "service_tier")
 STOP_REASONS = {"guardrail_intervened": "refusal", "content_filtered": "refusal",
                 "malformed_model_output": "end_turn", "malformed_tool_use": "end_turn"}
 CACHE_POINT = {"cachePoint": {"type": "default"}}
@@ -26,30 +33,55 @@ CACHE_POINT = {"cachePoint": {"type": "default"}}
 
 def messages_to_converse(source: dict[str, Any], model_id: str) -> dict[str, Any]:
     """An Anthropic Messages body (as the ingress validated it) → a Converse request."""
+    return converse_request(source, model_id)[0]
+
+
+def converse_request(source: dict[str, Any], model_id: str, *, beta: str | None = None,
+                     max_output_tokens: int | None = None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """An Anthropic Messages body → (a Converse request, the app's fields dropped for this model)."""
     for name in REFUSED:
         if source.get(name) is not None:
             raise InvalidRequest(f"'{name}' cannot be translated for Bedrock upstreams", param=name)
-    out: dict[str, Any] = {"messages": [_message(m, f"messages.{i}") for i, m in enumerate(source["messages"])]}
+    claude = is_anthropic_model(model_id)
+    dropped: list[str] = []
+    turns = [(i, m) for i, m in enumerate(source["messages"]) if m.get("role") != "system"]
+    out: dict[str, Any] = {"messages": [_message(m, f"messages.{i}") for i, m in turns]}
     system = _system(source.get("system"))
+    for message in source["messages"]:  # Converse has no system turns: they join the system prompt
+        if message.get("role") == "system":
+            system += _system(message.get("content"))
     if system:
         out["system"] = system
-    inference: dict[str, Any] = {"maxTokens": source["max_tokens"]}
-    for name, key in (("temperature", "temperature"), ("top_p", "topP"), ("stop_sequences", "stopSequences")):
-        if source.get(name) is not None:
-            inference[key] = source[name]
-    out["inferenceConfig"] = inference
+    out["inferenceConfig"] = _inference(source, max_output_tokens)
     extra: dict[str, Any] = {}
     if source.get("top_k") is not None:
         extra["top_k"] = source["top_k"]
-    if source.get("thinking") is not None:
-        extra["thinking"] = source["thinking"]
+    for name in ("thinking", "context_management"):  # Claude's own; nothing else on Bedrock reads them
+        if source.get(name) is not None:
+            if claude:
+                extra[name] = source[name]
+            else:
+                dropped.append(name)
+    if claude and beta:
+        extra["anthropic_beta"] = beta.split(",")
     _tools(source, out, extra)
     if extra:
         out["additionalModelRequestFields"] = extra
-    if source.get("stop_sequences") and is_anthropic_model(model_id):
+    if source.get("stop_sequences") and claude:
         out["additionalModelResponseFieldPaths"] = ["/stop_sequence"]  # which one matched
-    _output_config(source.get("output_config"), out)
-    return out
+    _output_config(source.get("output_config"), out, claude, dropped)
+    return out, tuple(dropped)
+
+
+def _inference(source: dict[str, Any], max_output_tokens: int | None) -> dict[str, Any]:
+    max_tokens = source["max_tokens"]
+    if max_output_tokens is not None and max_tokens > max_output_tokens:
+        max_tokens = max_output_tokens
+    inference: dict[str, Any] = {"maxTokens": max_tokens}
+    for name, key in (("temperature", "temperature"), ("top_p", "topP"), ("stop_sequences", "stopSequences")):
+        if source.get(name) is not None:
+            inference[key] = source[name]
+    return inference
 
 
 def _cached(block: dict[str, Any], converted: dict[str, Any]) -> list[dict[str, Any]]:
@@ -135,13 +167,15 @@ def _result_content(content: object, at: str) -> list[dict[str, Any]]:
         return [{"text": content or " "}]
     out: list[dict[str, Any]] = []
     for k, block in enumerate(content if isinstance(content, list) else ()):
-        if isinstance(block, dict) and block.get("type") == "text":
-            out.append({"text": str(block.get("text", ""))})
-        elif isinstance(block, dict) and block.get("type") == "image":
-            out.append({"image": _image(block.get("source"), f"{at}.content.{k}")})
-        else:
-            raise InvalidRequest(f"{at}.content.{k}: only text and images go back to Bedrock in a tool result",
-                                 param=f"{at}.content.{k}")
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            out.append({"text": str(block.get("text", ""))})  # type: ignore[union-attr]
+        elif kind == "image":
+            out.append({"image": _image(block.get("source"), f"{at}.content.{k}")})  # type: ignore[union-attr]
+        elif kind == "tool_reference" and isinstance(block.get("tool_name"), str):  # type: ignore[union-attr]
+            out.append({"text": block["tool_name"]})  # type: ignore[index]
+        else:  # any other object, as its JSON: never lost
+            out.append({"text": block if isinstance(block, str) else orjson.dumps(block).decode()})
     return out or [{"text": " "}]
 
 
@@ -170,7 +204,7 @@ def _tools(source: dict[str, Any], out: dict[str, Any], extra: dict[str, Any]) -
         extra["tool_choice"] = {"type": kind or "auto", "disable_parallel_tool_use": True}
 
 
-def _output_config(config: object, out: dict[str, Any]) -> None:
+def _output_config(config: object, out: dict[str, Any], claude: bool, dropped: list[str]) -> None:
     if not isinstance(config, dict):
         return
     converted: dict[str, Any] = {}
@@ -179,7 +213,10 @@ def _output_config(config: object, out: dict[str, Any]) -> None:
         converted["textFormat"] = {"type": "json_schema", "structure": {"jsonSchema": {
             "schema": orjson.dumps(fmt.get("schema") or {}).decode(), "name": "response"}}}
     if config.get("effort") is not None:
-        converted["effort"] = config["effort"]
+        if claude:
+            converted["effort"] = config["effort"]
+        else:
+            dropped.append("output_config.effort")
     if converted:
         out["outputConfig"] = converted
 

@@ -61,7 +61,7 @@ def _changed(request: ChatRequest, body: dict[str, Any], source: dict[str, Any] 
     """``request`` with another body (built field by field: ``dataclasses.replace`` costs several times more,
     and this runs per request on deployments with parameters)."""
     return ChatRequest(request.model, body, request.endpoint, request.stream, request.include_usage, request.wire,
-                       source, native_only, request.continuation)
+                       source, native_only, request.continuation, request.extras)
 
 
 def droppable(name: str | None, request: ChatRequest) -> bool:

@@ -3,6 +3,8 @@
 When the app itself spoke Anthropic (``request.source``), its body goes upstream with only ``model``
 replaced — no lossy round trip — and the answer's own bytes ride along (``ChatResponse.native``,
 ``StreamChunk.native``) for the Anthropic ingress to return verbatim. The router still sees OpenAI chunks.
+Such an app's ``anthropic-beta`` flags go along (filtered by the deployment's ``anthropic_betas``,
+``policy.betas``), and its ``anthropic-version`` too unless the deployment pins ``api_version``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sidecar.formats.anthropic_stream import AnthropicToOpenAI
 from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
 from sidecar.formats.sse import MAX_EVENT, encode_event
+from sidecar.policy import betas
 from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
 
 CONTEXT = re.compile(r"prompt is too long|context window|too many tokens", re.IGNORECASE)
@@ -49,12 +52,14 @@ class AnthropicAdapter:
         self.url = f"{deployment.api_base}/v1/messages"
         self.headers: dict[str, str] = {}
         self.extra_body = deployment.params.extra_body if deployment.params is not None else None
+        self.betas = betas.for_deployment(deployment)
         self.refresh_credentials()
 
     def refresh_credentials(self) -> None:
         key = self.deployment.api_key.value if self.deployment.api_key else ""
-        self.headers = {"content-type": "application/json", "anthropic-version": self.version,
-                        **dict(self.deployment.extra_headers), "x-api-key": key}
+        extra = {k if k.lower() != "anthropic-beta" else "anthropic-beta": v for k, v in self.deployment.extra_headers}
+        self.headers = {"content-type": "application/json", "anthropic-version": self.version, **extra,
+                        "x-api-key": key}
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
         if passthrough(request):
@@ -67,7 +72,22 @@ class AnthropicAdapter:
                                          version=self.version)
         if self.extra_body:  # the deployment's extra_body, under what the request says
             body = {**self.extra_body, **body}
-        return UpstreamCall(self.url, self.headers, orjson.dumps(body), self.deployment.proxy)
+        headers = self.headers if request.extras is None else self._app_headers(request)
+        return UpstreamCall(self.url, headers, orjson.dumps(body), self.deployment.proxy)
+
+    def _app_headers(self, request: ChatRequest) -> Mapping[str, str]:
+        """The Anthropic app's beta flags (as the deployment's policy lets them through) and, on passthrough,
+        its API version unless the deployment pins one."""
+        extras = request.extras
+        assert extras is not None
+        headers = self.headers
+        beta = self.betas.header(extras.beta)
+        if beta is not None and beta != headers.get("anthropic-beta"):
+            headers = {**headers, "anthropic-beta": beta}
+        version = extras.version
+        if version and self.deployment.api_version is None and version != self.version and passthrough(request):
+            headers = {**headers, "anthropic-version": version}
+        return headers
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         try:

@@ -30,10 +30,11 @@ from sidecar.core.errors import (
 )
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, WireFormat
 from sidecar.formats import bedrock as wire
-from sidecar.formats.bedrock_anthropic import ConverseToAnthropic, converse_to_message, messages_to_converse
+from sidecar.formats.bedrock_anthropic import ConverseToAnthropic, converse_request, converse_to_message
 from sidecar.formats.bedrock_stream import ConverseToOpenAI
 from sidecar.formats.common import refuse_native_only
 from sidecar.formats.openai import usage_from
+from sidecar.policy import betas
 from sidecar.providers import aws_auth
 from sidecar.providers.anthropic import passthrough
 from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
@@ -63,6 +64,7 @@ class BedrockAdapter:
         self.deployment = deployment
         self.extra_body = deployment.params.extra_body if deployment.params is not None else None
         self.model_id = aws.model_id
+        self.betas = betas.for_deployment(deployment)
         prefix = f"{deployment.api_base}/model/{quote(aws.model_id, safe='')}"  # ':' and '/' encoded, as botocore
         self.url, self.stream_url = f"{prefix}/converse", f"{prefix}/converse-stream"
         self.credentials: aws_auth.AwsCredentials | None = None
@@ -95,8 +97,11 @@ class BedrockAdapter:
         return self.signer.sign(frozen, url, self.headers, body)
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
+        dropped: tuple[str, ...] = ()
         if passthrough(request):
-            body = messages_to_converse(request.source, self.model_id)  # type: ignore[arg-type]
+            beta = self.betas.header(request.extras.beta) if request.extras is not None else None
+            body, dropped = converse_request(request.source, self.model_id, beta=beta,  # type: ignore[arg-type]
+                                             max_output_tokens=self.deployment.model_info.max_output_tokens)
         else:
             if request.native_only and request.wire is not WireFormat.ANTHROPIC:
                 raise refuse_native_only(request, "Bedrock")
@@ -106,7 +111,7 @@ class BedrockAdapter:
             body = {**self.extra_body, **body}
         url = self.stream_url if request.stream else self.url
         data = orjson.dumps(body)
-        return UpstreamCall(url, self._signed(url, data), data, self.deployment.proxy)
+        return UpstreamCall(url, self._signed(url, data), data, self.deployment.proxy, dropped)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         model = self.deployment.model

@@ -30,6 +30,7 @@ from sidecar.core.errors import (
 )
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
 from sidecar.formats import gemini as wire
+from sidecar.formats.anthropic_extras import for_openai
 from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
 from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
@@ -156,11 +157,18 @@ class GeminiAdapter:
     def prepare(self, request: ChatRequest) -> UpstreamCall:
         if request.native_only:
             raise refuse_native_only(request, "Gemini")
-        body = wire.to_generate_body(request.body)
+        source, dropped = request.body, ()
+        if request.extras is not None:  # an Anthropic app's thinking, effort, server features, max_tokens
+            source, info = {**request.body}, self.deployment.model_info
+            dropped = for_openai(source, request.extras, max_output_tokens=info.max_output_tokens,
+                                 supports_reasoning=info.capabilities.get("supports_reasoning"))
+            if source.pop("user", None) is not None:  # metadata.user_id: Gemini has no end-user field
+                dropped += ("metadata.user_id",)
+        body = wire.to_generate_body(source)
         if self.extra_body:  # the deployment's extra_body, under what the request says
             body = {**self.extra_body, **body}
         return UpstreamCall(self.stream_url if request.stream else self.url, self._headers(), orjson.dumps(body),
-                            self.deployment.proxy)
+                            self.deployment.proxy, dropped)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         try:

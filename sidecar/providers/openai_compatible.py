@@ -28,6 +28,7 @@ from sidecar.core.errors import (
 from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk, Usage
 from sidecar.formats import openai as wire
 from sidecar.formats import openai_hosts
+from sidecar.formats.anthropic_extras import for_openai
 from sidecar.formats.common import refuse_native_only
 from sidecar.formats.sse import DONE, MAX_EVENT, SSEDecoder
 from sidecar.providers import openai_responses as responses
@@ -112,6 +113,11 @@ class OpenAICompatibleAdapter:
         if request.native_only:  # a feature only the app's own dialect has: refuse, never drop
             raise refuse_native_only(request, self.deployment.provider)
         body = {**request.body, "model": self.model}
+        dropped: tuple[str, ...] = ()
+        if request.extras is not None:  # an Anthropic app's thinking, effort, server features, max_tokens
+            info = self.deployment.model_info
+            dropped = for_openai(body, request.extras, supports_reasoning=info.capabilities.get("supports_reasoning"),
+                                 max_output_tokens=info.max_output_tokens)
         if self.extra_body:  # the deployment's extra_body, under the app's own fields
             body = {**self.extra_body, **body}
         quirks = self.row.quirks
@@ -122,7 +128,8 @@ class OpenAICompatibleAdapter:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         if request.continuation and self.row.continue_final_message:
             body["continue_final_message"], body["add_generation_prompt"] = True, False
-        return UpstreamCall(self.urls[request.endpoint], self.headers, orjson.dumps(body), self.deployment.proxy)
+        return UpstreamCall(self.urls[request.endpoint], self.headers, orjson.dumps(body), self.deployment.proxy,
+                            dropped)
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         if self.responses_url is not None and responses.passthrough(request):

@@ -48,7 +48,7 @@ class ParamsAdapter:
                 dropped.append(error.param)  # type: ignore[arg-type]
                 request = fields.without(request, frozenset({error.param}))  # type: ignore[arg-type]
                 continue
-            return replace(call, dropped=tuple(dropped)) if dropped else call
+            return replace(call, dropped=call.dropped + tuple(dropped)) if dropped else call
 
     def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
         return self.inner.read_response(request, body)

@@ -34,7 +34,7 @@ class AnthropicStreamSink(SSESink):
 
     def __init__(self, request: web.Request, chat: ChatRequest) -> None:
         super().__init__(request)
-        self.encoder = OpenAIToAnthropic(chat.model)
+        self.encoder = OpenAIToAnthropic(chat.model, thinking=chat.extras is not None and chat.extras.thinking)
         self.native: bool | None = None
         self.native_blocks = 0  # content blocks the upstream opened, so a resumed answer numbers after them
         self.native_ended = False
@@ -90,10 +90,21 @@ def _anthropic_body(response: ChatResponse) -> bytes:
     return orjson.dumps(anthropic_ingress.to_message(response.data))
 
 
+def _anthropic_body_thinking(response: ChatResponse) -> bytes:
+    """As ``_anthropic_body``, with a translated answer's reasoning text as a thinking block."""
+    if response.native is not None:
+        return response.native
+    return orjson.dumps(anthropic_ingress.to_message(response.data, thinking=True))
+
+
 ANTHROPIC = Dialect(AnthropicStreamSink, _anthropic_body)
+ANTHROPIC_THINKING = Dialect(AnthropicStreamSink, _anthropic_body_thinking)  # the app asked to see thinking
 
 
 async def messages_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    chat = anthropic_ingress.parse_request(await read_body(request, state))
-    return await serve(request, state, chat, ANTHROPIC)
+    headers = request.headers
+    beta = ",".join(headers.getall("anthropic-beta")) if "anthropic-beta" in headers else None
+    chat = anthropic_ingress.parse_request(await read_body(request, state), beta, headers.get("anthropic-version"))
+    thinking = chat.extras is not None and chat.extras.thinking
+    return await serve(request, state, chat, ANTHROPIC_THINKING if thinking else ANTHROPIC)

@@ -66,7 +66,7 @@ SCHEMAS: dict[str, Schema] = {
                             {"type": "array", "minItems": 1,
                              "items": {"type": ["string", "integer", "array"]}}]}}),
     "AnthropicMessage": obj(["role", "content"], {
-        "role": {"enum": ["user", "assistant"]},
+        "role": {"enum": ["user", "assistant", "system"]},
         "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": PART}]}}),
     "AnthropicMessagesRequest": obj(["model", "max_tokens", "messages"], {
         "model": MODEL, "max_tokens": POSITIVE,

@@ -2,7 +2,9 @@
 
 Shares ``Faults`` and ``Stats`` with the OpenAI surface (``fake_provider``); injected errors use Anthropic's
 own bodies (429 ``rate_limit_error`` with ``retry-after``, 529 ``overloaded_error``, …). With ``tools`` in
-the request and no tool result yet, the answer is a call of the first tool with ``{"city": "Oslo"}``.
+the request and no tool result yet, the answer is a call of the first tool with ``{"city": "Oslo"}`` (or of
+the tool and arguments the faults ``tool_call``/``tool_arguments`` name; none when ``tool_call`` is "").
+Beta-gated fields (``BETA_GATED``) are refused without their ``anthropic-beta`` flag, as the real API does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permis
          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
          504: "timeout_error", 529: "overloaded_error"}
 TOOL_INPUT = {"city": "Oslo"}
+#: Fields the real API takes only with their anthropic-beta flag (a 400 without it), as Claude Code sends them.
+BETA_GATED = (("context_management", "context-management-2025-06-27"), ("output_config.effort", "effort-2025-11-24"),
+              ("tools.defer_loading", "advanced-tool-use-2025-11-20"))
 
 
 def anthropic_error(status: int, message: str, stats: Stats, type_: str | None = None) -> web.Response:
@@ -66,12 +71,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return anthropic_error(400, "anthropic-version: header is required", stats)
     if not isinstance(body.get("max_tokens"), int):
         return anthropic_error(400, "max_tokens: Field required", stats)
+    refused = _beta_gated(body, request.headers.get("anthropic-beta", ""))
+    if refused is not None:
+        return anthropic_error(400, f"{refused}: Extra inputs are not permitted", stats)
     if version == "2026-10-21":
         for name in ("temperature", "top_p", "top_k"):
             if name in body:
                 return anthropic_error(400, f"{name}: Extra inputs are not permitted", stats)
     await asyncio.sleep(faults.latency)
-    blocks = _blocks(answer_pieces(app, body), body)
+    blocks = _blocks(answer_pieces(app, body), body, faults)
     model = str(body.get("model", "fake-claude"))
     usage = {"input_tokens": _prompt_tokens(body), "output_tokens": len(blocks[0].get("pieces", ())) or 1,
              "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
@@ -88,13 +96,28 @@ async def messages(request: web.Request) -> web.StreamResponse:
                   "stop_reason": stop, "stop_sequence": None, "usage": usage})
 
 
-def _blocks(pieces: list[str], body: dict[str, Any]) -> list[dict[str, Any]]:
-    tools = body.get("tools")
+def _beta_gated(body: dict[str, Any], header: str) -> str | None:
+    """The first beta-gated field the request uses without its flag in ``anthropic-beta``."""
+    flags = {flag.strip() for flag in header.split(",")}
+    config = body.get("output_config")
+    used = {"context_management": body.get("context_management") is not None,
+            "output_config.effort": isinstance(config, dict) and config.get("effort") is not None,
+            "tools.defer_loading": any(isinstance(t, dict) and "defer_loading" in t for t in body.get("tools") or ())}
+    return next((name for name, flag in BETA_GATED if used[name] and flag not in flags), None)
+
+
+def _blocks(pieces: list[str], body: dict[str, Any], faults: Faults) -> list[dict[str, Any]]:
+    """A call of the first tool offered (or of the one ``faults.tool_call`` names, with ``tool_arguments``; ""
+    calls none) until the last user turn holds a tool result; else text."""
+    tools = [t for t in body.get("tools") or () if isinstance(t, dict)]
+    names = [t.get("name") for t in tools]
+    name = names[0] if faults.tool_call is None and names else faults.tool_call if faults.tool_call in names else None
     last = (body.get("messages") or [{}])[-1]
     answered = isinstance(last, dict) and isinstance(last.get("content"), list) and any(
         isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"])
-    if tools and not answered:
-        return [{"type": "tool_use", "id": "toolu_fake1", "name": str(tools[0].get("name")), "input": TOOL_INPUT}]
+    if name is not None and not answered:
+        arguments = orjson.loads(faults.tool_arguments) if faults.tool_arguments else TOOL_INPUT
+        return [{"type": "tool_use", "id": "toolu_fake1", "name": str(name), "input": arguments}]
     return [{"type": "text", "pieces": pieces}]
 
 

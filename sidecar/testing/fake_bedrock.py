@@ -143,6 +143,8 @@ def _answer(app: web.Application, body: dict[str, Any]) -> tuple[list[dict[str, 
     if (body.get("additionalModelRequestFields") or {}).get("thinking"):
         blocks.append({"reasoning": ["Let me ", "think."], "signature": "sig-fake-1"})
     named = [t["toolSpec"]["name"] for t in tools if "toolSpec" in t]
+    if app[FAULTS_KEY].tool_call == "":  # the fault that calls no tool
+        named = []
     if named and not answered:
         blocks.append({"toolUse": {"toolUseId": "tooluse_fakeAbCdEfGhIjKlMnOpQr", "name": named[0],
                                    "input": TOOL_INPUT}})

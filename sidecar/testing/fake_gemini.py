@@ -70,7 +70,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not isinstance(body.get("contents"), list) or not body["contents"]:
         return gemini_error(400, "* GenerateContentRequest.contents: contents is not specified", stats)
     await asyncio.sleep(faults.latency)
-    parts = _parts(answer_pieces(app, body), body)
+    parts = _parts(answer_pieces(app, body), body, call=faults.tool_call != "")
     usage = {"promptTokenCount": max(1, len(orjson.dumps(body["contents"])) // 16),
              "candidatesTokenCount": len(parts)}
     usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
@@ -85,8 +85,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return json_response(_response(model, merged, "STOP", usage))
 
 
-def _parts(pieces: list[str], body: dict[str, Any]) -> list[dict[str, Any]]:
-    tools = body.get("tools") or []
+def _parts(pieces: list[str], body: dict[str, Any], call: bool = True) -> list[dict[str, Any]]:
+    tools = (body.get("tools") or []) if call else []  # the fault tool_call "" calls no tool
     declarations = tools[0].get("functionDeclarations") if tools and isinstance(tools[0], dict) else None
     last = body["contents"][-1] if isinstance(body["contents"][-1], dict) else {}
     answered = any(isinstance(p, dict) and "functionResponse" in p for p in last.get("parts") or ())

@@ -105,11 +105,14 @@ async def _answer(request: web.Request, kind: str) -> web.StreamResponse:
         return web.Response(body=b'{"id": "chatcmpl-x", "choices": [', content_type="application/json")
     pieces = answer_pieces(request.app, body)
     answer = _completion(kind, model, "".join(pieces), _usage(body, len(pieces)))
-    tool = _tool_to_call(body) if kind == "chat" else None
+    tool = _tool_to_call(body, faults) if kind == "chat" else None
     if tool is not None:
         answer["choices"][0].update(finish_reason="tool_calls", message={
             "role": "assistant", "content": None, "refusal": None, "tool_calls": [
-                {"id": TOOL_CALL_ID, "type": "function", "function": {"name": tool, "arguments": TOOL_ARGUMENTS}}]})
+                {"id": TOOL_CALL_ID, "type": "function",
+                 "function": {"name": tool, "arguments": faults.tool_arguments or TOOL_ARGUMENTS}}]})
+    if faults.reasoning and kind == "chat":
+        answer["choices"][0]["message"]["reasoning_content"] = faults.reasoning
     request.app[STATS_KEY].completed += 1
     return json_response(answer)
 
@@ -117,14 +120,28 @@ async def _answer(request: web.Request, kind: str) -> web.StreamResponse:
 TOOL_CALL_ID, TOOL_ARGUMENTS = "call_fake1", '{"city":"Oslo"}'
 
 
-def _tool_to_call(body: Any) -> str | None:
-    """With function tools offered and no tool result after the last user turn, the answer calls the first."""
+def _tool_to_call(body: Any, faults: Faults) -> str | None:
+    """With function tools offered and no tool result since the last assistant turn, the answer calls the first
+    (or the one ``faults.tool_call`` names, if offered; none when it is "")."""
     tools = body.get("tools") if isinstance(body, dict) else None
     messages = body.get("messages") if isinstance(body, dict) else None
-    if not tools or not isinstance(messages, list) or not messages or messages[-1].get("role") == "tool":
+    if not tools or not isinstance(messages, list) or not messages or _answered(messages):
         return None
-    function = tools[0].get("function") if isinstance(tools[0], dict) else None
-    return str(function.get("name")) if isinstance(function, dict) else None
+    names = [t["function"].get("name") for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if faults.tool_call is not None:
+        return faults.tool_call if faults.tool_call in names else None
+    return str(names[0]) if names else None
+
+
+def _answered(messages: list[Any]) -> bool:
+    """A tool result came after the last assistant message (an agent may add user text after it)."""
+    for message in reversed(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            return True
+        if role == "assistant":
+            return False
+    return False
 
 
 async def _stream(request: web.Request, kind: str, model: str, body: dict[str, Any]) -> web.StreamResponse:
@@ -134,11 +151,16 @@ async def _stream(request: web.Request, kind: str, model: str, body: dict[str, A
         return await _endless(request, kind, model, faults.text or "x")
     pieces = answer_pieces(app, body)
     chunks = [_chunk(kind, model, {"role": "assistant", "content": ""}, None)] if kind == "chat" else []
-    tool = _tool_to_call(body) if kind == "chat" else None
+    tool = _tool_to_call(body, faults) if kind == "chat" else None
+    if faults.reasoning and kind == "chat":
+        half = len(faults.reasoning) // 2
+        chunks += [_chunk(kind, model, {"reasoning_content": part}, None)
+                   for part in (faults.reasoning[:half], faults.reasoning[half:])]
     if tool is not None:
         call = {"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": {"name": tool, "arguments": ""}}
+        arguments = faults.tool_arguments or TOOL_ARGUMENTS
         chunks += [_chunk(kind, model, {"tool_calls": [call]}, None),
-                   _chunk(kind, model, {"tool_calls": [{"index": 0, "function": {"arguments": TOOL_ARGUMENTS}}]},
+                   _chunk(kind, model, {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]},
                           None),
                    _chunk(kind, model, {}, "tool_calls")]
     else:

@@ -49,6 +49,9 @@ class Faults:
     reject_prefill: bool = False
     seed: int | None = None
     stream_exception: str | None = None  # Bedrock: an in-stream exception frame (lowerCamel name) at drop_after
+    tool_call: str | None = None  # OpenAI: the tool to call (None: the first one offered; "": never call one)
+    tool_arguments: str | None = None  # OpenAI: that call's arguments (JSON text; None: {"city":"Oslo"})
+    reasoning: str = ""  # OpenAI: reasoning_content sent before the answer (as SGLang/vLLM/DeepSeek do)
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}

@@ -236,10 +236,13 @@ def test_anthropic_passthrough_keeps_native_only_fields(claude_client: anthropic
     claude_client.messages.create(model="claude", max_tokens=2048, messages=MESSAGES,
                                   thinking={"type": "enabled", "budget_tokens": 1024})
     assert fakes["claude"].stats()["last_body"]["thinking"] == {"type": "enabled", "budget_tokens": 1024}
-    with pytest.raises(anthropic.BadRequestError) as caught:  # an OpenAI upstream cannot think: 400, named
+    with pytest.raises(anthropic.BadRequestError) as caught:  # an OpenAI upstream has no containers: 400, named
         claude_client.messages.create(model="oai", max_tokens=2048, messages=MESSAGES,
-                                      thinking={"type": "enabled", "budget_tokens": 1024})
-    assert "thinking" in caught.value.message
+                                      extra_body={"container": "container_1"})
+    assert "container" in caught.value.message
+    claude_client.messages.create(model="oai", max_tokens=2048, messages=MESSAGES,  # no reasoning: dropped
+                                  thinking={"type": "enabled", "budget_tokens": 1024})
+    assert "thinking" not in fakes["oai"].stats()["last_body"]
 
 
 def test_anthropic_errors_have_anthropic_shape(sidecar: Sidecar, claude_client: anthropic.Anthropic) -> None:

@@ -104,7 +104,8 @@ def ingress(**fields: Any) -> bytes:
     (orjson.dumps({"model": "c", "messages": USER}), "max_tokens"),
     (orjson.dumps({"max_tokens": 5, "messages": USER}), "model"),
     (ingress(messages=[]), "messages"),
-    (ingress(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
+    (ingress(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
+    (ingress(messages=[{"role": "system", "content": 5}]), "messages.0.content"),
     (ingress(frequency_penalty=1), "frequency_penalty"),
     (ingress(tool_choice={"type": "sometimes"}), "tool_choice"),
     (ingress(messages=[{"role": "user", "content": [{"type": "video"}]}]), "messages.0.content.0.type"),
@@ -116,10 +117,11 @@ def test_ingress_validation_names_the_field(raw: bytes, param: str) -> None:
 
 
 def test_ingress_keeps_source_and_lists_native_only_features() -> None:
-    request = anthropic_ingress.parse_request(ingress(thinking={"type": "enabled", "budget_tokens": 2048}))
+    request = anthropic_ingress.parse_request(ingress(container="c1", thinking={"type": "enabled",
+                                                                                "budget_tokens": 2048}))
     assert request.source is not None and request.source["thinking"]["budget_tokens"] == 2048
-    assert request.native_only == ("thinking",)
-    assert "thinking" not in request.body
+    assert request.native_only == ("container",)
+    assert "thinking" not in request.body and request.extras is not None and request.extras.effort == "medium"
 
 
 def test_ingress_error_body_shape() -> None:
