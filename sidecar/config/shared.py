@@ -50,6 +50,7 @@ class CacheSettings:
     namespace: str = "llm-sidecar"
     mode: str = "deterministic"  # or "all": cache sampled answers too
     redis: RedisSettings | None = None  # the type redis's server
+    coalesce: bool = True  # identical cacheable requests in flight share one upstream call
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,7 @@ def _cache(s: Section, secrets: SecretResolver, shared: RedisSettings | None,
         max_size=s.integer("max_size", default.max_size, minimum=1),
         namespace=s.string("namespace", default.namespace) or default.namespace,
         mode=s.choice("mode", default.mode, CACHE_MODES),
+        coalesce=s.boolean("coalesce", default.coalesce),
         redis=_cache_redis(redis, shared, env, s, secrets) if kind == "redis" else None,
     )
     if kind != "redis" and has_address:

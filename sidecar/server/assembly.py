@@ -20,6 +20,7 @@ import aiohttp
 from sidecar.config import Config
 from sidecar.config.changes import Changes, compare, deployment_set_digest, equal
 from sidecar.providers import http
+from sidecar.routing.coalesce import Coalescer
 from sidecar.routing.outcome import Target
 from sidecar.routing.pipeline import Pipeline
 from sidecar.routing.router import Router
@@ -72,7 +73,7 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
     cache = _cache(config, previous)
     budgets, tasks = _budgets(config, previous)
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
-                        generation=deployment_set_digest(config))
+                        generation=deployment_set_digest(config), coalescer=_coalescer(cache, previous))
     return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks)
 
 
@@ -92,6 +93,16 @@ def _cache(config: Config, previous: Assembly | None) -> ResponseCache | None:
     if previous is not None and previous.cache is not None and equal(settings, previous.cache.settings):
         return previous.cache
     return ResponseCache.from_settings(settings)
+
+
+def _coalescer(cache: ResponseCache | None, previous: Assembly | None) -> Coalescer | None:
+    """In-flight coalescing when the cache is on with ``coalesce`` (the same one across reloads: its flights'
+    keys carry the deployment set's digest, and its counters go on)."""
+    if cache is None or not cache.settings.coalesce:
+        return None
+    if previous is not None and previous.pipeline.coalescer is not None:
+        return previous.pipeline.coalescer
+    return Coalescer()
 
 
 def _budgets(config: Config, previous: Assembly | None) -> tuple[Budgets | None, tuple[asyncio.Task[None], ...]]:

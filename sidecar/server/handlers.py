@@ -19,7 +19,7 @@ from sidecar.server.keys import STATE, AppState
 from sidecar.server.middleware import OUTCOME_HEADERS, REQUEST_ID, public_fields, request_id_of
 
 JSON = "application/json"
-CACHE_HEADER = "x-sidecar-cache"  # hit | miss, on requests the response cache applies to
+CACHE_HEADER = "x-sidecar-cache"  # hit | miss | coalesced, on requests the response cache applies to
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
@@ -29,6 +29,8 @@ def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
         headers["x-sidecar-deployment"] = outcome.deployment
     if outcome.fallback is not None:
         headers["x-sidecar-fallback"] = outcome.fallback
+    if outcome.cache is not None:
+        headers[CACHE_HEADER] = outcome.cache
     return headers
 
 

@@ -2,10 +2,12 @@
 
 ``cache_key`` is pure: a digest of the endpoint, the model group and the canonical request body (sorted
 keys, without the fields that do not change the answer). ``cacheable`` says which requests qualify:
-non-streaming OpenAI-format chat, completions and embeddings — chat and completions only when
-deterministic (``temperature`` 0, ``n`` absent or 1) unless the mode is ``all``. ``ResponseCache`` stores
-answer bytes in an injected aiocache backend. A Redis that fails or is slow is a miss, never an error:
-lookups wait at most ``GET_TIMEOUT`` and the ``RedisGate`` skips Redis for a while after a failure.
+OpenAI-format chat, completions and embeddings, and Anthropic-format chat without Anthropic-only features —
+chat and completions only when deterministic (``temperature`` 0, ``n`` absent or 1) unless the mode is
+``all``; streams only for chat (a stream is stored as the whole answer it spelt, see ``routing.cached``).
+``ResponseCache`` stores answer bytes in an injected aiocache backend. A Redis that fails or is slow is a
+miss, never an error: lookups wait at most ``GET_TIMEOUT`` and the ``RedisGate`` skips Redis for a while
+after a failure.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def _is_zero(value: Any) -> bool:
 
 def cacheable(request: ChatRequest, mode: str = "deterministic") -> bool:
     """May this request's answer be cached (and answered from the cache)?"""
-    if request.stream or request.wire is not WireFormat.OPENAI or request.continuation:
+    if request.continuation or (request.stream and request.endpoint is not Endpoint.CHAT):
+        return False
+    if request.wire is not WireFormat.OPENAI and (request.wire is not WireFormat.ANTHROPIC or request.native_only):
         return False
     if request.endpoint is Endpoint.EMBEDDINGS or mode == "all":
         return True

@@ -68,7 +68,7 @@ def _wait_log(sidecar: Sidecar, needle: str) -> str:
     return sidecar.logs()
 
 
-def test_sampled_and_streamed_requests_are_not_cached(local: Sidecar, primary: FakeProvider) -> None:
+def test_sampled_requests_and_streams_are_not_cached(local: Sidecar, primary: FakeProvider) -> None:
     messages = unique()
     for _ in range(2):
         raw = chat(local, messages, temperature=0.7)
@@ -76,7 +76,7 @@ def test_sampled_and_streamed_requests_are_not_cached(local: Sidecar, primary: F
     chat(local, messages)  # no temperature: the provider's default samples
     assert primary.stats()["requests"] == 3
     for _ in range(2):
-        stream = client_for(local).chat.completions.create(model="c", messages=messages, temperature=0,
+        stream = client_for(local).chat.completions.create(model="c", messages=messages, temperature=0.7,
                                                            stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert primary.stats()["requests"] == 5

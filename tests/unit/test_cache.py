@@ -63,19 +63,24 @@ def test_the_key_is_stable_and_names_the_group_and_endpoint() -> None:
     ({"temperature": None}, {}, False),
     ({"temperature": False}, {}, False),
     ({"n": 2}, {}, False),
-    ({}, {"stream": True}, False),
-    ({}, {"wire": WireFormat.ANTHROPIC}, False),
+    ({}, {"stream": True}, True),  # stored as the whole answer it spelt
+    ({}, {"stream": True, "endpoint": Endpoint.COMPLETIONS}, False),
+    ({}, {"wire": WireFormat.ANTHROPIC}, True),
+    ({}, {"wire": WireFormat.ANTHROPIC, "native_only": ("thinking",)}, False),
+    ({}, {"wire": WireFormat.RESPONSES}, False),
+    ({}, {"continuation": True}, False),
     ({"temperature": 1}, {"endpoint": Endpoint.EMBEDDINGS}, True),
     ({"temperature": 1}, {"endpoint": Endpoint.COMPLETIONS}, False),
 ])
-def test_cacheable_requests_are_deterministic_and_not_streamed(body: dict[str, Any], kwargs: dict[str, Any],
+def test_cacheable_requests_are_deterministic(body: dict[str, Any], kwargs: dict[str, Any],
                                                                expected: bool) -> None:
     assert cacheable(request(body, **kwargs)) is expected
 
 
-def test_mode_all_caches_sampled_answers_but_never_streams() -> None:
+def test_mode_all_caches_sampled_answers_and_chat_streams_only() -> None:
     assert cacheable(request({"temperature": 0.9, "n": 3}), "all")
-    assert not cacheable(request(stream=True), "all")
+    assert cacheable(request({"temperature": 0.9}, stream=True), "all")
+    assert not cacheable(request(stream=True, endpoint=Endpoint.COMPLETIONS), "all")
 
 
 @pytest.mark.parametrize(("header", "expected"), [
