@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sidecar.config.environ import EnvString, unresolved
@@ -53,15 +54,40 @@ class CacheSettings:
     coalesce: bool = True  # identical cacheable requests in flight share one upstream call
 
 
+BUDGET_SCOPES = ("team", "key", "user")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    """Who an inbound key belongs to: its name (never the key) and its team, for budgets."""
+
+    name: str
+    team: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetSettings:
-    """A spend limit in USD per fixed window of ``period`` seconds (aligned to the UTC epoch)."""
+    """A spend limit in USD per fixed window of ``period`` seconds (aligned to the UTC epoch).
+
+    ``models``, ``teams``, ``keys`` and ``users`` narrow the requests it covers (empty: any); ``per`` splits
+    it into one limit per team, key or user (each with its own spend); ``soft_budget_usd`` is the spend at
+    which a warning is logged and counted, before the limit refuses."""
 
     name: str
     max_budget_usd: float
     period: float
     period_text: str
     models: tuple[str, ...] = ()  # model groups covered; empty: all
+    teams: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # inbound key names
+    users: tuple[str, ...] = ()
+    per: str | None = None  # team, key or user: a separate limit for each
+    soft_budget_usd: float | None = None
+
+    @property
+    def scoped(self) -> bool:
+        """Does this budget look at who asked (not only at the model group)?"""
+        return bool(self.teams or self.keys or self.users or self.per)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +312,38 @@ def _budget(entry: Section) -> BudgetSettings | None:
     if not all(isinstance(m, str) for m in models):
         entry.problem("models", "expected a list of model group names")
         models = []
+    chosen: dict[str, tuple[str, ...]] = {}
+    for field in ("teams", "keys", "users"):
+        single = entry.string(field[:-1], None)  # team: a, or teams: [a, b]
+        values = [single] if single is not None else entry.list(field)
+        if not all(isinstance(v, str) and v for v in values):
+            entry.problem(field, "expected a list of names")
+            values = []
+        chosen[field] = tuple(values)
+    per = entry.choice("per", None, BUDGET_SCOPES)
+    soft = entry.number("soft_budget_usd", None, minimum=0.000001)
+    if soft is not None and limit is not None and soft >= limit:
+        entry.problem("soft_budget_usd", "must be below max_budget_usd")
     if name is None or limit is None or period is None:
         return None
-    return BudgetSettings(name, limit, period, str(raw_period), tuple(models))
+    return BudgetSettings(name, limit, period, str(raw_period), tuple(models), per=per, soft_budget_usd=soft,
+                          **chosen)
+
+
+def inbound_keys(refs: list[Any], where: str, secrets: SecretResolver,
+                 problems: list[str]) -> list[tuple[Secret, KeyOwner]]:
+    """``inbound_api_keys`` items: a key (``os.environ/``, ``file:`` or literal), or ``{key, name, team}``
+    naming its owner for budgets. A key without a name is named by its position (never by its value)."""
+    out: list[tuple[Secret, KeyOwner]] = []
+    for i, ref in enumerate(refs):
+        at = f"{where}[{i}]"
+        if isinstance(ref, dict):
+            entry = Section(ref, at, problems)
+            secret = secrets.resolve(entry.get("key"), f"{at}.key")
+            owner = KeyOwner(entry.string("name", None) or f"key-{i}", entry.string("team", None))
+            entry.finish()
+        else:
+            secret, owner = secrets.resolve(ref, at), KeyOwner(f"key-{i}")
+        if secret is not None:
+            out.append((secret, owner))
+    return out

@@ -23,13 +23,14 @@ from sidecar.core.cost import request_cost
 from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse, WireFormat
 from sidecar.formats.openai import response_bytes
+from sidecar.policy.budget import Principal
 from sidecar.policy.plan import FallbackStep
 from sidecar.routing import cached
 from sidecar.routing.coalesce import Coalescer
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.routing.router import Router
 from sidecar.state import cache as response_cache
-from sidecar.state.budgets import Budgets
+from sidecar.state.budgets import Budgets, principal
 from sidecar.state.cache import ResponseCache
 from sidecar.telemetry import RequestMetrics
 from sidecar.telemetry.logs import log_request
@@ -88,19 +89,22 @@ class Pipeline:
         record, spans, started = self._begin(chat, head, request_id)
         outcome: Outcome | None = None
         spend = True
+        who: Principal | None = None
         try:
             key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers)
             if hit is not None:
                 record.outcome, record.status = "cache_hit", 200
                 data = {} if chat.wire is WireFormat.OPENAI else cached.loads(hit)  # other dialects translate it
                 return Answer(ChatResponse(data, raw=hit), None, cache=response_cache.HIT)
-            if self.budgets is not None:
-                self.budgets.check(record.group)  # memory only; raises BudgetExceeded before any upstream call
+            budgets = self.budgets
+            if budgets is not None:
+                who = principal(chat.body, head.headers) if budgets.scoped else None
+                budgets.check(record.group, who)  # memory only; raises BudgetExceeded before any upstream call
             if key is not None and self.coalescer is not None:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     (response, outcome), joined = await self.coalescer.complete(
-                        cached.flight_key(key, chat), lambda: self._shared_call(chat, key))
+                        cached.flight_key(key, chat), lambda: self._shared_call(chat, key, who))
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)  # what the shared call did, for this request's record
                     raise
@@ -119,13 +123,14 @@ class Pipeline:
             self._failed(error, record, outcome)
             raise
         finally:
-            self._end(record, spans, started, outcome, spend)
+            self._end(record, spans, started, outcome, spend, who)
 
     async def stream(self, chat: ChatRequest, head: InboundHead, request_id: str, sink: StreamSink) -> Outcome:
         """Stream an answer into ``sink`` (errors after its commit point end the stream in-band)."""
         record, spans, started = self._begin(chat, head, request_id)
         outcome: Outcome | None = None
         spend = True
+        who: Principal | None = None
         try:
             key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers)
             if hit is not None:
@@ -133,8 +138,10 @@ class Pipeline:
                 if replayed is not None:
                     record.outcome, record.status = "cache_hit", 200
                     return replayed
-            if self.budgets is not None:
-                self.budgets.check(record.group)
+            budgets = self.budgets
+            if budgets is not None:
+                who = principal(chat.body, head.headers) if budgets.scoped else None
+                budgets.check(record.group, who)
             if key is None:
                 outcome = await self.router.stream(chat, sink)
             elif self.coalescer is None:
@@ -143,8 +150,8 @@ class Pipeline:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     result, joined = await self.coalescer.stream(
-                        cached.flight_key(key, chat), lambda broadcast: self._shared_stream(chat, key, broadcast),
-                        sink)
+                        cached.flight_key(key, chat),
+                        lambda broadcast: self._shared_stream(chat, key, broadcast, who), sink)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)
                     raise
@@ -161,7 +168,7 @@ class Pipeline:
             self._failed(error, record, outcome)
             raise
         finally:
-            self._end(record, spans, started, outcome, spend)
+            self._end(record, spans, started, outcome, spend, who)
 
     # ---- the record --------------------------------------------------------------------------------
 
@@ -187,7 +194,7 @@ class Pipeline:
             record.outcome, record.status = "cancelled", 499
 
     def _end(self, record: RequestRecord, spans: Spans, started: float, outcome: Outcome | None,
-             spend: bool = True) -> None:
+             spend: bool = True, who: Principal | None = None) -> None:
         self.metrics.in_flight -= 1
         self.active -= 1
         record.seconds = perf_counter() - started
@@ -199,7 +206,7 @@ class Pipeline:
         self.metrics.observe(record)
         log_request(record)
         if spend and self.budgets is not None and record.cost:
-            self.budgets.spend((record.group, record.fallback or record.group), record.cost)
+            self.budgets.spend((record.group, record.fallback or record.group), record.cost, who)
 
     def _fill(self, record: RequestRecord, outcome: Outcome | None) -> None:
         """Copy what the router did into the record (the outcome may be partial when routing raised)."""
@@ -228,7 +235,8 @@ class Pipeline:
 
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 
-    async def _shared_call(self, chat: ChatRequest, key: str) -> tuple[ChatResponse, Outcome]:
+    async def _shared_call(self, chat: ChatRequest, key: str,
+                           who: Principal | None) -> tuple[ChatResponse, Outcome]:
         """One whole-answer call on behalf of every request that joins it: stores and spends once."""
         try:
             response, outcome = await self.router.complete(chat)
@@ -238,10 +246,11 @@ class Pipeline:
             raise
         if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
             self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
-        self._spend_shared(chat, outcome)
+        self._spend_shared(chat, outcome, who)
         return response, outcome
 
-    async def _shared_stream(self, chat: ChatRequest, key: str, sink: cached.Recorder | StreamSink) -> Outcome:
+    async def _shared_stream(self, chat: ChatRequest, key: str, sink: cached.Recorder | StreamSink,
+                             who: Principal | None = None) -> Outcome:
         """One streamed call into ``sink`` (a coalescing broadcast, or a recorder in front of the app's sink);
         the finished answer is stored as a whole one. Spends the budgets when shared (a broadcast)."""
         try:
@@ -255,13 +264,14 @@ class Pipeline:
             if stored is not None:
                 self.cache.put(key, stored)  # type: ignore[union-attr]
         if not isinstance(sink, cached.Recorder):
-            self._spend_shared(chat, outcome)
+            self._spend_shared(chat, outcome, who)
         return outcome
 
-    def _spend_shared(self, chat: ChatRequest, outcome: Outcome) -> None:
+    def _spend_shared(self, chat: ChatRequest, outcome: Outcome, who: Principal | None) -> None:
+        """The shared call's cost, against the budgets of the request that made it."""
         if self.budgets is None:
             return
         cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
         if cost:
             group = self.router.group_label(chat.model)
-            self.budgets.spend((group, outcome.fallback or group), cost)
+            self.budgets.spend((group, outcome.fallback or group), cost, who)
