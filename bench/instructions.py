@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import subprocess
@@ -43,6 +44,7 @@ from run import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+SEEDS = itertools.count()  # --unique: a body no request of this run had
 
 
 async def _send(port: int, model: str, stream: bool, requests: int, concurrency: int,
@@ -53,7 +55,7 @@ async def _send(port: int, model: str, stream: bool, requests: int, concurrency:
     directive = f"cache-control: {cache_control}\r\n" if cache_control else ""
 
     def head(n: int) -> bytes:
-        body = (REQUEST_BODY % (model, extra + (f',"seed":{n}{time.time_ns()}' if unique else ""))).encode()
+        body = (REQUEST_BODY % (model, extra + (f',"seed":{next(SEEDS)}' if unique else ""))).encode()
         return (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 f"{directive}content-length: {len(body)}\r\n\r\n").encode() + body
 

@@ -91,11 +91,21 @@ class BudgetSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """``sidecar_settings.fleet_rate_limits``: the deployments whose rpm/tpm every pod shares through Redis,
+    and how many pods share them (each pod's share while Redis is away: ``limit / expected_pods``)."""
+
+    deployments: tuple[str, ...]
+    expected_pods: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class SharedSettings:
     cache: CacheSettings | None = None
     budgets: tuple[BudgetSettings, ...] = ()
     redis: RedisSettings | None = None  # budgets' Redis: sidecar_settings.redis, else the cache's
     namespace: str = "llm-sidecar"
+    fleet: FleetSettings | None = None
 
 
 def parse_duration(value: object) -> float | None:
@@ -132,7 +142,23 @@ def shared_settings(s: Section, litellm: Section, router: Section, secrets: Secr
         redis = cache.redis
     if namespace is None:
         namespace = cache.namespace if cache is not None else SharedSettings().namespace
-    return SharedSettings(cache, budgets, redis, namespace)
+    fleet = _fleet(s.section("fleet_rate_limits"), redis) if s.get("fleet_rate_limits") is not None else None
+    return SharedSettings(cache, budgets, redis, namespace, fleet)
+
+
+def _fleet(s: Section, redis: RedisSettings | None) -> FleetSettings | None:
+    deployments = s.list("deployments")
+    if not deployments or not all(isinstance(d, str) and d for d in deployments):
+        s.problem("deployments", "expected a list of deployment ids (model_info.id, or provider/model)")
+    pods = s.integer("expected_pods", None, minimum=1)
+    if pods is None and s.data.get("expected_pods") is None:
+        s.problem("expected_pods", "is required: each pod's share of a limit while Redis is away")
+    if redis is None:
+        s.problem("deployments", "fleet rate limits need a Redis (sidecar_settings.redis, or the cache's)")
+    s.finish()
+    if pods is None or not deployments:
+        return None
+    return FleetSettings(tuple(deployments), pods)
 
 
 def _redis(s: Section, secrets: SecretResolver, *, url_key: str, prefix: str = "",

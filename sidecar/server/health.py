@@ -31,6 +31,9 @@ async def metrics(request: web.Request) -> web.Response:
     text = state.metrics.render(breakers)
     if state.budgets is not None:
         text += state.budgets.render()
+    fleet = state.assembly.fleet if state.assembly is not None else None
+    if fleet is not None:
+        text += fleet.render()
     coalescer = state.pipeline.coalescer if state.pipeline is not None else None
     if coalescer is not None:
         text += coalescer.render()
