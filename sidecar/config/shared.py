@@ -35,9 +35,16 @@ class RedisSettings:
     username: str | None = None
     password: Secret | None = None
     ssl: bool = False
+    mode: str = "standalone"  # or sentinel (host/port: the first sentinel) or cluster (host/port: a seed node)
+    nodes: tuple[tuple[str, int], ...] = ()  # sentinel: every sentinel; cluster: the seed nodes
+    service: str | None = None  # sentinel: the monitored primary's name
 
     @property
     def address(self) -> str:
+        if self.mode == "sentinel":
+            return f"sentinel {self.service} via {self.host}:{self.port}/{self.db}"
+        if self.mode == "cluster":
+            return f"cluster via {self.host}:{self.port}"
         return f"{self.host}:{self.port}/{self.db}"
 
 
@@ -163,8 +170,9 @@ def _fleet(s: Section, redis: RedisSettings | None) -> FleetSettings | None:
 
 def _redis(s: Section, secrets: SecretResolver, *, url_key: str, prefix: str = "",
            env: Mapping[str, str] | None = None) -> RedisSettings:
-    """``url`` (``redis://[user:password@]host[:port][/db]``, ``rediss://`` for TLS) or host/port/password/db
-    (named ``{prefix}host``…). With ``env`` (LiteLLM's sections), what is left out comes from ``REDIS_*``."""
+    """``url`` (``redis://[user:password@]host[:port][/db]``, ``rediss://`` for TLS; ``redis+sentinel://`` and
+    ``redis+cluster://`` for a highly available Redis) or host/port/password/db (named ``{prefix}host``…).
+    With ``env`` (LiteLLM's sections), what is left out comes from ``REDIS_*``."""
     settings = RedisSettings()
     env = env or {}
     url_ref = s.get(url_key)
@@ -184,6 +192,7 @@ def _redis(s: Section, secrets: SecretResolver, *, url_key: str, prefix: str = "
         username=settings.username,
         password=password if password is not None else settings.password,
         ssl=bool(s.boolean(prefix + "ssl", settings.ssl)),
+        mode=settings.mode, nodes=settings.nodes, service=settings.service,
     )
     return settings
 
@@ -203,7 +212,47 @@ def _port(s: Section, key: str, fallback: str | None) -> int | None:
     return port
 
 
+HA_SCHEMES = {"redis+sentinel": "sentinel", "rediss+sentinel": "sentinel", "redis+cluster": "cluster",
+              "rediss+cluster": "cluster"}
+HA_FORMS = ("redis+sentinel://[user:password@]host:port[,host:port...]/service[/db] or "
+            "redis+cluster://[user:password@]host:port[,host:port...] (rediss+... for TLS)")
+
+
+def _ha_from_url(url: str, s: Section, key: str) -> RedisSettings | None:
+    """Sentinel and Cluster URLs: several ``host:port`` in the netloc, which ``urlsplit`` cannot read."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    credentials, _, hosts = netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            s.problem(key, f"expected {HA_FORMS}")  # never echo it: it may hold a password
+            return None
+        nodes.append((host.strip("[]"), int(port)))
+    mode = HA_SCHEMES[scheme]
+    parts = [p for p in path.split("/") if p]
+    service, db = None, "0"
+    if mode == "sentinel":
+        if not parts:
+            s.problem(key, "a Sentinel URL names the primary's service after the hosts: .../mymaster")
+            return None
+        service, db = parts[0], parts[1] if len(parts) > 1 else "0"
+    elif parts:
+        s.problem(key, "a Redis Cluster URL has no path (a cluster has one database)")
+        return None
+    if not db.isdigit():
+        s.problem(key, "the database in the URL path must be a number")
+        return None
+    user, _, password = credentials.partition(":")
+    return RedisSettings(host=nodes[0][0], port=nodes[0][1], db=int(db), username=unquote(user) or None,
+                         password=Secret(unquote(password)) if password else None, ssl=scheme.startswith("rediss"),
+                         mode=mode, nodes=tuple(nodes), service=service)
+
+
 def _from_url(url: str, s: Section, key: str) -> RedisSettings | None:
+    if url.partition("://")[0] in HA_SCHEMES:
+        return _ha_from_url(url, s, key)
     try:
         parts = urlsplit(url)
         port = parts.port or 6379

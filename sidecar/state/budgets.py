@@ -27,7 +27,7 @@ from typing import Any
 from sidecar.config.shared import KeyOwner, SharedSettings
 from sidecar.core.errors import BudgetExceeded
 from sidecar.policy.budget import BudgetLedger, BudgetWindow, Principal
-from sidecar.state.redis import RedisGate, client
+from sidecar.state.redis import RedisGate, client, warm_up
 
 log = logging.getLogger("sidecar.budgets")
 INBOUND_KEY: ContextVar[KeyOwner | None] = ContextVar("inbound_key", default=None)  # set by the server's auth
@@ -144,7 +144,10 @@ class Budgets:
         if not current:
             return
         try:
-            totals = await asyncio.wait_for(self.redis.mget([self._key(n, w) for n, w in current]), REDIS_TIMEOUT)
+            keys = [self._key(n, w) for n, w in current]
+            # a cluster spreads the keys over slots: one MGET per node (redis-py's mget_nonatomic)
+            read = self.redis.mget_nonatomic(keys) if hasattr(self.redis, "mget_nonatomic") else self.redis.mget(keys)
+            totals = await asyncio.wait_for(read, REDIS_TIMEOUT)
         except Exception as error:
             if self.gate is not None:
                 self.gate.failed(error)
@@ -170,6 +173,8 @@ class Budgets:
 
     async def run(self) -> None:
         """The refresh timer (started by the server when a Redis is configured); reads at once first."""
+        if self.redis is not None and self.gate is not None:
+            await warm_up(self.redis, self.gate)
         while True:
             await self.refresh()
             await asyncio.sleep(REFRESH_SECONDS)

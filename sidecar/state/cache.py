@@ -30,7 +30,7 @@ import orjson
 
 from sidecar.config.shared import CacheSettings
 from sidecar.core.types import ChatRequest, Endpoint, WireFormat
-from sidecar.state.redis import RedisGate, connection_options
+from sidecar.state.redis import RedisGate, client, connection_options, warm_up
 
 log = logging.getLogger("sidecar.cache")
 # Fields that do not change the answer: who asked, for what bookkeeping, and how it is delivered.
@@ -139,10 +139,13 @@ def redis_backend(settings: CacheSettings) -> Any:
     assert redis is not None
     pool_options = connection_options(redis)
     timeout = pool_options.pop("socket_connect_timeout")
-    return RedisCache(serializer=BytesSerializer(), namespace=settings.namespace, timeout=None,
-                      endpoint=redis.host, port=redis.port, db=redis.db,
-                      password=redis.password.value if redis.password else None, ssl=redis.ssl,
-                      create_connection_timeout=timeout, connection_pool_kwargs=pool_options)
+    cache = RedisCache(serializer=BytesSerializer(), namespace=settings.namespace, timeout=None,
+                       endpoint=redis.host, port=redis.port, db=redis.db,
+                       password=redis.password.value if redis.password else None, ssl=redis.ssl,
+                       create_connection_timeout=timeout, connection_pool_kwargs=pool_options)
+    if redis.mode != "standalone":  # Sentinel or Cluster: redis-py's own client in aiocache's place
+        cache.client = client(redis)
+    return cache
 
 
 class ResponseCache:
@@ -163,13 +166,18 @@ class ResponseCache:
         self.ttl = settings.ttl
         self.mode = settings.mode
         self._stores: set[asyncio.Task[None]] = set()
+        self.warming: asyncio.Task[None] | None = None  # Sentinel/Cluster's first contact: lookups wait for it
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> ResponseCache:
         if settings.type == "redis":
             assert settings.redis is not None
-            return cls(settings, redis_backend(settings), RedisGate("response cache", settings.redis),
-                       memory=memory_backend(settings))
+            cache = cls(settings, redis_backend(settings), RedisGate("response cache", settings.redis),
+                        memory=memory_backend(settings))
+            if settings.redis.mode != "standalone":
+                assert cache.gate is not None
+                cache.warming = asyncio.create_task(warm_up(cache.backend.client, cache.gate))
+            return cache
         return cls(settings, memory_backend(settings))
 
     def key_for(self, request: ChatRequest, headers: Mapping[str, str],
@@ -195,6 +203,10 @@ class ResponseCache:
             value = await memory.get(key)
             if value is not None:
                 return value  # type: ignore[no-any-return]
+        if self.warming is not None:
+            if not self.warming.done():
+                return None  # a miss while the first contact is made (it may take more than GET_TIMEOUT)
+            self.warming = None
         if not gate.open:
             return None
         try:
@@ -243,6 +255,9 @@ class ResponseCache:
             self.gate.succeeded()
 
     async def aclose(self) -> None:
+        if self.warming is not None:
+            self.warming.cancel()
+            await asyncio.gather(self.warming, return_exceptions=True)
         if self._stores:
             await asyncio.gather(*self._stores, return_exceptions=True)
         for backend in (self.backend, self.memory):

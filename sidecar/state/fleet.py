@@ -21,7 +21,7 @@ from typing import Any
 
 from sidecar.config.shared import FleetSettings, RedisSettings
 from sidecar.policy.limits import TokenBucket
-from sidecar.state.redis import RedisGate, client
+from sidecar.state.redis import RedisGate, client, warm_up
 
 log = logging.getLogger("sidecar.fleet")
 LEASE_TIMEOUT = 0.25  # seconds a lease may take; slower is a failure (the gate shuts, the local share takes over)
@@ -57,6 +57,7 @@ class Fleet:
         self.granted = 0  # units granted by them
         self.fallbacks = 0  # times a bucket fell back to its local share
         self._tasks: set[asyncio.Task[None]] = set()
+        self.warming = asyncio.ensure_future(warm_up(self.redis, self.gate))  # buckets' first leases wait for it
 
     def bucket(self, deployment: str, kind: str, limit: int) -> FleetBucket:
         """A deployment's fleet bucket for ``kind`` (rpm or tpm); its first lease starts now."""
@@ -66,6 +67,8 @@ class Fleet:
 
     async def lease(self, key: str, per_second: float, burst: float, want: int) -> int | None:
         """Units granted by the fleet bucket, or None when Redis is not answering."""
+        if not self.warming.done():
+            await asyncio.wait({self.warming})  # bounded by warm_up's own timeout
         if not self.gate.open:
             return None
         self.leases += 1
@@ -85,6 +88,7 @@ class Fleet:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
+        self.warming.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
