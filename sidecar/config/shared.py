@@ -107,12 +107,27 @@ class FleetSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SemanticSettings:
+    """``sidecar_settings.semantic_cache``: answers found by meaning for the model groups that opt in."""
+
+    embedding_model: str  # a model group of this config that serves embeddings
+    groups: tuple[str, ...]
+    threshold: float = 0.95  # cosine similarity a hit needs
+    max_entries: int = 2000
+    ttl: float = 600.0
+    timeout: float = 0.2  # seconds the embedding may take; slower is a plain miss
+    tools: bool = False  # also requests with tools
+    sampled: bool = False  # also requests with a non-zero (or default) temperature
+
+
+@dataclass(frozen=True, slots=True)
 class SharedSettings:
     cache: CacheSettings | None = None
     budgets: tuple[BudgetSettings, ...] = ()
     redis: RedisSettings | None = None  # budgets' Redis: sidecar_settings.redis, else the cache's
     namespace: str = "llm-sidecar"
     fleet: FleetSettings | None = None
+    semantic: SemanticSettings | None = None
 
 
 def parse_duration(value: object) -> float | None:
@@ -150,7 +165,27 @@ def shared_settings(s: Section, litellm: Section, router: Section, secrets: Secr
     if namespace is None:
         namespace = cache.namespace if cache is not None else SharedSettings().namespace
     fleet = _fleet(s.section("fleet_rate_limits"), redis) if s.get("fleet_rate_limits") is not None else None
-    return SharedSettings(cache, budgets, redis, namespace, fleet)
+    semantic = _semantic(s.section("semantic_cache")) if s.get("semantic_cache") is not None else None
+    return SharedSettings(cache, budgets, redis, namespace, fleet, semantic)
+
+
+def _semantic(s: Section) -> SemanticSettings | None:
+    default = SemanticSettings("", ())
+    model = s.string("embedding_model", None, required=True)
+    groups = s.list("groups")
+    if not groups or not all(isinstance(g, str) and g for g in groups):
+        s.problem("groups", "expected a list of the model groups that use the semantic cache")
+    threshold = s.number("threshold", default.threshold, minimum=0.0)
+    if threshold is not None and threshold > 1:
+        s.problem("threshold", "a cosine similarity is at most 1")
+    settings = SemanticSettings(
+        embedding_model=model or "", groups=tuple(g for g in groups if isinstance(g, str)),
+        threshold=threshold, max_entries=s.integer("max_entries", default.max_entries, minimum=1),
+        ttl=s.number("ttl", default.ttl, minimum=0.001),
+        timeout=s.number("timeout_ms", default.timeout * 1000, minimum=1) / 1000,
+        tools=bool(s.boolean("tools", default.tools)), sampled=bool(s.boolean("sampled", default.sampled)))
+    s.finish()
+    return settings if model and groups else None
 
 
 def _fleet(s: Section, redis: RedisSettings | None) -> FleetSettings | None:

@@ -33,13 +33,13 @@ def loads(raw: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-async def replay(raw: bytes, chat: ChatRequest, sink: StreamSink) -> Outcome | None:
+async def replay(raw: bytes, chat: ChatRequest, sink: StreamSink, verdict: str = HIT) -> Outcome | None:
     """Send a stored answer to ``sink`` as a stream; None (a miss) when the entry is not a chat answer."""
     try:
         chunks = replay_chunks(loads(raw), chat.include_usage)
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
         return None
-    outcome = Outcome(chat.model, cache=HIT)
+    outcome = Outcome(chat.model, cache=verdict)
     await sink.start(outcome)
     await sink.send(chunks)
     await sink.finish()

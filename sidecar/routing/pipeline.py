@@ -29,6 +29,7 @@ from sidecar.routing import cached
 from sidecar.routing.coalesce import Coalescer
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.routing.router import Router
+from sidecar.routing.semantic import SEMANTIC_HIT, SemanticCache
 from sidecar.state import cache as response_cache
 from sidecar.state.budgets import Budgets, principal
 from sidecar.state.cache import ResponseCache
@@ -64,6 +65,7 @@ class Answer:
     outcome: Outcome | None
     cost: float | None = None
     cache: str | None = None
+    similarity: float | None = None  # a semantic hit's cosine similarity
 
 
 class Pipeline:
@@ -81,6 +83,7 @@ class Pipeline:
         self.cache = cache
         self.budgets = budgets
         self.coalescer = coalescer  # None: identical requests in flight each make their own call
+        self.semantic: SemanticCache | None = None  # opt-in per model group; set by the assembly
         self.tracing = tracing
         self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
 
@@ -96,6 +99,13 @@ class Pipeline:
                 record.outcome, record.status = "cache_hit", 200
                 data = {} if chat.wire is WireFormat.OPENAI else cached.loads(hit)  # other dialects translate it
                 return Answer(ChatResponse(data, raw=hit), None, cache=response_cache.HIT)
+            place = None
+            if self.semantic is not None and self.semantic.applies(chat) and response_cache.directives(head.headers)[0]:
+                place, found = await self.semantic.lookup(chat)
+                if found is not None:
+                    record.outcome, record.status = "semantic_hit", 200
+                    data = {} if chat.wire is WireFormat.OPENAI else cached.loads(found[1])
+                    return Answer(ChatResponse(data, raw=found[1]), None, cache=SEMANTIC_HIT, similarity=found[0])
             budgets = self.budgets
             if budgets is not None:
                 who = principal(chat.body, head.headers) if budgets.scoped else None
@@ -118,6 +128,8 @@ class Pipeline:
                     self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
             record.outcome, record.status = "success", 200
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
+            if place is not None and outcome.catch_all is None:
+                self.semantic.store(place, response_bytes(response))  # type: ignore[union-attr]
             return Answer(response, outcome, record.cost, None if key is None else response_cache.MISS)
         except BaseException as error:
             self._failed(error, record, outcome)
@@ -137,6 +149,12 @@ class Pipeline:
                 replayed = await cached.replay(hit, chat, sink)
                 if replayed is not None:
                     record.outcome, record.status = "cache_hit", 200
+                    return replayed
+            if self.semantic is not None and self.semantic.applies(chat) and response_cache.directives(head.headers)[0]:
+                _, found = await self.semantic.lookup(chat)  # streams are answered from it, not stored in it
+                replayed = None if found is None else await cached.replay(found[1], chat, sink, SEMANTIC_HIT)
+                if replayed is not None:
+                    record.outcome, record.status = "semantic_hit", 200
                     return replayed
             budgets = self.budgets
             if budgets is not None:

@@ -25,6 +25,7 @@ from sidecar.routing.coalesce import Coalescer
 from sidecar.routing.outcome import Target
 from sidecar.routing.pipeline import Pipeline
 from sidecar.routing.router import Router
+from sidecar.routing.semantic import SemanticCache
 from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
 from sidecar.state.fleet import Fleet, FleetBucket
@@ -78,6 +79,7 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
     fleet = _fleet(config, previous, router)
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
                         generation=deployment_set_digest(config), coalescer=_coalescer(cache, previous))
+    pipeline.semantic = _semantic(config, router, previous)
     return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks, fleet)
 
 
@@ -97,6 +99,23 @@ def _cache(config: Config, previous: Assembly | None) -> ResponseCache | None:
     if previous is not None and previous.cache is not None and equal(settings, previous.cache.settings):
         return previous.cache
     return ResponseCache.from_settings(settings)
+
+
+def _semantic(config: Config, router: Router, previous: Assembly | None) -> SemanticCache | None:
+    """The semantic cache when configured (its index kept across a reload with the same settings and
+    deployments: the embeddings would be the same)."""
+    settings = config.sidecar.shared.semantic
+    if settings is None:
+        return None
+    old = previous.pipeline.semantic if previous is not None else None
+    if old is not None and old.settings == settings and previous is not None \
+            and previous.pipeline.generation == deployment_set_digest(config):
+        old.router = router
+        return old
+    for name in (settings.embedding_model, *settings.groups):
+        if name not in config.groups:
+            log.warning("semantic_cache: no model group '%s'", name)
+    return SemanticCache(settings, router)
 
 
 def _fleet(config: Config, previous: Assembly | None, router: Router) -> Fleet | None:

@@ -139,6 +139,8 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest, dialec
         headers["x-sidecar-cost"] = format_cost(answer.cost)
     if answer.cache is not None:
         headers[CACHE_HEADER] = answer.cache
+    if answer.similarity is not None:
+        headers["x-sidecar-cache-similarity"] = f"{answer.similarity:.4f}"
     return web.Response(body=dialect.body(answer.response), headers=headers, content_type=JSON)
 
 

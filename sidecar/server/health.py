@@ -34,6 +34,9 @@ async def metrics(request: web.Request) -> web.Response:
     fleet = state.assembly.fleet if state.assembly is not None else None
     if fleet is not None:
         text += fleet.render()
+    semantic = state.pipeline.semantic if state.pipeline is not None else None
+    if semantic is not None:
+        text += semantic.render()
     coalescer = state.pipeline.coalescer if state.pipeline is not None else None
     if coalescer is not None:
         text += coalescer.render()
