@@ -63,7 +63,7 @@ def test_fifty_identical_requests_make_one_upstream_call(sidecar: Sidecar, prima
     assert verdicts.count("miss") == 1 and set(verdicts) <= {"miss", "coalesced", "hit"}
     assert len({a.parse().choices[0].message.content for a in answers}) == 1
     coalesced = verdicts.count("coalesced")
-    assert coalesced >= 40  # all came within the second the call took (a straggler may find the entry)
+    assert coalesced >= 25  # most came within the second the call took (stragglers find the entry: hits)
     assert metric(sidecar, "llm_sidecar_coalesced_requests_total") - before == coalesced
 
 
@@ -94,7 +94,8 @@ def test_fifty_identical_streams_share_one_call_and_late_joiners_get_whole_strea
     results = asyncio.run(run())
     assert primary.stats()["requests"] == 1
     verdicts = [verdict for verdict, _, _ in results]
-    assert verdicts.count("miss") == 1 and verdicts.count("coalesced") >= 40
+    assert verdicts.count("miss") == 1 and verdicts.count("coalesced") >= 25
+    assert set(verdicts) <= {"miss", "coalesced", "hit"}
     texts = {text for _, text, _ in results}
     assert len(texts) == 1 and texts.pop()  # every stream, early or late, whole and the same
     assert {usage for _, _, usage in results if usage} and all(usage > 0 for _, _, usage in results)
