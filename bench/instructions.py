@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import subprocess
@@ -43,21 +44,29 @@ from run import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+SEEDS = itertools.count()  # --unique: a body no request of this run had
 
 
-async def _send(port: int, model: str, stream: bool, requests: int, concurrency: int) -> None:
-    """``requests`` POSTs over ``concurrency`` keep-alive connections; every answer read to its end."""
+async def _send(port: int, model: str, stream: bool, requests: int, concurrency: int,
+                cache_control: str | None = None, unique: bool = False) -> None:
+    """``requests`` POSTs over ``concurrency`` keep-alive connections; every answer read to its end.
+    ``unique``: each body differs (a ``seed``), so a response cache misses every time."""
     extra = ',"stream":true' if stream else ""
-    body = (REQUEST_BODY % (model, extra)).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode() + body
+    directive = f"cache-control: {cache_control}\r\n" if cache_control else ""
+
+    def head(n: int) -> bytes:
+        body = (REQUEST_BODY % (model, extra + (f',"seed":{next(SEEDS)}' if unique else ""))).encode()
+        return (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                f"{directive}content-length: {len(body)}\r\n\r\n").encode() + body
+
+    fixed = None if unique else head(0)
     left = [requests]
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while left[0] > 0:
             left[0] -= 1
-            writer.write(head)
+            writer.write(fixed or head(left[0]))
             status = await reader.readline()
             if b" 200 " not in status:
                 raise RuntimeError(f"unexpected answer: {status!r}")
@@ -118,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracing", action="store_true", help="always-on tracing, OTLP/HTTP to a local sink")
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--bedrock", action="store_true", help="also a Bedrock deployment (needs --upstream fake)")
+    parser.add_argument("--cache-control", help="the requests' Cache-Control (with a cache in --config: no-cache "
+                        "skips the lookup, no-store the cache)")
+    parser.add_argument("--unique", action="store_true", help="every request's body differs: with a cache in "
+                        "--config, every request a miss (without it, every one after the first a hit)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
@@ -147,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.bedrock:
                 kinds += [("bedrock-plain", "bench-bedrock", False), ("bedrock-stream", "bench-bedrock", True)]
             for name, model, stream in kinds:
-                asyncio.run(_send(port, model, stream, 200, args.concurrency))  # warm-up
+                options = (args.cache_control, args.unique)
+                asyncio.run(_send(port, model, stream, 200, args.concurrency, *options))  # warm-up
                 total = count(child.pid, workdir, f"measure-{name}",
-                              _send(port, model, stream, args.requests, args.concurrency))
+                              _send(port, model, stream, args.requests, args.concurrency, *options))
                 results[name] = total / args.requests
             procs.stop(child, timeout=60)
         finally:

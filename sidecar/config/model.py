@@ -27,7 +27,7 @@ from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, 
 from sidecar.config.references import WILDCARD, default_base, root_base, unique_id
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.router import RouterSettings, resolve_groups, router_settings
-from sidecar.config.shared import SharedSettings, shared_settings
+from sidecar.config.shared import KeyOwner, SharedSettings, inbound_keys, shared_settings
 from sidecar.config.wildcards import Wildcard, compile_pattern, ordered
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -130,6 +130,7 @@ class SidecarSettings:
     max_body_size_mb: float = 32.0
     shutdown_grace_seconds: float = 30.0
     inbound_api_keys: tuple[Secret, ...] = ()
+    key_owners: tuple[KeyOwner, ...] = ()  # each inbound key's name and team (for budgets), by position
     log_level: str = "info"
     access_log: bool = False
     max_connections_per_host: int = 256
@@ -237,10 +238,13 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
     master = general.get("master_key")
     if master is not None:
         keys.extend(secrets.resolve_all([master], f"{general.where}.master_key"))
+    owners = [KeyOwner("master_key")] * len(keys)
     raw_keys = s.get("inbound_api_keys")
     if raw_keys is not None:
         if isinstance(raw_keys, list):
-            keys.extend(secrets.resolve_all(raw_keys, f"{s.where}.inbound_api_keys"))
+            for key, owner in inbound_keys(raw_keys, f"{s.where}.inbound_api_keys", secrets, s.problems):
+                keys.append(key)
+                owners.append(owner)
         else:
             s.problem("inbound_api_keys", "expected a list of keys")
     max_body = general.number("max_request_size_mb", default.max_body_size_mb, minimum=0.001)
@@ -248,6 +252,7 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
         max_body_size_mb=s.number("max_body_size_mb", max_body, minimum=0.001),
         shutdown_grace_seconds=s.number("shutdown_grace_seconds", default.shutdown_grace_seconds, minimum=0),
         inbound_api_keys=tuple(keys),
+        key_owners=tuple(owners),
         log_level=s.choice("log_level", default.log_level, LOG_LEVELS),
         access_log=s.boolean("access_log", default.access_log),
         max_connections_per_host=s.integer("max_connections_per_host", default.max_connections_per_host,

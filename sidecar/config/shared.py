@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sidecar.config.environ import EnvString, unresolved
@@ -34,9 +35,16 @@ class RedisSettings:
     username: str | None = None
     password: Secret | None = None
     ssl: bool = False
+    mode: str = "standalone"  # or sentinel (host/port: the first sentinel) or cluster (host/port: a seed node)
+    nodes: tuple[tuple[str, int], ...] = ()  # sentinel: every sentinel; cluster: the seed nodes
+    service: str | None = None  # sentinel: the monitored primary's name
 
     @property
     def address(self) -> str:
+        if self.mode == "sentinel":
+            return f"sentinel {self.service} via {self.host}:{self.port}/{self.db}"
+        if self.mode == "cluster":
+            return f"cluster via {self.host}:{self.port}"
         return f"{self.host}:{self.port}/{self.db}"
 
 
@@ -50,17 +58,66 @@ class CacheSettings:
     namespace: str = "llm-sidecar"
     mode: str = "deterministic"  # or "all": cache sampled answers too
     redis: RedisSettings | None = None  # the type redis's server
+    coalesce: bool = True  # identical cacheable requests in flight share one upstream call
+
+
+BUDGET_SCOPES = ("team", "key", "user")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    """Who an inbound key belongs to: its name (never the key) and its team, for budgets."""
+
+    name: str
+    team: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetSettings:
-    """A spend limit in USD per fixed window of ``period`` seconds (aligned to the UTC epoch)."""
+    """A spend limit in USD per fixed window of ``period`` seconds (aligned to the UTC epoch).
+
+    ``models``, ``teams``, ``keys`` and ``users`` narrow the requests it covers (empty: any); ``per`` splits
+    it into one limit per team, key or user (each with its own spend); ``soft_budget_usd`` is the spend at
+    which a warning is logged and counted, before the limit refuses."""
 
     name: str
     max_budget_usd: float
     period: float
     period_text: str
     models: tuple[str, ...] = ()  # model groups covered; empty: all
+    teams: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # inbound key names
+    users: tuple[str, ...] = ()
+    per: str | None = None  # team, key or user: a separate limit for each
+    soft_budget_usd: float | None = None
+
+    @property
+    def scoped(self) -> bool:
+        """Does this budget look at who asked (not only at the model group)?"""
+        return bool(self.teams or self.keys or self.users or self.per)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """``sidecar_settings.fleet_rate_limits``: the deployments whose rpm/tpm every pod shares through Redis,
+    and how many pods share them (each pod's share while Redis is away: ``limit / expected_pods``)."""
+
+    deployments: tuple[str, ...]
+    expected_pods: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticSettings:
+    """``sidecar_settings.semantic_cache``: answers found by meaning for the model groups that opt in."""
+
+    embedding_model: str  # a model group of this config that serves embeddings
+    groups: tuple[str, ...]
+    threshold: float = 0.95  # cosine similarity a hit needs
+    max_entries: int = 2000
+    ttl: float = 600.0
+    timeout: float = 0.2  # seconds the embedding may take; slower is a plain miss
+    tools: bool = False  # also requests with tools
+    sampled: bool = False  # also requests with a non-zero (or default) temperature
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +126,8 @@ class SharedSettings:
     budgets: tuple[BudgetSettings, ...] = ()
     redis: RedisSettings | None = None  # budgets' Redis: sidecar_settings.redis, else the cache's
     namespace: str = "llm-sidecar"
+    fleet: FleetSettings | None = None
+    semantic: SemanticSettings | None = None
 
 
 def parse_duration(value: object) -> float | None:
@@ -105,13 +164,50 @@ def shared_settings(s: Section, litellm: Section, router: Section, secrets: Secr
         redis = cache.redis
     if namespace is None:
         namespace = cache.namespace if cache is not None else SharedSettings().namespace
-    return SharedSettings(cache, budgets, redis, namespace)
+    fleet = _fleet(s.section("fleet_rate_limits"), redis) if s.get("fleet_rate_limits") is not None else None
+    semantic = _semantic(s.section("semantic_cache")) if s.get("semantic_cache") is not None else None
+    return SharedSettings(cache, budgets, redis, namespace, fleet, semantic)
+
+
+def _semantic(s: Section) -> SemanticSettings | None:
+    default = SemanticSettings("", ())
+    model = s.string("embedding_model", None, required=True)
+    groups = s.list("groups")
+    if not groups or not all(isinstance(g, str) and g for g in groups):
+        s.problem("groups", "expected a list of the model groups that use the semantic cache")
+    threshold = s.number("threshold", default.threshold, minimum=0.0)
+    if threshold is not None and threshold > 1:
+        s.problem("threshold", "a cosine similarity is at most 1")
+    settings = SemanticSettings(
+        embedding_model=model or "", groups=tuple(g for g in groups if isinstance(g, str)),
+        threshold=threshold, max_entries=s.integer("max_entries", default.max_entries, minimum=1),
+        ttl=s.number("ttl", default.ttl, minimum=0.001),
+        timeout=s.number("timeout_ms", default.timeout * 1000, minimum=1) / 1000,
+        tools=bool(s.boolean("tools", default.tools)), sampled=bool(s.boolean("sampled", default.sampled)))
+    s.finish()
+    return settings if model and groups else None
+
+
+def _fleet(s: Section, redis: RedisSettings | None) -> FleetSettings | None:
+    deployments = s.list("deployments")
+    if not deployments or not all(isinstance(d, str) and d for d in deployments):
+        s.problem("deployments", "expected a list of deployment ids (model_info.id, or provider/model)")
+    pods = s.integer("expected_pods", None, minimum=1)
+    if pods is None and s.data.get("expected_pods") is None:
+        s.problem("expected_pods", "is required: each pod's share of a limit while Redis is away")
+    if redis is None:
+        s.problem("deployments", "fleet rate limits need a Redis (sidecar_settings.redis, or the cache's)")
+    s.finish()
+    if pods is None or not deployments:
+        return None
+    return FleetSettings(tuple(deployments), pods)
 
 
 def _redis(s: Section, secrets: SecretResolver, *, url_key: str, prefix: str = "",
            env: Mapping[str, str] | None = None) -> RedisSettings:
-    """``url`` (``redis://[user:password@]host[:port][/db]``, ``rediss://`` for TLS) or host/port/password/db
-    (named ``{prefix}host``…). With ``env`` (LiteLLM's sections), what is left out comes from ``REDIS_*``."""
+    """``url`` (``redis://[user:password@]host[:port][/db]``, ``rediss://`` for TLS; ``redis+sentinel://`` and
+    ``redis+cluster://`` for a highly available Redis) or host/port/password/db (named ``{prefix}host``…).
+    With ``env`` (LiteLLM's sections), what is left out comes from ``REDIS_*``."""
     settings = RedisSettings()
     env = env or {}
     url_ref = s.get(url_key)
@@ -131,6 +227,7 @@ def _redis(s: Section, secrets: SecretResolver, *, url_key: str, prefix: str = "
         username=settings.username,
         password=password if password is not None else settings.password,
         ssl=bool(s.boolean(prefix + "ssl", settings.ssl)),
+        mode=settings.mode, nodes=settings.nodes, service=settings.service,
     )
     return settings
 
@@ -150,7 +247,47 @@ def _port(s: Section, key: str, fallback: str | None) -> int | None:
     return port
 
 
+HA_SCHEMES = {"redis+sentinel": "sentinel", "rediss+sentinel": "sentinel", "redis+cluster": "cluster",
+              "rediss+cluster": "cluster"}
+HA_FORMS = ("redis+sentinel://[user:password@]host:port[,host:port...]/service[/db] or "
+            "redis+cluster://[user:password@]host:port[,host:port...] (rediss+... for TLS)")
+
+
+def _ha_from_url(url: str, s: Section, key: str) -> RedisSettings | None:
+    """Sentinel and Cluster URLs: several ``host:port`` in the netloc, which ``urlsplit`` cannot read."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    credentials, _, hosts = netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            s.problem(key, f"expected {HA_FORMS}")  # never echo it: it may hold a password
+            return None
+        nodes.append((host.strip("[]"), int(port)))
+    mode = HA_SCHEMES[scheme]
+    parts = [p for p in path.split("/") if p]
+    service, db = None, "0"
+    if mode == "sentinel":
+        if not parts:
+            s.problem(key, "a Sentinel URL names the primary's service after the hosts: .../mymaster")
+            return None
+        service, db = parts[0], parts[1] if len(parts) > 1 else "0"
+    elif parts:
+        s.problem(key, "a Redis Cluster URL has no path (a cluster has one database)")
+        return None
+    if not db.isdigit():
+        s.problem(key, "the database in the URL path must be a number")
+        return None
+    user, _, password = credentials.partition(":")
+    return RedisSettings(host=nodes[0][0], port=nodes[0][1], db=int(db), username=unquote(user) or None,
+                         password=Secret(unquote(password)) if password else None, ssl=scheme.startswith("rediss"),
+                         mode=mode, nodes=tuple(nodes), service=service)
+
+
 def _from_url(url: str, s: Section, key: str) -> RedisSettings | None:
+    if url.partition("://")[0] in HA_SCHEMES:
+        return _ha_from_url(url, s, key)
     try:
         parts = urlsplit(url)
         port = parts.port or 6379
@@ -194,6 +331,7 @@ def _cache(s: Section, secrets: SecretResolver, shared: RedisSettings | None,
         max_size=s.integer("max_size", default.max_size, minimum=1),
         namespace=s.string("namespace", default.namespace) or default.namespace,
         mode=s.choice("mode", default.mode, CACHE_MODES),
+        coalesce=s.boolean("coalesce", default.coalesce),
         redis=_cache_redis(redis, shared, env, s, secrets) if kind == "redis" else None,
     )
     if kind != "redis" and has_address:
@@ -284,6 +422,38 @@ def _budget(entry: Section) -> BudgetSettings | None:
     if not all(isinstance(m, str) for m in models):
         entry.problem("models", "expected a list of model group names")
         models = []
+    chosen: dict[str, tuple[str, ...]] = {}
+    for field in ("teams", "keys", "users"):
+        single = entry.string(field[:-1], None)  # team: a, or teams: [a, b]
+        values = [single] if single is not None else entry.list(field)
+        if not all(isinstance(v, str) and v for v in values):
+            entry.problem(field, "expected a list of names")
+            values = []
+        chosen[field] = tuple(values)
+    per = entry.choice("per", None, BUDGET_SCOPES)
+    soft = entry.number("soft_budget_usd", None, minimum=0.000001)
+    if soft is not None and limit is not None and soft >= limit:
+        entry.problem("soft_budget_usd", "must be below max_budget_usd")
     if name is None or limit is None or period is None:
         return None
-    return BudgetSettings(name, limit, period, str(raw_period), tuple(models))
+    return BudgetSettings(name, limit, period, str(raw_period), tuple(models), per=per, soft_budget_usd=soft,
+                          **chosen)
+
+
+def inbound_keys(refs: list[Any], where: str, secrets: SecretResolver,
+                 problems: list[str]) -> list[tuple[Secret, KeyOwner]]:
+    """``inbound_api_keys`` items: a key (``os.environ/``, ``file:`` or literal), or ``{key, name, team}``
+    naming its owner for budgets. A key without a name is named by its position (never by its value)."""
+    out: list[tuple[Secret, KeyOwner]] = []
+    for i, ref in enumerate(refs):
+        at = f"{where}[{i}]"
+        if isinstance(ref, dict):
+            entry = Section(ref, at, problems)
+            secret = secrets.resolve(entry.get("key"), f"{at}.key")
+            owner = KeyOwner(entry.string("name", None) or f"key-{i}", entry.string("team", None))
+            entry.finish()
+        else:
+            secret, owner = secrets.resolve(ref, at), KeyOwner(f"key-{i}")
+        if secret is not None:
+            out.append((secret, owner))
+    return out

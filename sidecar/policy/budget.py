@@ -5,15 +5,40 @@ Windows are aligned to the epoch — window ``n`` of a budget with period ``p`` 
 every sidecar agrees on them without talking. Spend is a local view: ``add`` counts this process's
 answers, ``observe`` merges a shared total (a Redis counter's reply) by taking the larger value, so a
 reply never undoes spend counted while it was in flight or while Redis was unreachable.
+
+A budget may look at who asked (``Principal``: the inbound key's name and team, and the user): it covers only
+the teams, keys or users it names, and with ``per`` it is one limit per team, key or user — a window each,
+made when first needed, at most ``MAX_SCOPES`` per budget (the least recently used goes first).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.config.shared import BudgetSettings
+
+MAX_SCOPES = 10_000  # windows of one per-team/key/user budget kept in memory
+
+
+class Principal(NamedTuple):
+    """Who a request is from, as budgets see it (None: not known)."""
+
+    key: str | None = None  # the inbound key's name
+    team: str | None = None
+    user: str | None = None
+
+
+def scope_label(per: str, value: str) -> str:
+    """A scope in window ids (Redis keys, metrics): team and key names are the operator's; a user is the
+    app's value, so it is hashed (bounded, no personal data in Redis or on /metrics)."""
+    if per == "user":
+        return "user#" + hashlib.blake2b(value.encode(), digest_size=8).hexdigest()
+    return f"{per}={value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,25 +52,28 @@ class Exceeded:
     @property
     def message(self) -> str:
         b = self.budget
-        return (f"the budget '{b.name}' (${b.max_budget_usd:g} per {b.period_text}) is spent; "
+        whose = f" for this {b.per}" if b.per else ""
+        return (f"the budget '{b.name}' (${b.max_budget_usd:g} per {b.period_text}{whose}) is spent; "
                 f"it resets in {math.ceil(self.retry_after)} s")
 
 
 class BudgetWindow:
-    """One budget's spend in its current window."""
+    """One budget's spend in its current window (for one team, key or user when the budget is ``per`` one)."""
 
-    __slots__ = ("settings", "spent", "window")
+    __slots__ = ("id", "settings", "soft_noted", "spent", "window")
 
-    def __init__(self, settings: BudgetSettings) -> None:
+    def __init__(self, settings: BudgetSettings, id_: str | None = None) -> None:
         self.settings = settings
+        self.id = id_ or settings.name  # the budget's name, or name/scope: its Redis key and metric label
         self.window = -1
         self.spent = 0.0
+        self.soft_noted = False  # the soft limit was reported in this window
 
     def roll(self, now: float) -> int:
         """Move to the window ``now`` falls in (spend starts at zero there); return its number."""
         window = int(now // self.settings.period)
         if window != self.window:
-            self.window, self.spent = window, 0.0
+            self.window, self.spent, self.soft_noted = window, 0.0, False
         return window
 
     def ends_at(self, window: int) -> float:
@@ -56,50 +84,107 @@ class BudgetWindow:
         self.roll(now)
         return min(1.0, self.spent / self.settings.max_budget_usd)
 
+    def past_soft(self) -> bool:
+        """True once per window: the spend has reached the soft limit (report it now)."""
+        soft = self.settings.soft_budget_usd
+        if soft is None or self.soft_noted or self.spent < soft:
+            return False
+        self.soft_noted = True
+        return True
+
 
 class BudgetLedger:
-    """Every budget's window, and which budgets cover each model group (computed once)."""
+    """Every budget's windows, and which budgets cover each model group (computed once)."""
 
     def __init__(self, budgets: Sequence[BudgetSettings], groups: Iterable[str]) -> None:
-        self.windows = {b.name: BudgetWindow(b) for b in budgets}
-        self.covering: dict[str, tuple[BudgetWindow, ...]] = {
-            group: tuple(w for w in self.windows.values() if not w.settings.models or group in w.settings.models)
-            for group in groups
+        self.budgets = {b.name: b for b in budgets}
+        self.windows: dict[str, BudgetWindow] = {b.name: BudgetWindow(b) for b in budgets if b.per is None}
+        self.scopes: dict[str, OrderedDict[str, BudgetWindow]] = {b.name: OrderedDict() for b in budgets if b.per}
+        self.scoped = any(b.scoped for b in budgets)  # False: who asked never matters (skip building it)
+        self.covering: dict[str, tuple[BudgetSettings, ...]] = {
+            group: tuple(b for b in budgets if not b.models or group in b.models) for group in groups
         }
 
     def adopt(self, old: BudgetLedger) -> None:
         """Carry the current spend of every budget that ``old`` also has, with the same name and period
         (on config reload: a raised limit or new models do not forget what was spent)."""
-        for name, window in self.windows.items():
-            previous = old.windows.get(name)
-            if previous is not None and previous.settings.period == window.settings.period:
+        for id_, previous in old.windows.items():
+            window = self._carried(id_, previous)
+            if window is not None and previous.settings.period == window.settings.period:
                 window.window, window.spent = previous.window, previous.spent
 
-    def check(self, group: str, now: float) -> Exceeded | None:
-        """The first budget covering ``group`` that is spent in this window, else None."""
-        for window in self.covering.get(group, ()):
+    def _carried(self, id_: str, previous: BudgetWindow) -> BudgetWindow | None:
+        window = self.windows.get(id_)
+        if window is not None or previous.settings.per is None:
+            return window
+        scopes = self.scopes.get(previous.settings.name)
+        if scopes is None:
+            return None
+        budget = self.budgets.get(previous.settings.name)
+        if budget is None or budget.per != previous.settings.per:
+            return None
+        window = BudgetWindow(budget, id_)
+        scopes[id_] = self.windows[id_] = window
+        return window
+
+    def _windows(self, group: str, who: Principal | None) -> Iterable[BudgetWindow]:
+        """The windows that count a request of ``group`` from ``who``."""
+        for budget in self.covering.get(group, ()):
+            if not budget.scoped:
+                yield self.windows[budget.name]
+                continue
+            if who is None:
+                continue
+            if ((budget.teams and who.team not in budget.teams) or (budget.keys and who.key not in budget.keys)
+                    or (budget.users and who.user not in budget.users)):
+                continue
+            if budget.per is None:
+                yield self.windows[budget.name]
+                continue
+            value = getattr(who, budget.per)
+            if value is None:
+                continue  # a per-team budget does not cover a key without a team
+            yield self._scope(budget, f"{budget.name}/{scope_label(budget.per, value)}")
+
+    def _scope(self, budget: BudgetSettings, id_: str) -> BudgetWindow:
+        scopes = self.scopes[budget.name]
+        window = scopes.get(id_)
+        if window is None:
+            window = scopes[id_] = self.windows[id_] = BudgetWindow(budget, id_)
+            if len(scopes) > MAX_SCOPES:
+                oldest, _ = scopes.popitem(last=False)
+                del self.windows[oldest]
+        else:
+            scopes.move_to_end(id_)
+        return window
+
+    def check(self, group: str, now: float, who: Principal | None = None) -> Exceeded | None:
+        """The first budget covering ``group`` (and ``who``) that is spent in this window, else None."""
+        for window in self._windows(group, who):
             current = window.roll(now)
             if window.spent >= window.settings.max_budget_usd:
                 return Exceeded(window.settings, window.spent, window.ends_at(current) - now)
         return None
 
-    def add(self, groups: Iterable[str], cost: float, now: float) -> list[tuple[BudgetWindow, int]]:
+    def add(self, groups: Iterable[str], cost: float, now: float,
+            who: Principal | None = None) -> list[tuple[BudgetWindow, int]]:
         """Count ``cost`` once against every budget covering any of ``groups`` (the group asked for and the
-        one that answered, when a fallback did); returns (budget, window) pairs to share."""
+        one that answered, when a fallback did) and ``who``; returns (budget window, number) pairs to share."""
         touched: list[tuple[BudgetWindow, int]] = []
         for group in groups:
-            for window in self.covering.get(group, ()):
+            for window in self._windows(group, who):
                 if any(w is window for w, _ in touched):
                     continue
                 touched.append((window, window.roll(now)))
                 window.spent += cost
         return touched
 
-    def observe(self, name: str, window: int, total: float) -> None:
-        """Merge a shared total for ``name``'s ``window`` (ignored when that window is not the current one)."""
-        budget = self.windows.get(name)
+    def observe(self, id_: str, window: int, total: float) -> BudgetWindow | None:
+        """Merge a shared total for window ``id_`` (ignored when that window is not the current one)."""
+        budget = self.windows.get(id_)
         if budget is None or window < budget.window:
-            return
+            return None
         if window > budget.window:
-            budget.window, budget.spent = window, 0.0
+            budget.window, budget.spent, budget.soft_noted = window, 0.0, False
         budget.spent = max(budget.spent, total)
+        return budget

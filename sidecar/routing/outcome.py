@@ -49,6 +49,7 @@ class Outcome:
     panic: str | None = None  # the deployment sent to although its breaker was open (nothing else was left)
     estimate: tuple[int, int] | None = None  # (prompt, prompt + completion budget) tokens, when needed
     dropped: tuple[str, ...] | None = None  # fields drop_params removed for the deployment that was called
+    cache: str | None = None  # the response cache's verdict on a stream (hit, miss, coalesced): a header
     errors: list[str] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (deployment, error class, cause)
     trail: list[object] = field(default_factory=list)

@@ -34,7 +34,7 @@ def create_app(state: AppState) -> web.Application:
     # One byte over the limit so our own check (with its clear message) fires first.
     app = web.Application(client_max_size=sidecar.max_body_bytes + 1)
     app[STATE] = state
-    state.keys.secrets = sidecar.inbound_api_keys
+    state.keys.secrets, state.keys.owners = sidecar.inbound_api_keys, sidecar.key_owners
     app.add_routes(routes.api_routes(state.keys))
     app.cleanup_ctx.append(_upstreams)
     app.on_shutdown.append(_drain)

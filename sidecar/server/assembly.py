@@ -19,12 +19,16 @@ import aiohttp
 
 from sidecar.config import Config
 from sidecar.config.changes import Changes, compare, deployment_set_digest, equal
+from sidecar.policy.limits import TokenBucket
 from sidecar.providers import http
+from sidecar.routing.coalesce import Coalescer
 from sidecar.routing.outcome import Target
 from sidecar.routing.pipeline import Pipeline
 from sidecar.routing.router import Router
+from sidecar.routing.semantic import SemanticCache
 from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
+from sidecar.state.fleet import Fleet, FleetBucket
 from sidecar.telemetry import RequestMetrics
 
 if TYPE_CHECKING:
@@ -47,6 +51,7 @@ class Assembly:
     cache: ResponseCache | None
     budgets: Budgets | None
     tasks: tuple[asyncio.Task[None], ...] = ()  # background work owned by this config (budget sync)
+    fleet: Fleet | None = None  # fleet-wide rate limits' Redis side
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +76,11 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
         router.catch_all = previous.router.catch_all  # last good answers of the same deployment set
     cache = _cache(config, previous)
     budgets, tasks = _budgets(config, previous)
+    fleet = _fleet(config, previous, router)
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
-                        generation=deployment_set_digest(config))
-    return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks)
+                        generation=deployment_set_digest(config), coalescer=_coalescer(cache, previous))
+    pipeline.semantic = _semantic(config, router, previous)
+    return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks, fleet)
 
 
 def _carried(previous: Assembly | None, changes: Changes | None) -> Mapping[str, Target]:
@@ -92,6 +99,66 @@ def _cache(config: Config, previous: Assembly | None) -> ResponseCache | None:
     if previous is not None and previous.cache is not None and equal(settings, previous.cache.settings):
         return previous.cache
     return ResponseCache.from_settings(settings)
+
+
+def _semantic(config: Config, router: Router, previous: Assembly | None) -> SemanticCache | None:
+    """The semantic cache when configured (its index kept across a reload with the same settings and
+    deployments: the embeddings would be the same)."""
+    settings = config.sidecar.shared.semantic
+    if settings is None:
+        return None
+    old = previous.pipeline.semantic if previous is not None else None
+    if old is not None and old.settings == settings and previous is not None \
+            and previous.pipeline.generation == deployment_set_digest(config):
+        old.router = router
+        return old
+    for name in (settings.embedding_model, *settings.groups):
+        if name not in config.groups:
+            log.warning("semantic_cache: no model group '%s'", name)
+    return SemanticCache(settings, router)
+
+
+def _fleet(config: Config, previous: Assembly | None, router: Router) -> Fleet | None:
+    """Fleet buckets in place of the local rpm/tpm buckets of the deployments listed (the same Fleet and
+    buckets across a reload that keeps the settings; a target carried over keeps its bucket)."""
+    shared = config.sidecar.shared
+    settings = shared.fleet
+    if settings is None or shared.redis is None:
+        for target in router.all_targets():  # carried over from a config that shared them
+            deployment = target.deployment
+            if isinstance(target.rpm, FleetBucket) and deployment.rpm:
+                target.rpm = TokenBucket(deployment.rpm)
+            if isinstance(target.tpm, FleetBucket) and deployment.tpm:
+                target.tpm = TokenBucket(deployment.tpm)
+        return None
+    fleet = previous.fleet if previous is not None else None
+    if fleet is None or fleet.settings != settings:
+        fleet = Fleet(settings, shared.redis, shared.namespace)
+    wanted = set(settings.deployments)
+    for target in router.all_targets():
+        deployment = target.deployment
+        if deployment.id not in wanted:
+            continue
+        wanted.discard(deployment.id)
+        if deployment.rpm and not (isinstance(target.rpm, FleetBucket) and target.rpm.fleet is fleet):
+            target.rpm = fleet.bucket(deployment.id, "rpm", deployment.rpm)
+        if deployment.tpm and not (isinstance(target.tpm, FleetBucket) and target.tpm.fleet is fleet):
+            target.tpm = fleet.bucket(deployment.id, "tpm", deployment.tpm)
+        if not (deployment.rpm or deployment.tpm):
+            log.warning("fleet_rate_limits: deployment '%s' has no rpm or tpm to share", deployment.id)
+    for missing in sorted(wanted):
+        log.warning("fleet_rate_limits: no deployment '%s' (ids are model_info.id, or provider/model)", missing)
+    return fleet
+
+
+def _coalescer(cache: ResponseCache | None, previous: Assembly | None) -> Coalescer | None:
+    """In-flight coalescing when the cache is on with ``coalesce`` (the same one across reloads: its flights'
+    keys carry the deployment set's digest, and its counters go on)."""
+    if cache is None or not cache.settings.coalesce:
+        return None
+    if previous is not None and previous.pipeline.coalescer is not None:
+        return previous.pipeline.coalescer
+    return Coalescer()
 
 
 def _budgets(config: Config, previous: Assembly | None) -> tuple[Budgets | None, tuple[asyncio.Task[None], ...]]:
@@ -137,3 +204,5 @@ async def retire(old: Assembly, successor: Assembly | None) -> None:
         await old.budgets.aclose()
     if old.cache is not None and (successor is None or successor.cache is not old.cache):
         await old.cache.aclose()
+    if old.fleet is not None and (successor is None or successor.fleet is not old.fleet):
+        await old.fleet.aclose()

@@ -19,7 +19,7 @@ from sidecar.server.keys import STATE, AppState
 from sidecar.server.middleware import OUTCOME_HEADERS, REQUEST_ID, public_fields, request_id_of
 
 JSON = "application/json"
-CACHE_HEADER = "x-sidecar-cache"  # hit | miss, on requests the response cache applies to
+CACHE_HEADER = "x-sidecar-cache"  # hit | miss | coalesced, on requests the response cache applies to
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
@@ -29,6 +29,8 @@ def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
         headers["x-sidecar-deployment"] = outcome.deployment
     if outcome.fallback is not None:
         headers["x-sidecar-fallback"] = outcome.fallback
+    if outcome.cache is not None:
+        headers[CACHE_HEADER] = outcome.cache
     return headers
 
 
@@ -137,6 +139,8 @@ async def serve(request: web.Request, state: AppState, chat: ChatRequest, dialec
         headers["x-sidecar-cost"] = format_cost(answer.cost)
     if answer.cache is not None:
         headers[CACHE_HEADER] = answer.cache
+    if answer.similarity is not None:
+        headers["x-sidecar-cache-similarity"] = f"{answer.similarity:.4f}"
     return web.Response(body=dialect.body(answer.response), headers=headers, content_type=JSON)
 
 

@@ -31,5 +31,14 @@ async def metrics(request: web.Request) -> web.Response:
     text = state.metrics.render(breakers)
     if state.budgets is not None:
         text += state.budgets.render()
+    fleet = state.assembly.fleet if state.assembly is not None else None
+    if fleet is not None:
+        text += fleet.render()
+    semantic = state.pipeline.semantic if state.pipeline is not None else None
+    if semantic is not None:
+        text += semantic.render()
+    coalescer = state.pipeline.coalescer if state.pipeline is not None else None
+    if coalescer is not None:
+        text += coalescer.render()
     text += reload.render(state)
     return web.Response(body=text.encode(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -50,6 +50,7 @@ class AppState:
         self.router, self.pipeline, self.tracing = assembly.router, assembly.pipeline, assembly.tracing
         self.cache, self.budgets = assembly.cache, assembly.budgets
         self.keys.secrets = assembly.config.sidecar.inbound_api_keys
+        self.keys.owners = assembly.config.sidecar.key_owners
 
 
 STATE = web.AppKey("state", AppState)

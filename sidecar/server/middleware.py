@@ -12,10 +12,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from sidecar.config import Secret
+from sidecar.config.shared import KeyOwner
 from sidecar.core.errors import BodyTooLarge, InboundAuthError, InvalidRequest, SidecarError
 from sidecar.core.redact import Redactor
 from sidecar.formats import anthropic_ingress
 from sidecar.formats import openai as openai_format
+from sidecar.state.budgets import INBOUND_KEY
 from sidecar.telemetry.logs import REDACT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,10 +73,11 @@ class InboundKeys:
     """The inbound API keys the routes check: one holder shared by the route table, whose ``secrets`` a
     config reload replaces (the routes themselves are fixed when the server starts)."""
 
-    __slots__ = ("secrets",)
+    __slots__ = ("owners", "secrets")
 
-    def __init__(self, secrets: tuple[Secret, ...] = ()) -> None:
+    def __init__(self, secrets: tuple[Secret, ...] = (), owners: tuple[KeyOwner, ...] = ()) -> None:
         self.secrets = secrets
+        self.owners = owners  # by position: who each key belongs to (budgets per key and team)
 
 
 def guarded(handler: Handler, *, anthropic: bool = False, keys: InboundKeys | None = None) -> Handler:
@@ -93,7 +96,10 @@ def guarded(handler: Handler, *, anthropic: bool = False, keys: InboundKeys | No
         request[REQUEST_ID] = request_id
         try:
             if keys is not None and keys.secrets:
-                check_key(request, keys.secrets)
+                index = check_key(request, keys.secrets)
+                INBOUND_KEY.set(keys.owners[index] if index < len(keys.owners) else None)
+            elif INBOUND_KEY.get() is not None:  # keep-alive requests share a context; keys were reloaded away
+                INBOUND_KEY.set(None)
             response = await handler(request)
         except Exception as exc:
             error = _as_error(exc, request_id)
@@ -123,8 +129,9 @@ def _as_error(exc: Exception, request_id: str) -> SidecarError:
     return SidecarError("internal error in the sidecar")
 
 
-def check_key(request: web.Request, keys: tuple[Secret, ...]) -> None:
-    """Require one of the configured keys (``Authorization: Bearer``, any case, or ``x-api-key``)."""
+def check_key(request: web.Request, keys: tuple[Secret, ...]) -> int:
+    """Require one of the configured keys (``Authorization: Bearer``, any case, or ``x-api-key``); the
+    position of the one offered."""
     name = "x-api-key"
     offered = request.headers.get(name)
     if not offered:
@@ -136,8 +143,13 @@ def check_key(request: web.Request, keys: tuple[Secret, ...]) -> None:
         offered_bytes = offered.strip().encode()
     except UnicodeEncodeError:  # aiohttp keeps undecodable header bytes as surrogates
         raise InvalidRequest(f"the {name} header is not valid UTF-8", param=name) from None
-    if not any(hmac.compare_digest(offered_bytes, key.value.encode()) for key in keys):
+    matched = -1
+    for i, key in enumerate(keys):  # every key compared, in constant time each
+        if hmac.compare_digest(offered_bytes, key.value.encode()) and matched < 0:
+            matched = i
+    if matched < 0:
         raise InboundAuthError("a valid API key for the sidecar is required")
+    return matched
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:

@@ -121,8 +121,11 @@ HEADERS: dict[str, Schema] = {
                            "schema": {"type": "string"}},
     "x-sidecar-cost": {"description": "the answer's cost in USD (prices known, not streamed)",
                        "schema": {"type": "string"}},
-    "x-sidecar-cache": {"description": "hit or miss, where the response cache applies",
-                        "schema": {"enum": ["hit", "miss"]}},
+    "x-sidecar-cache": {"description": "hit, miss or coalesced (shared another request's call), where the "
+                                       "response cache applies",
+                        "schema": {"enum": ["hit", "miss", "coalesced", "semantic-hit"]}},
+    "x-sidecar-cache-similarity": {"description": "a semantic cache hit's cosine similarity",
+                                   "schema": {"type": "string"}},
     "retry-after": {"description": "seconds to wait (429)", "schema": {"type": "string"}},
 }
 REQUEST_HEADERS = [

@@ -5,23 +5,45 @@ the amount. One background flush at a time sends the queued amounts to Redis (``
 budget and window, with an ``EXPIRE`` just past the window) and merges each reply — the shared total across
 pods — into the ledger; a timer also reads the totals every ``REFRESH_SECONDS``, so a sidecar that spends
 nothing still sees what the others spent. When Redis fails, amounts stay queued for the next try and the
-ledger keeps counting this process's spend: requests are never failed or slowed by Redis.
+ledger keeps counting this process's spend: requests are never failed or slowed by Redis. The timer's first
+read is at start, so a restarted sidecar knows the window's spend again within a Redis round trip.
+
+A budget with a soft limit logs ``budget soft limit reached`` once per window (and team, key or user) when
+its spend — this pod's or the fleet's, as Redis reports it — reaches it, and counts it in
+``llm_sidecar_budget_soft_limit_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
-from sidecar.config.shared import SharedSettings
+from sidecar.config.shared import KeyOwner, SharedSettings
 from sidecar.core.errors import BudgetExceeded
-from sidecar.policy.budget import BudgetLedger, BudgetWindow
-from sidecar.state.redis import RedisGate, client
+from sidecar.policy.budget import BudgetLedger, BudgetWindow, Principal
+from sidecar.state.redis import RedisGate, client, warm_up
 
+log = logging.getLogger("sidecar.budgets")
+INBOUND_KEY: ContextVar[KeyOwner | None] = ContextVar("inbound_key", default=None)  # set by the server's auth
+USER_HEADER = "x-sidecar-user"  # the user a request is for, when the body has no ``user``
+
+
+def principal(body: Mapping[str, Any], headers: Mapping[str, str]) -> Principal:
+    """Who a request is from: the inbound key it was made with (its name and team) and the user — the
+    body's ``user`` (Anthropic's ``metadata.user_id`` arrives as it), else the ``x-sidecar-user`` header."""
+    owner = INBOUND_KEY.get()
+    user = body.get("user")
+    if not isinstance(user, str) or not user:
+        user = headers.get(USER_HEADER) or None
+    if owner is None:
+        return Principal(None, None, user)
+    return Principal(owner.name, owner.team, user)
 REFRESH_SECONDS = 1.0
 REDIS_TIMEOUT = 0.5
 EXPIRE_MARGIN_SECONDS = 3600  # keys outlive their window a little, for late increments and inspection
@@ -39,6 +61,7 @@ class Budgets:
         self.clock = clock  # wall clock: windows are aligned to the UTC epoch so all pods agree
         self.pending: dict[tuple[str, int], float] = {}
         self._flush: asyncio.Task[None] | None = None
+        self.soft_reached: dict[str, int] = {}  # budget name -> soft limits reached (metric)
 
     @classmethod
     def from_settings(cls, shared: SharedSettings, groups: Iterable[str]) -> Budgets:
@@ -48,21 +71,29 @@ class Budgets:
 
     # ---- the request path (memory only) ---------------------------------------------------------
 
-    def check(self, group: str) -> None:
-        """Raise ``BudgetExceeded`` when a budget covering ``group`` is spent in its current window."""
-        exceeded = self.ledger.check(group, self.clock())
+    @property
+    def scoped(self) -> bool:
+        """Do budgets look at who asked? (If not, the request path does not work out who did.)"""
+        return self.ledger.scoped
+
+    def check(self, group: str, who: Principal | None = None) -> None:
+        """Raise ``BudgetExceeded`` when a budget covering ``group`` (and ``who``) is spent in its window."""
+        exceeded = self.ledger.check(group, self.clock(), who)
         if exceeded is not None:
             raise BudgetExceeded(exceeded.message, retry_after=float(max(1, math.ceil(exceeded.retry_after))))
 
-    def spend(self, groups: Iterable[str], cost: float) -> None:
-        """Count an answer's cost against the budgets covering ``groups``; share it in the background."""
+    def spend(self, groups: Iterable[str], cost: float, who: Principal | None = None) -> None:
+        """Count an answer's cost against the budgets covering ``groups`` (and ``who``); share it in the
+        background."""
         if cost <= 0:
             return
-        touched = self.ledger.add(groups, cost, self.clock())
+        touched = self.ledger.add(groups, cost, self.clock(), who)
+        for window, _ in touched:
+            self._soft(window)
         if self.redis is None or not touched:
             return
         for window, number in touched:
-            key = (window.settings.name, number)
+            key = (window.id, number)
             self.pending[key] = self.pending.get(key, 0.0) + cost
         if self._flush is None or self._flush.done():
             self._flush = asyncio.create_task(self.flush())
@@ -78,10 +109,14 @@ class Budgets:
             if self.gate is not None and not self.gate.open:
                 return
             batch, self.pending = self.pending, {}
+            sent: list[tuple[str, int]] = []
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for (name, window), amount in batch.items():
-                        budget = self.ledger.windows[name]
+                        budget = self.ledger.windows.get(name)
+                        if budget is None:  # a per-user window evicted meanwhile: drop its amount
+                            continue
+                        sent.append((name, window))
                         expire = int(budget.ends_at(window) - self.clock()) + EXPIRE_MARGIN_SECONDS
                         pipe.incrbyfloat(self._key(name, window), amount)
                         pipe.expire(self._key(name, window), max(1, expire))
@@ -94,8 +129,8 @@ class Budgets:
                 return
             if self.gate is not None:
                 self.gate.succeeded()
-            for (name, window), total in zip(batch, replies[::2], strict=True):
-                self.ledger.observe(name, window, float(total))
+            for (name, window), total in zip(sent, replies[::2], strict=True):
+                self._observe(name, window, total)
 
     async def refresh(self) -> None:
         """Read every budget's shared total for its current window (and send anything still queued)."""
@@ -106,8 +141,13 @@ class Budgets:
             return
         now = self.clock()
         current = [(name, int(now // w.settings.period)) for name, w in self.ledger.windows.items()]
+        if not current:
+            return
         try:
-            totals = await asyncio.wait_for(self.redis.mget([self._key(n, w) for n, w in current]), REDIS_TIMEOUT)
+            keys = [self._key(n, w) for n, w in current]
+            # a cluster spreads the keys over slots: one MGET per node (redis-py's mget_nonatomic)
+            read = self.redis.mget_nonatomic(keys) if hasattr(self.redis, "mget_nonatomic") else self.redis.mget(keys)
+            totals = await asyncio.wait_for(read, REDIS_TIMEOUT)
         except Exception as error:
             if self.gate is not None:
                 self.gate.failed(error)
@@ -116,13 +156,28 @@ class Budgets:
             self.gate.succeeded()
         for (name, window), total in zip(current, totals, strict=True):
             if total is not None:
-                self.ledger.observe(name, window, float(total))
+                self._observe(name, window, total)
+
+    def _observe(self, name: str, window: int, total: object) -> None:
+        merged = self.ledger.observe(name, window, float(total))  # type: ignore[arg-type]
+        if merged is not None:
+            self._soft(merged)
+
+    def _soft(self, window: BudgetWindow) -> None:
+        if window.past_soft():
+            name = window.settings.name
+            self.soft_reached[name] = self.soft_reached.get(name, 0) + 1
+            log.warning("budget soft limit reached", extra={"fields": {
+                "budget": window.id, "spent_usd": round(window.spent, 6),
+                "soft_budget_usd": window.settings.soft_budget_usd, "max_budget_usd": window.settings.max_budget_usd}})
 
     async def run(self) -> None:
-        """The refresh timer (started by the server when a Redis is configured)."""
+        """The refresh timer (started by the server when a Redis is configured); reads at once first."""
+        if self.redis is not None and self.gate is not None:
+            await warm_up(self.redis, self.gate)
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
             await self.refresh()
+            await asyncio.sleep(REFRESH_SECONDS)
 
     async def drain(self) -> None:
         """Wait for the flush in flight, then send what is still queued (at shutdown, and in tests)."""
@@ -142,15 +197,19 @@ class Budgets:
     def render(self) -> str:
         """``llm_sidecar_budget_used_ratio`` and ``llm_sidecar_budget_spend_usd`` per budget (Prometheus)."""
         now = self.clock()
-        windows: list[BudgetWindow] = list(self.ledger.windows.values())
-        ratio = [f'llm_sidecar_budget_used_ratio{{budget="{_esc(w.settings.name)}"}} {w.ratio(now):.6g}'
-                 for w in windows]
-        spend = [f'llm_sidecar_budget_spend_usd{{budget="{_esc(w.settings.name)}"}} {w.spent:.10g}' for w in windows]
+        # per-user windows would be a series each: the metrics show budgets, and per-team and per-key scopes
+        windows: list[BudgetWindow] = [w for w in self.ledger.windows.values() if w.settings.per != "user"]
+        ratio = [f'llm_sidecar_budget_used_ratio{{budget="{_esc(w.id)}"}} {w.ratio(now):.6g}' for w in windows]
+        spend = [f'llm_sidecar_budget_spend_usd{{budget="{_esc(w.id)}"}} {w.spent:.10g}' for w in windows]
+        soft = [f'llm_sidecar_budget_soft_limit_total{{budget="{_esc(name)}"}} {count}'
+                for name, count in self.soft_reached.items()]
         return "\n".join([
             "# HELP llm_sidecar_budget_used_ratio Spend / limit of each budget in its current window, 0..1.",
             "# TYPE llm_sidecar_budget_used_ratio gauge", *ratio,
             "# HELP llm_sidecar_budget_spend_usd Spend in USD of each budget in its current window.",
-            "# TYPE llm_sidecar_budget_spend_usd gauge", *spend, ""])
+            "# TYPE llm_sidecar_budget_spend_usd gauge", *spend,
+            "# HELP llm_sidecar_budget_soft_limit_total Times a budget's spend reached its soft limit in a window.",
+            "# TYPE llm_sidecar_budget_soft_limit_total counter", *soft, ""])
 
 
 def _esc(value: str) -> str:

@@ -2,10 +2,17 @@
 
 ``cache_key`` is pure: a digest of the endpoint, the model group and the canonical request body (sorted
 keys, without the fields that do not change the answer). ``cacheable`` says which requests qualify:
-non-streaming OpenAI-format chat, completions and embeddings — chat and completions only when
-deterministic (``temperature`` 0, ``n`` absent or 1) unless the mode is ``all``. ``ResponseCache`` stores
-answer bytes in an injected aiocache backend. A Redis that fails or is slow is a miss, never an error:
-lookups wait at most ``GET_TIMEOUT`` and the ``RedisGate`` skips Redis for a while after a failure.
+OpenAI-format chat, completions and embeddings, and Anthropic-format chat without Anthropic-only features —
+chat and completions only when deterministic (``temperature`` 0, ``n`` absent or 1) unless the mode is
+``all``; streams only for chat (a stream is stored as the whole answer it spelt, see ``routing.cached``).
+``ResponseCache`` stores answer bytes in an injected aiocache backend. A Redis that fails or is slow is a
+miss, never an error: lookups wait at most ``GET_TIMEOUT`` and the ``RedisGate`` skips Redis for a while
+after a failure.
+
+With Redis, the cache has two tiers: the process's bounded memory in front of Redis. A lookup asks memory
+first; a Redis hit fills memory for what is left of the entry's time (Redis entries carry their expiry, see
+``encode_entry``), so no tier serves an answer past its ``ttl``. Stores go to both. Answers larger than
+``COMPRESS_ABOVE`` bytes are stored in Redis zlib-compressed (memory keeps them as they are).
 """
 
 from __future__ import annotations
@@ -13,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
+import struct
+import time
+import zlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
 from sidecar.config.shared import CacheSettings
 from sidecar.core.types import ChatRequest, Endpoint, WireFormat
-from sidecar.state.redis import RedisGate, connection_options
+from sidecar.state.redis import RedisGate, client, connection_options, warm_up
 
 log = logging.getLogger("sidecar.cache")
 # Fields that do not change the answer: who asked, for what bookkeeping, and how it is delivered.
@@ -28,6 +38,32 @@ EXCLUDED_FIELDS = frozenset({"user", "metadata", "stream", "stream_options", "st
 GET_TIMEOUT = 0.05  # a lookup slower than this is a miss
 SET_TIMEOUT = 0.5  # stores happen after the answer is sent
 HIT, MISS = "hit", "miss"
+COMPRESS_ABOVE = 4096  # bytes: larger answers go to Redis compressed
+# A Redis entry: a tag byte, the expiry (UNIX seconds, big-endian double), the answer (compressed for Z).
+PLAIN, COMPRESSED = b"P", b"Z"
+_EXPIRY = struct.Struct(">d")
+
+
+def encode_entry(body: bytes, expires_at: float, compress_above: int = COMPRESS_ABOVE) -> bytes:
+    """An answer as stored in Redis: tagged, with its expiry, compressed when large (and it helps)."""
+    if len(body) > compress_above:
+        packed = zlib.compress(body, 1)
+        if len(packed) < len(body):
+            return COMPRESSED + _EXPIRY.pack(expires_at) + packed
+    return PLAIN + _EXPIRY.pack(expires_at) + body
+
+
+def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
+    """(the answer, its expiry) from a Redis entry; an entry written before entries were tagged (a JSON
+    answer, ``{``…) has no expiry. ``ValueError`` (or ``zlib.error``) when the entry is damaged."""
+    tag = raw[:1]
+    if tag == b"{":
+        return raw, None
+    if tag not in (PLAIN, COMPRESSED) or len(raw) < 1 + _EXPIRY.size:
+        raise ValueError("not a cache entry")
+    (expires_at,) = _EXPIRY.unpack_from(raw, 1)
+    body = raw[1 + _EXPIRY.size:]
+    return (zlib.decompress(body) if tag == COMPRESSED else body), expires_at
 
 
 def cache_key(request: ChatRequest, generation: str = "") -> str:
@@ -46,7 +82,9 @@ def _is_zero(value: Any) -> bool:
 
 def cacheable(request: ChatRequest, mode: str = "deterministic") -> bool:
     """May this request's answer be cached (and answered from the cache)?"""
-    if request.stream or request.wire is not WireFormat.OPENAI or request.continuation:
+    if request.continuation or (request.stream and request.endpoint is not Endpoint.CHAT):
+        return False
+    if request.wire is not WireFormat.OPENAI and (request.wire is not WireFormat.ANTHROPIC or request.native_only):
         return False
     if request.endpoint is Endpoint.EMBEDDINGS or mode == "all":
         return True
@@ -101,32 +139,45 @@ def redis_backend(settings: CacheSettings) -> Any:
     assert redis is not None
     pool_options = connection_options(redis)
     timeout = pool_options.pop("socket_connect_timeout")
-    return RedisCache(serializer=BytesSerializer(), namespace=settings.namespace, timeout=None,
-                      endpoint=redis.host, port=redis.port, db=redis.db,
-                      password=redis.password.value if redis.password else None, ssl=redis.ssl,
-                      create_connection_timeout=timeout, connection_pool_kwargs=pool_options)
+    cache = RedisCache(serializer=BytesSerializer(), namespace=settings.namespace, timeout=None,
+                       endpoint=redis.host, port=redis.port, db=redis.db,
+                       password=redis.password.value if redis.password else None, ssl=redis.ssl,
+                       create_connection_timeout=timeout, connection_pool_kwargs=pool_options)
+    if redis.mode != "standalone":  # Sentinel or Cluster: redis-py's own client in aiocache's place
+        cache.client = client(redis)
+    return cache
 
 
 class ResponseCache:
     """Answer bytes by ``cache_key`` in ``backend`` (any aiocache cache) for ``settings.ttl`` seconds.
 
     ``gate`` is set for a remote backend: while it is shut (Redis failed recently) lookups are misses and
-    stores are dropped, without touching the network.
+    stores are dropped, without touching the network. A remote backend holds ``encode_entry`` values, and
+    ``memory`` (a memory backend), when given, is the tier in front of it.
     """
 
-    def __init__(self, settings: CacheSettings, backend: Any, gate: RedisGate | None = None) -> None:
+    def __init__(self, settings: CacheSettings, backend: Any, gate: RedisGate | None = None, *,
+                 memory: Any = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.backend = backend
         self.gate = gate
+        self.memory = memory
+        self.clock = clock  # wall clock: Redis entries' expiry is shared by every pod
         self.ttl = settings.ttl
         self.mode = settings.mode
         self._stores: set[asyncio.Task[None]] = set()
+        self.warming: asyncio.Task[None] | None = None  # the first contact (connect, AUTH; Sentinel's primary
+        # lookup, a Cluster's slot map) is made off the request path: lookups are misses until it is done
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> ResponseCache:
         if settings.type == "redis":
             assert settings.redis is not None
-            return cls(settings, redis_backend(settings), RedisGate("response cache", settings.redis))
+            cache = cls(settings, redis_backend(settings), RedisGate("response cache", settings.redis),
+                        memory=memory_backend(settings))
+            assert cache.gate is not None
+            cache.warming = asyncio.create_task(warm_up(cache.backend.client, cache.gate))
+            return cache
         return cls(settings, memory_backend(settings))
 
     def key_for(self, request: ChatRequest, headers: Mapping[str, str],
@@ -147,18 +198,43 @@ class ResponseCache:
         gate = self.gate
         if gate is None:
             return await self.backend.get(key)  # type: ignore[no-any-return]
+        memory = self.memory
+        if memory is not None:
+            value = await memory.get(key)
+            if value is not None:
+                return value  # type: ignore[no-any-return]
+        if self.warming is not None:
+            if not self.warming.done():
+                return None  # a miss while the first contact is made (it may take more than GET_TIMEOUT)
+            self.warming = None
         if not gate.open:
             return None
         try:
-            value = await asyncio.wait_for(self.backend.get(key), GET_TIMEOUT)
+            raw = await asyncio.wait_for(self.backend.get(key), GET_TIMEOUT)
         except Exception as error:  # timeouts, connection errors, protocol errors: all a miss
             gate.failed(error)
             return None
         gate.succeeded()
-        return value  # type: ignore[no-any-return]
+        if raw is None:
+            return None
+        try:
+            body, expires_at = decode_entry(raw)
+        except (ValueError, zlib.error):
+            log.warning("a damaged entry in the response cache was ignored")
+            return None
+        left = self.ttl if expires_at is None else expires_at - self.clock()
+        if left <= 0:
+            return None  # Redis has not dropped it yet; it is out of time all the same
+        if memory is not None:
+            await memory.set(key, body, ttl=left)
+        return body
 
     def put(self, key: str, body: bytes) -> None:
         """Store ``body`` in the background: the app's answer does not wait for the cache."""
+        if self.memory is not None:
+            task = asyncio.create_task(self.memory.set(key, body, ttl=self.ttl))
+            self._stores.add(task)
+            task.add_done_callback(self._stores.discard)
         if self.gate is not None and not self.gate.open:
             return
         task = asyncio.create_task(self._put(key, body))
@@ -166,8 +242,9 @@ class ResponseCache:
         task.add_done_callback(self._stores.discard)
 
     async def _put(self, key: str, body: bytes) -> None:
+        value = body if self.gate is None else encode_entry(body, self.clock() + self.ttl)
         try:
-            await asyncio.wait_for(self.backend.set(key, body, ttl=self.ttl), SET_TIMEOUT)
+            await asyncio.wait_for(self.backend.set(key, value, ttl=self.ttl), SET_TIMEOUT)
         except Exception as error:
             if self.gate is None:
                 log.warning("could not store an answer in the cache (%s)", type(error).__name__)
@@ -178,9 +255,15 @@ class ResponseCache:
             self.gate.succeeded()
 
     async def aclose(self) -> None:
+        if self.warming is not None:
+            self.warming.cancel()
+            await asyncio.gather(self.warming, return_exceptions=True)
         if self._stores:
             await asyncio.gather(*self._stores, return_exceptions=True)
-        try:
-            await self.backend.close()
-        except Exception as error:
-            log.debug("closing the cache backend: %s", type(error).__name__)
+        for backend in (self.backend, self.memory):
+            if backend is None:
+                continue
+            try:
+                await backend.close()
+            except Exception as error:
+                log.debug("closing the cache backend: %s", type(error).__name__)

@@ -18,6 +18,20 @@ log = logging.getLogger("sidecar.redis")
 BACKOFF_SECONDS = 5.0
 CONNECT_TIMEOUT = 0.25
 SOCKET_TIMEOUT = 1.0
+WARM_UP_TIMEOUT = 3.0  # the first contact: Sentinel's primary lookup, a Cluster's slot map
+
+
+async def warm_up(redis: Any, gate: RedisGate) -> None:
+    """One PING with time for the first contact, off the request path, so that the short per-call timeouts
+    that follow do not meet discovery work (and shut the gate) on the first requests."""
+    import asyncio
+
+    try:
+        await asyncio.wait_for(redis.ping(), WARM_UP_TIMEOUT)
+    except Exception as error:
+        gate.failed(error)
+    else:
+        gate.succeeded()
 
 
 def connection_options(settings: RedisSettings) -> dict[str, Any]:
@@ -34,11 +48,28 @@ def connection_options(settings: RedisSettings) -> dict[str, Any]:
 
 
 def client(settings: RedisSettings) -> Any:
-    """A ``redis.asyncio.Redis`` for ``settings`` (imported only when a Redis is configured)."""
+    """A redis-py asyncio client for ``settings`` (imported only when a Redis is configured): a plain
+    ``Redis``; for Sentinel, redis-py's ``Sentinel(...).master_for(service)``, which finds the current primary
+    (again after a failover); for Cluster, redis-py's ``RedisCluster``, which follows the slot map."""
     import redis.asyncio
 
-    return redis.asyncio.Redis(host=settings.host, port=settings.port, db=settings.db,
-                               password=settings.password.value if settings.password else None,
+    password = settings.password.value if settings.password else None
+    if settings.mode == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        options = connection_options(settings)
+        sentinel = Sentinel(list(settings.nodes), sentinel_kwargs={
+            "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT}, ssl=settings.ssl,
+            password=password, db=settings.db, **options)
+        return sentinel.master_for(settings.service or "mymaster", check_connection=False)
+    if settings.mode == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        options = connection_options(settings)
+        options.pop("retry")  # the cluster client retries on MOVED/ASK itself; the gate bounds the time
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in settings.nodes], password=password,
+                            ssl=settings.ssl, cluster_error_retry_attempts=1, **options)
+    return redis.asyncio.Redis(host=settings.host, port=settings.port, db=settings.db, password=password,
                                ssl=settings.ssl, **connection_options(settings))
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import re
 import time
 from dataclasses import asdict, fields
 from typing import Any
@@ -201,7 +202,8 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
     body = request.app[STATS_KEY].last_body
     inputs = body.get("input") if isinstance(body, dict) else None
     items = inputs if isinstance(inputs, list) else [inputs]
-    data = [{"object": "embedding", "index": i, "embedding": _vector(str(item))} for i, item in enumerate(items)]
+    vector = _words_vector if str(body.get("model", "")).startswith("bow") else _vector
+    data = [{"object": "embedding", "index": i, "embedding": vector(str(item))} for i, item in enumerate(items)]
     tokens = sum(len(str(item).split()) for item in items)
     request.app[STATS_KEY].completed += 1
     return json_response({"object": "list", "data": data, "model": body.get("model"),
@@ -245,6 +247,16 @@ def _chunk(kind: str, model: str, delta: dict[str, Any], finish: str | None) -> 
         obj = "text_completion"
     return {"id": "chatcmpl-fake", "object": obj, "created": int(time.time()), "model": model,
             "choices": [choice]}
+
+
+def _words_vector(text: str) -> list[float]:
+    """A deterministic stand-in for a semantic embedding (models named ``bow…``): a bag of words hashed into
+    64 dimensions, so texts sharing most of their words — paraphrases — are close in cosine similarity."""
+    vector = [0.0] * 64
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[digest[0] % 64] += 1.0 if digest[1] & 1 else -1.0
+    return vector
 
 
 def _vector(text: str) -> list[float]:

@@ -119,12 +119,14 @@ class Sidecar:
 class RedisServer:
     """A real ``redis-server`` on a free port (no persistence), optionally with a password."""
 
-    def __init__(self, workdir: Path, name: str = "redis", password: str | None = None) -> None:
+    def __init__(self, workdir: Path, name: str = "redis", password: str | None = None,
+                 port: int | None = None) -> None:
+        """``port``: a given one (a Redis restarted where its clients expect it), else a free one."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed: run `make test` (it installs it) or "
                                "`apt-get install -y redis-server`")
-        self.port = free_port()
+        self.port = port or free_port()
         self.password = password
         self.log = workdir / f"{name}.log"
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

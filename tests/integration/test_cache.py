@@ -68,7 +68,7 @@ def _wait_log(sidecar: Sidecar, needle: str) -> str:
     return sidecar.logs()
 
 
-def test_sampled_and_streamed_requests_are_not_cached(local: Sidecar, primary: FakeProvider) -> None:
+def test_sampled_requests_and_streams_are_not_cached(local: Sidecar, primary: FakeProvider) -> None:
     messages = unique()
     for _ in range(2):
         raw = chat(local, messages, temperature=0.7)
@@ -76,7 +76,7 @@ def test_sampled_and_streamed_requests_are_not_cached(local: Sidecar, primary: F
     chat(local, messages)  # no temperature: the provider's default samples
     assert primary.stats()["requests"] == 3
     for _ in range(2):
-        stream = client_for(local).chat.completions.create(model="c", messages=messages, temperature=0,
+        stream = client_for(local).chat.completions.create(model="c", messages=messages, temperature=0.7,
                                                            stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert primary.stats()["requests"] == 5
@@ -121,7 +121,7 @@ def test_two_sidecars_share_a_redis_cache(workdir: Path, primary: FakeProvider, 
         second.stop()
 
 
-def test_a_redis_that_dies_turns_hits_into_misses_and_requests_keep_working(
+def test_a_redis_that_dies_leaves_the_memory_tier_and_requests_keep_working(
         workdir: Path, primary: FakeProvider) -> None:
     password = "redis-pass-SECRET-31337"
     redis = RedisServer(workdir, "redis-dies", password=password)
@@ -133,9 +133,12 @@ def test_a_redis_that_dies_turns_hits_into_misses_and_requests_keep_working(
         redis.wait_for_keys(1)  # the store lands after the answer is sent
         assert chat(sidecar, messages, temperature=0).headers["x-sidecar-cache"] == "hit"
         redis.stop()
-        for _ in range(3):
+        # the memory tier still has what this pod stored; anything else is a miss, served as usual
+        assert chat(sidecar, messages, temperature=0).headers["x-sidecar-cache"] == "hit"
+        fresh = unique()
+        for i in range(3):
             started = time.monotonic()
-            answer = chat(sidecar, messages, temperature=0)
+            answer = chat(sidecar, fresh, temperature=0, extra_headers={"Cache-Control": "no-cache"} if i else None)
             assert answer.headers["x-sidecar-cache"] == "miss" and answer.parse().choices[0].message.content
             assert time.monotonic() - started < 2  # never waits on the dead Redis for long
         assert primary.stats()["requests"] == 4

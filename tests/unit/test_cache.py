@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from sidecar.config.shared import CacheSettings, RedisSettings
 from sidecar.core.types import ChatRequest, Endpoint, WireFormat
-from sidecar.state.cache import EXCLUDED_FIELDS, ResponseCache, cache_key, cacheable, directives
+from sidecar.state.cache import (
+    EXCLUDED_FIELDS,
+    ResponseCache,
+    cache_key,
+    cacheable,
+    decode_entry,
+    directives,
+    encode_entry,
+    memory_backend,
+)
 from sidecar.state.redis import RedisGate
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -63,19 +72,24 @@ def test_the_key_is_stable_and_names_the_group_and_endpoint() -> None:
     ({"temperature": None}, {}, False),
     ({"temperature": False}, {}, False),
     ({"n": 2}, {}, False),
-    ({}, {"stream": True}, False),
-    ({}, {"wire": WireFormat.ANTHROPIC}, False),
+    ({}, {"stream": True}, True),  # stored as the whole answer it spelt
+    ({}, {"stream": True, "endpoint": Endpoint.COMPLETIONS}, False),
+    ({}, {"wire": WireFormat.ANTHROPIC}, True),
+    ({}, {"wire": WireFormat.ANTHROPIC, "native_only": ("thinking",)}, False),
+    ({}, {"wire": WireFormat.RESPONSES}, False),
+    ({}, {"continuation": True}, False),
     ({"temperature": 1}, {"endpoint": Endpoint.EMBEDDINGS}, True),
     ({"temperature": 1}, {"endpoint": Endpoint.COMPLETIONS}, False),
 ])
-def test_cacheable_requests_are_deterministic_and_not_streamed(body: dict[str, Any], kwargs: dict[str, Any],
+def test_cacheable_requests_are_deterministic(body: dict[str, Any], kwargs: dict[str, Any],
                                                                expected: bool) -> None:
     assert cacheable(request(body, **kwargs)) is expected
 
 
-def test_mode_all_caches_sampled_answers_but_never_streams() -> None:
+def test_mode_all_caches_sampled_answers_and_chat_streams_only() -> None:
     assert cacheable(request({"temperature": 0.9, "n": 3}), "all")
-    assert not cacheable(request(stream=True), "all")
+    assert cacheable(request({"temperature": 0.9}, stream=True), "all")
+    assert not cacheable(request(stream=True, endpoint=Endpoint.COMPLETIONS), "all")
 
 
 @pytest.mark.parametrize(("header", "expected"), [
@@ -154,3 +168,58 @@ async def test_a_slow_backend_is_a_miss_within_the_lookup_timeout() -> None:
     started = loop.time()
     assert await cache.get("k") is None
     assert loop.time() - started < 1 and not gate.open
+
+
+def test_redis_entries_carry_their_expiry_and_large_answers_are_compressed() -> None:
+    small, large = b'{"a":1}', b'{"text":"' + b"la " * 5000 + b'"}'
+    assert decode_entry(encode_entry(small, 123.5)) == (small, 123.5)
+    packed = encode_entry(large, 9.0)
+    assert packed[:1] == b"Z" and len(packed) < len(large) // 10
+    assert decode_entry(packed) == (large, 9.0)
+    assert decode_entry(small) == (small, None)  # written before entries were tagged
+    with pytest.raises(ValueError):
+        decode_entry(b"garbage")
+
+
+class DictBackend:
+    """A remote backend that keeps what it is given (its own TTL is not what this tests)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.gets = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return self.data.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.data[key] = value
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_memory_sits_in_front_of_redis_and_a_redis_hit_fills_it_for_the_time_left() -> None:
+    now = [1000.0]
+    settings = CacheSettings(type="redis", ttl=60, max_size=10)
+    remote = DictBackend()
+    writer = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()),
+                           memory=memory_backend(settings), clock=lambda: now[0])
+    writer.put("k", b"answer")
+    await asyncio.gather(*writer._stores)
+    assert decode_entry(remote.data["k"]) == (b"answer", 1060.0)
+
+    reader_memory = memory_backend(settings)
+    reader = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()), memory=reader_memory,
+                           clock=lambda: now[0])
+    now[0] = 1050.0
+    assert await reader.get("k") == b"answer" and remote.gets == 1
+    expiry = reader_memory._handlers["llm-sidecark"].when() - asyncio.get_running_loop().time()
+    assert 9 < expiry <= 10  # what was left, not a fresh minute
+    assert await reader.get("k") == b"answer" and remote.gets == 1  # from memory now
+    now[0] = 1061.0
+    other = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()),
+                          memory=memory_backend(settings), clock=lambda: now[0])
+    assert await other.get("k") is None  # Redis still has it, but it is out of time
+    for cache in (writer, reader, other):
+        await cache.aclose()

@@ -118,3 +118,41 @@ def test_budget_problems_have_locations() -> None:
     (90, 90.0), ("1.5h", 5400.0), ("0h", None), ("h", None), ("1y", None), (True, None), (-1, None)])
 def test_durations(text: object, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_sentinel_and_cluster_urls() -> None:
+    redis = parse({"redis": {"url": "redis+sentinel://:s%40cret@s1:26379,s2:26380/mymaster/3"}}).sidecar.shared.redis
+    assert redis is not None and (redis.mode, redis.nodes, redis.service, redis.db, redis.ssl) == (
+        "sentinel", (("s1", 26379), ("s2", 26380)), "mymaster", 3, False)
+    assert redis.password is not None and redis.password.value == "s@cret" and "cret" not in redis.address
+    cluster = parse({"cache": {"type": "redis", "redis_url": "rediss+cluster://n1:7000,n2:7001"}}).sidecar.shared.redis
+    assert cluster is not None and (cluster.mode, cluster.nodes, cluster.ssl) == (
+        "cluster", (("n1", 7000), ("n2", 7001)), True)
+    for bad, message in [("redis+sentinel://s1:26379", "names the primary's service"),
+                         ("redis+cluster://n1:7000/2", "has no path"),
+                         ("redis+cluster://user:pw@n1", "expected redis+sentinel://")]:
+        found = problems({"model_list": [entry()], "sidecar_settings": {"redis": {"url": bad}}})
+        assert len(found) == 1 and message in found[0] and "pw" not in found[0]
+
+
+def test_inbound_keys_with_teams_budgets_by_team_and_user_and_fleet_limits() -> None:
+    sidecar = parse({
+        "inbound_api_keys": ["plain-key", {"key": "os.environ/TEAM_KEY", "name": "app", "team": "search"}],
+        "redis": {"url": "redis://r:6379"},
+        "budgets": [{"name": "t", "team": "search", "max_budget_usd": 5, "soft_budget_usd": 4, "period": "1d"},
+                    {"name": "u", "per": "user", "users": ["a", "b"], "max_budget_usd": 1, "period": "1h"}],
+        "fleet_rate_limits": {"deployments": ["openai/gpt-4o"], "expected_pods": 4}},
+        environ={"TEAM_KEY": "sk-team"}).sidecar
+    assert [k.value for k in sidecar.inbound_api_keys] == ["plain-key", "sk-team"]
+    assert [(o.name, o.team) for o in sidecar.key_owners] == [("key-0", None), ("app", "search")]
+    team, user = sidecar.shared.budgets
+    assert (team.teams, team.soft_budget_usd, team.per) == (("search",), 4.0, None)
+    assert (user.per, user.users, user.scoped) == ("user", ("a", "b"), True)
+    assert sidecar.shared.fleet is not None and sidecar.shared.fleet.expected_pods == 4
+    found = problems({"model_list": [entry()], "sidecar_settings": {
+        "budgets": [{"name": "x", "per": "planet", "max_budget_usd": 1, "soft_budget_usd": 2, "period": "1d"}],
+        "fleet_rate_limits": {"deployments": ["d"]}}})
+    assert any(p.startswith("sidecar_settings.budgets[0].per: expected one of team, key, user") for p in found)
+    assert "sidecar_settings.budgets[0].soft_budget_usd: must be below max_budget_usd" in found
+    assert any("expected_pods: is required" in p for p in found)
+    assert any("fleet rate limits need a Redis" in p for p in found)

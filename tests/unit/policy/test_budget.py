@@ -7,7 +7,7 @@ import pytest
 
 from sidecar.config.shared import BudgetSettings, SharedSettings
 from sidecar.core.errors import BudgetExceeded
-from sidecar.policy.budget import BudgetLedger
+from sidecar.policy.budget import BudgetLedger, Principal
 from sidecar.state.budgets import Budgets
 
 HOUR = 3600.0
@@ -21,8 +21,8 @@ def ledger() -> BudgetLedger:
 
 def test_budgets_cover_their_groups_or_all() -> None:
     book = ledger()
-    assert [w.settings.name for w in book.covering["gpt-4o"]] == ["team", "global"]
-    assert [w.settings.name for w in book.covering["claude"]] == ["global"]
+    assert [b.name for b in book.covering["gpt-4o"]] == ["team", "global"]
+    assert [b.name for b in book.covering["claude"]] == ["global"]
     assert book.check("unknown-group", 0.0) is None
 
 
@@ -86,3 +86,48 @@ def test_budgets_raise_budget_exceeded_with_a_whole_second_retry_after() -> None
     assert 'llm_sidecar_budget_spend_usd{budget="team"} 1.5\n' in text
     now[0] = 2 * HOUR
     assert 'llm_sidecar_budget_used_ratio{budget="team"} 0\n' in budgets.render()
+
+
+def test_budgets_for_a_team_a_key_and_per_user_count_only_their_requests() -> None:
+    search = BudgetSettings("search", 1.0, HOUR, "1h", teams=("search",))
+    per_user = BudgetSettings("per-user", 0.5, HOUR, "1h", per="user")
+    per_key = BudgetSettings("per-key", 2.0, HOUR, "1h", per="key", models=("gpt-4o",))
+    book = BudgetLedger([search, per_user, per_key], ["gpt-4o"])
+    alice = Principal("app-a", "search", "alice")
+    bob = Principal("app-b", "ads", "bob")
+    book.add(["gpt-4o"], 0.5, 100.0, alice)
+    refused = book.check("gpt-4o", 101.0, alice)
+    assert refused is not None and refused.budget is per_user and "for this user" in refused.message
+    assert book.check("gpt-4o", 101.0, Principal("app-a", "search", "carol")) is None  # another user
+    book.add(["gpt-4o"], 0.5, 102.0, Principal("app-a", "search", "carol"))
+    refused = book.check("gpt-4o", 103.0, Principal("app-a", "search", "dave"))
+    assert refused is not None and refused.budget is search  # the team's 1.0 is spent
+    assert book.check("gpt-4o", 103.0, bob) is None  # another team, another key, another user
+    assert book.check("gpt-4o", 103.0, None) is None  # nobody known: only unscoped budgets apply
+    ids = sorted(book.windows)
+    assert "per-key/key=app-a" in ids and "search" in ids
+    assert not any("alice" in i for i in ids)  # users are hashed in ids (Redis keys, metrics)
+
+
+def test_per_user_windows_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sidecar.policy.budget.MAX_SCOPES", 3)
+    per_user = BudgetSettings("per-user", 1.0, HOUR, "1h", per="user")
+    book = BudgetLedger([per_user], ["g"])
+    for i in range(10):
+        book.add(["g"], 0.1, 0.0, Principal(user=f"u{i}"))
+    assert len(book.windows) == 3 and len(book.scopes["per-user"]) == 3
+
+
+def test_the_soft_limit_is_reported_once_per_window(caplog: pytest.LogCaptureFixture) -> None:
+    soft = BudgetSettings("team-soft", 1.0, HOUR, "1h", teams=("t",), soft_budget_usd=0.5)
+    budgets = Budgets(SharedSettings(budgets=(soft,)), ["g"], clock=lambda: 10.0)
+    who = Principal("k", "t", None)
+    for _ in range(4):
+        budgets.spend(["g"], 0.2, who)
+    budgets.check("g", who)  # 0.8 < 1.0: still allowed
+    warnings = [r for r in caplog.records if r.getMessage() == "budget soft limit reached"]
+    assert len(warnings) == 1 and budgets.soft_reached == {"team-soft": 1}
+    assert 'llm_sidecar_budget_soft_limit_total{budget="team-soft"} 1' in budgets.render()
+    budgets.spend(["g"], 0.2, who)
+    with pytest.raises(BudgetExceeded):
+        budgets.check("g", who)

@@ -1,0 +1,318 @@
+"""In-flight coalescing: identical cacheable requests that arrive while one is in flight share its single
+upstream call.
+
+A *flight* is one upstream call run as its own task, keyed by the request's cache key (plus what changes the
+bytes the app gets: wire format, streaming, usage chunk). The first request starts it; requests that arrive
+while it runs *join* it. The call does not belong to any app connection: when the request that started it
+goes away, the call goes on for the others, and it is cancelled only when nobody waits for it any more.
+
+- Whole answers: every waiter gets the same answer, or its own copy of the same error. When the error is
+  one a retry can help (``worth_retrying``), waiters do not all retry: the first one to wake starts
+  the next flight and the others join it (at most ``MAX_ROUNDS`` flights per request).
+- Streams: the flight's ``Broadcast`` is the router's stream sink. It keeps the chunks sent so far, so a
+  subscriber that joins late first receives those, then the rest, through its own sink — a well-formed
+  stream of its own in its own dialect. The buffer is bounded (``max_bytes``): once a stream outgrows it,
+  the flight takes no new joiners and drops what every subscriber already has; the upstream waits for a
+  subscriber more than ``max_bytes`` behind for at most ``LAG_TIMEOUT`` seconds, after which that
+  subscriber's stream ends with an error rather than hold the others back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from sidecar.core.errors import NoHealthyUpstream, SidecarError, UpstreamServerError
+from sidecar.core.types import StreamChunk
+from sidecar.routing.outcome import Outcome, StreamSink
+
+T = TypeVar("T")
+MAX_ROUNDS = 3  # flights one request may wait for (the first, plus retries after retryable failures)
+MAX_BYTES = 4 * 1024 * 1024  # a stream's buffer for late joiners and slow subscribers
+LAG_TIMEOUT = 10.0  # how long the upstream waits for a subscriber that is MAX_BYTES behind
+MISS, COALESCED = "miss", "coalesced"  # x-sidecar-cache on a stream: the one that called, and those that joined
+
+
+def worth_retrying(error: SidecarError) -> bool:
+    """May a waiter's own try succeed where the shared call failed? A transient upstream failure (what the
+    router retries, or its "no upstream could answer" after them) — not the request's own fault, not a
+    rate limit (the retry would meet it too), not a deadline."""
+    return error.retryable or type(error) is NoHealthyUpstream
+
+
+def _copy(error: SidecarError) -> SidecarError:
+    """Each waiter raises its own exception object: the server and pipeline write to it (outcome, traceback)."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an exception class whose copy fails: the original will do
+        return error
+
+
+class Flight(Generic[T]):
+    """One shared upstream call and the number of requests waiting for it."""
+
+    __slots__ = ("broadcast", "key", "task", "waiters")
+
+    def __init__(self, key: str, task: asyncio.Task[T], broadcast: Broadcast | None = None) -> None:
+        self.key = key
+        self.task = task
+        self.broadcast = broadcast
+        self.waiters = 0
+
+
+class Broadcast:
+    """A stream sink for the router that many subscribers read: chunks kept for late joiners, bounded."""
+
+    __slots__ = (
+        "_changed",
+        "_moved",
+        "chunks",
+        "dropped",
+        "error",
+        "finished",
+        "max_bytes",
+        "outcome",
+        "positions",
+        "size",
+        "trimmed",
+    )
+
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self.chunks: list[StreamChunk] = []
+        self.trimmed = 0  # chunks dropped from the front (every subscriber had them): ``chunks[0]`` is number trimmed
+        self.size = 0  # bytes of the chunks held
+        self.max_bytes = max_bytes
+        self.outcome: Outcome | None = None
+        self.finished = False
+        self.error: SidecarError | None = None  # in-band failure after the commit
+        self.positions: dict[int, int] = {}  # subscriber id -> chunks it has been sent (absolute)
+        self.dropped: set[int] = set()  # subscribers too far behind, ended with an error
+        self._changed = asyncio.Event()
+        self._moved = asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def whole(self) -> bool:
+        """All chunks are still held (the stream can still take joiners and be stored)."""
+        return self.trimmed == 0
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ---- the router's side ----------------------------------------------------------------------------
+
+    async def start(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self._notify()
+
+    async def send(self, chunks: list[StreamChunk]) -> None:
+        self.chunks.extend(chunks)
+        self.size += sum(len(c.raw) + len(c.native or b"") for c in chunks)
+        self._notify()
+        if self.size > self.max_bytes:
+            await self._trim()
+
+    async def finish(self) -> None:
+        self.finished = True
+        self._notify()
+
+    async def fail(self, error: SidecarError) -> None:
+        self.error = error
+        self.finished = True
+        self._notify()
+
+    def close(self, task: asyncio.Task[Any]) -> None:
+        """The call is over (its task's done callback): wake the subscribers even when the router never
+        ended the stream — it failed before the commit, or was cancelled after it (a truncated stream must
+        not end cleanly)."""
+        if not self.finished:
+            if self.started:
+                self.error = UpstreamServerError("the shared upstream stream ended before the answer finished")
+            self.finished = True
+        self._notify()
+
+    async def _trim(self) -> None:
+        """Drop what every subscriber has; wait (bounded) for subscribers too far behind, then drop them."""
+        waited = False
+        while True:
+            live = [p for s, p in self.positions.items() if s not in self.dropped]
+            low = min(live, default=self.trimmed + len(self.chunks))
+            if low > self.trimmed:
+                gone = self.chunks[:low - self.trimmed]
+                del self.chunks[:low - self.trimmed]
+                self.trimmed = low
+                self.size -= sum(len(c.raw) + len(c.native or b"") for c in gone)
+            if self.size <= self.max_bytes:
+                return
+            if waited:
+                for subscriber, position in self.positions.items():
+                    if position == low:
+                        self.dropped.add(subscriber)
+                self._notify()
+                continue
+            moved = self._moved
+            try:
+                await asyncio.wait_for(moved.wait(), LAG_TIMEOUT)
+            except TimeoutError:
+                waited = True
+
+    # ---- a subscriber's side ----------------------------------------------------------------------------
+
+    async def follow(self, sink: StreamSink, joined: bool) -> None:
+        """Feed ``sink`` from the first chunk to the end (its headers name the deployment; a joiner's count no
+        attempts of its own). Returns without starting ``sink`` when the call failed before the commit (the
+        flight's task has the error); ends the stream in-band when it failed after."""
+        subscriber = id(sink)
+        self.positions[subscriber] = self.trimmed
+        try:
+            while True:
+                if subscriber in self.dropped:
+                    if sink.started:
+                        await sink.fail(UpstreamServerError("the app read the stream too slowly for a shared answer"))
+                    return
+                position = self.positions[subscriber]
+                if self.outcome is not None:
+                    if not sink.started:
+                        verdict = COALESCED if joined else MISS
+                        await sink.start(dataclasses.replace(self.outcome, cache=verdict, attempts=0) if joined
+                                         else dataclasses.replace(self.outcome, cache=verdict))
+                    held = self.trimmed + len(self.chunks)
+                    if position < held:
+                        batch = self.chunks[position - self.trimmed:]
+                        self.positions[subscriber] = held
+                        await sink.send(batch)
+                        self._moved.set()
+                        self._moved = asyncio.Event()
+                        continue
+                    if self.finished:
+                        if self.error is not None:
+                            await sink.fail(self.error)
+                        else:
+                            await sink.finish()
+                        return
+                elif self.finished:
+                    return  # failed before the commit: the flight's task raises the error
+                await self._changed.wait()
+        finally:
+            del self.positions[subscriber]
+            self.dropped.discard(subscriber)
+            self._moved.set()
+            self._moved = asyncio.Event()
+
+
+class Coalescer:
+    """The flights in progress, by key. ``coalesced`` counts requests that joined a flight."""
+
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self.flights: dict[str, Flight[Any]] = {}
+        self.max_bytes = max_bytes
+        self.coalesced = 0
+        self.retried = 0  # flights started by a waiter after a retryable failure
+
+    def _start(self, key: str, call: Callable[[], Awaitable[T]], broadcast: Broadcast | None) -> Flight[T]:
+        task = asyncio.ensure_future(call())
+        flight: Flight[T] = Flight(key, task, broadcast)
+        self.flights[key] = flight
+        if broadcast is not None:
+            task.add_done_callback(broadcast.close)
+
+        def done(_: object) -> None:
+            if self.flights.get(key) is flight:
+                del self.flights[key]
+        task.add_done_callback(done)
+        return flight
+
+    def _leave(self, flight: Flight[Any]) -> None:
+        flight.waiters -= 1
+        if flight.waiters == 0 and not flight.task.done():
+            flight.task.cancel()  # nobody waits for this answer any more
+            if self.flights.get(flight.key) is flight:
+                del self.flights[flight.key]
+
+    async def complete(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """(the answer, whether this request joined another's call). Raises the call's error."""
+        for round_ in range(MAX_ROUNDS):
+            flight = self.flights.get(key)
+            joined = flight is not None
+            if flight is None:
+                flight = self._start(key, call, None)
+                if round_:
+                    self.retried += 1
+            else:
+                self.coalesced += 1
+            flight.waiters += 1
+            try:
+                return await asyncio.shield(flight.task), joined
+            except asyncio.CancelledError:
+                if flight.task.cancelled() and not _current_cancelling():
+                    raise UpstreamServerError("the shared upstream call was cancelled") from None
+                raise
+            except SidecarError as error:
+                if not joined or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
+                    raise (_copy(error) if joined else error) from None
+            finally:
+                self._leave(flight)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream(self, key: str, call: Callable[[Broadcast], Awaitable[T]],
+                     sink: StreamSink) -> tuple[T | None, bool]:
+        """Subscribe ``sink`` to the flight for ``key`` (starting it when there is none or it takes no more
+        joiners): (the call's result — for the request that started it; None for joiners and when the call
+        failed in-band — and whether this request joined another's call)."""
+        for round_ in range(MAX_ROUNDS):
+            flight = self.flights.get(key)
+            if flight is not None and flight.broadcast is not None and not flight.broadcast.whole:
+                flight = None  # outgrew its buffer: start a call of our own
+            joined = flight is not None
+            if flight is None:
+                broadcast = Broadcast(self.max_bytes)
+                flight = self._start(key, lambda b=broadcast: call(b), broadcast)  # type: ignore[misc]
+                if round_:
+                    self.retried += 1
+            else:
+                self.coalesced += 1
+            assert flight.broadcast is not None
+            flight.waiters += 1
+            try:
+                await flight.broadcast.follow(sink, joined)
+                if not sink.started:
+                    return await asyncio.shield(flight.task), joined  # failed before the commit: raises its error
+                if joined:
+                    return None, True
+                try:  # the leader's record gets the call's outcome (the call returns right after the end)
+                    return await asyncio.shield(flight.task), False
+                except SidecarError:
+                    return None, False
+            except asyncio.CancelledError:
+                if flight.task.cancelled() and not _current_cancelling():
+                    raise UpstreamServerError("the shared upstream call was cancelled") from None
+                raise
+            except SidecarError as error:
+                if sink.started or not joined or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
+                    raise (_copy(error) if joined else error) from None
+            finally:
+                self._leave(flight)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def render(self) -> str:
+        return ("# HELP llm_sidecar_coalesced_requests_total Requests that shared another request's upstream call.\n"
+                "# TYPE llm_sidecar_coalesced_requests_total counter\n"
+                f"llm_sidecar_coalesced_requests_total {self.coalesced}\n"
+                "# HELP llm_sidecar_coalesced_retries_total Shared calls started again after a retryable failure.\n"
+                "# TYPE llm_sidecar_coalesced_retries_total counter\n"
+                f"llm_sidecar_coalesced_retries_total {self.retried}\n"
+                "# HELP llm_sidecar_inflight_shared_calls Upstream calls in flight that identical requests may join.\n"
+                "# TYPE llm_sidecar_inflight_shared_calls gauge\n"
+                f"llm_sidecar_inflight_shared_calls {len(self.flights)}\n")
+
+
+def _current_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,231 @@
+"""In-flight coalescing with fake calls: one call per key, leaders that leave, failures, streams, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from sidecar.core.errors import SidecarError, UpstreamBadRequest, UpstreamServerError
+from sidecar.core.types import StreamChunk
+from sidecar.routing.coalesce import Broadcast, Coalescer
+from sidecar.routing.outcome import Outcome
+
+
+class Calls:
+    """A fake upstream call: counts calls, waits for ``release``, then answers or raises ``errors`` in turn."""
+
+    def __init__(self, *errors: SidecarError) -> None:
+        self.count = 0
+        self.cancelled = 0
+        self.release = asyncio.Event()
+        self.errors = list(errors)
+
+    async def __call__(self) -> str:
+        self.count += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.errors:
+            raise self.errors.pop(0)
+        return f"answer {self.count}"
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_fifty_identical_requests_make_one_call() -> None:
+    coalescer, calls = Coalescer(), Calls()
+    waiters = [asyncio.create_task(coalescer.complete("k", calls)) for _ in range(50)]
+    await settle()
+    calls.release.set()
+    results = await asyncio.gather(*waiters)
+    assert calls.count == 1 and coalescer.coalesced == 49
+    assert [joined for _, joined in results].count(False) == 1
+    assert {answer for answer, _ in results} == {"answer 1"}
+    assert coalescer.flights == {}
+
+
+async def test_the_call_goes_on_when_its_leader_leaves_and_stops_when_everyone_has() -> None:
+    coalescer, calls = Coalescer(), Calls()
+    leader = asyncio.create_task(coalescer.complete("k", calls))
+    await settle()
+    follower = asyncio.create_task(coalescer.complete("k", calls))
+    await settle()
+    leader.cancel()
+    await settle()
+    assert calls.cancelled == 0
+    calls.release.set()
+    assert await follower == ("answer 1", True)
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+
+    lonely = Calls()
+    only = asyncio.create_task(coalescer.complete("other", lonely))
+    await settle()
+    only.cancel()
+    await settle()
+    assert lonely.cancelled == 1 and coalescer.flights == {}
+
+
+async def test_a_final_failure_reaches_every_waiter_as_its_own_error() -> None:
+    coalescer, calls = Coalescer(), Calls(UpstreamBadRequest("bad"))
+    waiters = [asyncio.create_task(coalescer.complete("k", calls)) for _ in range(5)]
+    await settle()
+    calls.release.set()
+    errors = await asyncio.gather(*waiters, return_exceptions=True)
+    assert calls.count == 1
+    assert all(isinstance(e, UpstreamBadRequest) and e.message == "bad" for e in errors)
+    assert len({id(e) for e in errors}) == 5
+
+
+async def test_after_a_retryable_failure_one_follower_retries_and_the_others_join_it() -> None:
+    coalescer, calls = Coalescer(), Calls(UpstreamServerError("flaky"))
+    waiters = [asyncio.create_task(coalescer.complete("k", calls)) for _ in range(10)]
+    await settle()
+    calls.release.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert calls.count == 2 and coalescer.retried == 1
+    assert isinstance(results[0], UpstreamServerError)  # the leader gets its own call's error
+    assert [r[0] for r in results[1:]] == ["answer 2"] * 9  # type: ignore[index]
+
+
+class Sink:
+    """An app's stream sink that keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.outcome: Outcome | None = None
+        self.chunks: list[bytes] = []
+        self.end: str | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.outcome is not None
+
+    async def start(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+    async def send(self, chunks: list[StreamChunk]) -> None:
+        self.chunks.extend(c.raw for c in chunks)
+        await asyncio.sleep(0)
+
+    async def finish(self) -> None:
+        self.end = "finish"
+
+    async def fail(self, error: SidecarError) -> None:
+        self.end = f"fail: {error.message}"
+
+
+def piece(i: int, size: int = 10) -> StreamChunk:
+    data = {"i": i, "pad": "x" * size}
+    return StreamChunk(orjson.dumps(data), data)
+
+
+class Streamer:
+    """A fake streamed call: sends ``n`` chunks, pausing at ``gates`` until they are released."""
+
+    def __init__(self, n: int, pause_after: int, size: int = 10, fail: SidecarError | None = None,
+                 fail_before: bool = False) -> None:
+        self.n, self.pause_after, self.size, self.fail, self.fail_before = n, pause_after, size, fail, fail_before
+        self.count = 0
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def __call__(self, sink: Broadcast) -> Outcome:
+        self.count += 1
+        outcome = Outcome("g", deployment="d1", attempts=1)
+        if self.fail_before:
+            await self.resume.wait()
+            assert self.fail is not None
+            raise self.fail
+        await sink.start(outcome)
+        for i in range(self.n):
+            await sink.send([piece(i, self.size)])
+            if i + 1 == self.pause_after:
+                self.paused.set()
+                await self.resume.wait()
+        if self.fail is not None:
+            await sink.fail(self.fail)
+        else:
+            await sink.finish()
+        return outcome
+
+
+async def test_a_late_subscriber_gets_the_chunks_already_sent_then_the_rest() -> None:
+    coalescer, streamer = Coalescer(), Streamer(6, pause_after=3)
+    first, late = Sink(), Sink()
+    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
+    await streamer.paused.wait()
+    await settle()
+    assert len(first.chunks) == 3
+    joiner = asyncio.create_task(coalescer.stream("k", streamer, late))
+    await settle()
+    assert len(late.chunks) == 3  # caught up before anything new came
+    streamer.resume.set()
+    (outcome, led), (nothing, joined) = await asyncio.gather(leader, joiner)
+    assert streamer.count == 1 and (led, joined) == (False, True) and nothing is None
+    assert outcome is not None and outcome.deployment == "d1"
+    assert first.chunks == late.chunks and len(late.chunks) == 6
+    assert first.end == late.end == "finish"
+    assert first.outcome is not None and late.outcome is not None
+    assert (first.outcome.cache, first.outcome.attempts) == ("miss", 1)
+    assert (late.outcome.cache, late.outcome.attempts, late.outcome.deployment) == ("coalesced", 0, "d1")
+
+
+async def test_a_stream_continues_for_followers_when_the_leader_leaves() -> None:
+    coalescer, streamer = Coalescer(), Streamer(4, pause_after=2)
+    first, second = Sink(), Sink()
+    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
+    await streamer.paused.wait()
+    follower = asyncio.create_task(coalescer.stream("k", streamer, second))
+    await settle()
+    leader.cancel()
+    await settle()
+    streamer.resume.set()
+    await follower
+    assert len(second.chunks) == 4 and second.end == "finish"
+
+
+async def test_an_in_band_failure_ends_every_subscriber_stream_with_the_error() -> None:
+    coalescer, streamer = Coalescer(), Streamer(3, pause_after=1, fail=UpstreamServerError("cut"))
+    sinks = [Sink() for _ in range(3)]
+    tasks = [asyncio.create_task(coalescer.stream("k", streamer, s)) for s in sinks]
+    await streamer.paused.wait()
+    streamer.resume.set()
+    await asyncio.gather(*tasks)
+    assert [s.end for s in sinks] == ["fail: cut"] * 3 and streamer.count == 1
+
+
+async def test_a_failure_before_the_commit_is_raised_to_every_subscriber() -> None:
+    coalescer = Coalescer()
+    streamer = Streamer(0, 0, fail=UpstreamBadRequest("nope"), fail_before=True)
+    sinks = [Sink() for _ in range(3)]
+    tasks = [asyncio.create_task(coalescer.stream("k", streamer, s)) for s in sinks]
+    await settle()
+    streamer.resume.set()
+    results: list[Any] = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, UpstreamBadRequest) for r in results) and streamer.count == 1
+    assert not any(s.started for s in sinks)
+
+
+async def test_a_stream_past_the_buffer_takes_no_joiners_and_keeps_only_what_is_unread() -> None:
+    coalescer, streamer = Coalescer(max_bytes=200), Streamer(20, pause_after=10, size=40)
+    first = Sink()
+    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
+    await streamer.paused.wait()
+    await settle()
+    broadcast = coalescer.flights["k"].broadcast
+    assert broadcast is not None and not broadcast.whole and broadcast.size <= 200
+    other = Streamer(2, pause_after=0)
+    second = Sink()
+    await coalescer.stream("k", other, second)  # the big stream takes no joiners: a call of its own
+    assert other.count == 1 and len(second.chunks) == 2
+    streamer.resume.set()
+    await leader
+    assert len(first.chunks) == 20 and first.end == "finish"
