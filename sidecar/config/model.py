@@ -24,6 +24,7 @@ from sidecar.config.limits import LimitSettings, ListenerSettings, limit_setting
 from sidecar.config.params import RequestParams, request_params, shared_defaults
 from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, Warnings, described, is_number
 from sidecar.config.references import WILDCARD, default_base, root_base, unique_id
+from sidecar.config.replicas import ReplicaSettings, replica_settings
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.router import RouterSettings, resolve_groups, router_settings
 from sidecar.config.shared import SharedSettings, shared_settings
@@ -85,6 +86,7 @@ class Deployment:
     params: RequestParams | None = None  # completion defaults, extra_body, drop_params (None: none set)
     proxy: str | None = None  # None: the environment's proxy (HTTPS_PROXY, ...); a URL; or "none" to go direct
     max_sse_event_bytes: int = 4 * MIB  # from sidecar_settings.limits.upstream_sse_event_mb
+    replicas: ReplicaSettings | None = None  # sglang: the replicas behind this deployment (config.replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +336,9 @@ def _deployment(entry: Section, context: deployments.Context, seen_ids: set[str]
     aws, api_key = None, None
     if provider == "bedrock" and model is not None:
         aws, model, base_default, api_key = bedrock_settings(params, context.secrets, model)
+    pool = replica_settings(params, provider)
+    if pool is not None and pool.urls:
+        base_default = pool.urls[0]  # the static replicas are used instead of api_base
     api_base = params.string("api_base", base_default)
     reachable = bool(api_base) or provider in ("vertex_ai", "")  # Vertex builds its host; '*' the provider's
     if provider and not reachable:
@@ -368,6 +373,7 @@ def _deployment(entry: Section, context: deployments.Context, seen_ids: set[str]
         params=request_params(params, context.defaults, context.drop_params),
         proxy=proxy,
         max_sse_event_bytes=sse_event,
+        replicas=pool,
     )
     params.finish()
     info.finish()

@@ -126,7 +126,7 @@ def test_every_implemented_deployment_key_is_read() -> None:
                               "web_search_options": {}, "tool_choice": "auto", "user": "u", "service_tier": "auto",
                               "reasoning_effort": "low", "verbosity": "low"}
     skip = {"model", "api_key", "aws_role_name", "aws_web_identity_token", "model_id", "vertex_credentials",
-            "litellm_credential_name", "custom_llm_provider"}
+            "litellm_credential_name", "custom_llm_provider", "replicas"}  # replicas: sglang only
     params: dict[str, Any] = {}
     for name, key in litellm.LITELLM_PARAMS.items():
         if key.status != litellm.IMPLEMENTED or name in skip or name.startswith("aws_"):

@@ -1,0 +1,122 @@
+"""Choosing a replica of a shared SGLang deployment: consistent hashing with bounded loads (pure).
+
+Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads" (2016), as HAProxy's
+``hash-balance-factor`` applies it: each replica owns ``VNODES`` points on a 64-bit ring; a request's key
+(``prefix_key``: the part of the prompt that stays the same for a whole conversation) lands on the first point
+clockwise from its hash; a replica whose load would pass ``ceil(factor * mean load)`` — the mean counting this
+request — is passed over for the next distinct replica on the ring. Every sidecar derives the same ring from
+the same replica set (the hashes are blake2b, not Python's per-process ``hash``), so sidecars agree on where a
+conversation lives without talking to each other; a key moves only when its replica leaves the set or is
+overloaded, and adding a replica to N moves about 1/(N+1) of the keys.
+
+With no useful prefix (no user turn, an embeddings request) the request goes to the least loaded replica.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+
+VNODES = 160  # points per replica: ketama's count, a few percent of imbalance in key shares
+PREFIX_CHARS = 4096  # completions: the stable part of a prompt is taken to be its start
+
+
+def hash64(data: bytes) -> int:
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """The points of a replica set, sorted; ``owners[i]`` is the index in ``replicas`` of ``points[i]``."""
+
+    replicas: tuple[str, ...]
+    points: tuple[int, ...]
+    owners: tuple[int, ...]
+
+
+def build_ring(replicas: Sequence[str], vnodes: int = VNODES) -> Ring:
+    """The ring of ``replicas`` (stable names, e.g. their URLs): the same set gives the same ring anywhere."""
+    pairs = sorted((hash64(f"{name}#{i}".encode()), index) for index, name in enumerate(replicas)
+                   for i in range(vnodes))
+    return Ring(tuple(replicas), tuple(p for p, _ in pairs), tuple(o for _, o in pairs))
+
+
+@dataclass(frozen=True, slots=True)
+class RingChoice:
+    """A replica chosen (index into the ring's replicas, None when none may be chosen); ``position``: the
+    key's point on the ring (-1 when least loaded); ``passed_over``: (replica index, load) of replicas skipped
+    for their load, in ring order; ``how``: "ring" or "least_loaded"."""
+
+    replica: int | None
+    position: int
+    passed_over: tuple[tuple[int, float], ...]
+    how: str
+
+
+def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
+    """The most load a replica may carry after taking this request: ceil(factor * mean), this one counted."""
+    count = sum(eligible)
+    if not count:
+        return 0.0
+    total = sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1
+    return float(math.ceil(factor * total / count))
+
+
+def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float) -> RingChoice:
+    """The first eligible replica clockwise from ``key`` whose load + 1 stays within ``capacity``."""
+    if not ring.points:
+        return RingChoice(None, -1, (), "ring")
+    bound = capacity(loads, eligible, factor)
+    start = bisect.bisect_left(ring.points, key) % len(ring.points)
+    seen: set[int] = set()
+    passed: list[tuple[int, float]] = []
+    n = len(ring.points)
+    for step in range(n):
+        owner = ring.owners[(start + step) % n]
+        if owner in seen:
+            continue
+        seen.add(owner)
+        if not eligible[owner]:
+            continue
+        if loads[owner] + 1 <= bound:
+            return RingChoice(owner, start, tuple(passed), "ring")
+        passed.append((owner, loads[owner]))
+        if len(seen) == len(ring.replicas):
+            break
+    return RingChoice(None, start, tuple(passed), "ring")
+
+
+def least_loaded(loads: Sequence[float], eligible: Sequence[bool], turn: int) -> RingChoice:
+    """The eligible replica with the least load; ties go round by ``turn`` (so sidecars do not herd)."""
+    best: int | None = None
+    count = len(loads)
+    for step in range(count):
+        index = (turn + step) % count
+        if eligible[index] and (best is None or loads[index] < loads[best]):
+            best = index
+    return RingChoice(best, -1, (), "least_loaded")
+
+
+def prefix_key(body: Mapping[str, Any]) -> int | None:
+    """The hash of the part of the prompt that is stable for a conversation, or None when there is none.
+
+    Chat: the messages up to and including the first user turn — every later turn of the conversation
+    repeats them, while a system prompt everybody shares does not send all traffic to one replica.
+    Completions: the start of the prompt. Anything else (embeddings): None.
+    """
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return hash64(orjson.dumps(messages[:i + 1], option=orjson.OPT_SORT_KEYS))
+        return None
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return hash64(prompt[:PREFIX_CHARS].encode())
+    return None
