@@ -240,6 +240,7 @@ LITELLM_PARAMS: dict[str, Key] = {
             proxy="this deployment's egress proxy URL, or none to go direct (ours; see Egress)",
             replicas="sglang: a list of replica base URLs, or dns (ours; see The shared SGLang deployment)",
             replica_refresh_seconds="sglang replicas: dns re-resolution interval (ours)",
+            replica_dns_server="sglang replicas: the DNS server to ask, address[:port] (ours)",
             replica_poll_seconds="sglang replicas: health and load poll interval (ours)",
             replica_poll_timeout_seconds="sglang replicas: one poll's time limit (ours)",
             max_queue_per_replica="sglang replicas: queue depth above which requests spill over (ours)",

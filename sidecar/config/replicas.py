@@ -5,8 +5,9 @@
       model: sglang/my-model
       replicas: [http://10.0.0.5:30000/v1, http://10.0.0.6:30000/v1]   # or: replicas: dns (with api_base)
       replica_refresh_seconds: 10       # dns: how often the name is resolved again
+      replica_dns_server: 10.96.0.10:53 # dns: ask this server (default: the pod's /etc/resolv.conf)
       replica_poll_seconds: 2           # each replica's /health and load poll (jittered ±20%)
-      replica_poll_timeout_seconds: 1   # one poll's time limit
+      replica_poll_timeout_seconds: 3   # one poll's time limit (SGLang's /health takes about 1 s)
       max_queue_per_replica: 8          # above this (polled waiting + this pod's new in-flight): spill over
       replica_load_factor: 1.25         # a replica above factor x the mean load is passed over on the ring
 """
@@ -18,9 +19,6 @@ from urllib.parse import urlsplit
 
 from sidecar.config.reader import Section
 
-KEYS = ("replicas", "replica_refresh_seconds", "replica_poll_seconds", "replica_poll_timeout_seconds",
-        "max_queue_per_replica", "replica_load_factor")
-
 
 @dataclass(frozen=True, slots=True)
 class ReplicaSettings:
@@ -30,9 +28,10 @@ class ReplicaSettings:
     dns: bool = False
     refresh_seconds: float = 10.0
     poll_seconds: float = 2.0
-    poll_timeout: float = 1.0
+    poll_timeout: float = 3.0
     max_queue: int = 8
     load_factor: float = 1.25
+    dns_server: str | None = None  # "address[:port]"; None: the system's resolv.conf
 
 
 def replica_settings(params: Section, provider: str | None) -> ReplicaSettings | None:
@@ -41,9 +40,10 @@ def replica_settings(params: Section, provider: str | None) -> ReplicaSettings |
     tuning = {
         "refresh_seconds": params.number("replica_refresh_seconds", 10.0, minimum=0.1),
         "poll_seconds": params.number("replica_poll_seconds", 2.0, minimum=0.05),
-        "poll_timeout": params.number("replica_poll_timeout_seconds", 1.0, minimum=0.01),
+        "poll_timeout": params.number("replica_poll_timeout_seconds", 3.0, minimum=0.01),
         "max_queue": params.integer("max_queue_per_replica", 8, minimum=0),
         "load_factor": params.number("replica_load_factor", 1.25, minimum=1.0),
+        "dns_server": params.string("replica_dns_server", None),
     }
     if raw is None:
         return None

@@ -4,10 +4,10 @@ Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads" (201
 ``hash-balance-factor`` applies it: each replica owns ``VNODES`` points on a 64-bit ring; a request's key
 (``prefix_key``: the part of the prompt that stays the same for a whole conversation) lands on the first point
 clockwise from its hash; a replica whose load would pass ``ceil(factor * mean load)`` — the mean counting this
-request — is passed over for the next distinct replica on the ring. Every sidecar derives the same ring from
-the same replica set (the hashes are blake2b, not Python's per-process ``hash``), so sidecars agree on where a
-conversation lives without talking to each other; a key moves only when its replica leaves the set or is
-overloaded, and adding a replica to N moves about 1/(N+1) of the keys.
+request; at least one more than the mean — is passed over for the next distinct replica on the ring. Every
+sidecar derives the same ring from the same replica set (the hashes are blake2b, not Python's per-process
+``hash``), so sidecars agree on where a conversation lives without talking to each other; a key moves only
+when its replica leaves the set or is overloaded, and adding a replica to N moves about 1/(N+1) of the keys.
 
 With no useful prefix (no user turn, an embeddings request) the request goes to the least loaded replica.
 """
@@ -59,13 +59,32 @@ class RingChoice:
     how: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaChoice:
+    """The trail's record of one attempt's replica (names, never addresses): ``how`` is ring or least_loaded;
+    ``position`` the key's point on the ring; ``passed_over``: (replica, load) skipped for their load; ``load``
+    the chosen replica's load before this attempt."""
+
+    deployment: str
+    replica: str
+    how: str
+    position: int
+    passed_over: tuple[tuple[str, float], ...]
+    load: float
+
+
+SPILL_REASONS = frozenset({"no_healthy_replica", "pool_saturated"})  # a pool skipped: the request spills over
+
+
 def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
-    """The most load a replica may carry after taking this request: ceil(factor * mean), this one counted."""
+    """The most load a replica may carry after taking this request: ceil(factor * mean), this one counted —
+    and never less than ceil(mean) + 1, so that at low load (a mean under a few requests, where the factor
+    rounds to nothing) one request more than the mean does not already move a conversation off its replica."""
     count = sum(eligible)
     if not count:
         return 0.0
-    total = sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1
-    return float(math.ceil(factor * total / count))
+    mean = (sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1) / count
+    return float(max(math.ceil(factor * mean), math.ceil(mean) + 1))
 
 
 def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float) -> RingChoice:

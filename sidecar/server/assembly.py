@@ -20,6 +20,7 @@ import aiohttp
 from sidecar.config import Config
 from sidecar.config.changes import Changes, compare, deployment_set_digest, equal
 from sidecar.providers import http
+from sidecar.providers.sglang_poll import POOL_TASK, PoolWatcher
 from sidecar.routing.outcome import Target
 from sidecar.routing.pipeline import Pipeline
 from sidecar.routing.router import Router
@@ -71,6 +72,7 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
         router.catch_all = previous.router.catch_all  # last good answers of the same deployment set
     cache = _cache(config, previous)
     budgets, tasks = _budgets(config, previous)
+    tasks = (*tasks, *(PoolWatcher(pool).start() for pool in router.pools()))  # sglang replicas' pollers
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
                         generation=deployment_set_digest(config))
     return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks)
@@ -102,7 +104,7 @@ def _budgets(config: Config, previous: Assembly | None) -> tuple[Budgets | None,
     if previous is not None and previous.budgets is not None:
         old = previous.config
         if equal(shared, old.sidecar.shared) and list(config.groups) == list(old.groups):
-            return previous.budgets, previous.tasks
+            return previous.budgets, tuple(t for t in previous.tasks if not t.get_name().startswith(POOL_TASK))
     budgets = Budgets.from_settings(shared, [*config.groups, *(w.pattern for w in config.wildcards)])
     if previous is not None and previous.budgets is not None:
         budgets.ledger.adopt(previous.budgets.ledger)

@@ -76,6 +76,7 @@ class EngineStats:
     generation_tokens: int = 0
     health_checks: int = 0
     load_polls: int = 0
+    peak_load: int = 0  # the most requests running and waiting at once
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
 
@@ -109,6 +110,7 @@ class Engine:
             self.stats.rejected += 1
             return False
         self.waiting += 1
+        self.stats.peak_load = max(self.stats.peak_load, self.running + self.waiting)
         try:
             async with self.wakeup:
                 await self.wakeup.wait_for(lambda: self.running < self.settings.max_running)
@@ -261,16 +263,17 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
         count = min(engine.settings.output_tokens, limit) if isinstance(limit, int) and limit > 0 else \
             engine.settings.output_tokens
         usage = _usage(len(tokens), count, cached, engine.settings.cache_report)
+        words = _words(engine.name, count).split(" ")[_continued(body):]  # continue_final_message: the rest
         model = body.get("model") if isinstance(body.get("model"), str) else "default"
         if body.get("stream"):
-            return await _stream(request, engine, Reply(kind, rid, model, count, usage, arrived), body)
+            return await _stream(request, engine, Reply(kind, rid, model, count, usage, arrived, words), body)
         await asyncio.sleep(count * engine.settings.decode_per_token)
         finish = "abort" if engine.abort_all or rid in engine.aborts else "length" if count < \
             engine.settings.output_tokens else "stop"
         engine.stats.generation_tokens += count
         engine.stats.completed += 1
         engine.stats.e2e.observe(time.monotonic() - arrived)
-        return _json(_completion(kind, rid, model, _words(engine.name, count), finish, usage))
+        return _json(_completion(kind, rid, model, " ".join(words), finish, usage))
     finally:
         await engine.release()
 
@@ -301,6 +304,7 @@ class Reply:
     count: int
     usage: dict[str, Any]
     arrived: float
+    words: list[str]
 
 
 async def _stream(request: web.Request, engine: Engine, reply: Reply, body: dict[str, Any]) -> web.StreamResponse:
@@ -315,7 +319,7 @@ async def _stream(request: web.Request, engine: Engine, reply: Reply, body: dict
     if kind == "chat":
         await response.write(_event(_chunk(kind, rid, created, model, {"reasoning_content": None, "role": "assistant",
                                                                        "content": ""}, None)))
-    words = _words(engine.name, count).split(" ")
+    words = reply.words
     finish = "length" if count < engine.settings.output_tokens else "stop"
     for i, word in enumerate(words):
         if abort and i >= engine.settings.abort_after:
@@ -352,6 +356,18 @@ def _usage(prompt: int, completion: int, cached: int, report: bool) -> dict[str,
     return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
             "prompt_tokens_details": {"cached_tokens": cached} if report else None, "reasoning_tokens": 0,
             "completion_tokens_details": None}
+
+
+def _continued(body: dict[str, Any]) -> int:
+    """Words of the answer the request already has: with ``continue_final_message``, the assistant's last
+    message is continued, not answered anew (what a cut stream's continuation by prefill relies on)."""
+    messages = body.get("messages")
+    if not body.get("continue_final_message") or not isinstance(messages, list) or not messages:
+        return 0
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+        return 0
+    return len(last["content"].split())
 
 
 def _words(name: str, count: int) -> str:

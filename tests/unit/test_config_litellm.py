@@ -110,7 +110,7 @@ def _plain_value(name: str) -> Any:
         return "http://x"
     if name == "proxy":
         return "none"
-    if name in ("organization", "api_version", "vertex_project", "vertex_location"):
+    if name in ("organization", "api_version", "vertex_project", "vertex_location", "replica_dns_server"):
         return "x"
     if name in ("supports_prefill", "propagate_trace", "drop_params", "store", "logprobs", "parallel_tool_calls"):
         return True

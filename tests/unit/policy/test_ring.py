@@ -19,6 +19,7 @@ def _idle(ring, key):  # type: ignore[no-untyped-def]
     return ring.replicas[choose(ring, key, [0.0] * n, [True] * n, 1.25).replica]
 
 
+@settings(deadline=None)
 @given(replica_sets, keys, st.data())
 def test_a_key_moves_only_when_its_replica_leaves(names: list[str], key: int, data: st.DataObject) -> None:
     before = _idle(build_ring(names), key)
@@ -27,6 +28,7 @@ def test_a_key_moves_only_when_its_replica_leaves(names: list[str], key: int, da
     assert (after == before) == (leaving != before)
 
 
+@settings(deadline=None)
 @given(replica_sets, keys, st.data())
 def test_a_key_moves_only_when_its_replica_is_overloaded(names: list[str], key: int, data: st.DataObject) -> None:
     ring = build_ring(names)
@@ -44,6 +46,7 @@ def test_a_key_moves_only_when_its_replica_is_overloaded(names: list[str], key: 
         assert all(loads[r] + 1 > bound for r, _ in choice.passed_over)
 
 
+@settings(deadline=None)
 @given(replica_sets, keys)
 def test_ineligible_replicas_are_never_chosen(names: list[str], key: int) -> None:
     n = len(names)
@@ -53,7 +56,7 @@ def test_ineligible_replicas_are_never_chosen(names: list[str], key: int) -> Non
     assert choose(build_ring(names), key, [0.0] * n, [False] * n, 1.25).replica is None
 
 
-@settings(max_examples=20)
+@settings(max_examples=20, deadline=None)
 @given(st.integers(3, 9))
 def test_adding_a_replica_moves_about_one_nth_of_keys(n: int) -> None:
     sample = [hash64(str(i).encode()) for i in range(3000)]
@@ -72,7 +75,8 @@ def test_every_sidecar_builds_the_same_ring() -> None:
 def test_bounded_loads_keep_max_within_the_factor(loads: list[float], key: int) -> None:
     choice = choose(build_ring(NAMES[:4]), key, loads, [True] * 4, 1.25)
     assert choice.replica is not None
-    assert loads[choice.replica] + 1 <= math.ceil(1.25 * (sum(loads) + 1) / 4)
+    mean = (sum(loads) + 1) / 4
+    assert loads[choice.replica] + 1 <= max(math.ceil(1.25 * mean), math.ceil(mean) + 1)
 
 
 def test_least_loaded_breaks_ties_by_turn() -> None:
