@@ -20,11 +20,16 @@ REDIS_SERVER = command -v redis-server >/dev/null \
 EGRESS_TOOLS = (command -v tinyproxy >/dev/null && dpkg -s libnss-wrapper >/dev/null 2>&1) \
 	|| apt-get install -y tinyproxy libnss-wrapper || (apt-get update && apt-get install -y tinyproxy libnss-wrapper)
 
+# The SGLang DNS-discovery tests: a real DNS server on loopback (dnsmasq, from Debian's dnsmasq-base).
+DNS_SERVER = command -v dnsmasq >/dev/null || test -x /usr/sbin/dnsmasq \
+	|| apt-get install -y dnsmasq-base || (apt-get update && apt-get install -y dnsmasq-base)
+
 # Test files run in parallel workers (each file stays in one worker, so module-scoped sidecars are shared).
 PYTEST_WORKERS ?= 4
 test: install
 	@$(REDIS_SERVER)
 	@$(EGRESS_TOOLS)
+	@$(DNS_SERVER)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: install

@@ -33,13 +33,14 @@ def _free(port: int) -> bool:
 
 
 class SGLangReplicas:
-    def __init__(self, workdir: Path, count: int = 1, *args: str, name: str = "sglang") -> None:
-        self.port = free_ports(count)
-        self.urls = [f"http://127.0.0.1:{self.port + i}" for i in range(count)]
+    def __init__(self, workdir: Path, count: int = 1, *args: str, name: str = "sglang", host: str = "127.0.0.1",
+                 port: int | None = None) -> None:
+        self.port = port or free_ports(count)
+        self.urls = [f"http://{host}:{self.port + i}" for i in range(count)]
         self.log = workdir / f"{name}.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "fake-provider", "--sglang", "--port", str(self.port), "--replicas",
-             str(count), "--name", name, *args],
+             str(count), "--name", name, "--host", host, *args],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         for url in self.urls:
             _wait_http(f"{url}/_control", self.process, self.log)
