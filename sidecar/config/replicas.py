@@ -10,6 +10,7 @@
       replica_poll_timeout_seconds: 3   # one poll's time limit (SGLang's /health takes about 1 s)
       max_queue_per_replica: 8          # above this (polled waiting + this pod's new in-flight): spill over
       replica_load_factor: 1.25         # a replica above factor x the mean load is passed over on the ring
+      replica_key: conversation         # or shared: a long system prompt (not the first user turn) is the key
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ReplicaSettings:
     max_queue: int = 8
     load_factor: float = 1.25
     dns_server: str | None = None  # "address[:port]"; None: the system's resolv.conf
+    key: str = "conversation"  # or "shared": a long system prompt is the ring key (policy.ring.prefix_key)
 
 
 def replica_settings(params: Section, provider: str | None) -> ReplicaSettings | None:
@@ -44,7 +46,11 @@ def replica_settings(params: Section, provider: str | None) -> ReplicaSettings |
         "max_queue": params.integer("max_queue_per_replica", 8, minimum=0),
         "load_factor": params.number("replica_load_factor", 1.25, minimum=1.0),
         "dns_server": params.string("replica_dns_server", None),
+        "key": params.string("replica_key", "conversation"),
     }
+    if tuning["key"] not in ("conversation", "shared"):
+        params.problem("replica_key", "expected conversation or shared")
+        tuning["key"] = "conversation"
     if raw is None:
         return None
     if provider != "sglang":

@@ -25,6 +25,7 @@ import orjson
 
 VNODES = 160  # points per replica: ketama's count, a few percent of imbalance in key shares
 PREFIX_CHARS = 4096  # completions: the stable part of a prompt is taken to be its start
+SHARED_PREFIX_CHARS = 2048  # replica_key: shared — a system prompt this long (~500 tokens) is worth one home
 
 
 def hash64(data: bytes) -> int:
@@ -122,20 +123,29 @@ def least_loaded(loads: Sequence[float], eligible: Sequence[bool], turn: int) ->
     return RingChoice(best, -1, (), "least_loaded")
 
 
-def prefix_key(body: Mapping[str, Any]) -> int | None:
+def prefix_key(body: Mapping[str, Any], shared_first: bool = False) -> int | None:
     """The hash of the part of the prompt that is stable for a conversation, or None when there is none.
 
     Chat: the messages up to and including the first user turn — every later turn of the conversation
-    repeats them, while a system prompt everybody shares does not send all traffic to one replica.
+    repeats them, while a system prompt everybody shares does not send all traffic to one replica. With
+    ``shared_first``, a long shared prefix (the messages before the first user turn, at least
+    ``SHARED_PREFIX_CHARS`` of text) is the key instead: every conversation under the same long system prompt
+    goes to the same replica (while under the load bound), so the prompt is cached once, not on every replica.
     Completions: the start of the prompt. Anything else (embeddings): None.
     """
     messages = body.get("messages")
     if isinstance(messages, list):
         for i, message in enumerate(messages):
             if isinstance(message, dict) and message.get("role") == "user":
+                if shared_first and i and _text_length(messages[:i]) >= SHARED_PREFIX_CHARS:
+                    return hash64(orjson.dumps(messages[:i], option=orjson.OPT_SORT_KEYS))
                 return hash64(orjson.dumps(messages[:i + 1], option=orjson.OPT_SORT_KEYS))
         return None
     prompt = body.get("prompt")
     if isinstance(prompt, str) and prompt:
         return hash64(prompt[:PREFIX_CHARS].encode())
     return None
+
+
+def _text_length(messages: list[Any]) -> int:
+    return sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))

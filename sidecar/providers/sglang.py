@@ -104,6 +104,7 @@ class ReplicaPool:
         self.replicas: list[Replica] = []
         self.ring: Ring = build_ring(())
         self.turn = 0
+        self.shared_first = settings.key == "shared"
         self.on_change: Callable[[list[Replica], list[Replica]], None] | None = None  # pollers follow the set
         self.set_urls(settings.urls)
 
@@ -139,7 +140,7 @@ class ReplicaPool:
     def pick(self, body: Mapping[str, Any]) -> tuple[Replica | None, RingChoice]:
         eligible = self._eligible(self.clock())
         loads = [r.load() for r in self.replicas]
-        key = prefix_key(body)
+        key = prefix_key(body, self.shared_first)
         if key is None:
             self.turn += 1
             return self._at(least_loaded(loads, eligible, self.turn))

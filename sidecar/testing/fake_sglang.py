@@ -145,6 +145,8 @@ def create_sglang_app(settings: SGLangSettings | None = None, name: str = "sglan
         web.get("/health", _health), web.get("/health_generate", _health), web.get("/ready", _ready),
         web.get("/v1/models", _models), web.get("/v1/loads", _loads), web.get("/metrics", _metrics),
         web.post("/v1/chat/completions", _chat), web.post("/v1/completions", _completions),
+        web.get("/model_info", _model_info), web.get("/get_model_info", _model_info),
+        web.get("/server_info", _server_info), web.get("/get_server_info", _server_info),
         web.get("/flush_cache", _flush), web.post("/flush_cache", _flush), web.post("/abort_request", _abort),
         web.get("/_control", _control_get), web.post("/_control/faults", _control_faults),
         web.post("/_control/reset", _control_reset),
@@ -173,6 +175,24 @@ async def _models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": [{"id": model, "object": "model", "created": int(time.time()),
                                               "owned_by": "sglang", "root": model, "parent": None,
                                               "max_model_len": 32768}]})
+
+
+async def _model_info(request: web.Request) -> web.Response:
+    model = request.app[ENGINE].settings.model
+    return _json({"model_path": model, "served_model_name": model, "tokenizer_path": model, "is_generation": True,
+                  "preferred_sampling_params": None, "weight_version": "default", "load_format": "auto",
+                  "reasoning_parser": None, "tool_call_parser": None, "disaggregation_mode": "null",
+                  "has_image_understanding": False, "has_audio_understanding": False, "model_type": "emulated",
+                  "architectures": ["EmulatedForCausalLM"]})
+
+
+async def _server_info(request: web.Request) -> web.Response:
+    s = request.app[ENGINE].settings
+    return _json({"model_path": s.model, "served_model_name": s.model, "tp_size": 1, "dp_size": 1,
+                  "max_running_requests": s.max_running, "max_queued_requests": s.max_queued,
+                  "context_length": 32768, "enable_metrics": True, "schedule_policy": "fcfs", "status": "ready",
+                  "max_total_num_tokens": s.max_total_tokens, "version": "0.5.23", "frontend": "python",
+                  "internal_states": [{"last_gen_throughput": 0.0, "memory_usage": {}}]})
 
 
 async def _loads(request: web.Request) -> web.Response:
