@@ -46,11 +46,12 @@ clean:
 
 # Performance: `make bench` (BENCH_ARGS="--duration 3" for a quick look), `make bench-soak` (1,000,000 requests),
 # `make bench-failover` (what a failover costs a request, on the classic exercise), `make bench-instructions`
-# (callgrind's instructions per plain and streamed request: compare before and after a change).
+# (callgrind's instructions per plain and streamed request: compare before and after a change), `make bench-sglang`
+# (the shared SGLang pool against SGLang's own router).
 # nginx and wrk come from Debian's packages, installed only when missing.
 BENCH_TOOLS = command -v nginx >/dev/null && command -v wrk >/dev/null \
 	|| apt-get install -y nginx wrk || (apt-get update && apt-get install -y nginx wrk)
-.PHONY: bench bench-soak bench-failover bench-instructions
+.PHONY: bench bench-soak bench-failover bench-instructions bench-sglang
 
 bench: install
 	@$(BENCH_TOOLS)
@@ -68,3 +69,8 @@ bench-instructions: install
 	@$(BENCH_TOOLS)
 	@command -v valgrind >/dev/null || apt-get install -y valgrind || (apt-get update && apt-get install -y valgrind)
 	$(PY) bench/instructions.py $(BENCH_ARGS)
+
+# The shared SGLang pool: prefix-cache hit ratio, balance and TTFT per policy, against SGLang's own router (smg,
+# installed from PyPI into .bench-cache/smg by the script, not a project dependency), and the spill-over cost.
+bench-sglang: install
+	$(PY) bench/sglang.py $(BENCH_ARGS)

@@ -369,7 +369,7 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pods", type=int, default=4)
-    parser.add_argument("--conversations", type=int, default=24, help="per pod")
+    parser.add_argument("--conversations", type=int, default=16, help="per pod")
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--groups", type=int, default=6, help="distinct long system prompts")
     parser.add_argument("--concurrency", type=int, default=6, help="conversations at once per pod")
