@@ -96,3 +96,13 @@ def test_prefix_key_is_the_conversation_start() -> None:
     assert prefix_key({"messages": [system]}) is None
     assert prefix_key({"input": "embed me"}) is None
     assert prefix_key({"prompt": "abc"}) == prefix_key({"prompt": "abc"}) is not None
+
+
+def test_shared_key_is_a_long_system_prompt() -> None:
+    system = {"role": "system", "content": "x " * 2000}
+    one = [system, {"role": "user", "content": "first conversation"}]
+    two = [system, {"role": "user", "content": "second conversation"}]
+    assert prefix_key({"messages": one}, shared_first=True) == prefix_key({"messages": two}, shared_first=True)
+    assert prefix_key({"messages": one}) != prefix_key({"messages": two})
+    short = {"role": "system", "content": "be brief"}
+    assert prefix_key({"messages": [short, one[1]]}, shared_first=True) == prefix_key({"messages": [short, one[1]]})
