@@ -59,10 +59,10 @@ class Replica:
         self.removed = False
         self.load_source = "loads"  # /v1/loads until it fails, then /metrics
 
-    def observe(self, load: Load) -> None:
-        """A poll's answer: it already counts what this sidecar had in flight when it was taken."""
+    def observe(self, load: Load, inflight_at_send: int) -> None:
+        """A poll's answer: it counts what this sidecar had in flight when the poll was sent."""
         self.running, self.waiting, self.max_running = load.running, load.waiting, load.max_running
-        self.inflight_at_poll = self.inflight
+        self.inflight_at_poll = inflight_at_send
         self.polled = True
 
     def load(self) -> float:

@@ -107,13 +107,14 @@ class PoolWatcher:
 
     async def poll(self, replica: Replica) -> None:
         """One round: health and load together; any failure of the health probe takes the replica out."""
+        sent = replica.inflight  # what the load answer will count of ours (not what is in flight when it arrives)
         healthy, load = await asyncio.gather(self._health(replica), self._load(replica))
         if healthy != replica.healthy:
             log.warning("sglang replica %s of %s is %s", replica.name, self.pool.deployment.id,
                         "healthy again" if healthy else "unhealthy: out of rotation")
         replica.healthy = healthy
         if load is not None:
-            replica.observe(load)
+            replica.observe(load, sent)
 
     async def _health(self, replica: Replica) -> bool:
         assert self.session is not None

@@ -35,7 +35,7 @@ def _pool(max_queue: int = 2) -> tuple[ReplicaPool, Clock]:
 def test_load_is_the_poll_adjusted_by_this_sidecars_changes() -> None:
     replica = Replica(URLS[0])
     replica.inflight = 2
-    replica.observe(Load(running=5, waiting=1))  # the poll counted our 2
+    replica.observe(Load(running=5, waiting=1), 2)  # the poll counted our 2
     assert replica.load() == 6
     replica.inflight = 4  # two more sent since
     assert replica.load() == 8
@@ -46,20 +46,23 @@ def test_load_is_the_poll_adjusted_by_this_sidecars_changes() -> None:
 
 def test_queue_counts_past_running_slots_when_known() -> None:
     replica = Replica(URLS[0])
-    replica.observe(Load(running=8, waiting=0, max_running=8))
+    replica.observe(Load(running=8, waiting=0, max_running=8), 0)
     replica.inflight = 3
     assert replica.queue() == 3
-    replica.observe(Load(running=2, waiting=0, max_running=8))
+    replica.observe(Load(running=2, waiting=0, max_running=8), 3)
     assert replica.queue() == 0
+    replica.inflight = 1  # two of ours the poll counted have finished since
+    replica.observe(Load(running=2, waiting=0, max_running=8), 3)
+    assert replica.load() == 1
 
 
 def test_spill_reasons() -> None:
     pool, _ = _pool(max_queue=2)
     assert pool.spill_reason() is None
     for replica in pool.replicas:
-        replica.observe(Load(running=1, waiting=2))
+        replica.observe(Load(running=1, waiting=2), 0)
     assert pool.spill_reason() == "pool_saturated"
-    pool.replicas[1].observe(Load(running=1, waiting=1))
+    pool.replicas[1].observe(Load(running=1, waiting=1), 0)
     assert pool.spill_reason() is None
     for replica in pool.replicas:
         replica.healthy = False
