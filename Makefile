@@ -33,6 +33,9 @@ claude-code:
 	       @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) \
 	  && (cd $(CLAUDE_CODE_DIR)/node_modules/@anthropic-ai/claude-code && node install.cjs) \
 	  && $(CLAUDE_CODE_BIN) --version; }
+# The SGLang DNS-discovery tests: a real DNS server on loopback (dnsmasq, from Debian's dnsmasq-base).
+DNS_SERVER = command -v dnsmasq >/dev/null || test -x /usr/sbin/dnsmasq \
+	|| apt-get install -y dnsmasq-base || (apt-get update && apt-get install -y dnsmasq-base)
 
 # Test files run in parallel workers (each file stays in one worker, so module-scoped sidecars are shared).
 PYTEST_WORKERS ?= 4
@@ -40,6 +43,7 @@ test: install
 	@$(REDIS_SERVER)
 	@$(EGRESS_TOOLS)
 	@$(MAKE) -s claude-code || echo "Claude Code could not be installed: its tests will say why they are skipped"
+	@$(DNS_SERVER)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: install
@@ -56,11 +60,12 @@ clean:
 
 # Performance: `make bench` (BENCH_ARGS="--duration 3" for a quick look), `make bench-soak` (1,000,000 requests),
 # `make bench-failover` (what a failover costs a request, on the classic exercise), `make bench-instructions`
-# (callgrind's instructions per plain and streamed request: compare before and after a change).
+# (callgrind's instructions per plain and streamed request: compare before and after a change), `make bench-sglang`
+# (the shared SGLang pool against SGLang's own router).
 # nginx and wrk come from Debian's packages, installed only when missing.
 BENCH_TOOLS = command -v nginx >/dev/null && command -v wrk >/dev/null \
 	|| apt-get install -y nginx wrk || (apt-get update && apt-get install -y nginx wrk)
-.PHONY: bench bench-soak bench-failover bench-instructions
+.PHONY: bench bench-soak bench-failover bench-instructions bench-sglang
 
 bench: install
 	@$(BENCH_TOOLS)
@@ -78,3 +83,8 @@ bench-instructions: install
 	@$(BENCH_TOOLS)
 	@command -v valgrind >/dev/null || apt-get install -y valgrind || (apt-get update && apt-get install -y valgrind)
 	$(PY) bench/instructions.py $(BENCH_ARGS)
+
+# The shared SGLang pool: prefix-cache hit ratio, balance and TTFT per policy, against SGLang's own router (smg,
+# installed from PyPI into .bench-cache/smg by the script, not a project dependency), and the spill-over cost.
+bench-sglang: install
+	$(PY) bench/sglang.py $(BENCH_ARGS)

@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--malformed", action="store_true")
     fake.add_argument("--require-key", default=None)
     fake.add_argument("--seed", type=int, default=None)
+    sglang = fake.add_argument_group("SGLang emulation (--sglang: an SGLang server per replica, prefix cache and all)")
+    sglang.add_argument("--sglang", action="store_true")
+    sglang.add_argument("--replicas", type=int, default=1, help="replicas on ports PORT..PORT+N-1")
+    sglang.add_argument("--max-running", type=int, default=8)
+    sglang.add_argument("--max-queued", type=int, default=None)
+    sglang.add_argument("--cache-tokens", type=int, default=20_000)
+    sglang.add_argument("--prefill-per-token", type=float, default=0.00002)
+    sglang.add_argument("--decode-per-token", type=float, default=0.002)
+    sglang.add_argument("--output-tokens", type=int, default=8)
+    sglang.add_argument("--startup-delay", type=float, default=0.0)
+    sglang.add_argument("--health-delay", type=float, default=0.0)
     fake.set_defaults(func=_fake_provider)
 
     injector = commands.add_parser("injector", help="serve the mutating admission webhook that adds the sidecar")
@@ -177,6 +188,8 @@ def _tune_gc() -> None:
 
 
 def _fake_provider(args: argparse.Namespace) -> int:
+    if args.sglang:
+        return _fake_sglang(args)
     from sidecar.testing.fake_provider import Faults, run
 
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status, retry_after=args.retry_after,
@@ -185,6 +198,19 @@ def _fake_provider(args: argparse.Namespace) -> int:
                     require_key=args.require_key, seed=args.seed)
     with contextlib.suppress(KeyboardInterrupt):
         _run(run(args.port, faults, args.host, args.name))
+    return 0
+
+
+def _fake_sglang(args: argparse.Namespace) -> int:
+    from sidecar.testing.fake_sglang import SGLangSettings, run_sglang
+
+    settings = SGLangSettings(max_running=args.max_running, max_queued=args.max_queued, cache_tokens=args.cache_tokens,
+                              prefill_per_token=args.prefill_per_token, decode_per_token=args.decode_per_token,
+                              output_tokens=args.output_tokens, startup_delay=args.startup_delay,
+                              health_delay=args.health_delay)
+    ports = [args.port + i for i in range(max(1, args.replicas))]
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run_sglang(ports, settings, args.host, args.name if args.name != "fake" else "sglang"))
     return 0
 
 

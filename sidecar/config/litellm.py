@@ -239,7 +239,15 @@ LITELLM_PARAMS: dict[str, Key] = {
             propagate_trace="send the W3C traceparent upstream (ours, default true)",
             proxy="this deployment's egress proxy URL, or none to go direct (ours; see Egress)",
             anthropic_betas="{allow: [...], deny: [...]}: which of the app's anthropic-beta flags an anthropic or "
-                            "bedrock deployment receives (ours; see Coding agents)"),
+                            "bedrock deployment receives (ours; see Coding agents)",
+            replicas="sglang: a list of replica base URLs, or dns (ours; see The shared SGLang deployment)",
+            replica_refresh_seconds="sglang replicas: dns re-resolution interval (ours)",
+            replica_dns_server="sglang replicas: the DNS server to ask, address[:port] (ours)",
+            replica_poll_seconds="sglang replicas: health and load poll interval (ours)",
+            replica_poll_timeout_seconds="sglang replicas: one poll's time limit (ours)",
+            max_queue_per_replica="sglang replicas: queue depth above which requests spill over (ours)",
+            replica_load_factor="sglang replicas: bounded-load factor of the ring (ours)",
+            replica_key="sglang replicas: the ring key, conversation or shared (ours)"),
     **_done(**{name: "see AWS Bedrock" for name in (
         "aws_region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_role_name",
         "aws_session_name", "aws_external_id", "aws_sts_endpoint", "aws_profile_name", "aws_web_identity_token",

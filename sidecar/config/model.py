@@ -25,6 +25,7 @@ from sidecar.config.limits import LimitSettings, ListenerSettings, limit_setting
 from sidecar.config.params import RequestParams, request_params, shared_defaults
 from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, Warnings, described, is_number
 from sidecar.config.references import WILDCARD, default_base, root_base, unique_id
+from sidecar.config.replicas import ReplicaSettings, replica_settings
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.router import RouterSettings, resolve_groups, router_settings
 from sidecar.config.shared import KeyOwner, SharedSettings, inbound_keys, shared_settings
@@ -87,6 +88,7 @@ class Deployment:
     proxy: str | None = None  # None: the environment's proxy (HTTPS_PROXY, ...); a URL; or "none" to go direct
     max_sse_event_bytes: int = 4 * MIB  # from sidecar_settings.limits.upstream_sse_event_mb
     anthropic_betas: BetaRules | None = None  # which app anthropic-beta flags pass (None: all of them)
+    replicas: ReplicaSettings | None = None  # sglang: the replicas behind this deployment (config.replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +343,9 @@ def _deployment(entry: Section, context: deployments.Context, seen_ids: set[str]
     aws, api_key = None, None
     if provider == "bedrock" and model is not None:
         aws, model, base_default, api_key = bedrock_settings(params, context.secrets, model)
+    pool = replica_settings(params, provider)
+    if pool is not None and pool.urls:
+        base_default = pool.urls[0]  # the static replicas are used instead of api_base
     api_base = params.string("api_base", base_default)
     reachable = bool(api_base) or provider in ("vertex_ai", "")  # Vertex builds its host; '*' the provider's
     if provider and not reachable:
@@ -376,6 +381,7 @@ def _deployment(entry: Section, context: deployments.Context, seen_ids: set[str]
         proxy=proxy,
         max_sse_event_bytes=sse_event,
         anthropic_betas=deployments.beta_rules(params, provider or ""),
+        replicas=pool,
     )
     params.finish()
     info.finish()

@@ -27,6 +27,7 @@ def inherit(fresh: Target, previous: Target) -> Target:
         fresh,
         deployment=old if same else new,  # equal in every field; the adapter holds the old one's key
         adapter=previous.adapter if same else fresh.adapter,
+        pool=previous.pool if same else fresh.pool,  # an SGLang pool goes with its adapter (which leases from it)
         breaker=breaker,
         stats=previous.stats,
         rpm=previous.rpm if new.rpm == old.rpm else fresh.rpm,

@@ -17,6 +17,7 @@ from sidecar.policy.breaker import CircuitBreaker
 from sidecar.policy.limits import TokenBucket
 from sidecar.policy.stats import DeploymentStats
 from sidecar.providers.base import Adapter
+from sidecar.providers.sglang import ReplicaPool
 
 
 @dataclass(slots=True, eq=False)
@@ -31,6 +32,7 @@ class Target:
     tpm: TokenBucket | None
     accepts_prefill: bool
     rate_limited: bool = False  # the breaker is open because the upstream said Retry-After
+    pool: ReplicaPool | None = None  # an sglang deployment's replicas (providers.sglang); None for the rest
 
 
 @dataclass(slots=True)

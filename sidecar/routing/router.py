@@ -53,6 +53,7 @@ from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
+from sidecar.providers.sglang import ReplicaPool, SGLangAdapter
 from sidecar.routing import names
 from sidecar.routing.carry import inherit
 from sidecar.routing.catch_all import CatchAllStore
@@ -108,9 +109,11 @@ class Router:
     def _target(self, deployment: Deployment, previous: Target | None = None) -> Target:
         settings, breaker = self.config.router, self.config.sidecar.breaker
         prefill = deployment.supports_prefill
+        adapter = bind(deployment)
+        pool = ReplicaPool(deployment, deployment.replicas, self.clock) if deployment.replicas else None
         target = Target(
             deployment=deployment,
-            adapter=bind(deployment),
+            adapter=adapter if pool is None else SGLangAdapter(adapter, pool),
             breaker=CircuitBreaker(deployment.id, settings.allowed_fails, settings.cooldown_time,
                                    error_rate_threshold=breaker.error_rate, window=breaker.window,
                                    min_requests=breaker.min_requests),
@@ -118,6 +121,7 @@ class Router:
             rpm=TokenBucket(deployment.rpm) if deployment.rpm else None,
             tpm=TokenBucket(deployment.tpm) if deployment.tpm else None,
             accepts_prefill=deployment.provider in PREFILL_PROVIDERS if prefill is None else prefill,
+            pool=pool,
         )
         return target if previous is None else inherit(target, previous)
 
@@ -131,6 +135,10 @@ class Router:
 
     def all_targets(self) -> list[Target]:
         return [t for targets in self.targets.values() for t in targets]
+
+    def pools(self) -> list[ReplicaPool]:
+        """The replica pools of shared SGLang deployments (their pollers run as the assembly's tasks)."""
+        return [t.pool for t in self.all_targets() if t.pool is not None]
 
     def unavailable_groups(self) -> list[str]:
         """Model groups none of whose deployments (nor fallbacks) can be tried now (for /readyz). An open
@@ -294,6 +302,10 @@ class Router:
         limit = target.deployment.model_info.max_input_tokens
         if (limit is not None and walk.needed > limit) or (walk.too_long and model_of(target) in walk.too_long):
             return self._skip(target, outcome, "context_window")
+        if target.pool is not None:  # a shared SGLang pool with no replica free: spill over, never queue
+            spill = target.pool.spill_reason()
+            if spill is not None:
+                return self._skip(target, outcome, spill)
         allowed, transition = target.breaker.admit(now)
         self._note(transition, outcome)
         if not allowed:
@@ -337,7 +349,11 @@ class Router:
             target.stats.started(started)
             span = self.observer.attempt(target.deployment, outcome, retries) if self.observer else None
             try:
-                result = await walk.attempt(target, walk.deadline)
+                if target.pool is None:
+                    result = await walk.attempt(target, walk.deadline)
+                else:
+                    result = await target.pool.attempt(walk.attempt(target, walk.deadline), outcome.trail,
+                                                       lambda r: getattr(r, "usage", None) or outcome.usage)
             except UpstreamError as error:
                 if span is not None:
                     span.failed(error)
@@ -346,7 +362,8 @@ class Router:
                 self._record_failure(target, error, outcome, now, panic)
                 decision = self.retry_policy.decide(error, retries, now, walk.deadline, self.rng,
                                                     has_alternative=self._has_alternative(others, now),
-                                                    bytes_received=error.committed)
+                                                    # a pool's retry goes to another replica
+                                                    bytes_received=error.committed and target.pool is None)
                 outcome.trail.append(decision)
                 if isinstance(decision, GiveUp):
                     raise GiveUpError(error) from None

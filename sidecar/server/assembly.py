@@ -21,6 +21,7 @@ from sidecar.config import Config
 from sidecar.config.changes import Changes, compare, deployment_set_digest, equal
 from sidecar.policy.limits import TokenBucket
 from sidecar.providers import http
+from sidecar.providers.sglang_poll import POOL_TASK, PoolWatcher
 from sidecar.routing.coalesce import Coalescer
 from sidecar.routing.outcome import Target
 from sidecar.routing.pipeline import Pipeline
@@ -77,6 +78,7 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
     cache = _cache(config, previous)
     budgets, tasks = _budgets(config, previous)
     fleet = _fleet(config, previous, router)
+    tasks = (*tasks, *(PoolWatcher(pool).start() for pool in router.pools()))  # sglang replicas' pollers
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
                         generation=deployment_set_digest(config), coalescer=_coalescer(cache, previous))
     pipeline.semantic = _semantic(config, router, previous)
@@ -169,7 +171,7 @@ def _budgets(config: Config, previous: Assembly | None) -> tuple[Budgets | None,
     if previous is not None and previous.budgets is not None:
         old = previous.config
         if equal(shared, old.sidecar.shared) and list(config.groups) == list(old.groups):
-            return previous.budgets, previous.tasks
+            return previous.budgets, tuple(t for t in previous.tasks if not t.get_name().startswith(POOL_TASK))
     budgets = Budgets.from_settings(shared, [*config.groups, *(w.pattern for w in config.wildcards)])
     if previous is not None and previous.budgets is not None:
         budgets.ledger.adopt(previous.budgets.ledger)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.server import keys, reload
+from sidecar.telemetry.replicas import ReplicaRow, render_replicas
 
 OK = b'{"status":"ok"}'
 
@@ -41,4 +42,7 @@ async def metrics(request: web.Request) -> web.Response:
     if coalescer is not None:
         text += coalescer.render()
     text += reload.render(state)
+    if state.router is not None:
+        text += render_replicas(ReplicaRow(p.deployment.id, r.name, r.healthy, r.inflight, r.waiting, r.requests,
+                                           r.cached_tokens) for p in state.router.pools() for r in p.replicas)
     return web.Response(body=text.encode(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.policy.breaker import Transition
 from sidecar.policy.plan import Attempt, FallbackStep, Panic, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
+from sidecar.policy.ring import SPILL_REASONS, ReplicaChoice
 
 if TYPE_CHECKING:
     from sidecar.routing.outcome import Outcome
@@ -22,6 +23,8 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
     fallbacks: list[str] = []
     rankings = []
     retries = 0
+    replica: str | None = None
+    spill: list[str] = []
     for item in outcome.trail:
         if isinstance(item, Ranking):
             ranked = [_score(*c) for c in item.candidates]
@@ -36,6 +39,10 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
             if item.deployment not in candidates:
                 candidates.append(item.deployment)
             skipped.append(f"{item.deployment}: {item.reason}")
+            if item.reason in SPILL_REASONS:
+                spill.append(f"{item.deployment}: {item.reason}")
+        elif isinstance(item, ReplicaChoice):
+            replica = f"{item.deployment}/{item.replica}"
         elif isinstance(item, FallbackStep):
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
     labels = (("sidecar.model_group", outcome.group), ("sidecar.routing.candidates", tuple(candidates)),
@@ -44,6 +51,8 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
               ("sidecar.routing.answered_group", outcome.answered_group),
               ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic),
               ("sidecar.request.dropped_params", outcome.dropped))
+    if replica is not None or spill:  # a shared SGLang pool was met: which replica, or why it was passed
+        labels = (*labels, ("sidecar.sglang.replica", replica), ("sidecar.sglang.spill_over", tuple(spill) or None))
     return labels, scores, rankings
 
 
@@ -66,6 +75,11 @@ def event(item: object) -> tuple[str, dict[str, Any]]:
     if isinstance(item, FallbackStep):
         return "fallback", {"sidecar.fallback.from": item.from_group, "sidecar.fallback.to": item.to_group,
                             "sidecar.fallback.cause": item.cause}
+    if isinstance(item, ReplicaChoice):
+        return "replica", {"sidecar.deployment": item.deployment, "sidecar.sglang.replica": item.replica,
+                           "sidecar.sglang.how": item.how, "sidecar.sglang.ring_position": item.position,
+                           "sidecar.sglang.load": item.load,
+                           "sidecar.sglang.passed_over": [f"{name}: load {load:g}" for name, load in item.passed_over]}
     if isinstance(item, Retry):
         return "retry", {"sidecar.reason": item.reason, "sidecar.retry.delay": item.delay}
     if isinstance(item, Failover):

@@ -40,6 +40,7 @@ from sidecar.formats.continuation import StreamProgress
 from sidecar.policy.breaker import Transition
 from sidecar.policy.plan import Ranking
 from sidecar.policy.retry import Retry
+from sidecar.policy.ring import ReplicaChoice
 from sidecar.providers.http import TRACE_HEADERS, trace_fields
 from sidecar.telemetry import decisions, export, exporter_names, otlp
 from sidecar.telemetry.logs import REDACT
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.telemetry")
 _PROPAGATOR = TraceContextTextMapPropagator()
-_VARYING = (Retry, Transition)  # trail items with a delay or a time: their events are not kept
+_VARYING = (Retry, Transition, ReplicaChoice)  # trail items with a delay, a time or loads: their events are not kept
 _CURRENT: contextvars.ContextVar[RequestSpans | Passthrough | None] = contextvars.ContextVar(
     "sidecar_request_spans", default=None)
 # gen_ai.provider.name values (semconv well-known names) for our provider prefixes.

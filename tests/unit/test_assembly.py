@@ -90,3 +90,22 @@ async def test_tracing_is_reconfigured_with_the_same_exporters(monkeypatch: Any)
     await retire(old, new)
     await retire(new, None)
     await tracing.aclose(0.5)
+
+
+async def test_a_reload_keeps_an_sglang_pool_with_its_adapter_and_stops_only_the_old_pollers() -> None:
+    def pool(data: dict[str, Any]) -> None:
+        data["model_list"].append({"model_name": "local", "litellm_params": {
+            "model": "sglang/m", "replicas": ["http://10.0.0.1:30000/v1", "http://10.0.0.2:30000/v1"]}})
+
+    proc = process()
+    old = await assemble(config(pool), "d1", proc)
+    new = await assemble(config(pool), "d2", proc, old)
+    old_target = next(t for t in old.router.all_targets() if t.pool is not None)
+    new_target = next(t for t in new.router.all_targets() if t.pool is not None)
+    assert new_target.pool is old_target.pool and new_target.adapter.pool is new_target.pool  # type: ignore[attr-defined]
+    pollers = [t for t in new.tasks if t.get_name().startswith("sglang-pool:")]
+    assert len(pollers) == 1 and pollers[0] not in old.tasks
+    await retire(old, new)
+    assert not pollers[0].done()
+    await retire(new, None)
+    assert pollers[0].cancelled() or pollers[0].done()

@@ -110,7 +110,9 @@ def _plain_value(name: str) -> Any:
         return "http://x"
     if name == "proxy":
         return "none"
-    if name in ("organization", "api_version", "vertex_project", "vertex_location"):
+    if name == "replica_key":
+        return "conversation"
+    if name in ("organization", "api_version", "vertex_project", "vertex_location", "replica_dns_server"):
         return "x"
     if name in ("supports_prefill", "propagate_trace", "drop_params", "store", "logprobs", "parallel_tool_calls"):
         return True
@@ -126,7 +128,8 @@ def test_every_implemented_deployment_key_is_read() -> None:
                               "web_search_options": {}, "tool_choice": "auto", "user": "u", "service_tier": "auto",
                               "reasoning_effort": "low", "verbosity": "low"}
     skip = {"model", "api_key", "aws_role_name", "aws_web_identity_token", "model_id", "vertex_credentials",
-            "litellm_credential_name", "custom_llm_provider", "anthropic_betas"}  # anthropic_betas: anthropic only
+            "litellm_credential_name", "custom_llm_provider", "anthropic_betas",
+            "replicas"}  # anthropic_betas: anthropic and bedrock only; replicas: sglang only
     params: dict[str, Any] = {}
     for name, key in litellm.LITELLM_PARAMS.items():
         if key.status != litellm.IMPLEMENTED or name in skip or name.startswith("aws_"):

@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""`make bench-sglang`: how well independent sidecars fill a shared SGLang pool, against SGLang's own router.
+
+    python bench/sglang.py [--pods 4] [--conversations 20] [--turns 4] [--concurrency 5] [--no-smg]
+
+Four emulated SGLang replicas (``fake-provider --sglang``: the prefix-cache model, TTFT growing with uncached
+tokens), each with a prefix cache of about a third of the workload's working set. Four "pods", each with its
+own conversations (several turns; groups of conversations share long system prompts), run them with
+``--concurrency`` conversations at once and a short think time between turns. The same workload, replayed with
+fresh caches, under each policy:
+
+- round-robin and least-loaded: per pod, client-side (each pod knows only its own requests), straight to the
+  replicas;
+- ours: one sidecar process per pod, each with ``replicas: [the 4 URLs]`` (the bounded-load ring);
+- SGLang's router ``smg`` (PyPI, installed into ``.bench-cache/smg``, never a project dependency) in front of the
+  replicas, with ``--policy cache_aware`` and with ``--policy prefix_hash``; every pod sends to it;
+- the ideal: one replica with the combined cache capacity (for the hit ratio; its latency is one replica's).
+
+Reported per policy: prefix-cache hit ratio (cached prompt tokens / prompt tokens, as the replicas count them),
+max/mean requests across replicas, p50/p99 time to first token as the pods see it. Then spill-over: with every
+replica's queue above ``max_queue_per_replica``, the latency of a request that spills to the remote provider
+through a sidecar against a direct call to that provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from run import Processes, free_port, http_status, wait_until
+
+from sidecar.testing.sglang_cache import PAGE, page_keys, prompt_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+SMG_VENV = ROOT / ".bench-cache" / "smg"
+PREFILL_PER_TOKEN = 0.00005  # 50 µs per uncached prompt token: 2,000 uncached tokens add 100 ms to the TTFT
+DECODE_PER_TOKEN = 0.002
+MAX_RUNNING = 8
+
+
+# ---- the workload ------------------------------------------------------------------------------------
+
+
+def workload(pods: int, conversations: int, turns: int, groups: int, seed: int) -> list[list[list[list[dict]]]]:
+    """Per pod, per conversation, the message list of each turn (the app resends its whole history)."""
+    rng = random.Random(seed)
+    systems = [" ".join(f"sys{g}-{i}" for i in range(rng.randint(600, 1000))) for g in range(groups)]
+    out = []
+    for pod in range(pods):
+        convs = []
+        for c in range(conversations):
+            messages: list[dict] = [{"role": "system", "content": systems[rng.randrange(groups)]}]
+            per_turn = []
+            for t in range(turns):
+                words = rng.randint(20, 60)
+                messages.append({"role": "user", "content": " ".join(f"p{pod}c{c}t{t}-{i}" for i in range(words))})
+                per_turn.append(list(messages))
+                messages.append({"role": "assistant", "content": " ".join(f"a{pod}c{c}t{t}-{i}" for i in range(
+                    rng.randint(20, 80)))})
+            convs.append(per_turn)
+        out.append(convs)
+    return out
+
+
+def working_set(load: list[list[list[list[dict]]]]) -> int:
+    """Distinct prompt tokens (whole pages) the workload touches."""
+    pages = {key for pod in load for conv in pod for messages in conv
+             for key in page_keys(prompt_tokens({"messages": messages}))}
+    return len(pages) * PAGE
+
+
+# ---- processes ---------------------------------------------------------------------------------------
+
+
+class Replicas:
+    def __init__(self, procs: Processes, workdir: Path, count: int, cache_tokens: int, name: str) -> None:
+        self.port = free_port()
+        while any(http_status(self.port + i, "GET", "/health") for i in range(count)):
+            self.port = free_port()
+        self.urls = [f"http://127.0.0.1:{self.port + i}" for i in range(count)]
+        log = workdir / f"{name}.log"
+        child = procs.start([sys.executable, "-m", "sidecar", "fake-provider", "--sglang", "--port", str(self.port),
+                             "--replicas", str(count), "--name", name, "--cache-tokens", str(cache_tokens),
+                             "--max-running", str(MAX_RUNNING), "--prefill-per-token", str(PREFILL_PER_TOKEN),
+                             "--decode-per-token", str(DECODE_PER_TOKEN)], log)
+        for i in range(count):
+            wait_until(lambda i=i: http_status(self.port + i, "GET", "/health") == 200, child, log)
+
+    async def reset(self, session: aiohttp.ClientSession) -> None:
+        for url in self.urls:
+            async with session.post(f"{url}/_control/reset") as answer:
+                answer.raise_for_status()
+
+    async def set(self, session: aiohttp.ClientSession, **settings: Any) -> None:
+        for url in self.urls:
+            async with session.post(f"{url}/_control/faults", json=settings) as answer:
+                answer.raise_for_status()
+
+    async def stats(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        out = []
+        for url in self.urls:
+            async with session.get(f"{url}/_control") as answer:
+                out.append((await answer.json())["stats"])
+        return out
+
+
+def start_sidecar(procs: Processes, workdir: Path, name: str, config: dict[str, Any]) -> str:
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port, admin = free_port(), free_port()
+    log = workdir / f"{name}.log"
+    child = procs.start([sys.executable, "-m", "sidecar", "serve", "--config", str(path), "--port", str(port),
+                         "--admin-host", "127.0.0.1", "--admin-port", str(admin)], log)
+    wait_until(lambda: http_status(admin, "GET", "/readyz") == 200, child, log)
+    return f"http://127.0.0.1:{port}"
+
+
+def pool_config(urls: list[str], **extra: Any) -> dict[str, Any]:
+    return {"model_list": [{"model_name": "bench-model", "litellm_params": {
+        "model": "sglang/bench-model", "replicas": [f"{u}/v1" for u in urls], "replica_poll_seconds": 0.5,
+        **extra}}], "router_settings": {"timeout": 60}, "sidecar_settings": {"log_level": "warning"}}
+
+
+def ensure_smg() -> Path | None:
+    """SGLang's router from PyPI in its own venv under .bench-cache (kept between runs)."""
+    binary = SMG_VENV / "bin" / "smg"
+    if binary.exists():
+        return binary
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(SMG_VENV)], check=True)
+        subprocess.run([str(SMG_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "smg"],
+                       check=True, timeout=900)
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"smg could not be installed ({exc}); its rows are left out", file=sys.stderr)
+        return None
+    return binary if binary.exists() else None
+
+
+def start_smg(procs: Processes, workdir: Path, binary: Path, urls: list[str], policy: str) -> str | None:
+    port = free_port()
+    log = workdir / f"smg-{policy}.log"
+    child = procs.start([str(binary), "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", policy,
+                         "--worker-urls", *urls, "--prometheus-port", str(free_port())], log)
+    try:
+        wait_until(lambda: _smg_ready(port), child, log, timeout=30)
+    except RuntimeError as exc:
+        print(f"smg --policy {policy} did not start: {str(exc)[-800:]}", file=sys.stderr)
+        procs.stop(child)
+        return None
+    return f"http://127.0.0.1:{port}"
+
+
+def _smg_ready(port: int) -> bool:
+    body = b'{"model":"bench-model","messages":[{"role":"user","content":"warm up"}],"max_tokens":1}'
+    return http_status(port, "POST", "/v1/chat/completions", body) == 200
+
+
+# ---- running the workload ------------------------------------------------------------------------------
+
+
+Target = Callable[[int, list[dict]], Awaitable[tuple[str, Callable[[], None]]]]  # pod, messages → url, done
+
+
+async def run_workload(session: aiohttp.ClientSession, load: list[list[list[list[dict]]]], target: Target,
+                       concurrency: int, seed: int) -> list[float]:
+    """Every pod's conversations, ``concurrency`` at a time per pod; the TTFT of every request."""
+    ttfts: list[float] = []
+    rng = random.Random(seed)
+
+    async def conversation(pod: int, turns: list[list[dict]]) -> None:
+        for messages in turns:
+            url, done = await target(pod, messages)
+            try:
+                ttfts.append(await stream_ttft(session, url, messages))
+            finally:
+                done()
+            await asyncio.sleep(rng.uniform(0.0, 0.05))  # the user reads, types
+
+    async def pod_worker(pod: int, queue: asyncio.Queue[list[list[dict]]]) -> None:
+        while not queue.empty():
+            await conversation(pod, queue.get_nowait())
+
+    workers = []
+    for pod, convs in enumerate(load):
+        queue: asyncio.Queue[list[list[dict]]] = asyncio.Queue()
+        for conv in convs:
+            queue.put_nowait(conv)
+        workers += [pod_worker(pod, queue) for _ in range(concurrency)]
+    await asyncio.gather(*workers)
+    return ttfts
+
+
+async def stream_ttft(session: aiohttp.ClientSession, url: str, messages: list[dict]) -> float:
+    body = {"model": "bench-model", "messages": messages, "stream": True}
+    started = time.perf_counter()
+    first = None
+    async with session.post(f"{url}/v1/chat/completions", json=body) as answer:
+        if answer.status != 200:
+            raise RuntimeError(f"{url}: {answer.status} {await answer.text()}")
+        async for line in answer.content:
+            if first is None and line.startswith(b"data: {"):
+                first = time.perf_counter() - started
+    return first if first is not None else time.perf_counter() - started
+
+
+def fixed(url: str) -> Target:
+    async def target(pod: int, messages: list[dict]) -> tuple[str, Callable[[], None]]:
+        return url, lambda: None
+    return target
+
+
+def per_pod(urls: list[str]) -> Target:
+    async def target(pod: int, messages: list[dict]) -> tuple[str, Callable[[], None]]:
+        return urls[pod], lambda: None
+    return target
+
+
+def round_robin(pods: int, urls: list[str]) -> Target:
+    turns = [pod for pod in range(pods)]  # each pod starts elsewhere, as independent clients would
+
+    async def target(pod: int, messages: list[dict]) -> tuple[str, Callable[[], None]]:
+        turns[pod] += 1
+        return urls[turns[pod] % len(urls)], lambda: None
+    return target
+
+
+def least_loaded(pods: int, urls: list[str]) -> Target:
+    inflight = [[0] * len(urls) for _ in range(pods)]  # each pod counts only its own requests
+
+    async def target(pod: int, messages: list[dict]) -> tuple[str, Callable[[], None]]:
+        mine = inflight[pod]
+        index = min(range(len(urls)), key=lambda i: (mine[i], (i + pod) % len(urls)))
+        mine[index] += 1
+
+        def done() -> None:
+            mine[index] -= 1
+        return urls[index], done
+    return target
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+
+async def measure(session: aiohttp.ClientSession, replicas: Replicas, load: Any, target: Target,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    await replicas.reset(session)
+    ttfts = await run_workload(session, load, target, args.concurrency, args.seed)
+    stats = await replicas.stats(session)
+    prompt = sum(s["prompt_tokens"] for s in stats)
+    cached = sum(s["cached_tokens"] for s in stats)
+    requests = [s["requests"] for s in stats]
+    mean = sum(requests) / len(requests)
+    return {"hit_ratio": round(cached / prompt, 3) if prompt else 0.0,
+            "max_mean_load": round(max(requests) / mean, 2) if mean else 0.0, "requests": requests,
+            "ttft_p50_ms": round(_pct(ttfts, 50) * 1000, 1), "ttft_p99_ms": round(_pct(ttfts, 99) * 1000, 1)}
+
+
+# ---- spill-over ------------------------------------------------------------------------------------------
+
+
+async def spill_over(session: aiohttp.ClientSession, procs: Processes, workdir: Path, replicas: Replicas,
+                     samples: int) -> dict[str, Any]:
+    """Every replica's queue above the threshold: a spilled request via a sidecar vs a direct remote call."""
+    remote_port = free_port()
+    log = workdir / "remote.log"
+    child = procs.start([sys.executable, "-m", "sidecar", "fake-provider", "--port", str(remote_port), "--name",
+                         "remote"], log)
+    wait_until(lambda: http_status(remote_port, "GET", "/_control") == 200, child, log)
+    remote = f"http://127.0.0.1:{remote_port}"
+    config = pool_config(replicas.urls, max_queue_per_replica=1)
+    config["model_list"].append({"model_name": "remote", "litellm_params": {
+        "model": "openai/remote-model", "api_base": f"{remote}/v1", "api_key": "sk-bench"}})
+    config["router_settings"]["fallbacks"] = [{"bench-model": ["remote"]}]
+    sidecar = start_sidecar(procs, workdir, "spill-sidecar", config)
+    await replicas.reset(session)
+    await replicas.set(session, max_running=1, decode_per_token=0.5)
+    busy = [asyncio.create_task(stream_ttft(session, url, [{"role": "user", "content": f"busy {i}"}]))
+            for url in replicas.urls for i in range(3)]  # each replica: 1 running, 2 waiting
+    await asyncio.sleep(1.5)  # a poll sees the queues
+    body = {"model": "bench-model", "messages": [{"role": "user", "content": "spill me"}]}
+    via, direct = [], []
+    for _ in range(samples):
+        for url, model, out in ((sidecar, "bench-model", via), (remote, "remote-model", direct)):
+            started = time.perf_counter()
+            async with session.post(f"{url}/v1/chat/completions", json={**body, "model": model}) as answer:
+                await answer.read()
+                if answer.status != 200 or (url == sidecar and answer.headers.get("x-sidecar-fallback") != "remote"):
+                    raise RuntimeError(f"spill-over request: {answer.status} {dict(answer.headers)}")
+            out.append(time.perf_counter() - started)
+    await asyncio.gather(*busy, return_exceptions=True)
+    await replicas.set(session, max_running=MAX_RUNNING, decode_per_token=DECODE_PER_TOKEN)
+    return {"samples": samples, "direct_p50_ms": round(_pct(direct, 50) * 1000, 2),
+            "spilled_p50_ms": round(_pct(via, 50) * 1000, 2),
+            "added_p50_ms": round((_pct(via, 50) - _pct(direct, 50)) * 1000, 2),
+            "added_p99_ms": round((_pct(via, 99) - _pct(direct, 99)) * 1000, 2)}
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:
+    load = workload(args.pods, args.conversations, args.turns, args.groups, args.seed)
+    ws = working_set(load)
+    cache = ws // 3
+    replicas = Replicas(procs, workdir, 4, cache, "replica")
+    ideal = Replicas(procs, workdir, 1, cache * 4, "ideal")
+    rows: dict[str, Any] = {}
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        await replicas.set(session, model="bench-model")  # the served name SMG matches requests against
+        await ideal.set(session, model="bench-model")
+        rows["round-robin (per pod)"] = await measure(session, replicas, load, round_robin(args.pods, replicas.urls),
+                                                      args)
+        rows["least-loaded (per pod)"] = await measure(session, replicas, load,
+                                                       least_loaded(args.pods, replicas.urls), args)
+        tuning = {"replica_load_factor": args.load_factor}
+        sidecars = [start_sidecar(procs, workdir, f"pod-{i}", pool_config(replicas.urls, **tuning))
+                    for i in range(args.pods)]
+        await asyncio.sleep(1.0)  # first polls
+        rows["ours (4 sidecars, ring)"] = await measure(session, replicas, load, per_pod(sidecars), args)
+        shared = [start_sidecar(procs, workdir, f"pod-shared-{i}", pool_config(replicas.urls, replica_key="shared",
+                                                                                   **tuning))
+                  for i in range(args.pods)]
+        await asyncio.sleep(1.0)
+        rows["ours, replica_key: shared"] = await measure(session, replicas, load, per_pod(shared), args)
+        smg = None if args.no_smg else ensure_smg()
+        for policy in ("cache_aware", "prefix_hash"):
+            url = start_smg(procs, workdir, smg, replicas.urls, policy) if smg is not None else None
+            if url is not None:
+                rows[f"smg --policy {policy}"] = await measure(session, replicas, load, fixed(url), args)
+        rows["ideal (1 replica, 4x cache)"] = await measure(session, ideal, load, fixed(ideal.urls[0]), args)
+        spill = await spill_over(session, procs, workdir, replicas, args.spill_samples)
+    return {"working_set_tokens": ws, "cache_tokens_per_replica": cache, "pods": args.pods,
+            "conversations_per_pod": args.conversations, "turns": args.turns, "concurrency_per_pod": args.concurrency,
+            "policies": rows, "spill_over": spill}
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"working set {result['working_set_tokens']} tokens, cache {result['cache_tokens_per_replica']} tokens "
+             f"per replica; {result['pods']} pods x {result['conversations_per_pod']} conversations x "
+             f"{result['turns']} turns, {result['concurrency_per_pod']} conversations at once per pod", "",
+             "| policy | hit ratio | max/mean load | TTFT p50 | TTFT p99 |", "| --- | --- | --- | --- | --- |"]
+    for name, row in result["policies"].items():
+        lines.append(f"| {name} | {row['hit_ratio']:.3f} | {row['max_mean_load']:.2f} | {row['ttft_p50_ms']:.1f} ms "
+                     f"| {row['ttft_p99_ms']:.1f} ms |")
+    spill = result["spill_over"]
+    lines += ["", f"spill-over ({spill['samples']} requests): direct to the remote {spill['direct_p50_ms']} ms p50, "
+                  f"through a sidecar past the saturated pool {spill['spilled_p50_ms']} ms p50: "
+                  f"+{spill['added_p50_ms']} ms p50, +{spill['added_p99_ms']} ms p99"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pods", type=int, default=4)
+    parser.add_argument("--conversations", type=int, default=16, help="per pod")
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--groups", type=int, default=6, help="distinct long system prompts")
+    parser.add_argument("--concurrency", type=int, default=6, help="conversations at once per pod")
+    parser.add_argument("--spill-samples", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--load-factor", type=float, default=1.25, help="the sidecars' replica_load_factor")
+    parser.add_argument("--no-smg", action="store_true", help="leave SGLang's router out")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    procs = Processes()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-sglang-") as tmp:
+            result = asyncio.run(bench(args, procs, Path(tmp)))
+    finally:
+        procs.stop_all()
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

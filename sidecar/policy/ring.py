@@ -1,0 +1,151 @@
+"""Choosing a replica of a shared SGLang deployment: consistent hashing with bounded loads (pure).
+
+Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads" (2016), as HAProxy's
+``hash-balance-factor`` applies it: each replica owns ``VNODES`` points on a 64-bit ring; a request's key
+(``prefix_key``: the part of the prompt that stays the same for a whole conversation) lands on the first point
+clockwise from its hash; a replica whose load would pass ``ceil(factor * mean load)`` — the mean counting this
+request; at least one more than the mean — is passed over for the next distinct replica on the ring. Every
+sidecar derives the same ring from the same replica set (the hashes are blake2b, not Python's per-process
+``hash``), so sidecars agree on where a conversation lives without talking to each other; a key moves only
+when its replica leaves the set or is overloaded, and adding a replica to N moves about 1/(N+1) of the keys.
+
+With no useful prefix (no user turn, an embeddings request) the request goes to the least loaded replica.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+
+VNODES = 160  # points per replica: ketama's count, a few percent of imbalance in key shares
+PREFIX_CHARS = 4096  # completions: the stable part of a prompt is taken to be its start
+SHARED_PREFIX_CHARS = 2048  # replica_key: shared — a system prompt this long (~500 tokens) is worth one home
+
+
+def hash64(data: bytes) -> int:
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """The points of a replica set, sorted; ``owners[i]`` is the index in ``replicas`` of ``points[i]``."""
+
+    replicas: tuple[str, ...]
+    points: tuple[int, ...]
+    owners: tuple[int, ...]
+
+
+def build_ring(replicas: Sequence[str], vnodes: int = VNODES) -> Ring:
+    """The ring of ``replicas`` (stable names, e.g. their URLs): the same set gives the same ring anywhere."""
+    pairs = sorted((hash64(f"{name}#{i}".encode()), index) for index, name in enumerate(replicas)
+                   for i in range(vnodes))
+    return Ring(tuple(replicas), tuple(p for p, _ in pairs), tuple(o for _, o in pairs))
+
+
+@dataclass(frozen=True, slots=True)
+class RingChoice:
+    """A replica chosen (index into the ring's replicas, None when none may be chosen); ``position``: the
+    key's point on the ring (-1 when least loaded); ``passed_over``: (replica index, load) of replicas skipped
+    for their load, in ring order; ``how``: "ring" or "least_loaded"."""
+
+    replica: int | None
+    position: int
+    passed_over: tuple[tuple[int, float], ...]
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaChoice:
+    """The trail's record of one attempt's replica (names, never addresses): ``how`` is ring or least_loaded;
+    ``position`` the key's point on the ring; ``passed_over``: (replica, load) skipped for their load; ``load``
+    the chosen replica's load before this attempt."""
+
+    deployment: str
+    replica: str
+    how: str
+    position: int
+    passed_over: tuple[tuple[str, float], ...]
+    load: float
+
+
+SPILL_REASONS = frozenset({"no_healthy_replica", "pool_saturated"})  # a pool skipped: the request spills over
+
+
+def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
+    """The most load a replica may carry after taking this request: ceil(factor * mean), this one counted —
+    and never less than ceil(mean) + 1, so that at low load (a mean under a few requests, where the factor
+    rounds to nothing) one request more than the mean does not already move a conversation off its replica."""
+    count = sum(eligible)
+    if not count:
+        return 0.0
+    mean = (sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1) / count
+    return float(max(math.ceil(factor * mean), math.ceil(mean) + 1))
+
+
+def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float) -> RingChoice:
+    """The first eligible replica clockwise from ``key`` whose load + 1 stays within ``capacity``."""
+    if not ring.points:
+        return RingChoice(None, -1, (), "ring")
+    bound = capacity(loads, eligible, factor)
+    start = bisect.bisect_left(ring.points, key) % len(ring.points)
+    seen: set[int] = set()
+    passed: list[tuple[int, float]] = []
+    n = len(ring.points)
+    for step in range(n):
+        owner = ring.owners[(start + step) % n]
+        if owner in seen:
+            continue
+        seen.add(owner)
+        if not eligible[owner]:
+            continue
+        if loads[owner] + 1 <= bound:
+            return RingChoice(owner, start, tuple(passed), "ring")
+        passed.append((owner, loads[owner]))
+        if len(seen) == len(ring.replicas):
+            break
+    return RingChoice(None, start, tuple(passed), "ring")
+
+
+def least_loaded(loads: Sequence[float], eligible: Sequence[bool], turn: int) -> RingChoice:
+    """The eligible replica with the least load; ties go round by ``turn`` (so sidecars do not herd)."""
+    best: int | None = None
+    count = len(loads)
+    for step in range(count):
+        index = (turn + step) % count
+        if eligible[index] and (best is None or loads[index] < loads[best]):
+            best = index
+    return RingChoice(best, -1, (), "least_loaded")
+
+
+def prefix_key(body: Mapping[str, Any], shared_first: bool = False) -> int | None:
+    """The hash of the part of the prompt that is stable for a conversation, or None when there is none.
+
+    Chat: the messages up to and including the first user turn — every later turn of the conversation
+    repeats them, while a system prompt everybody shares does not send all traffic to one replica. With
+    ``shared_first``, a long shared prefix (the messages before the first user turn, at least
+    ``SHARED_PREFIX_CHARS`` of text) is the key instead: every conversation under the same long system prompt
+    goes to the same replica (while under the load bound), so the prompt is cached once, not on every replica.
+    Completions: the start of the prompt. Anything else (embeddings): None.
+    """
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                if shared_first and i and _text_length(messages[:i]) >= SHARED_PREFIX_CHARS:
+                    return hash64(orjson.dumps(messages[:i], option=orjson.OPT_SORT_KEYS))
+                return hash64(orjson.dumps(messages[:i + 1], option=orjson.OPT_SORT_KEYS))
+        return None
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return hash64(prompt[:PREFIX_CHARS].encode())
+    return None
+
+
+def _text_length(messages: list[Any]) -> int:
+    return sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))

@@ -1,0 +1,238 @@
+"""The replicas of a shared SGLang deployment: their state, the choice among them, and the adapter that sends
+an attempt to the chosen one.
+
+A ``ReplicaPool`` belongs to one ``sglang/`` deployment with ``litellm_params.replicas``. It keeps, per replica,
+what its poller last saw (``providers.sglang_poll``: health, running and waiting requests) and this sidecar's own
+in-flight count, which is fresher than any poll. The router asks it two things, both from memory, never
+waiting on a poll: ``spill_reason`` (before an attempt: is any replica healthy and under
+``max_queue_per_replica``? if not, the deployment is skipped and the request goes straight to the group's other
+deployments and its fallbacks) and, through ``attempt``, which replica takes the attempt — the choice itself is
+``policy.ring``: the conversation's prefix on a consistent-hash ring with bounded loads, least loaded when the
+request has no useful prefix.
+
+``attempt`` wraps one attempt: it opens a ``Lease`` the adapter's ``prepare`` fills with the chosen replica
+(``SGLangAdapter`` rewrites the call's URL to it), counts the attempt in flight until it ends, and learns from
+the outcome: a replica that failed (a 5xx, a queue-full 503, an abort chunk, a timeout) gets no new request
+for two poll intervals (at least ``AVOID_SECONDS``), so a retry goes to another replica (a queue-full 503
+does not count against the deployment's breaker: one full replica is not a failing pool); a refused
+connection takes it out of rotation until a poll finds it healthy; answers' cached prompt tokens are counted
+per replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from hashlib import blake2b
+from typing import Any, TypeVar
+
+from sidecar.config import Deployment
+from sidecar.config.replicas import ReplicaSettings
+from sidecar.core.errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
+from sidecar.core.types import ChatRequest, ChatResponse, Usage
+from sidecar.formats.sglang import Load
+from sidecar.policy.ring import ReplicaChoice, Ring, RingChoice, build_ring, choose, least_loaded, prefix_key
+from sidecar.providers.base import Adapter, StreamReader, UpstreamCall
+
+T = TypeVar("T")
+QUEUE_FULL = "queue is full"
+AVOID_SECONDS = 1.0  # at least this long a replica that failed an attempt gets no new one (outlasts a retry's wait)
+
+
+class Replica:
+    """One replica: its base URL (with ``/v1``), what the last poll saw, and this sidecar's counts."""
+
+    __slots__ = ("cached_tokens", "full_until", "healthy", "inflight", "inflight_at_poll", "load_source",
+                 "max_running", "name", "polled", "removed", "requests", "root", "running", "url", "waiting")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.root = url[:-3] if url.endswith("/v1") else url
+        self.name = "r-" + blake2b(url.encode(), digest_size=3).hexdigest()  # stable, and no address in spans
+        self.healthy = True  # until a poll says otherwise: a new sidecar routes at once
+        self.running = self.waiting = 0.0
+        self.max_running: int | None = None
+        self.inflight = self.inflight_at_poll = 0
+        self.requests = self.cached_tokens = 0
+        self.full_until = 0.0
+        self.polled = False
+        self.removed = False
+        self.load_source = "loads"  # /v1/loads until it fails, then /metrics
+
+    def observe(self, load: Load, inflight_at_send: int) -> None:
+        """A poll's answer: it counts what this sidecar had in flight when the poll was sent."""
+        self.running, self.waiting, self.max_running = load.running, load.waiting, load.max_running
+        self.inflight_at_poll = inflight_at_send
+        self.polled = True
+
+    def load(self) -> float:
+        """Requests on the replica: the polled ones, plus this sidecar's sent since the poll, minus its own
+        finished since (the poll counted them); never less than this sidecar's own in flight."""
+        return max(float(self.inflight), self.running + self.waiting + self.inflight - self.inflight_at_poll)
+
+    def queue(self) -> float:
+        """Requests waiting on the replica (with this sidecar's change since the poll, past its running slots
+        when the poll said how many it has)."""
+        change = self.inflight - self.inflight_at_poll
+        if self.max_running is not None:
+            return max(0.0, self.running + self.waiting + change - self.max_running)
+        return max(0.0, self.waiting + change)
+
+
+class Lease:
+    """One attempt's hold on a replica: set by ``SGLangAdapter.prepare``, released when the attempt ends."""
+
+    __slots__ = ("choice", "pool", "replica")
+
+    def __init__(self, pool: ReplicaPool) -> None:
+        self.pool = pool
+        self.replica: Replica | None = None
+        self.choice: ReplicaChoice | None = None
+
+
+LEASE: ContextVar[Lease | None] = ContextVar("sidecar_sglang_lease", default=None)
+
+
+class ReplicaPool:
+    """The replicas of one deployment and the choice among them (the I/O that keeps them fresh is
+    ``sglang_poll``). ``clock``: loop time."""
+
+    def __init__(self, deployment: Deployment, settings: ReplicaSettings, clock: Callable[[], float]) -> None:
+        self.deployment = deployment
+        self.settings = settings
+        self.clock = clock
+        self.replicas: list[Replica] = []
+        self.ring: Ring = build_ring(())
+        self.turn = 0
+        self.shared_first = settings.key == "shared"
+        self.on_change: Callable[[list[Replica], list[Replica]], None] | None = None  # pollers follow the set
+        self.set_urls(settings.urls)
+
+    def set_urls(self, urls: tuple[str, ...] | list[str]) -> None:
+        """A new replica set (static at start, or from DNS): kept replicas keep their state; removed ones
+        get no new request while their requests finish."""
+        known = {r.url: r for r in self.replicas}
+        wanted = sorted(set(urls))
+        if wanted == [r.url for r in self.replicas]:
+            return
+        replicas = [known.get(url) or Replica(url) for url in wanted]
+        added = [r for r in replicas if r.url not in known]
+        removed = [r for r in self.replicas if r.url not in set(wanted)]
+        for replica in removed:
+            replica.removed = True
+        self.replicas = replicas
+        self.ring = build_ring([r.url for r in replicas])
+        if self.on_change is not None:
+            self.on_change(added, removed)
+
+    def _eligible(self, now: float) -> list[bool]:
+        limit = self.settings.max_queue
+        return [r.healthy and r.full_until <= now and r.queue() < limit for r in self.replicas]
+
+    def spill_reason(self) -> str | None:
+        """Why no replica may take a request now (the deployment is skipped), or None."""
+        if not any(r.healthy for r in self.replicas):
+            return "no_healthy_replica"
+        if not any(self._eligible(self.clock())):
+            return "pool_saturated"
+        return None
+
+    def pick(self, body: Mapping[str, Any]) -> tuple[Replica | None, RingChoice]:
+        eligible = self._eligible(self.clock())
+        loads = [r.load() for r in self.replicas]
+        key = prefix_key(body, self.shared_first)
+        if key is None:
+            self.turn += 1
+            return self._at(least_loaded(loads, eligible, self.turn))
+        return self._at(choose(self.ring, key, loads, eligible, self.settings.load_factor))
+
+    def _at(self, choice: RingChoice) -> tuple[Replica | None, RingChoice]:
+        return (self.replicas[choice.replica] if choice.replica is not None else None), choice
+
+    def lease(self, request: ChatRequest) -> Replica:
+        """Choose the attempt's replica and count it in flight (under the current ``Lease`` if any)."""
+        replica, choice = self.pick(request.body)
+        if replica is None:
+            error = UpstreamServerError("every replica of the shared deployment is busy", cause="pool_saturated")
+            error.counts_as_failure = False
+            raise error
+        replica.inflight += 1
+        replica.requests += 1
+        lease = LEASE.get()
+        if lease is not None and lease.pool is self:
+            if lease.replica is not None:  # a second prepare in one attempt: hand the first back
+                lease.replica.inflight -= 1
+            lease.replica = replica
+            lease.choice = ReplicaChoice(self.deployment.id, replica.name, choice.how, choice.position, tuple(
+                (self.replicas[i].name, load) for i, load in choice.passed_over), replica.load() - 1)
+        return replica
+
+    async def attempt(self, call: Awaitable[T], trail: list[object], usage: Callable[[T], Usage | None]) -> T:
+        """Run one attempt under a lease: in flight while it runs, what it teaches noted on its replica."""
+        lease = Lease(self)
+        token = LEASE.set(lease)
+        try:
+            result = await call
+        except UpstreamError as error:
+            self._learn(lease, error)
+            raise
+        finally:
+            LEASE.reset(token)
+            if lease.replica is not None:
+                lease.replica.inflight -= 1
+            if lease.choice is not None:
+                trail.append(lease.choice)
+        if lease.replica is not None:
+            used = usage(result)
+            if used is not None:
+                lease.replica.cached_tokens += used.cached_tokens
+        return result
+
+    def _learn(self, lease: Lease, error: UpstreamError) -> None:
+        """A replica that failed an attempt gets no new request until its next poll (a retry goes to another
+        replica); one that refused the connection stays out until a poll finds it healthy."""
+        replica = lease.replica
+        if replica is None:
+            return
+        if isinstance(error, UpstreamConnectionError):
+            replica.healthy = False
+        elif isinstance(error, UpstreamServerError | UpstreamTimeout):
+            replica.full_until = self.clock() + max(self.settings.poll_seconds * 2, AVOID_SECONDS)
+        if error.upstream_status == 503 and QUEUE_FULL in error.message:
+            error.counts_as_failure = False  # one full replica is not a failing deployment
+
+
+class SGLangAdapter:
+    """The OpenAI-compatible adapter of an ``sglang/`` deployment, sending each call to the leased replica."""
+
+    def __init__(self, inner: Adapter, pool: ReplicaPool) -> None:
+        self.inner = inner
+        self.pool = pool
+        self.deployment = inner.deployment
+        self.base = inner.deployment.api_base
+
+    def prepare(self, request: ChatRequest) -> UpstreamCall:
+        call = self.inner.prepare(request)
+        replica = self.pool.lease(request)
+        url = replica.url + call.url[len(self.base):] if call.url.startswith(self.base) else call.url
+        return UpstreamCall(url, call.headers, call.body, call.proxy, call.dropped)
+
+    def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
+        return self.inner.read_response(request, body)
+
+    def stream_reader(self, request: ChatRequest) -> StreamReader:
+        return self.inner.stream_reader(request)
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+        return self.inner.classify_error(status, headers, body)
+
+    def refresh_credentials(self) -> None:
+        self.inner.refresh_credentials()
+
+
+def usage_of(result: object) -> Usage | None:
+    """The usage an attempt's result carries (an answer's; a stream's progress has its reader's)."""
+    usage = getattr(result, "usage", None)
+    return usage if isinstance(usage, Usage) else None
+
+

@@ -1,0 +1,108 @@
+"""Consistent hashing with bounded loads: stability, ~1/N movement, the load bound, the prefix key."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.policy.ring import build_ring, capacity, choose, hash64, least_loaded, prefix_key
+
+NAMES = [f"http://10.0.0.{i}:30000/v1" for i in range(1, 13)]
+keys = st.integers(min_value=0, max_value=2**64 - 1)
+replica_sets = st.lists(st.sampled_from(NAMES), min_size=2, max_size=8, unique=True)
+
+
+def _idle(ring, key):  # type: ignore[no-untyped-def]
+    n = len(ring.replicas)
+    return ring.replicas[choose(ring, key, [0.0] * n, [True] * n, 1.25).replica]
+
+
+@settings(deadline=None)
+@given(replica_sets, keys, st.data())
+def test_a_key_moves_only_when_its_replica_leaves(names: list[str], key: int, data: st.DataObject) -> None:
+    before = _idle(build_ring(names), key)
+    leaving = data.draw(st.sampled_from(names))
+    after = _idle(build_ring([n for n in names if n != leaving]), key)
+    assert (after == before) == (leaving != before)
+
+
+@settings(deadline=None)
+@given(replica_sets, keys, st.data())
+def test_a_key_moves_only_when_its_replica_is_overloaded(names: list[str], key: int, data: st.DataObject) -> None:
+    ring = build_ring(names)
+    n = len(names)
+    loads = data.draw(st.lists(st.integers(0, 20).map(float), min_size=n, max_size=n))
+    home = choose(ring, key, [0.0] * n, [True] * n, 1.25).replica
+    choice = choose(ring, key, loads, [True] * n, 1.25)
+    bound = capacity(loads, [True] * n, 1.25)
+    assert choice.replica is not None  # some replica is always under ceil(factor * mean)
+    assert loads[choice.replica] + 1 <= bound
+    if loads[home] + 1 <= bound:
+        assert choice.replica == home and choice.passed_over == ()
+    else:
+        assert choice.replica != home and choice.passed_over[0] == (home, loads[home])
+        assert all(loads[r] + 1 > bound for r, _ in choice.passed_over)
+
+
+@settings(deadline=None)
+@given(replica_sets, keys)
+def test_ineligible_replicas_are_never_chosen(names: list[str], key: int) -> None:
+    n = len(names)
+    eligible = [i % 2 == 0 for i in range(n)]
+    choice = choose(build_ring(names), key, [0.0] * n, eligible, 1.25)
+    assert choice.replica is not None and eligible[choice.replica]
+    assert choose(build_ring(names), key, [0.0] * n, [False] * n, 1.25).replica is None
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(3, 9))
+def test_adding_a_replica_moves_about_one_nth_of_keys(n: int) -> None:
+    sample = [hash64(str(i).encode()) for i in range(3000)]
+    old, new = build_ring(NAMES[:n]), build_ring(NAMES[:n + 1])
+    moved = [k for k in sample if _idle(old, k) != _idle(new, k)]
+    assert all(_idle(new, k) == NAMES[n] for k in moved)  # keys move only to the newcomer
+    share = len(moved) / len(sample)
+    assert 0.5 / (n + 1) < share < 1.6 / (n + 1)
+
+
+def test_every_sidecar_builds_the_same_ring() -> None:
+    assert build_ring(NAMES[:4]) == build_ring(list(NAMES[:4]))
+
+
+@given(st.lists(st.integers(0, 50).map(float), min_size=4, max_size=4), st.integers(0, 100))
+def test_bounded_loads_keep_max_within_the_factor(loads: list[float], key: int) -> None:
+    choice = choose(build_ring(NAMES[:4]), key, loads, [True] * 4, 1.25)
+    assert choice.replica is not None
+    mean = (sum(loads) + 1) / 4
+    assert loads[choice.replica] + 1 <= max(math.ceil(1.25 * mean), math.ceil(mean) + 1)
+
+
+def test_least_loaded_breaks_ties_by_turn() -> None:
+    assert least_loaded([3.0, 1.0, 1.0, 2.0], [True] * 4, 0).replica == 1
+    assert least_loaded([3.0, 1.0, 1.0, 2.0], [True] * 4, 2).replica == 2
+    assert least_loaded([3.0, 1.0, 1.0, 2.0], [True, False, False, True], 0).replica == 3
+    assert least_loaded([0.0], [False], 0).replica is None
+
+
+def test_prefix_key_is_the_conversation_start() -> None:
+    system = {"role": "system", "content": "shared by everybody"}
+    turn1 = [system, {"role": "user", "content": "my question"}]
+    later = [*turn1, {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "more"}]
+    other = [system, {"role": "user", "content": "another conversation"}]
+    assert prefix_key({"messages": turn1}) == prefix_key({"messages": later}) is not None
+    assert prefix_key({"messages": other}) != prefix_key({"messages": turn1})
+    assert prefix_key({"messages": [system]}) is None
+    assert prefix_key({"input": "embed me"}) is None
+    assert prefix_key({"prompt": "abc"}) == prefix_key({"prompt": "abc"}) is not None
+
+
+def test_shared_key_is_a_long_system_prompt() -> None:
+    system = {"role": "system", "content": "x " * 2000}
+    one = [system, {"role": "user", "content": "first conversation"}]
+    two = [system, {"role": "user", "content": "second conversation"}]
+    assert prefix_key({"messages": one}, shared_first=True) == prefix_key({"messages": two}, shared_first=True)
+    assert prefix_key({"messages": one}) != prefix_key({"messages": two})
+    short = {"role": "system", "content": "be brief"}
+    assert prefix_key({"messages": [short, one[1]]}, shared_first=True) == prefix_key({"messages": [short, one[1]]})

@@ -1,0 +1,113 @@
+"""A replica pool's state and choice, without I/O: loads with this sidecar's in-flight, spill-over, leases."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sidecar.config import Deployment
+from sidecar.config.replicas import ReplicaSettings
+from sidecar.core.errors import UpstreamServerError
+from sidecar.core.types import ChatRequest
+from sidecar.formats.sglang import Load
+from sidecar.providers.sglang import LEASE, Lease, Replica, ReplicaPool
+
+URLS = ("http://10.0.0.1:30000/v1", "http://10.0.0.2:30000/v1", "http://10.0.0.3:30000/v1")
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pool(max_queue: int = 2) -> tuple[ReplicaPool, Clock]:
+    clock = Clock()
+    settings = ReplicaSettings(urls=URLS, max_queue=max_queue)
+    deployment = Deployment(id="sglang/m", model_name="local", provider="sglang", model="m", api_base=URLS[0],
+                            replicas=settings)
+    return ReplicaPool(deployment, settings, clock), clock
+
+
+
+def test_load_is_the_poll_adjusted_by_this_sidecars_changes() -> None:
+    replica = Replica(URLS[0])
+    replica.inflight = 2
+    replica.observe(Load(running=5, waiting=1), 2)  # the poll counted our 2
+    assert replica.load() == 6
+    replica.inflight = 4  # two more sent since
+    assert replica.load() == 8
+    replica.inflight = 0  # all of ours finished since
+    assert replica.load() == 4
+    assert replica.name.startswith("r-") and "10.0" not in replica.name
+
+
+def test_queue_counts_past_running_slots_when_known() -> None:
+    replica = Replica(URLS[0])
+    replica.observe(Load(running=8, waiting=0, max_running=8), 0)
+    replica.inflight = 3
+    assert replica.queue() == 3
+    replica.observe(Load(running=2, waiting=0, max_running=8), 3)
+    assert replica.queue() == 0
+    replica.inflight = 1  # two of ours the poll counted have finished since
+    replica.observe(Load(running=2, waiting=0, max_running=8), 3)
+    assert replica.load() == 1
+
+
+def test_spill_reasons() -> None:
+    pool, _ = _pool(max_queue=2)
+    assert pool.spill_reason() is None
+    for replica in pool.replicas:
+        replica.observe(Load(running=1, waiting=2), 0)
+    assert pool.spill_reason() == "pool_saturated"
+    pool.replicas[1].observe(Load(running=1, waiting=1), 0)
+    assert pool.spill_reason() is None
+    for replica in pool.replicas:
+        replica.healthy = False
+    assert pool.spill_reason() == "no_healthy_replica"
+
+
+def test_set_urls_keeps_state_and_retires_removed_replicas() -> None:
+    pool, _ = _pool()
+    kept = pool.replicas[0]
+    kept.requests = 7
+    removed = pool.replicas[2]
+    pool.set_urls([URLS[0], URLS[1], "http://10.0.0.9:30000/v1"])
+    assert pool.replicas[0] is kept and kept.requests == 7
+    assert removed.removed and removed not in pool.replicas
+    assert len(pool.ring.replicas) == 3
+
+
+def test_a_lease_counts_in_flight_and_a_full_replica_is_avoided() -> None:
+    pool, clock = _pool()
+
+    async def attempt() -> None:
+        replica = pool.lease(request)
+        assert replica.inflight == 1
+        raise UpstreamServerError("The request queue is full.", upstream_status=503)
+
+    request = _body_request()
+    trail: list[object] = []
+    with pytest.raises(UpstreamServerError) as info:
+        asyncio.run(pool.attempt(attempt(), trail, lambda _: None))
+    assert not info.value.counts_as_failure  # a full replica is not a failing deployment
+    chosen = next(r for r in pool.replicas if r.requests == 1)
+    assert chosen.inflight == 0 and chosen.full_until > clock.now
+    assert pool.pick(request.body)[0] is not chosen  # avoided until its next poll
+    assert trail and trail[0].replica == chosen.name
+    assert LEASE.get() is None
+
+
+def _body_request() -> ChatRequest:
+    class Body:
+        body = {"model": "local", "messages": [{"role": "user", "content": "hello"}]}
+
+    return Body()  # type: ignore[return-value]
+
+
+def test_lease_without_context_still_counts() -> None:
+    pool, _ = _pool()
+    replica = pool.lease(_body_request())
+    assert replica.inflight == 1 and isinstance(Lease(pool), Lease)

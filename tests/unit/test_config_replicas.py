@@ -1,0 +1,44 @@
+"""``litellm_params.replicas`` of sglang deployments: static lists, dns, and their problems."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar import config
+from sidecar.config import ConfigError
+
+
+def _sglang(**params: object) -> dict[str, object]:
+    return {"model_list": [{"model_name": "local", "litellm_params": {"model": "sglang/my-model", **params}}]}
+
+
+def _problems(data: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.parse(data)  # type: ignore[arg-type]
+    return info.value.problems
+
+
+def test_static_replicas_are_used_instead_of_api_base() -> None:
+    cfg = config.parse(_sglang(replicas=["http://10.0.0.5:30000/v1/", "http://10.0.0.6:30000/v1"],
+                               max_queue_per_replica=4))
+    deployment = cfg.deployments[0]
+    assert deployment.replicas is not None
+    assert deployment.replicas.urls == ("http://10.0.0.5:30000/v1", "http://10.0.0.6:30000/v1")
+    assert deployment.replicas.max_queue == 4 and deployment.replicas.refresh_seconds == 10.0
+    assert deployment.api_base == "http://10.0.0.5:30000/v1"
+    assert not cfg.warnings
+
+
+def test_dns_replicas_resolve_the_api_base_host() -> None:
+    cfg = config.parse(_sglang(replicas="dns", api_base="http://sglang.gpu.svc.cluster.local:30000/v1",
+                               replica_refresh_seconds=3))
+    assert cfg.deployments[0].replicas.dns and cfg.deployments[0].replicas.refresh_seconds == 3.0
+
+
+def test_replica_problems_have_locations() -> None:
+    assert any("replicas[1]" in p for p in _problems(_sglang(replicas=["http://a:1/v1", "ftp://b"])))
+    assert any("api_base" in p for p in _problems(_sglang(replicas="dns")))
+    assert any("only sglang" in p for p in _problems(
+        {"model_list": [{"model_name": "x", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k",
+                                                               "replicas": ["http://a:1/v1"]}}]}))
+    assert any("replicas" in p for p in _problems(_sglang(replicas=[])))
