@@ -126,4 +126,14 @@ def model_info_values(info: Section, params: Section) -> dict[str, Any]:
         "max_input_tokens": info.integer("max_input_tokens", None, minimum=1),
         "max_output_tokens": max_output if max_output is not None else legacy,
         "capabilities": capabilities,
+        "tags": _tags(info),
     }
+
+
+def _tags(info: Section) -> frozenset[str]:
+    """``model_info.tags``: a list of names that request rules require or exclude."""
+    tags = info.list("tags")
+    if not all(isinstance(t, str) and t for t in tags):
+        info.problem("tags", "expected a list of tag names")
+        return frozenset()
+    return frozenset(tags)

@@ -26,6 +26,7 @@ from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, 
 from sidecar.config.references import WILDCARD, default_base, root_base, unique_id
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.router import RouterSettings, resolve_groups, router_settings
+from sidecar.config.rules import Rule, check_rules, group_strategies, read_rules
 from sidecar.config.shared import SharedSettings, shared_settings
 from sidecar.config.wildcards import Wildcard, compile_pattern, ordered
 
@@ -43,6 +44,7 @@ class ModelInfo:
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
     capabilities: Mapping[str, bool] = field(default_factory=dict)  # every supports_* flag given
+    tags: frozenset[str] = frozenset()  # what request rules select on (``eu``, ``self-hosted``, ``no-retention``)
 
     @property
     def supports_function_calling(self) -> bool | None:
@@ -143,6 +145,8 @@ class SidecarSettings:
     shared: SharedSettings = field(default_factory=SharedSettings)  # cache, budgets and their Redis
     limits: LimitSettings = field(default_factory=LimitSettings)  # sidecar_settings.limits
     listeners: ListenerSettings = field(default_factory=ListenerSettings)  # sidecar_settings.listeners
+    rules: tuple[Rule, ...] = ()  # sidecar_settings.rules, in order: the first that matches decides
+    group_strategies: Mapping[str, str] = field(default_factory=dict)  # model group → its routing strategy
 
     @property
     def max_body_bytes(self) -> int:
@@ -215,6 +219,10 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
     problems.extend(f"sidecar_settings.budgets: budget '{b.name}': unknown model group '{m}'"
                     for b in sidecar.shared.budgets for m in b.models
                     if groups and m not in groups and m not in patterns)
+    if groups:
+        check_rules(sidecar.rules, sidecar.group_strategies, groups,
+                    [d.model_info.tags for g in (*groups.values(), *patterns.values()) for d in g.deployments],
+                    problems)
     if not groups and not patterns and not problems:
         problems.append("model_list: at least one deployment is required")
     if problems:
@@ -264,6 +272,8 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
         shared=shared_settings(s, litellm, router, secrets, env),
         limits=limit_settings(s.section("limits")),
         listeners=listener_settings(s.section("listeners")),
+        rules=read_rules(s),
+        group_strategies=group_strategies(s),
     )
     s.finish()
     return settings

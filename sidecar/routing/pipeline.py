@@ -1,4 +1,4 @@
-"""One request from the parsed body to an answer: cache → budgets → router → price → store → spend.
+"""One request from the parsed body to an answer: rules → cache → budgets → router → price → store → spend.
 
 The server turns HTTP into a ``ChatRequest`` and calls ``Pipeline.complete`` or ``Pipeline.stream``; it
 turns the ``Answer`` (or the finished stream) back into HTTP. Everything between — the response cache, the
@@ -24,6 +24,7 @@ from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse
 from sidecar.formats.openai import response_bytes
 from sidecar.policy.plan import FallbackStep
+from sidecar.policy.rules import RuleDecision, RuleSet
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.routing.router import Router
 from sidecar.state import cache as response_cache
@@ -78,19 +79,25 @@ class Pipeline:
         self.budgets = budgets
         self.tracing = tracing
         self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
+        self.rules = RuleSet(router.config.sidecar.rules)  # compiled once per config; empty: no per-request cost
+
+    def decide(self, chat: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
+        """The request rule that applies to ``chat`` (None: no rule, or none matches)."""
+        return self.rules.decide(chat, headers) if self.rules else None
 
     async def complete(self, chat: ChatRequest, head: InboundHead, request_id: str) -> Answer:
         """A whole answer, from the cache or the router."""
-        record, spans, started = self._begin(chat, head, request_id)
+        decision = self.decide(chat, head.headers) if self.rules else None
+        record, spans, started = self._begin(chat, head, request_id, decision)
         outcome: Outcome | None = None
         try:
-            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers)
+            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers, decision)
             if hit is not None:
                 record.outcome, record.status = "cache_hit", 200
                 return Answer(ChatResponse({}, raw=hit), None, cache=response_cache.HIT)
             if self.budgets is not None:
                 self.budgets.check(record.group)  # memory only; raises BudgetExceeded before any upstream call
-            response, outcome = await self.router.complete(chat)
+            response, outcome = await self.router.complete(chat, decision)
             record.outcome, record.status = "success", 200
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
             verdict = None
@@ -107,12 +114,13 @@ class Pipeline:
 
     async def stream(self, chat: ChatRequest, head: InboundHead, request_id: str, sink: StreamSink) -> Outcome:
         """Stream an answer into ``sink`` (errors after its commit point end the stream in-band)."""
-        record, spans, started = self._begin(chat, head, request_id)
+        decision = self.decide(chat, head.headers) if self.rules else None
+        record, spans, started = self._begin(chat, head, request_id, decision)
         outcome: Outcome | None = None
         try:
             if self.budgets is not None:
                 self.budgets.check(record.group)
-            outcome = await self.router.stream(chat, sink)
+            outcome = await self.router.stream(chat, sink, decision)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
             return outcome
         except BaseException as error:
@@ -123,12 +131,14 @@ class Pipeline:
 
     # ---- the record --------------------------------------------------------------------------------
 
-    def _begin(self, chat: ChatRequest, head: InboundHead, request_id: str) -> tuple[RequestRecord, Spans, float]:
+    def _begin(self, chat: ChatRequest, head: InboundHead, request_id: str,
+               decision: RuleDecision | None = None) -> tuple[RequestRecord, Spans, float]:
         started = perf_counter()  # not the loop's clock: uvloop's moves in whole milliseconds
         self.metrics.in_flight += 1
         self.active += 1
         CURRENT_OUTCOME.set(None)  # keep-alive requests share a task's context
-        group = self.router.group_label(chat.model)  # app-chosen names are not labels
+        # app-chosen names are not labels; a rule's group is the one the request is routed to
+        group = self.router.group_label(chat.model if decision is None or decision.group is None else decision.group)
         record = RequestRecord(request_id, group, stream=chat.stream)
         tracing = self.tracing
         spans = None if tracing is None else tracing.start_request(head.method, head.path, head.headers,
@@ -175,10 +185,14 @@ class Pipeline:
 
     # ---- the cache ---------------------------------------------------------------------------------
 
-    async def _lookup(self, chat: ChatRequest, headers: Mapping[str, str]) -> tuple[str | None, bytes | None]:
-        """(the key to store this request's answer under, or None; the cached answer's bytes, or None)."""
+    async def _lookup(self, chat: ChatRequest, headers: Mapping[str, str],
+                      decision: RuleDecision | None) -> tuple[str | None, bytes | None]:
+        """(the key to store this request's answer under, or None; the cached answer's bytes, or None). A
+        request a rule decided has answers of its own: those of its rule's deployments, no others."""
         assert self.cache is not None
         key, lookup = self.cache.key_for(chat, headers, self.generation)
+        if key is not None and decision is not None:
+            key = f"{key}:rule:{decision.rule}"
         if key is None or not lookup:
             return key, None
         return key, await self.cache.get(key)

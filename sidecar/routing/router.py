@@ -30,8 +30,10 @@ from sidecar.core.errors import (
     AllRateLimited,
     ContextWindowExceeded,
     DeadlineExceeded,
+    InvalidRequest,
     NoHealthyUpstream,
     RateLimited,
+    RuleRefused,
     SidecarError,
     UpstreamError,
 )
@@ -50,6 +52,7 @@ from sidecar.policy.plan import (
     rejection_fallbacks,
 )
 from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
+from sidecar.policy.rules import RuleDecision, capability_skip, checks_capabilities, needs
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
@@ -83,6 +86,7 @@ class Router:
         self.clock = clock or asyncio.get_running_loop().time
         self.timeout = settings.timeout
         self.strategy = settings.routing_strategy
+        self.group_strategies = config.sidecar.group_strategies  # a group's own strategy over the router's
         self.retry_policy = RetryPolicy.from_settings(settings, config.sidecar.retry_after_cap_seconds)
         self.retry_after_cap = config.sidecar.retry_after_cap_seconds
         self.breaker_settings = config.sidecar.breaker
@@ -104,6 +108,9 @@ class Router:
         self.estimates = settings.routing_strategy == "usage-based-routing" or any(
             d.tpm or d.model_info.max_input_tokens
             for d in (*config.deployments, *(t for w in config.wildcards for t in w.deployments)))
+        # The capability check costs a look at the request: only when some deployment says it cannot do something.
+        self.capabilities = checks_capabilities(
+            (*config.deployments, *(t for w in config.wildcards for t in w.deployments)))
 
     def _target(self, deployment: Deployment, previous: Target | None = None) -> Target:
         settings, breaker = self.config.router, self.config.sidecar.breaker
@@ -154,56 +161,71 @@ class Router:
 
     # ---- entry points ---------------------------------------------------------------------------
 
-    async def complete(self, request: ChatRequest) -> tuple[ChatResponse, Outcome]:
-        """A whole answer, from the first deployment that gives one (or the catch-all)."""
-        outcome = self._outcome(request)
+    async def complete(self, request: ChatRequest,
+                       decision: RuleDecision | None = None) -> tuple[ChatResponse, Outcome]:
+        """A whole answer, from the first deployment that gives one (or the catch-all). ``decision``: the
+        request rule that applies (``policy.rules``), whose tags no attempt of this request may leave."""
+        outcome = self._outcome(request, decision)
+        # A restricted request's remembered answers may come from deployments its rule excludes: none.
+        remembered = decision is None or not decision.restricted
 
         async def attempt(target: Target, deadline: float) -> ChatResponse:
             return await self._call(target, request, deadline, outcome)
 
         try:
-            response = await self._route(request, outcome, attempt)
+            response = await self._route(request, outcome, attempt, decision=decision)
         except (NoHealthyUpstream, AllRateLimited, DeadlineExceeded) as error:
-            fallback = self.catch_all.response(request)
+            fallback = self.catch_all.response(request, remembered=remembered)
             if fallback is None:
                 raise
             outcome.catch_all, outcome.deployment = fallback[1], "catch-all"
             log.warning("every upstream failed (%s); answered from the catch-all", error.error_class)
             return fallback[0], outcome
         outcome.usage = response.usage
-        self.catch_all.remember(request, response)
+        if remembered:
+            self.catch_all.remember(request, response)
         return response, outcome
 
-    async def stream(self, request: ChatRequest, sink: StreamSink) -> Outcome:
+    async def stream(self, request: ChatRequest, sink: StreamSink, decision: RuleDecision | None = None) -> Outcome:
         """Stream an answer into ``sink``. Errors before the commit point are raised; after it, in-band."""
-        outcome = self._outcome(request)
+        outcome = self._outcome(request, decision)
+        remembered = decision is None or not decision.restricted
         stream = StreamAttempt(self.stream_limits, request, sink, outcome)
         try:
-            await self._route(request, outcome, stream.run, stream)
+            await self._route(request, outcome, stream.run, stream, decision=decision)
         except SidecarError as error:
             if sink.started:
                 outcome.failed = True
                 await sink.fail(error)
                 return outcome
             if isinstance(error, NoHealthyUpstream | AllRateLimited | DeadlineExceeded):
-                fallback = self.catch_all.response(request)
+                fallback = self.catch_all.response(request, remembered=remembered)
                 if fallback is not None:
                     outcome.catch_all, outcome.deployment = fallback[1], "catch-all"
                     await stream.replay(fallback[0])
                     return outcome
             raise
-        self.catch_all.remember_text(request, stream.progress)
+        if remembered:
+            self.catch_all.remember_text(request, stream.progress)
         return outcome
 
-    def _outcome(self, request: ChatRequest) -> Outcome:
-        name = request.model
-        return Outcome(name if name in self.targets else self.names.resolve(name))
+    def _outcome(self, request: ChatRequest, decision: RuleDecision | None = None) -> Outcome:
+        name = request.model if decision is None or decision.group is None else decision.group
+        outcome = Outcome(name if name in self.targets else self.names.resolve(name))
+        if decision is not None:
+            outcome.rule = decision.rule
+            outcome.trail.append(decision)
+        return outcome
 
     # ---- the attempt loop -----------------------------------------------------------------------
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
-                     attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None) -> T:
+                     attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None, *,
+                     decision: RuleDecision | None = None) -> T:
         walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
+        walk.decision = decision
+        if self.capabilities:
+            walk.needs = needs(request)
         if self.estimates:
             outcome.estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request))
             walk.needed = outcome.estimate[0]
@@ -227,7 +249,10 @@ class Router:
         """``group``'s deployments in strategy order until one answers; else ``FAILED``, and ``walk.pending``
         holds what comes next (a rejection's own fallbacks; nothing when time ran out)."""
         outcome = walk.outcome
-        candidates = self._ordered(group, outcome, self.clock())
+        candidates = self._ordered(group, outcome, self.clock(), walk.decision)
+        if walk.decision is not None or walk.needs is not None:
+            candidates = self._eligible(candidates, walk)
+        eligible = len(candidates)
         hedge = self.hedging.get(group)
         too_long = 0  # candidates whose context window the prompt does not fit
         while candidates:
@@ -253,7 +278,7 @@ class Router:
             if self.clock() >= walk.deadline:
                 walk.pending.clear()
                 return FAILED
-        if too_long and too_long == len(self.targets[group]):
+        if too_long and too_long == eligible:
             error = walk.rejected or ContextWindowExceeded(
                 f"the prompt is longer than every deployment's context window for '{group}'", param="messages")
             walk.pending = self._after_rejection(error, group, None, walk)
@@ -276,14 +301,38 @@ class Router:
             walk.outcome.answered_group = group
         return result
 
-    def _ordered(self, group: str, outcome: Outcome, now: float) -> deque[Target]:
+    def strategy_for(self, group: str, decision: RuleDecision | None = None) -> str:
+        """A rule's strategy, else the group's own (``sidecar_settings.group_strategies``), else the router's."""
+        if decision is not None and decision.strategy is not None:
+            return decision.strategy
+        return self.group_strategies.get(group, self.strategy) if self.group_strategies else self.strategy
+
+    def _ordered(self, group: str, outcome: Outcome, now: float, decision: RuleDecision | None = None) -> deque[Target]:
         """The group's deployments in strategy order; with tracing on, the order's reasons go on the trail."""
+        strategy = self.strategy_for(group, decision)
         if self.observer is None or not self.observer.recording():
-            return deque(order(self.strategy, self.targets[group], self.rng, now))
-        ranking = ranked(self.strategy, self.targets[group], self.rng, now)
-        outcome.trail.append(Ranking(group, self.strategy, tuple([
+            return deque(order(strategy, self.targets[group], self.rng, now))
+        ranking = ranked(strategy, self.targets[group], self.rng, now)
+        outcome.trail.append(Ranking(group, strategy, tuple([
             (t.deployment.id, tier, unhealthy, score) for t, tier, unhealthy, score in ranking])))
         return deque([r[0] for r in ranking])
+
+    def _eligible(self, candidates: deque[Target], walk: Walk) -> deque[Target]:
+        """The candidates the request's rule and the capability check allow; the others are skipped with the
+        reason (``rule:<name>`` or the missing capability) — before any call, and for every group walked."""
+        decision, need, kept = walk.decision, walk.needs, deque()
+        for target in candidates:
+            if decision is not None and not decision.allows(target.deployment):
+                reason = f"rule:{decision.rule}"
+            else:
+                reason = capability_skip(target.deployment, need) if need is not None else None
+            if reason is None:
+                kept.append(target)
+            else:
+                walk.refused.append(reason)
+                self._skip(target, walk.outcome, reason)
+        walk.eligible += len(kept)
+        return kept
 
     def _admit(self, target: Target, walk: Walk) -> bool:
         return self._skip_reason(target, walk, self.clock()) is None
@@ -423,6 +472,8 @@ class Router:
         return deque(groups)
 
     def _exhausted(self, group: str, walk: Walk) -> SidecarError:
+        if walk.refused and not walk.eligible:
+            return self._refused(group, walk)
         now = self.clock()
         if now >= walk.deadline:
             return DeadlineExceeded("the request ran out of time before an upstream answered")
@@ -430,7 +481,21 @@ class Router:
             soonest = min(t.breaker.ready_at(now) for g in self.plans[group] for t in self.targets[g])
             return AllRateLimited("every upstream for this model is rate limited; retry later",
                                   retry_after=max(1.0, soonest - now))
+        if walk.decision is not None and walk.decision.restricted:
+            return NoHealthyUpstream(f"no upstream that request rule '{walk.decision.rule}' allows could answer "
+                                     "the request; try again later")
         return NoHealthyUpstream("no upstream could answer the request; try again later")
+
+    @staticmethod
+    def _refused(group: str, walk: Walk) -> SidecarError:
+        """Every candidate was ruled out before a call: by the request's rule (403), or for capabilities the
+        request needs that no deployment has (400)."""
+        decision = walk.decision
+        if decision is not None and f"rule:{decision.rule}" in walk.refused:
+            return RuleRefused(f"request rule '{decision.rule}' ({decision.describe()}) allows no deployment of "
+                               f"model group '{group}' or its fallbacks")
+        missing = ", ".join(sorted(set(walk.refused)))
+        return InvalidRequest(f"no deployment of model group '{group}' can serve this request ({missing})")
 
     # ---- one non-streaming call -----------------------------------------------------------------
 

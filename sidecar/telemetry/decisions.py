@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.policy.breaker import Transition
 from sidecar.policy.plan import Attempt, FallbackStep, Panic, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
+from sidecar.policy.rules import RuleDecision
 
 if TYPE_CHECKING:
     from sidecar.routing.outcome import Outcome
@@ -43,7 +44,7 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
               ("sidecar.routing.fallbacks", tuple(fallbacks) or None), ("sidecar.routing.chosen", outcome.deployment),
               ("sidecar.routing.answered_group", outcome.answered_group),
               ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic),
-              ("sidecar.request.dropped_params", outcome.dropped))
+              ("sidecar.request.dropped_params", outcome.dropped), ("sidecar.routing.rule", outcome.rule))
     return labels, scores, rankings
 
 
@@ -56,6 +57,11 @@ def event(item: object) -> tuple[str, dict[str, Any]]:
     """One trail item as an event: its name and attributes (a Ranking's scores are ``route_span``'s)."""
     if isinstance(item, Ranking):
         return "ranking", {"sidecar.model_group": item.group, "sidecar.routing.strategy": item.strategy}
+    if isinstance(item, RuleDecision):
+        return "rule", {"sidecar.routing.rule": item.rule, "sidecar.rule.group": item.group,
+                        "sidecar.rule.require_tags": tuple(sorted(item.require)) or None,
+                        "sidecar.rule.exclude_tags": tuple(sorted(item.exclude)) or None,
+                        "sidecar.rule.strategy": item.strategy}
     if isinstance(item, Attempt):
         return "attempt", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group,
                            "sidecar.attempt": item.number, "sidecar.retry": item.retry}

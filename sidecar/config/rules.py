@@ -1,0 +1,145 @@
+"""``sidecar_settings.rules`` and ``sidecar_settings.group_strategies``: request rules as validated values.
+
+A rule is ``when`` (conditions, all of which must hold) and actions (``group``, ``require_tags``,
+``exclude_tags``, ``strategy``). The rules are compiled into matchers by ``policy.rules``; here they are only
+read and checked, each problem with its location (``sidecar_settings.rules[2].when.headers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from sidecar.config.reader import Section, described
+from sidecar.config.router import STRATEGIES
+
+FEATURES = ("tools", "images", "json", "stream")
+CONDITIONS = ("headers", "metadata", "user", "model", "min_input_tokens", "max_input_tokens", "features")
+Values = tuple[str, ...]  # accepted values: exact strings or globs (``*``, ``?``, ``[...]``)
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """What a request must look like for a rule to apply (every condition given must hold; none: any)."""
+
+    headers: tuple[tuple[str, Values], ...] = ()  # lower-case header name → accepted values
+    metadata: tuple[tuple[str, Values], ...] = ()  # the body's ``metadata`` key → accepted values
+    user: Values | None = None  # the body's ``user``
+    model: Values | None = None  # the model name the app asked for
+    min_input_tokens: int | None = None  # estimated prompt tokens (``core.tokens``)
+    max_input_tokens: int | None = None
+    features: frozenset[str] = frozenset()  # every one of these is used (tools, images, json, stream)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    where: str  # its location in the config, for messages
+    when: Conditions
+    group: str | None = None  # send the request to this model group
+    require_tags: frozenset[str] = frozenset()  # only deployments carrying every one of these
+    exclude_tags: frozenset[str] = frozenset()  # never deployments carrying any of these
+    strategy: str | None = None  # the routing strategy for this request
+
+
+def read_rules(s: Section) -> tuple[Rule, ...]:
+    """Read ``sidecar_settings.rules`` (``s`` is sidecar_settings)."""
+    out: list[Rule] = []
+    names: set[str] = set()
+    for i, item in enumerate(s.list("rules", sections=True)):
+        entry = s.child(item, f"{s.where}.rules[{i}]")
+        rule = _rule(entry, i)
+        entry.finish()
+        if rule.name in names:
+            entry.problem("name", f"'{rule.name}' names another rule too")
+        names.add(rule.name)
+        out.append(rule)
+    return tuple(out)
+
+
+def _rule(entry: Section, index: int) -> Rule:
+    name = entry.string("name", None) or f"rules[{index}]"
+    when = _conditions(entry.section("when"))
+    require = _tags(entry, "require_tags")
+    exclude = _tags(entry, "exclude_tags")
+    strategy = entry.get("strategy")
+    if strategy is not None and strategy not in STRATEGIES:
+        entry.problem("strategy", f"expected one of {', '.join(STRATEGIES)}, got {described(strategy)}")
+        strategy = None
+    group = entry.string("group", None)
+    if require & exclude:
+        entry.problem("exclude_tags", f"{sorted(require & exclude)} also required: no deployment could qualify")
+    if group is None and not require and not exclude and strategy is None:
+        entry.report(entry.where, "a rule needs an action: group, require_tags, exclude_tags or strategy")
+    return Rule(name, entry.where, when, group, require, exclude, strategy)
+
+
+def _conditions(s: Section) -> Conditions:
+    headers = tuple((str(k).lower(), v) for k, v in _values_map(s, "headers").items())
+    metadata = tuple(_values_map(s, "metadata").items())
+    features = s.list("features")
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        s.problem("features", f"unknown {described(unknown)}: expected some of {', '.join(FEATURES)}")
+    low, high = s.integer("min_input_tokens", None, minimum=0), s.integer("max_input_tokens", None, minimum=0)
+    if low is not None and high is not None and low > high:
+        s.problem("max_input_tokens", "is below min_input_tokens: the rule could never match")
+    conditions = Conditions(headers, metadata, _values(s, "user"), _values(s, "model"), low, high,
+                            frozenset(f for f in features if f in FEATURES))
+    s.finish()
+    return conditions
+
+
+def _values(s: Section, key: str) -> Values | None:
+    """A string or a list of strings."""
+    value = s.get(key)
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, str) for v in items):
+        s.problem(key, f"expected a string or a list of strings, got {described(value)}")
+        return None
+    return tuple(items)
+
+
+def _values_map(s: Section, key: str) -> dict[str, Values]:
+    out: dict[str, Values] = {}
+    inner = s.section(key)
+    for name in list(inner.data):
+        values = _values(inner, str(name))
+        if values is not None:
+            out[str(name)] = values
+    inner.finish()
+    return out
+
+
+def _tags(s: Section, key: str) -> frozenset[str]:
+    tags = s.list(key)
+    if not all(isinstance(t, str) and t for t in tags):
+        s.problem(key, "expected a list of tag names")
+        return frozenset()
+    return frozenset(tags)
+
+
+def group_strategies(s: Section) -> dict[str, str]:
+    """``sidecar_settings.group_strategies``: model group → its own routing strategy."""
+    inner = s.section("group_strategies")
+    out = {str(name): inner.choice(str(name), "simple-shuffle", STRATEGIES) for name in list(inner.data)}
+    inner.finish()
+    return out
+
+
+def check_rules(rules: tuple[Rule, ...], strategies: Mapping[str, str], groups: Collection[str],
+          tag_sets: Collection[frozenset[str]], problems: list[str]) -> None:
+    """Cross-checks once the model list is read: ``groups`` are the model groups' names, ``tag_sets`` every
+    deployment's ``model_info.tags``. A rule whose tags no deployment satisfies is a typo, not a policy."""
+    for name in strategies:
+        if name not in groups:
+            problems.append(f"sidecar_settings.group_strategies.{name}: unknown model group")
+    for rule in rules:
+        if rule.group is not None and rule.group not in groups:
+            problems.append(f"{rule.where}.group: unknown model group '{rule.group}'")
+        if rule.require_tags and not any(rule.require_tags <= tags and not rule.exclude_tags & tags
+                                         for tags in tag_sets):
+            problems.append(f"{rule.where}.require_tags: no deployment carries {sorted(rule.require_tags)}"
+                            + (f" without {sorted(rule.exclude_tags)}" if rule.exclude_tags else ""))
