@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+import requests
 
 from tests.integration.procs import APP_KEY, FakeProvider, Sidecar, deployment
 
@@ -49,6 +50,7 @@ def ruled(workdir: Path, primary: FakeProvider, backup: FakeProvider) -> Iterato
 
 
 def client(process: Sidecar, **headers: str) -> openai.OpenAI:
+    """An SDK client sending ``headers`` with every request."""
     return openai.OpenAI(base_url=process.base_url, api_key=APP_KEY, max_retries=0, timeout=20,
                          default_headers=headers)
 
@@ -103,3 +105,84 @@ def test_capability_skip_before_any_call(ruled: Sidecar, primary: FakeProvider, 
         raw = client(ruled).chat.completions.with_raw_response.create(model="caps", messages=image)
         assert raw.headers["x-sidecar-deployment"] == "caps-backup"
     assert primary.stats()["requests"] == 0
+
+
+# ---- POST /debug/route ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def explained(workdir: Path, primary: FakeProvider, backup: FakeProvider) -> Iterator[Sidecar]:
+    """simple-shuffle over two equal deployments: the debug answer must predict the random order too."""
+    config = {
+        "model_list": [tagged("pick", primary, ["eu"]), tagged("pick", backup, ["us"], supports_vision=False),
+                       tagged("later", backup, ["us"])],
+        "router_settings": {"timeout": 10, "num_retries": 0, "cooldown_time": 30, "allowed_fails": 1,
+                            "fallbacks": [{"pick": ["later"]}]},
+        "sidecar_settings": {
+            "inbound_api_keys": [APP_KEY],
+            "rules": [{"name": "eu-data", "when": {"headers": {"x-sidecar-region": "eu"}}, "require_tags": ["eu"]}],
+        },
+    }
+    sidecar = Sidecar(config, workdir, "explained")
+    yield sidecar
+    sidecar.stop()
+
+
+def debug_route(process: Sidecar, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+    answer = requests.post(f"{process.url}/debug/route", json=body, timeout=10,
+                           headers={"authorization": f"Bearer {APP_KEY}", **headers})
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def test_debug_route_agrees_with_the_next_request(explained: Sidecar, primary: FakeProvider,
+                                                  backup: FakeProvider) -> None:
+    body = {"model": "pick", "messages": MESSAGES}
+    app = client(explained)
+    chosen = []
+    for _ in range(12):
+        decision = debug_route(explained, body)
+        served = app.chat.completions.with_raw_response.create(**body).headers["x-sidecar-deployment"]
+        assert decision["choice"] == served
+        chosen.append(served)
+    assert set(chosen) == {"pick-primary", "pick-backup"}  # both orders happened, each predicted
+    decision = debug_route(explained, body)
+    assert decision["rule"] is None and decision["plan"] == ["pick", "later"]
+    assert [g["strategy"] for g in decision["groups"]] == ["simple-shuffle", "simple-shuffle"]
+    assert primary.stats()["requests"] + backup.stats()["requests"] == 12  # the debug calls called no one
+
+
+def test_debug_route_shows_the_rule_and_skips(explained: Sidecar, backup: FakeProvider) -> None:
+    eu = debug_route(explained, {"model": "pick", "messages": MESSAGES}, **{"x-sidecar-region": "eu"})
+    assert eu["rule"] == {"name": "eu-data", "group": None, "require_tags": ["eu"], "exclude_tags": [],
+                          "strategy": None}
+    skipped = {c["deployment"]: c["skipped"] for g in eu["groups"] for c in g["candidates"]}
+    assert skipped == {"pick-primary": None, "pick-backup": "rule:eu-data", "later-backup": "rule:eu-data"}
+    assert eu["choice"] == "pick-primary"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]
+    vision = debug_route(explained, {"model": "pick", "messages": image})
+    skipped = {c["deployment"]: c["skipped"] for c in vision["groups"][0]["candidates"]}
+    assert skipped == {"pick-primary": None, "pick-backup": "no_vision"}
+    assert backup.stats()["requests"] == 0
+
+
+def test_debug_route_sees_an_open_breaker(explained: Sidecar, primary: FakeProvider) -> None:
+    primary.set(fail_next=1, error_status=500)
+    body = {"model": "pick", "messages": MESSAGES}
+    app = client(explained)
+    for _ in range(6):  # until the primary has failed once (allowed_fails 1: its breaker opens)
+        app.chat.completions.create(**body)
+        if primary.stats()["errors_injected"]:
+            break
+    decision = debug_route(explained, body)
+    states = {c["deployment"]: c["skipped"] for c in decision["groups"][0]["candidates"]}
+    assert states["pick-primary"] == "breaker_open" and decision["choice"] == "pick-backup"
+    assert app.chat.completions.with_raw_response.create(**body).headers["x-sidecar-deployment"] == "pick-backup"
+
+
+def test_debug_route_is_behind_the_inbound_keys(explained: Sidecar) -> None:
+    answer = requests.post(f"{explained.url}/debug/route", json={"model": "pick", "messages": MESSAGES}, timeout=10)
+    assert answer.status_code == 401
+    unknown = requests.post(f"{explained.url}/debug/route", json={"model": "nope", "messages": MESSAGES}, timeout=10,
+                            headers={"authorization": f"Bearer {APP_KEY}"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
