@@ -145,7 +145,7 @@ GENERAL_SETTINGS: dict[str, Key] = {
 
 ROUTER_SETTINGS: dict[str, Key] = {
     **_done(routing_strategy="simple-shuffle, least-busy, latency-based-routing, usage-based-routing, "
-                             "cost-based-routing",
+                             "cost-based-routing; least-tokens (ours: fewest estimated tokens in flight)",
             num_retries="retries per request on a group's last deployment (see When a provider has a bad night)",
             retry_policy="retries per error class",
             retry_after="the shortest wait before a retry when the upstream sends no Retry-After",

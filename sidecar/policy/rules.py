@@ -58,14 +58,12 @@ class RuleDecision:
 
 
 class Probe:
-    """One request as the rules see it; features and the token estimate are worked out on first use."""
+    """What rules may ask of a request's messages: features and the token estimate, worked out on first use."""
 
-    __slots__ = ("_features", "_tokens", "body", "headers", "request")
+    __slots__ = ("_features", "_tokens", "request")
 
-    def __init__(self, request: ChatRequest, headers: Mapping[str, str]) -> None:
+    def __init__(self, request: ChatRequest) -> None:
         self.request = request
-        self.body = request.body
-        self.headers = headers
         self._features: frozenset[str] | None = None
         self._tokens: int | None = None
 
@@ -83,70 +81,100 @@ class Probe:
 
 
 Test = Callable[[Probe], bool]
+Field = tuple[str, str]  # ("header", name) | ("metadata", key) | ("user", "") | ("model", "")
+ABSENT = "\x00"  # the value of a field the request does not have: no config value or glob matches it
 
 
-def _matcher(values: Values) -> Callable[[object], bool]:
-    """Exact values as a set lookup; globs (``eu-*``) as one anchored regular expression."""
+def _matcher(values: Values) -> Callable[[str], object]:
+    """A C-level test of one string: exact values as a frozenset's ``__contains__``, with globs (``eu-*``) one
+    anchored regular expression's ``match`` (which refuses ``ABSENT``)."""
     exact = frozenset(v for v in values if not any(c in v for c in "*?["))
-    globs = [v for v in values if v not in exact]
-    pattern = re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
-    if pattern is None:
-        return lambda value: value in exact
-    return lambda value: isinstance(value, str) and (value in exact or pattern.match(value) is not None)
-
-
-def _compile(rule: Rule) -> tuple[Test, ...]:
-    when, tests = rule.when, []
-    for name, values in when.headers:
-        accepts = _matcher(values)
-        tests.append(lambda p, name=name, accepts=accepts: accepts(p.headers.get(name)))
-    for key, values in when.metadata:
-        accepts = _matcher(values)
-        tests.append(lambda p, key=key, accepts=accepts: accepts(_metadata(p.body).get(key)))
-    if when.user is not None:
-        accepts = _matcher(when.user)
-        tests.append(lambda p, accepts=accepts: accepts(p.body.get("user")))
-    if when.model is not None:
-        accepts = _matcher(when.model)
-        tests.append(lambda p, accepts=accepts: accepts(p.request.model))
-    if when.features:
-        needed = when.features
-        tests.append(lambda p: needed <= p.features)
-    if when.min_input_tokens is not None:
-        low = when.min_input_tokens
-        tests.append(lambda p: p.input_tokens >= low)
-    if when.max_input_tokens is not None:
-        high = when.max_input_tokens
-        tests.append(lambda p: p.input_tokens <= high)
-    return tuple(tests)
-
-
-def _metadata(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    metadata = body.get("metadata")
-    return metadata if isinstance(metadata, dict) else {}
+    if len(exact) == len(values):
+        return exact.__contains__
+    branches = [re.escape(v) for v in exact] + [fnmatch.translate(v) for v in values if v not in exact]
+    return re.compile("(?!\x00)(?:" + "|".join(branches) + ")").match
 
 
 class RuleSet:
-    """The compiled rules, in config order."""
+    """The compiled rules, in config order.
 
-    __slots__ = ("compiled",)
+    Deciding a request reads each field some rule names — a header, a ``metadata`` key, ``user``, the model —
+    once, into a list of strings; each rule is then a few C calls (set membership or a regular expression's
+    match) on that list. Features and the token estimate, which cost a look at the messages, are worked out
+    only when a rule whose other conditions hold asks for them.
+    """
+
+    __slots__ = ("compiled", "fields")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        self.compiled = tuple((_compile(r), RuleDecision(r.name, r.group, r.require_tags, r.exclude_tags, r.strategy))
-                              for r in rules)
+        fields: dict[Field, int] = {}
+        compiled = []
+        for rule in rules:
+            fast, slow = self._compile(rule, fields)
+            compiled.append((fast, slow, RuleDecision(rule.name, rule.group, rule.require_tags, rule.exclude_tags,
+                                                      rule.strategy)))
+        self.fields = tuple(fields)
+        self.compiled = tuple(compiled)
 
     def __bool__(self) -> bool:
         return bool(self.compiled)
 
+    @staticmethod
+    def _compile(rule: Rule, fields: dict[Field, int]) -> tuple[tuple[tuple[int, Callable[[str], object]], ...],
+                                                                tuple[Test, ...]]:
+        when = rule.when
+        named: list[tuple[Field, Values]] = [(("header", name), values) for name, values in when.headers]
+        named += [(("metadata", key), values) for key, values in when.metadata]
+        if when.user is not None:
+            named.append((("user", ""), when.user))
+        if when.model is not None:
+            named.append((("model", ""), when.model))
+        fast = tuple((fields.setdefault(field, len(fields)), _matcher(values)) for field, values in named)
+        slow: list[Test] = []
+        if when.features:
+            needed = when.features
+            slow.append(lambda p: needed <= p.features)
+        if when.min_input_tokens is not None:
+            low = when.min_input_tokens
+            slow.append(lambda p: p.input_tokens >= low)
+        if when.max_input_tokens is not None:
+            high = when.max_input_tokens
+            slow.append(lambda p: p.input_tokens <= high)
+        return fast, tuple(slow)
+
+    def _values(self, request: ChatRequest, headers: Mapping[str, str]) -> list[str]:
+        body = request.body
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
+        values = []
+        for kind, key in self.fields:
+            if kind == "header":
+                value = headers.get(key, ABSENT)
+            elif kind == "metadata":
+                value = metadata.get(key, ABSENT)
+            elif kind == "user":
+                value = body.get("user", ABSENT)
+            else:
+                value = request.model
+            values.append(value if isinstance(value, str) else ABSENT)
+        return values
+
     def decide(self, request: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
         """The first matching rule's decision; None when no rule matches."""
-        probe = Probe(request, headers)
-        for tests, decision in self.compiled:
-            for test in tests:
-                if not test(probe):
+        values = self._values(request, headers)
+        probe: Probe | None = None
+        for fast, slow, decision in self.compiled:
+            for index, accepts in fast:
+                if not accepts(values[index]):
                     break
             else:
-                return decision
+                if not slow:
+                    return decision
+                if probe is None:
+                    probe = Probe(request)
+                if all(test(probe) for test in slow):
+                    return decision
         return None
 
 

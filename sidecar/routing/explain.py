@@ -30,7 +30,8 @@ def explain(router: Router, request: ChatRequest, decision: RuleDecision | None)
     group = name if name in router.targets else router.names.resolve(name)
     rng = random.Random()
     rng.setstate(router.rng.getstate())
-    estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request)) if router.estimates else None
+    estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request)) if router.estimates or router.quotas \
+        else None
     need = needs(request) if router.capabilities else None
     groups, choice = [], None
     for step in router.plans[group]:
@@ -71,6 +72,10 @@ def skip_reason(router: Router, target: Target, decision: RuleDecision | None, n
         return "context_window"
     if target.breaker.ready_at(now) > now:
         return "rate_limit_cooldown" if target.rate_limited else "breaker_open"
+    if target.quota is not None:
+        spent = target.quota.ready(estimate[1] if estimate is not None else None, now)
+        if spent is not None:
+            return spent
     if target.rpm is not None and target.rpm.available(now) < 1:
         return "rpm_limit"
     if target.tpm is not None and estimate is not None and target.tpm.available(now) < min(estimate[1],

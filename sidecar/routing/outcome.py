@@ -15,6 +15,7 @@ from sidecar.core.errors import ContextWindowExceeded, SidecarError
 from sidecar.core.types import StreamChunk, Usage
 from sidecar.policy.breaker import CircuitBreaker
 from sidecar.policy.limits import TokenBucket
+from sidecar.policy.quota import Quota
 from sidecar.policy.rules import Needs, RuleDecision
 from sidecar.policy.stats import DeploymentStats
 from sidecar.providers.base import Adapter
@@ -32,6 +33,7 @@ class Target:
     tpm: TokenBucket | None
     accepts_prefill: bool
     rate_limited: bool = False  # the breaker is open because the upstream said Retry-After
+    quota: Quota | None = None  # the upstream's remaining quota, once its answers reported one (rate-limit headers)
 
 
 @dataclass(slots=True)
@@ -114,7 +116,7 @@ class Walk:
         self.decision: RuleDecision | None = None  # the request rule that applies, if any
         self.needs: Needs | None = None  # what the request asks of a deployment, when capabilities are checked
         self.eligible = 0  # candidates the rule and the capability check let through
-        self.refused: list[str] = []  # why the others were not (skip reasons), for the final error
+        self.refused: list[str] | None = None  # why the others were not (skip reasons), for the final error
 
     def count(self, limited: bool) -> None:
         if limited:

@@ -79,15 +79,16 @@ class Pipeline:
         self.budgets = budgets
         self.tracing = tracing
         self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
-        self.rules = RuleSet(router.config.sidecar.rules)  # compiled once per config; empty: no per-request cost
+        rules = router.config.sidecar.rules  # compiled once per config; None: no per-request cost
+        self.rules = RuleSet(rules) if rules else None
 
     def decide(self, chat: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
         """The request rule that applies to ``chat`` (None: no rule, or none matches)."""
-        return self.rules.decide(chat, headers) if self.rules else None
+        return None if self.rules is None else self.rules.decide(chat, headers)
 
     async def complete(self, chat: ChatRequest, head: InboundHead, request_id: str) -> Answer:
         """A whole answer, from the cache or the router."""
-        decision = self.decide(chat, head.headers) if self.rules else None
+        decision = None if self.rules is None else self.rules.decide(chat, head.headers)
         record, spans, started = self._begin(chat, head, request_id, decision)
         outcome: Outcome | None = None
         try:
@@ -114,7 +115,7 @@ class Pipeline:
 
     async def stream(self, chat: ChatRequest, head: InboundHead, request_id: str, sink: StreamSink) -> Outcome:
         """Stream an answer into ``sink`` (errors after its commit point end the stream in-band)."""
-        decision = self.decide(chat, head.headers) if self.rules else None
+        decision = None if self.rules is None else self.rules.decide(chat, head.headers)
         record, spans, started = self._begin(chat, head, request_id, decision)
         outcome: Outcome | None = None
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
@@ -51,6 +52,7 @@ from sidecar.policy.plan import (
     panic_choice,
     rejection_fallbacks,
 )
+from sidecar.policy.quota import Quota, readings
 from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
 from sidecar.policy.rules import RuleDecision, capability_skip, checks_capabilities, needs
 from sidecar.policy.stats import DeploymentStats
@@ -69,6 +71,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.router")
 T = TypeVar("T")
+RATE_LIMIT_SKIPS = frozenset({"rpm_limit", "tpm_limit", "upstream_rpm", "upstream_tpm"})
+TOKEN_STRATEGIES = frozenset({"usage-based-routing", "least-tokens"})  # strategies that need token estimates
 PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama", "ollama_chat", "bedrock"})
 
 
@@ -91,7 +95,8 @@ class Router:
         self.retry_after_cap = config.sidecar.retry_after_cap_seconds
         self.breaker_settings = config.sidecar.breaker
         self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, self.idle_limit,
-                                          config.sidecar.stream_stall, config.sidecar.limits)
+                                          config.sidecar.stream_stall, config.sidecar.limits, self.observe_quota)
+        self.quotas = False  # has any upstream reported its rate-limit quota? (then requests need estimates)
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
         previous = previous or {}
         self.targets: dict[str, tuple[Target, ...]] = {
@@ -105,7 +110,9 @@ class Router:
         self.hedging = config.sidecar.hedging
         # Token estimates cost a walk over the messages: only when some deployment has a tpm limit or a
         # context window to check, or usage-based routing needs them.
-        self.estimates = settings.routing_strategy == "usage-based-routing" or any(
+        strategies = {settings.routing_strategy, *config.sidecar.group_strategies.values(),
+                      *(r.strategy for r in config.sidecar.rules)}
+        self.estimates = bool(strategies & TOKEN_STRATEGIES) or any(
             d.tpm or d.model_info.max_input_tokens
             for d in (*config.deployments, *(t for w in config.wildcards for t in w.deployments)))
         # The capability check costs a look at the request: only when some deployment says it cannot do something.
@@ -226,7 +233,7 @@ class Router:
         walk.decision = decision
         if self.capabilities:
             walk.needs = needs(request)
-        if self.estimates:
+        if self.estimates or self.quotas:
             outcome.estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request))
             walk.needed = outcome.estimate[0]
         previous: str | None = None
@@ -309,7 +316,9 @@ class Router:
 
     def _ordered(self, group: str, outcome: Outcome, now: float, decision: RuleDecision | None = None) -> deque[Target]:
         """The group's deployments in strategy order; with tracing on, the order's reasons go on the trail."""
-        strategy = self.strategy_for(group, decision)
+        strategy = self.strategy
+        if decision is not None or self.group_strategies:
+            strategy = self.strategy_for(group, decision)
         if self.observer is None or not self.observer.recording():
             return deque(order(strategy, self.targets[group], self.rng, now))
         ranking = ranked(strategy, self.targets[group], self.rng, now)
@@ -321,6 +330,7 @@ class Router:
         """The candidates the request's rule and the capability check allow; the others are skipped with the
         reason (``rule:<name>`` or the missing capability) — before any call, and for every group walked."""
         decision, need, kept = walk.decision, walk.needs, deque()
+        refused = walk.refused = walk.refused or []
         for target in candidates:
             if decision is not None and not decision.allows(target.deployment):
                 reason = f"rule:{decision.rule}"
@@ -329,7 +339,7 @@ class Router:
             if reason is None:
                 kept.append(target)
             else:
-                walk.refused.append(reason)
+                refused.append(reason)
                 self._skip(target, walk.outcome, reason)
         walk.eligible += len(kept)
         return kept
@@ -347,10 +357,15 @@ class Router:
         self._note(transition, outcome)
         if not allowed:
             return self._skip(target, outcome, "rate_limit_cooldown" if target.rate_limited else "breaker_open")
+        estimate = outcome.estimate
+        if target.quota is not None:  # the upstream's own remaining quota, from its rate-limit headers
+            spent = target.quota.admit(estimate[1] if estimate is not None else None, now)
+            if spent is not None:
+                target.breaker.release_probe()
+                return self._skip(target, outcome, spent)
         if target.rpm is not None and target.rpm.take(1, now) > 0:
             target.breaker.release_probe()
             return self._skip(target, outcome, "rpm_limit")
-        estimate = outcome.estimate
         if target.tpm is not None and estimate is not None and target.tpm.take(estimate[1], now) > 0:
             target.breaker.release_probe()
             return self._skip(target, outcome, "tpm_limit")
@@ -362,7 +377,7 @@ class Router:
         return reason
 
     def _passed_over(self, target: Target, group: str, reason: str, walk: Walk) -> None:
-        limited = target.rate_limited or reason in ("rpm_limit", "tpm_limit")
+        limited = target.rate_limited or reason in RATE_LIMIT_SKIPS
         walk.count(limited)
         if reason == "breaker_open" and not self.breaker_settings.refuses(group):
             walk.opened.append((target, group))
@@ -383,7 +398,8 @@ class Router:
             outcome.attempts += 1
             outcome.trail.append(Attempt(target.deployment.id, group, outcome.attempts, retries))
             started = self.clock()
-            target.stats.started(started)
+            load = outcome.estimate[1] if outcome.estimate is not None else 0  # tokens in flight (least-tokens)
+            target.stats.started(started, load)
             span = self.observer.attempt(target.deployment, outcome, retries) if self.observer else None
             try:
                 result = await walk.attempt(target, walk.deadline)
@@ -391,7 +407,7 @@ class Router:
                 if span is not None:
                     span.failed(error)
                 now = self.clock()
-                target.stats.finished(now, now - started, ok=not error.counts_as_failure)
+                target.stats.finished(now, now - started, ok=not error.counts_as_failure, tokens=load)
                 self._record_failure(target, error, outcome, now, panic)
                 decision = self.retry_policy.decide(error, retries, now, walk.deadline, self.rng,
                                                     has_alternative=self._has_alternative(others, now),
@@ -409,14 +425,14 @@ class Router:
             except BaseException as error:
                 if span is not None:
                     span.failed(error)
-                target.stats.finished(self.clock(), self.clock() - started, ok=True)
+                target.stats.finished(self.clock(), self.clock() - started, ok=True, tokens=load)
                 if not panic:
                     target.breaker.release_probe()
                 raise
             if span is not None:
                 span.succeeded(result, outcome)
             now = self.clock()
-            target.stats.finished(now, now - started, ok=True, ttft=outcome.ttft)
+            target.stats.finished(now, now - started, ok=True, ttft=outcome.ttft, tokens=load)
             self._count_tokens(target, getattr(result, "usage", None) or outcome.usage, outcome.estimate, now)
             target.rate_limited = False
             self._note(target.breaker.record_success(now), outcome)
@@ -490,11 +506,11 @@ class Router:
     def _refused(group: str, walk: Walk) -> SidecarError:
         """Every candidate was ruled out before a call: by the request's rule (403), or for capabilities the
         request needs that no deployment has (400)."""
-        decision = walk.decision
-        if decision is not None and f"rule:{decision.rule}" in walk.refused:
+        decision, refused = walk.decision, walk.refused or []
+        if decision is not None and f"rule:{decision.rule}" in refused:
             return RuleRefused(f"request rule '{decision.rule}' ({decision.describe()}) allows no deployment of "
                                f"model group '{group}' or its fallbacks")
-        missing = ", ".join(sorted(set(walk.refused)))
+        missing = ", ".join(sorted(set(refused)))
         return InvalidRequest(f"no deployment of model group '{group}' can serve this request ({missing})")
 
     # ---- one non-streaming call -----------------------------------------------------------------
@@ -509,7 +525,20 @@ class Router:
         answer = await http.send(self.session, call, attempt_deadline)
         if answer.status != 200:
             raise adapter.classify_error(answer.status, answer.headers, answer.body)
+        fields = answer.quota_fields()  # a 429 is the breaker's (Retry-After); a success says what is left
+        if fields is not None:
+            self.observe_quota(target, fields)
         return adapter.read_response(request, answer.body)
+
+    def observe_quota(self, target: Target, fields: Mapping[str, str]) -> None:
+        """An answer's rate-limit headers set the deployment's upstream quota (``policy.quota``)."""
+        requests, budget = readings(fields, time.time())
+        if requests is None and budget is None:
+            return
+        if target.quota is None:
+            target.quota = Quota()
+            self.quotas = True
+        target.quota.observe(requests, budget, self.clock())
 
     def ttft_limit(self, deployment: Deployment) -> float:
         """Time allowed to the first token of a stream: the deployment's, the router's, or a third of

@@ -32,6 +32,7 @@ from sidecar.testing.faults import (
     answer_pieces,
     common_faults,
     json_response,
+    quota_headers,
     sleep_watching,
     stream_events,
 )
@@ -44,6 +45,7 @@ def create_fake_app(faults: Faults | None = None, name: str = "fake") -> web.App
     app[STATS_KEY] = Stats()
     app["name"] = name
     app["rng"] = random.Random(app[FAULTS_KEY].seed)
+    app.on_response_prepare.append(quota_headers)
     app.add_routes([
         web.post("/v1/chat/completions", _chat),
         web.post("/v1/completions", _completions),

@@ -94,6 +94,25 @@ def test_header_condition_exact_list_and_glob() -> None:
     assert decide(rules, headers={}) is None
 
 
+def test_a_glob_never_matches_a_missing_field_and_odd_values_do_not_match() -> None:
+    anything = [{"when": {"headers": {"x-team": "*"}}, "group": "cheap"}]
+    assert decide(anything, headers={"x-team": ""}) is not None
+    assert decide(anything, headers={}) is None
+    meta = [{"when": {"metadata": {"tenant": ["acme", "a*"]}}, "group": "cheap"}]
+    for odd in (["acme"], {"x": 1}, 3, None, True):
+        assert decide(meta, {"metadata": {"tenant": odd}}) is None
+    assert decide([{"when": {"user": "*"}, "group": "cheap"}], {"user": 42}) is None
+
+
+def test_rules_share_fields_and_the_first_match_still_wins() -> None:
+    rules = [{"name": f"r{i}", "when": {"headers": {"x-sidecar-tier": f"t{i}"}}, "group": "cheap"} for i in range(5)]
+    rules.append({"name": "last", "when": {"headers": {"x-sidecar-tier": "t*"}}, "group": "chat"})
+    ruleset = RuleSet(load(rules).sidecar.rules)
+    assert ruleset.fields == (("header", "x-sidecar-tier"),)  # read once per request, however many rules name it
+    assert ruleset.decide(request(), {"x-sidecar-tier": "t3"}).rule == "r3"  # type: ignore[union-attr]
+    assert ruleset.decide(request(), {"x-sidecar-tier": "t9"}).rule == "last"  # type: ignore[union-attr]
+
+
 def test_every_condition_of_a_rule_must_hold() -> None:
     rules = [{"when": {"headers": {"x-sidecar-tier": "free"}, "user": "u-*"}, "group": "cheap"}]
     assert decide(rules, {"user": "u-1"}, {"x-sidecar-tier": "free"}) is not None
