@@ -26,7 +26,7 @@ from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, 
 from sidecar.config.references import WILDCARD, default_base, root_base, unique_id
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.router import RouterSettings, resolve_groups, router_settings
-from sidecar.config.rules import Rule, check_rules, group_strategies, read_rules
+from sidecar.config.rules import AffinitySettings, Rule, affinity_settings, check_rules, group_strategies, read_rules
 from sidecar.config.shared import SharedSettings, shared_settings
 from sidecar.config.wildcards import Wildcard, compile_pattern, ordered
 
@@ -147,6 +147,7 @@ class SidecarSettings:
     listeners: ListenerSettings = field(default_factory=ListenerSettings)  # sidecar_settings.listeners
     rules: tuple[Rule, ...] = ()  # sidecar_settings.rules, in order: the first that matches decides
     group_strategies: Mapping[str, str] = field(default_factory=dict)  # model group → its routing strategy
+    affinity: AffinitySettings | None = None  # session affinity (None: off)
 
     @property
     def max_body_bytes(self) -> int:
@@ -220,7 +221,7 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
                     for b in sidecar.shared.budgets for m in b.models
                     if groups and m not in groups and m not in patterns)
     if groups:
-        check_rules(sidecar.rules, sidecar.group_strategies, groups,
+        check_rules(sidecar.rules, sidecar.group_strategies, sidecar.affinity, groups,
                     [d.model_info.tags for g in (*groups.values(), *patterns.values()) for d in g.deployments],
                     problems)
     if not groups and not patterns and not problems:
@@ -274,6 +275,7 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
         listeners=listener_settings(s.section("listeners")),
         rules=read_rules(s),
         group_strategies=group_strategies(s),
+        affinity=affinity_settings(s),
     )
     s.finish()
     return settings

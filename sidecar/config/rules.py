@@ -121,6 +121,37 @@ def _tags(s: Section, key: str) -> frozenset[str]:
     return frozenset(tags)
 
 
+@dataclass(frozen=True, slots=True)
+class AffinitySettings:
+    """``sidecar_settings.affinity``: the session key is this header, else this ``metadata`` key."""
+
+    header: str | None = None  # lower-case
+    metadata_key: str | None = None
+    ttl_seconds: float = 3600.0  # a session's deployment is forgotten this long after its last answer
+    max_sessions: int = 100_000  # sessions remembered (least recently used out first)
+    groups: frozenset[str] = frozenset()  # only these model groups; empty: every group
+
+
+def affinity_settings(s: Section) -> AffinitySettings | None:
+    """None when ``sidecar_settings.affinity`` is not given (the request path then skips it)."""
+    if s.raw("affinity") is None:
+        return None
+    inner = s.section("affinity")
+    default = AffinitySettings()
+    header, key = inner.string("header", None), inner.string("metadata_key", None)
+    if header is None and key is None:
+        inner.report(inner.where, "needs header or metadata_key: where the session key is")
+    groups = inner.list("groups")
+    if not all(isinstance(g, str) for g in groups):
+        inner.problem("groups", "expected a list of model group names")
+        groups = []
+    settings = AffinitySettings(header.lower() if header else None, key,
+                                inner.number("ttl_seconds", default.ttl_seconds, minimum=1),
+                                inner.integer("max_sessions", default.max_sessions, minimum=1), frozenset(groups))
+    inner.finish()
+    return settings
+
+
 def group_strategies(s: Section) -> dict[str, str]:
     """``sidecar_settings.group_strategies``: model group → its own routing strategy."""
     inner = s.section("group_strategies")
@@ -129,13 +160,15 @@ def group_strategies(s: Section) -> dict[str, str]:
     return out
 
 
-def check_rules(rules: tuple[Rule, ...], strategies: Mapping[str, str], groups: Collection[str],
-          tag_sets: Collection[frozenset[str]], problems: list[str]) -> None:
+def check_rules(rules: tuple[Rule, ...], strategies: Mapping[str, str], affinity: AffinitySettings | None,
+                groups: Collection[str], tag_sets: Collection[frozenset[str]], problems: list[str]) -> None:
     """Cross-checks once the model list is read: ``groups`` are the model groups' names, ``tag_sets`` every
     deployment's ``model_info.tags``. A rule whose tags no deployment satisfies is a typo, not a policy."""
     for name in strategies:
         if name not in groups:
             problems.append(f"sidecar_settings.group_strategies.{name}: unknown model group")
+    problems.extend(f"sidecar_settings.affinity.groups: unknown model group '{name}'"
+                    for name in sorted(affinity.groups if affinity is not None else ()) if name not in groups)
     for rule in rules:
         if rule.group is not None and rule.group not in groups:
             problems.append(f"{rule.where}.group: unknown model group '{rule.group}'")

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
     from sidecar.routing.router import Router
 
 
-def explain(router: Router, request: ChatRequest, decision: RuleDecision | None) -> dict[str, Any]:
+def explain(router: Router, request: ChatRequest, decision: RuleDecision | None,
+            session: str | None = None) -> dict[str, Any]:
     """The decision as a JSON-ready value: rule, plan, every group's candidates in order with score and
-    skip reason, and the deployment the first attempt would go to (None: nothing eligible now)."""
+    skip reason, and the deployment the first attempt would go to (None: nothing eligible now). ``session``:
+    the request's session key, when affinity is on."""
     now = router.clock()
     name = request.model if decision is None or decision.group is None else decision.group
     group = name if name in router.targets else router.names.resolve(name)
@@ -39,6 +41,10 @@ def explain(router: Router, request: ChatRequest, decision: RuleDecision | None)
         targets = router.targets[step]
         # a single candidate is not ranked by a real request: it draws nothing from the generator
         ranking = ranked(strategy, targets, rng if len(targets) > 1 else random.Random(0), now)
+        sticky = _sticky(router, step, session, now)
+        if sticky is not None:  # the session's deployment first, as Router._stick puts it (when eligible)
+            ranking.sort(key=lambda r: r[0].deployment.id != sticky or skip_reason(
+                router, r[0], decision, need, estimate, now) is not None)
         candidates = []
         for target, tier, failing, score in ranking:
             reason = skip_reason(router, target, decision, need, estimate, now)
@@ -46,7 +52,8 @@ def explain(router: Router, request: ChatRequest, decision: RuleDecision | None)
                 choice = target.deployment.id
             candidates.append({"deployment": target.deployment.id, "order": None if math.isinf(tier) else tier,
                                "failing": failing, "score": None if math.isinf(score) else score,
-                               "eligible": reason is None, "skipped": reason})
+                               "eligible": reason is None, "skipped": reason,
+                               "session": target.deployment.id == sticky})
         groups.append({"group": step, "strategy": strategy, "hedging": step in router.hedging,
                        "candidates": candidates})
     rule = None if decision is None else {
@@ -55,6 +62,12 @@ def explain(router: Router, request: ChatRequest, decision: RuleDecision | None)
     return {"model": request.model, "group": group, "rule": rule, "plan": list(router.plans[group]),
             "estimated_input_tokens": None if estimate is None else estimate[0], "groups": groups,
             "choice": choice}
+
+
+def _sticky(router: Router, group: str, session: str | None, now: float) -> str | None:
+    if session is None or router.affinity is None or (router.affinity_groups and group not in router.affinity_groups):
+        return None
+    return router.affinity.get(group, session, now)
 
 
 def skip_reason(router: Router, target: Target, decision: RuleDecision | None, need: Needs | None,

@@ -97,7 +97,7 @@ class Walk:
     it is made for every request, and a dataclass with default factories costs twice as much.)"""
 
     __slots__ = ("attempt", "deadline", "decision", "eligible", "limited", "needed", "needs", "opened", "outcome",
-                 "pending", "race", "refused", "rejected", "too_long", "tried", "unlimited")
+                 "pending", "race", "refused", "rejected", "session", "too_long", "tried", "unlimited")
 
     def __init__(self, outcome: Outcome, attempt: Callable[[Target, float], Awaitable[object]], deadline: float,
                  pending: deque[str], race: RaceState | None = None) -> None:
@@ -115,6 +115,7 @@ class Walk:
         self.too_long: frozenset[tuple[str, str]] | None = None  # (provider, model)s that refused the prompt
         self.decision: RuleDecision | None = None  # the request rule that applies, if any
         self.needs: Needs | None = None  # what the request asks of a deployment, when capabilities are checked
+        self.session: str | None = None  # the session key, when affinity is on and the request has one
         self.eligible = 0  # candidates the rule and the capability check let through
         self.refused: list[str] | None = None  # why the others were not (skip reasons), for the final error
 

@@ -81,6 +81,22 @@ class Pipeline:
         self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
         rules = router.config.sidecar.rules  # compiled once per config; None: no per-request cost
         self.rules = RuleSet(rules) if rules else None
+        self.affinity = router.config.sidecar.affinity  # None: no session keys are read
+
+    def session(self, chat: ChatRequest, headers: Mapping[str, str]) -> str | None:
+        """The request's session key for affinity: the configured header, else the ``metadata`` key."""
+        affinity = self.affinity
+        assert affinity is not None
+        if affinity.header is not None:
+            key = headers.get(affinity.header)
+            if key:
+                return key
+        if affinity.metadata_key is not None:
+            metadata = chat.body.get("metadata")
+            key = metadata.get(affinity.metadata_key) if isinstance(metadata, dict) else None
+            if isinstance(key, str) and key:
+                return key
+        return None
 
     def decide(self, chat: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
         """The request rule that applies to ``chat`` (None: no rule, or none matches)."""
@@ -98,7 +114,8 @@ class Pipeline:
                 return Answer(ChatResponse({}, raw=hit), None, cache=response_cache.HIT)
             if self.budgets is not None:
                 self.budgets.check(record.group)  # memory only; raises BudgetExceeded before any upstream call
-            response, outcome = await self.router.complete(chat, decision)
+            session = None if self.affinity is None else self.session(chat, head.headers)
+            response, outcome = await self.router.complete(chat, decision, session)
             record.outcome, record.status = "success", 200
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
             verdict = None
@@ -121,7 +138,8 @@ class Pipeline:
         try:
             if self.budgets is not None:
                 self.budgets.check(record.group)
-            outcome = await self.router.stream(chat, sink, decision)
+            session = None if self.affinity is None else self.session(chat, head.headers)
+            outcome = await self.router.stream(chat, sink, decision, session)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
             return outcome
         except BaseException as error:

@@ -39,6 +39,7 @@ from sidecar.core.errors import (
     UpstreamError,
 )
 from sidecar.core.types import ChatRequest, ChatResponse, Usage
+from sidecar.policy.affinity import AffinityTable, Sticky
 from sidecar.policy.breaker import CircuitBreaker, Transition
 from sidecar.policy.limits import TokenBucket
 from sidecar.policy.plan import (
@@ -97,6 +98,9 @@ class Router:
         self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, self.idle_limit,
                                           config.sidecar.stream_stall, config.sidecar.limits, self.observe_quota)
         self.quotas = False  # has any upstream reported its rate-limit quota? (then requests need estimates)
+        affinity = config.sidecar.affinity
+        self.affinity = None if affinity is None else AffinityTable(affinity.max_sessions, affinity.ttl_seconds)
+        self.affinity_groups = frozenset() if affinity is None else affinity.groups
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
         previous = previous or {}
         self.targets: dict[str, tuple[Target, ...]] = {
@@ -168,8 +172,8 @@ class Router:
 
     # ---- entry points ---------------------------------------------------------------------------
 
-    async def complete(self, request: ChatRequest,
-                       decision: RuleDecision | None = None) -> tuple[ChatResponse, Outcome]:
+    async def complete(self, request: ChatRequest, decision: RuleDecision | None = None,
+                       session: str | None = None) -> tuple[ChatResponse, Outcome]:
         """A whole answer, from the first deployment that gives one (or the catch-all). ``decision``: the
         request rule that applies (``policy.rules``), whose tags no attempt of this request may leave."""
         outcome = self._outcome(request, decision)
@@ -180,7 +184,7 @@ class Router:
             return await self._call(target, request, deadline, outcome)
 
         try:
-            response = await self._route(request, outcome, attempt, decision=decision)
+            response = await self._route(request, outcome, attempt, decision=decision, session=session)
         except (NoHealthyUpstream, AllRateLimited, DeadlineExceeded) as error:
             fallback = self.catch_all.response(request, remembered=remembered)
             if fallback is None:
@@ -193,13 +197,14 @@ class Router:
             self.catch_all.remember(request, response)
         return response, outcome
 
-    async def stream(self, request: ChatRequest, sink: StreamSink, decision: RuleDecision | None = None) -> Outcome:
+    async def stream(self, request: ChatRequest, sink: StreamSink, decision: RuleDecision | None = None,
+                     session: str | None = None) -> Outcome:
         """Stream an answer into ``sink``. Errors before the commit point are raised; after it, in-band."""
         outcome = self._outcome(request, decision)
         remembered = decision is None or not decision.restricted
         stream = StreamAttempt(self.stream_limits, request, sink, outcome)
         try:
-            await self._route(request, outcome, stream.run, stream, decision=decision)
+            await self._route(request, outcome, stream.run, stream, decision=decision, session=session)
         except SidecarError as error:
             if sink.started:
                 outcome.failed = True
@@ -228,9 +233,11 @@ class Router:
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
                      attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None, *,
-                     decision: RuleDecision | None = None) -> T:
+                     decision: RuleDecision | None = None, session: str | None = None) -> T:
         walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
         walk.decision = decision
+        if session is not None and (not self.affinity_groups or outcome.group in self.affinity_groups):
+            walk.session = session
         if self.capabilities:
             walk.needs = needs(request)
         if self.estimates or self.quotas:
@@ -260,6 +267,8 @@ class Router:
         if walk.decision is not None or walk.needs is not None:
             candidates = self._eligible(candidates, walk)
         eligible = len(candidates)
+        if walk.session is not None and eligible > 1:
+            self._stick(group, candidates, walk)
         hedge = self.hedging.get(group)
         too_long = 0  # candidates whose context window the prompt does not fit
         while candidates:
@@ -343,6 +352,22 @@ class Router:
                 self._skip(target, walk.outcome, reason)
         walk.eligible += len(kept)
         return kept
+
+    def _stick(self, group: str, candidates: deque[Target], walk: Walk) -> None:
+        """Session affinity: the session's deployment first, when it is a candidate and its breaker admits calls
+        (else the strategy's order stands, and whoever answers becomes the session's deployment)."""
+        assert self.affinity is not None and walk.session is not None
+        now = self.clock()
+        remembered = self.affinity.get(group, walk.session, now)
+        if remembered is None or candidates[0].deployment.id == remembered:
+            return
+        for target in candidates:
+            if target.deployment.id == remembered:
+                if target.breaker.ready_at(now) <= now:
+                    candidates.remove(target)
+                    candidates.appendleft(target)
+                    walk.outcome.trail.append(Sticky(remembered, group))
+                return
 
     def _admit(self, target: Target, walk: Walk) -> bool:
         return self._skip_reason(target, walk, self.clock()) is None
@@ -437,6 +462,8 @@ class Router:
             target.rate_limited = False
             self._note(target.breaker.record_success(now), outcome)
             outcome.deployment = target.deployment.id
+            if walk.session is not None:
+                self.affinity.put(group, walk.session, target.deployment.id, now)  # type: ignore[union-attr]
             return result
 
     @staticmethod

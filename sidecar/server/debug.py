@@ -34,4 +34,5 @@ async def debug_route(request: web.Request) -> web.Response:
     pipeline, router = state.pipeline, state.router
     assert pipeline is not None and router is not None
     decision = pipeline.decide(chat, request.headers)
-    return web.Response(body=orjson.dumps(explain(router, chat, decision)), content_type=JSON)
+    session = None if pipeline.affinity is None else pipeline.session(chat, request.headers)
+    return web.Response(body=orjson.dumps(explain(router, chat, decision, session)), content_type=JSON)

@@ -115,7 +115,8 @@ SCHEMAS: dict[str, Schema] = {
             "candidates": {"type": "array", "items": obj(["deployment", "eligible", "skipped"], {
                 "deployment": {"type": "string"}, "order": {"type": ["number", "null"]},
                 "failing": {"type": "boolean"}, "score": {"type": ["number", "null"]},
-                "eligible": {"type": "boolean"}, "skipped": {"type": ["string", "null"]}})}})},
+                "eligible": {"type": "boolean"}, "skipped": {"type": ["string", "null"]},
+                "session": {"type": "boolean", "description": "the request's session deployment (affinity)"}})}})},
         "choice": {"type": ["string", "null"], "description": "where the first attempt would go now"}}),
     "Status": obj(["status"], {"status": {"type": "string"},
                                "model_groups": {"type": "array", "items": {"type": "string"}}}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sidecar.policy.affinity import Sticky
 from sidecar.policy.breaker import Transition
 from sidecar.policy.plan import Attempt, FallbackStep, Panic, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
@@ -62,6 +63,8 @@ def event(item: object) -> tuple[str, dict[str, Any]]:
                         "sidecar.rule.require_tags": tuple(sorted(item.require)) or None,
                         "sidecar.rule.exclude_tags": tuple(sorted(item.exclude)) or None,
                         "sidecar.rule.strategy": item.strategy}
+    if isinstance(item, Sticky):
+        return "affinity", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group}
     if isinstance(item, Attempt):
         return "attempt", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group,
                            "sidecar.attempt": item.number, "sidecar.retry": item.retry}
