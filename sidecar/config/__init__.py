@@ -23,14 +23,17 @@ from sidecar.config.reader import ConfigError, Secret
 from sidecar.config.references import PROVIDERS
 from sidecar.config.resilience import BreakerSettings, StallSettings
 from sidecar.config.router import RouterSettings
+from sidecar.config.rules import AffinitySettings, CascadeSettings, Rule
 from sidecar.config.shared import BudgetSettings, CacheSettings, RedisSettings, SharedSettings
 from sidecar.config.wildcards import Wildcard
 
 __all__ = [
     "PROVIDERS",
+    "AffinitySettings",
     "BreakerSettings",
     "BudgetSettings",
     "CacheSettings",
+    "CascadeSettings",
     "CatchAll",
     "Config",
     "ConfigError",
@@ -43,6 +46,7 @@ __all__ = [
     "RedisSettings",
     "RequestParams",
     "RouterSettings",
+    "Rule",
     "Secret",
     "SharedSettings",
     "SidecarSettings",

@@ -26,7 +26,16 @@ from sidecar.config.reader import ConfigError, Secret, SecretResolver, Section, 
 from sidecar.config.references import WILDCARD, default_base, root_base, unique_id
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.router import RouterSettings, resolve_groups, router_settings
-from sidecar.config.rules import AffinitySettings, Rule, affinity_settings, check_rules, group_strategies, read_rules
+from sidecar.config.rules import (
+    AffinitySettings,
+    CascadeSettings,
+    Rule,
+    affinity_settings,
+    cascades,
+    check_rules,
+    group_strategies,
+    read_rules,
+)
 from sidecar.config.shared import SharedSettings, shared_settings
 from sidecar.config.wildcards import Wildcard, compile_pattern, ordered
 
@@ -148,6 +157,7 @@ class SidecarSettings:
     rules: tuple[Rule, ...] = ()  # sidecar_settings.rules, in order: the first that matches decides
     group_strategies: Mapping[str, str] = field(default_factory=dict)  # model group → its routing strategy
     affinity: AffinitySettings | None = None  # session affinity (None: off)
+    cascade: Mapping[str, CascadeSettings] = field(default_factory=dict)  # model group → its cascade
 
     @property
     def max_body_bytes(self) -> int:
@@ -221,7 +231,7 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
                     for b in sidecar.shared.budgets for m in b.models
                     if groups and m not in groups and m not in patterns)
     if groups:
-        check_rules(sidecar.rules, sidecar.group_strategies, sidecar.affinity, groups,
+        check_rules(sidecar.rules, sidecar.group_strategies, sidecar.affinity, sidecar.cascade, groups,
                     [d.model_info.tags for g in (*groups.values(), *patterns.values()) for d in g.deployments],
                     problems)
     if not groups and not patterns and not problems:
@@ -276,6 +286,7 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
         rules=read_rules(s),
         group_strategies=group_strategies(s),
         affinity=affinity_settings(s),
+        cascade=cascades(s),
     )
     s.finish()
     return settings

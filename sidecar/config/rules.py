@@ -7,6 +7,7 @@ read and checked, each problem with its location (``sidecar_settings.rules[2].wh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -152,6 +153,48 @@ def affinity_settings(s: Section) -> AffinitySettings | None:
     return settings
 
 
+@dataclass(frozen=True, slots=True)
+class CascadeSettings:
+    """``sidecar_settings.cascade.<group>``: the group's answer must pass these checks, else the request
+    escalates to the next group of ``escalate`` (see ``policy.cascade``)."""
+
+    escalate: tuple[str, ...]
+    finish_reason: bool = True  # not cut at the token limit
+    non_empty: bool = True
+    refusal_patterns: tuple[str, ...] = ()  # regular expressions, case-insensitive
+    json: bool = True  # valid JSON (and schema) when the request asked for JSON
+    min_length: int = 0  # characters
+    buffer_streams: bool = False  # cascade streamed requests too: answered as a stream once one passes
+
+
+def cascades(s: Section) -> dict[str, CascadeSettings]:
+    inner = s.section("cascade")
+    out = {}
+    for group in list(inner.data):
+        entry = inner.section(str(group))
+        escalate = entry.list("escalate")
+        if not escalate or not all(isinstance(g, str) and g for g in escalate):
+            entry.problem("escalate", "expected a list of model groups to escalate to, in order")
+            escalate = []
+        patterns = entry.list("refusal_patterns")
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                entry.problem(f"refusal_patterns[{i}]", f"not a regular expression: {exc}")
+        default = CascadeSettings(())
+        out[str(group)] = CascadeSettings(
+            tuple(escalate), finish_reason=bool(entry.boolean("finish_reason", default.finish_reason)),
+            non_empty=bool(entry.boolean("non_empty", default.non_empty)),
+            refusal_patterns=tuple(p for p in patterns if isinstance(p, str)),
+            json=bool(entry.boolean("json", default.json)),
+            min_length=entry.integer("min_length", default.min_length, minimum=0),
+            buffer_streams=bool(entry.boolean("buffer_streams", default.buffer_streams)))
+        entry.finish()
+    inner.finish()
+    return out
+
+
 def group_strategies(s: Section) -> dict[str, str]:
     """``sidecar_settings.group_strategies``: model group → its own routing strategy."""
     inner = s.section("group_strategies")
@@ -161,12 +204,16 @@ def group_strategies(s: Section) -> dict[str, str]:
 
 
 def check_rules(rules: tuple[Rule, ...], strategies: Mapping[str, str], affinity: AffinitySettings | None,
-                groups: Collection[str], tag_sets: Collection[frozenset[str]], problems: list[str]) -> None:
+                cascade_groups: Mapping[str, CascadeSettings], groups: Collection[str],
+                tag_sets: Collection[frozenset[str]], problems: list[str]) -> None:
     """Cross-checks once the model list is read: ``groups`` are the model groups' names, ``tag_sets`` every
     deployment's ``model_info.tags``. A rule whose tags no deployment satisfies is a typo, not a policy."""
     for name in strategies:
         if name not in groups:
             problems.append(f"sidecar_settings.group_strategies.{name}: unknown model group")
+    for name, cascade in cascade_groups.items():
+        problems.extend(f"sidecar_settings.cascade.{name}: unknown model group '{g}'"
+                        for g in (name, *cascade.escalate) if g not in groups)
     problems.extend(f"sidecar_settings.affinity.groups: unknown model group '{name}'"
                     for name in sorted(affinity.groups if affinity is not None else ()) if name not in groups)
     for rule in rules:

@@ -23,8 +23,10 @@ from sidecar.core.cost import request_cost
 from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse
 from sidecar.formats.openai import response_bytes
+from sidecar.policy.cascade import Checks
 from sidecar.policy.plan import FallbackStep
 from sidecar.policy.rules import RuleDecision, RuleSet
+from sidecar.routing import cascade as cascading
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.routing.router import Router
 from sidecar.state import cache as response_cache
@@ -82,6 +84,8 @@ class Pipeline:
         rules = router.config.sidecar.rules  # compiled once per config; None: no per-request cost
         self.rules = RuleSet(rules) if rules else None
         self.affinity = router.config.sidecar.affinity  # None: no session keys are read
+        cascades = router.config.sidecar.cascade
+        self.cascades = {g: (c, Checks(c)) for g, c in cascades.items()} if cascades else None
 
     def session(self, chat: ChatRequest, headers: Mapping[str, str]) -> str | None:
         """The request's session key for affinity: the configured header, else the ``metadata`` key."""
@@ -115,9 +119,17 @@ class Pipeline:
             if self.budgets is not None:
                 self.budgets.check(record.group)  # memory only; raises BudgetExceeded before any upstream call
             session = None if self.affinity is None else self.session(chat, head.headers)
-            response, outcome = await self.router.complete(chat, decision, session)
+            cascade = None if self.cascades is None else self.cascades.get(record.group)
+            earlier = 0.0  # what the cascade's rejected answers cost
+            if cascade is None:
+                response, outcome = await self.router.complete(chat, decision, session)
+            else:
+                response, outcome, earlier = await cascading.complete(
+                    self.router, chat, record.group, *cascade, decision, session, self.prices)
             record.outcome, record.status = "success", 200
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
+            if earlier:
+                record.cost = (record.cost or 0.0) + earlier
             verdict = None
             if key is not None:
                 verdict = response_cache.MISS
@@ -139,7 +151,14 @@ class Pipeline:
             if self.budgets is not None:
                 self.budgets.check(record.group)
             session = None if self.affinity is None else self.session(chat, head.headers)
-            outcome = await self.router.stream(chat, sink, decision, session)
+            cascade = None if self.cascades is None else self.cascades.get(record.group)
+            if cascade is not None and cascade[0].buffer_streams:  # whole answers checked, the accepted one streamed
+                response, outcome, earlier = await cascading.complete(
+                    self.router, cascading.whole(chat), record.group, *cascade, decision, session, self.prices)
+                record.cost = (request_cost(outcome.usage, self.prices.get(outcome.deployment or "")) or 0.0) + earlier
+                await self.router.replay(chat, sink, response, outcome)
+            else:
+                outcome = await self.router.stream(chat, sink, decision, session)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
             return outcome
         except BaseException as error:

@@ -221,6 +221,10 @@ class Router:
             self.catch_all.remember_text(request, stream.progress)
         return outcome
 
+    async def replay(self, request: ChatRequest, sink: StreamSink, response: ChatResponse, outcome: Outcome) -> None:
+        """Stream a whole answer the sidecar already has (a buffered cascade's) into ``sink``."""
+        await StreamAttempt(self.stream_limits, request, sink, outcome).replay(response)
+
     def _outcome(self, request: ChatRequest, decision: RuleDecision | None = None) -> Outcome:
         name = request.model if decision is None or decision.group is None else decision.group
         outcome = Outcome(name if name in self.targets else self.names.resolve(name))

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.policy.affinity import Sticky
 from sidecar.policy.breaker import Transition
+from sidecar.policy.cascade import CascadeStep
 from sidecar.policy.plan import Attempt, FallbackStep, Panic, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 from sidecar.policy.rules import RuleDecision
@@ -22,6 +23,7 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
     scores: list[str] = []
     skipped: list[str] = []
     fallbacks: list[str] = []
+    cascade: list[str] = []
     rankings = []
     retries = 0
     for item in outcome.trail:
@@ -40,12 +42,15 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
             skipped.append(f"{item.deployment}: {item.reason}")
         elif isinstance(item, FallbackStep):
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
+        elif isinstance(item, CascadeStep):
+            cascade.append(f"{item.group}: {item.reason}")
     labels = (("sidecar.model_group", outcome.group), ("sidecar.routing.candidates", tuple(candidates)),
               ("sidecar.routing.retries", retries), ("sidecar.routing.skipped", tuple(skipped) or None),
               ("sidecar.routing.fallbacks", tuple(fallbacks) or None), ("sidecar.routing.chosen", outcome.deployment),
               ("sidecar.routing.answered_group", outcome.answered_group),
               ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic),
-              ("sidecar.request.dropped_params", outcome.dropped), ("sidecar.routing.rule", outcome.rule))
+              ("sidecar.request.dropped_params", outcome.dropped), ("sidecar.routing.rule", outcome.rule),
+              ("sidecar.routing.cascade", tuple(cascade) or None))
     return labels, scores, rankings
 
 
@@ -63,6 +68,9 @@ def event(item: object) -> tuple[str, dict[str, Any]]:
                         "sidecar.rule.require_tags": tuple(sorted(item.require)) or None,
                         "sidecar.rule.exclude_tags": tuple(sorted(item.exclude)) or None,
                         "sidecar.rule.strategy": item.strategy}
+    if isinstance(item, CascadeStep):
+        return "cascade_escalated", {"sidecar.model_group": item.group, "sidecar.deployment": item.deployment,
+                                     "sidecar.reason": item.reason}
     if isinstance(item, Sticky):
         return "affinity", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group}
     if isinstance(item, Attempt):

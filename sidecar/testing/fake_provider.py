@@ -112,6 +112,8 @@ async def _answer(request: web.Request, kind: str) -> web.StreamResponse:
         answer["choices"][0].update(finish_reason="tool_calls", message={
             "role": "assistant", "content": None, "refusal": None, "tool_calls": [
                 {"id": TOOL_CALL_ID, "type": "function", "function": {"name": tool, "arguments": TOOL_ARGUMENTS}}]})
+    if faults.finish_reason is not None:
+        answer["choices"][0]["finish_reason"] = faults.finish_reason
     request.app[STATS_KEY].completed += 1
     return json_response(answer)
 

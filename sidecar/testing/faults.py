@@ -53,6 +53,7 @@ class Faults:
     # An OpenAI-style request quota: this many requests per ``quota_window`` seconds, refilled continuously; every
     # answer says what is left (x-ratelimit-limit/remaining/reset-requests), and a request past it gets a 429.
     quota_requests: int | None = None
+    finish_reason: str | None = None  # a whole chat answer's finish_reason instead of "stop" (e.g. "length")
     quota_window: float = 60.0
 
     def update(self, changes: dict[str, Any]) -> None:

@@ -66,7 +66,8 @@ class FakeProvider:
                  error_param=None, error_event_at=None, endless=False, retry_after=None, latency=0.0,
                  ttft=0.0, chunk_delay=0.0, hang=False, reset=False, drop_after=None, stall_after=None,
                  malformed=False, malformed_event_at=None, no_done=False, chunks=5, text="",
-                 require_key=None, reject_prefill=False, stream_exception=None, quota_requests=None)
+                 require_key=None, reject_prefill=False, stream_exception=None, quota_requests=None,
+                 finish_reason=None)
         requests.post(f"{self.url}/_control/reset").raise_for_status()
 
     def stats(self) -> dict[str, Any]:
