@@ -30,11 +30,13 @@ from sidecar.config.rules import (
     AffinitySettings,
     CascadeSettings,
     Rule,
+    ShadowSettings,
     affinity_settings,
     cascades,
     check_rules,
     group_strategies,
     read_rules,
+    shadows,
 )
 from sidecar.config.shared import SharedSettings, shared_settings
 from sidecar.config.wildcards import Wildcard, compile_pattern, ordered
@@ -158,6 +160,7 @@ class SidecarSettings:
     group_strategies: Mapping[str, str] = field(default_factory=dict)  # model group → its routing strategy
     affinity: AffinitySettings | None = None  # session affinity (None: off)
     cascade: Mapping[str, CascadeSettings] = field(default_factory=dict)  # model group → its cascade
+    shadow: Mapping[str, ShadowSettings] = field(default_factory=dict)  # model group → where its copies go
 
     @property
     def max_body_bytes(self) -> int:
@@ -231,7 +234,8 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
                     for b in sidecar.shared.budgets for m in b.models
                     if groups and m not in groups and m not in patterns)
     if groups:
-        check_rules(sidecar.rules, sidecar.group_strategies, sidecar.affinity, sidecar.cascade, groups,
+        check_rules(sidecar.rules, sidecar.group_strategies, sidecar.affinity, sidecar.cascade, sidecar.shadow,
+                    groups,
                     [d.model_info.tags for g in (*groups.values(), *patterns.values()) for d in g.deployments],
                     problems)
     if not groups and not patterns and not problems:
@@ -287,6 +291,7 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
         group_strategies=group_strategies(s),
         affinity=affinity_settings(s),
         cascade=cascades(s),
+        shadow=shadows(s),
     )
     s.finish()
     return settings

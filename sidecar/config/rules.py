@@ -195,6 +195,31 @@ def cascades(s: Section) -> dict[str, CascadeSettings]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """``sidecar_settings.shadow.<group>``: a ``share`` of the group's requests is copied to the group ``to``."""
+
+    to: str
+    share: float = 0.1
+    max_in_flight: int = 32  # shadow requests under way at once; beyond it a copy is dropped (and counted)
+
+
+def shadows(s: Section) -> dict[str, ShadowSettings]:
+    inner = s.section("shadow")
+    out = {}
+    for group in list(inner.data):
+        entry = inner.section(str(group))
+        to = entry.string("to", None, required=True)
+        share = entry.number("share", ShadowSettings("").share, minimum=0)
+        if share > 1:
+            entry.problem("share", f"expected a share of requests in [0, 1], got {share:g}")
+        out[str(group)] = ShadowSettings(to or "", min(share, 1.0),
+                                         entry.integer("max_in_flight", ShadowSettings("").max_in_flight, minimum=1))
+        entry.finish()
+    inner.finish()
+    return out
+
+
 def group_strategies(s: Section) -> dict[str, str]:
     """``sidecar_settings.group_strategies``: model group → its own routing strategy."""
     inner = s.section("group_strategies")
@@ -204,13 +229,17 @@ def group_strategies(s: Section) -> dict[str, str]:
 
 
 def check_rules(rules: tuple[Rule, ...], strategies: Mapping[str, str], affinity: AffinitySettings | None,
-                cascade_groups: Mapping[str, CascadeSettings], groups: Collection[str],
+                cascade_groups: Mapping[str, CascadeSettings], shadow_groups: Mapping[str, ShadowSettings],
+                groups: Collection[str],
                 tag_sets: Collection[frozenset[str]], problems: list[str]) -> None:
     """Cross-checks once the model list is read: ``groups`` are the model groups' names, ``tag_sets`` every
     deployment's ``model_info.tags``. A rule whose tags no deployment satisfies is a typo, not a policy."""
     for name in strategies:
         if name not in groups:
             problems.append(f"sidecar_settings.group_strategies.{name}: unknown model group")
+    for name, shadow in shadow_groups.items():
+        problems.extend(f"sidecar_settings.shadow.{name}: unknown model group '{g}'"
+                        for g in (name, shadow.to) if g and g not in groups)
     for name, cascade in cascade_groups.items():
         problems.extend(f"sidecar_settings.cascade.{name}: unknown model group '{g}'"
                         for g in (name, *cascade.escalate) if g not in groups)

@@ -81,56 +81,65 @@ class Probe:
 
 
 Test = Callable[[Probe], bool]
-Field = tuple[str, str]  # ("header", name) | ("metadata", key) | ("user", "") | ("model", "")
 ABSENT = "\x00"  # the value of a field the request does not have: no config value or glob matches it
 
 
-def _matcher(values: Values) -> Callable[[str], object]:
-    """A C-level test of one string: exact values as a frozenset's ``__contains__``, with globs (``eu-*``) one
-    anchored regular expression's ``match`` (which refuses ``ABSENT``)."""
-    exact = frozenset(v for v in values if not any(c in v for c in "*?["))
-    if len(exact) == len(values):
-        return exact.__contains__
-    branches = [re.escape(v) for v in exact] + [fnmatch.translate(v) for v in values if v not in exact]
-    return re.compile("(?!\x00)(?:" + "|".join(branches) + ")").match
+class _Field:
+    """One field some rules name, compiled across all rules: for a value, the rules (as bits of an int, rule
+    ``i`` is bit ``i``) whose condition on this field holds — those without one, those listing the value
+    exactly (one dict lookup), and those with a glob that matches (each distinct glob tried once, only when
+    it could add a rule still in play)."""
+
+    __slots__ = ("default", "exact", "globs", "key", "kind")
+
+    def __init__(self, kind: str, key: str, conditions: Sequence[Values | None]) -> None:
+        self.kind, self.key = kind, key
+        self.default = sum(1 << i for i, values in enumerate(conditions) if values is None)
+        exact: dict[str, int] = {}
+        globs: dict[str, int] = {}
+        for i, values in enumerate(conditions):
+            for value in values or ():
+                table = globs if any(c in value for c in "*?[") else exact
+                table[value] = table.get(value, 0) | 1 << i
+        self.exact = exact
+        self.globs = tuple((re.compile(fnmatch.translate(g)).match, bits) for g, bits in globs.items())
 
 
 class RuleSet:
-    """The compiled rules, in config order.
+    """The compiled rules, in config order; the first whose conditions all hold decides.
 
     Deciding a request reads each field some rule names — a header, a ``metadata`` key, ``user``, the model —
-    once, into a list of strings; each rule is then a few C calls (set membership or a regular expression's
-    match) on that list. Features and the token estimate, which cost a look at the messages, are worked out
-    only when a rule whose other conditions hold asks for them.
+    once, and narrows the set of rules still in play (an int of bits) by what that field allows: a few dict
+    lookups and bit operations per field, however many rules there are. Features and the token estimate,
+    which cost a look at the messages, are worked out only for a rule still in play that asks for them.
     """
 
-    __slots__ = ("compiled", "fields")
+    __slots__ = ("all", "decisions", "fields", "slow")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        fields: dict[Field, int] = {}
-        compiled = []
-        for rule in rules:
-            fast, slow = self._compile(rule, fields)
-            compiled.append((fast, slow, RuleDecision(rule.name, rule.group, rule.require_tags, rule.exclude_tags,
-                                                      rule.strategy)))
-        self.fields = tuple(fields)
-        self.compiled = tuple(compiled)
+        named: dict[tuple[str, str], list[Values | None]] = {}
+        for i, rule in enumerate(rules):
+            when = rule.when
+            conditions = [(("header", n), v) for n, v in when.headers]
+            conditions += [(("metadata", k), v) for k, v in when.metadata]
+            if when.user is not None:
+                conditions.append((("user", ""), when.user))
+            if when.model is not None:
+                conditions.append((("model", ""), when.model))
+            for field, values in conditions:
+                named.setdefault(field, [None] * len(rules))[i] = values
+        self.fields = tuple(_Field(kind, key, conditions) for (kind, key), conditions in named.items())
+        self.slow = tuple(self._slow(rule) for rule in rules)
+        self.decisions = tuple(RuleDecision(r.name, r.group, r.require_tags, r.exclude_tags, r.strategy)
+                               for r in rules)
+        self.all = (1 << len(rules)) - 1
 
     def __bool__(self) -> bool:
-        return bool(self.compiled)
+        return bool(self.decisions)
 
     @staticmethod
-    def _compile(rule: Rule, fields: dict[Field, int]) -> tuple[tuple[tuple[int, Callable[[str], object]], ...],
-                                                                tuple[Test, ...]]:
-        when = rule.when
-        named: list[tuple[Field, Values]] = [(("header", name), values) for name, values in when.headers]
-        named += [(("metadata", key), values) for key, values in when.metadata]
-        if when.user is not None:
-            named.append((("user", ""), when.user))
-        if when.model is not None:
-            named.append((("model", ""), when.model))
-        fast = tuple((fields.setdefault(field, len(fields)), _matcher(values)) for field, values in named)
-        slow: list[Test] = []
+    def _slow(rule: Rule) -> tuple[Test, ...]:
+        when, slow = rule.when, []
         if when.features:
             needed = when.features
             slow.append(lambda p: needed <= p.features)
@@ -140,41 +149,45 @@ class RuleSet:
         if when.max_input_tokens is not None:
             high = when.max_input_tokens
             slow.append(lambda p: p.input_tokens <= high)
-        return fast, tuple(slow)
+        return tuple(slow)
 
-    def _values(self, request: ChatRequest, headers: Mapping[str, str]) -> list[str]:
+    def decide(self, request: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
+        """The first matching rule's decision; None when no rule matches."""
+        mask = self.all
         body = request.body
         metadata = body.get("metadata")
-        if not isinstance(metadata, dict):
-            metadata = {}
-        values = []
-        for kind, key in self.fields:
+        for field in self.fields:
+            kind = field.kind
             if kind == "header":
-                value = headers.get(key, ABSENT)
+                value = headers.get(field.key, ABSENT)
             elif kind == "metadata":
-                value = metadata.get(key, ABSENT)
+                value = metadata.get(field.key, ABSENT) if isinstance(metadata, dict) else ABSENT
             elif kind == "user":
                 value = body.get("user", ABSENT)
             else:
                 value = request.model
-            values.append(value if isinstance(value, str) else ABSENT)
-        return values
-
-    def decide(self, request: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
-        """The first matching rule's decision; None when no rule matches."""
-        values = self._values(request, headers)
+            if value.__class__ is not str:
+                value = ABSENT
+            allowed = field.default | field.exact.get(value, 0)
+            if value is not ABSENT:
+                for match, bits in field.globs:
+                    if bits & mask & ~allowed and match(value) is not None:
+                        allowed |= bits
+            mask &= allowed
+            if not mask:
+                return None
         probe: Probe | None = None
-        for fast, slow, decision in self.compiled:
-            for index, accepts in fast:
-                if not accepts(values[index]):
-                    break
-            else:
-                if not slow:
-                    return decision
-                if probe is None:
-                    probe = Probe(request)
-                if all(test(probe) for test in slow):
-                    return decision
+        while mask:
+            lowest = mask & -mask
+            index = lowest.bit_length() - 1
+            slow = self.slow[index]
+            if not slow:
+                return self.decisions[index]
+            if probe is None:
+                probe = Probe(request)
+            if all(test(probe) for test in slow):
+                return self.decisions[index]
+            mask ^= lowest
         return None
 
 

@@ -29,6 +29,7 @@ from sidecar.policy.rules import RuleDecision, RuleSet
 from sidecar.routing import cascade as cascading
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.routing.router import Router
+from sidecar.routing.shadow import Shadows
 from sidecar.state import cache as response_cache
 from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
@@ -86,6 +87,8 @@ class Pipeline:
         self.affinity = router.config.sidecar.affinity  # None: no session keys are read
         cascades = router.config.sidecar.cascade
         self.cascades = {g: (c, Checks(c)) for g, c in cascades.items()} if cascades else None
+        shadow = router.config.sidecar.shadow
+        self.shadows = Shadows(shadow, router, metrics, tracing, self.prices) if shadow else None
 
     def session(self, chat: ChatRequest, headers: Mapping[str, str]) -> str | None:
         """The request's session key for affinity: the configured header, else the ``metadata`` key."""
@@ -130,6 +133,8 @@ class Pipeline:
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
             if earlier:
                 record.cost = (record.cost or 0.0) + earlier
+            if self.shadows is not None:  # the app's answer is ready: the copy starts now, on its own
+                self.shadows.copy(record.group, chat, decision)
             verdict = None
             if key is not None:
                 verdict = response_cache.MISS
@@ -160,6 +165,8 @@ class Pipeline:
             else:
                 outcome = await self.router.stream(chat, sink, decision, session)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
+            if self.shadows is not None:
+                self.shadows.copy(record.group, chat, decision)
             return outcome
         except BaseException as error:
             self._failed(error, record, outcome)

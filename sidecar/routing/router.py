@@ -173,12 +173,13 @@ class Router:
     # ---- entry points ---------------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, decision: RuleDecision | None = None,
-                       session: str | None = None) -> tuple[ChatResponse, Outcome]:
+                       session: str | None = None, *, catch_all: bool = True) -> tuple[ChatResponse, Outcome]:
         """A whole answer, from the first deployment that gives one (or the catch-all). ``decision``: the
-        request rule that applies (``policy.rules``), whose tags no attempt of this request may leave."""
+        request rule that applies (``policy.rules``), whose tags no attempt of this request may leave;
+        ``session``: its affinity key; ``catch_all`` False: no stand-in answer, nothing remembered (shadows)."""
         outcome = self._outcome(request, decision)
         # A restricted request's remembered answers may come from deployments its rule excludes: none.
-        remembered = decision is None or not decision.restricted
+        remembered = catch_all and (decision is None or not decision.restricted)
 
         async def attempt(target: Target, deadline: float) -> ChatResponse:
             return await self._call(target, request, deadline, outcome)
@@ -186,7 +187,7 @@ class Router:
         try:
             response = await self._route(request, outcome, attempt, decision=decision, session=session)
         except (NoHealthyUpstream, AllRateLimited, DeadlineExceeded) as error:
-            fallback = self.catch_all.response(request, remembered=remembered)
+            fallback = self.catch_all.response(request, remembered=remembered) if catch_all else None
             if fallback is None:
                 raise
             outcome.catch_all, outcome.deployment = fallback[1], "catch-all"

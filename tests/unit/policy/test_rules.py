@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar import config
 from sidecar.config import ConfigError
@@ -108,9 +111,26 @@ def test_rules_share_fields_and_the_first_match_still_wins() -> None:
     rules = [{"name": f"r{i}", "when": {"headers": {"x-sidecar-tier": f"t{i}"}}, "group": "cheap"} for i in range(5)]
     rules.append({"name": "last", "when": {"headers": {"x-sidecar-tier": "t*"}}, "group": "chat"})
     ruleset = RuleSet(load(rules).sidecar.rules)
-    assert ruleset.fields == (("header", "x-sidecar-tier"),)  # read once per request, however many rules name it
+    assert [(f.kind, f.key) for f in ruleset.fields] == [("header", "x-sidecar-tier")]  # read once per request
     assert ruleset.decide(request(), {"x-sidecar-tier": "t3"}).rule == "r3"  # type: ignore[union-attr]
     assert ruleset.decide(request(), {"x-sidecar-tier": "t9"}).rule == "last"  # type: ignore[union-attr]
+
+
+def test_an_exact_value_is_not_a_prefix() -> None:
+    rules = [{"when": {"headers": {"x-sidecar-region": ["eu", "us-*"]}}, "group": "cheap"}]
+    assert decide(rules, headers={"x-sidecar-region": "eu"}) is not None
+    assert decide(rules, headers={"x-sidecar-region": "us-east"}) is not None
+    for other in ("eux", "eu-west", "us", "xus-1"):
+        assert decide(rules, headers={"x-sidecar-region": other}) is None
+
+
+def test_a_later_rule_wins_when_an_earlier_ones_slow_condition_fails() -> None:
+    rules = [{"name": "tools", "when": {"model": "chat", "features": ["tools"]}, "group": "cheap"},
+             {"name": "long", "when": {"model": "ch*", "min_input_tokens": 1}, "group": "vision"},
+             {"name": "any", "group": "chat"}]
+    assert decide(rules).rule == "long"  # type: ignore[union-attr]
+    assert decide(rules, {"tools": [{"type": "function", "function": {"name": "f"}}]}).rule == "tools"  # type: ignore[union-attr]
+    assert decide(rules, {"model": "other"}).rule == "any"  # type: ignore[union-attr]
 
 
 def test_every_condition_of_a_rule_must_hold() -> None:
@@ -201,3 +221,45 @@ def test_needs_reads_the_request() -> None:
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}
     assert needs(request(body)) == Needs(tools=True, schema=True, output_tokens=50)
     assert needs(request({"response_format": {"type": "json_object"}})) == Needs()
+
+
+# ---- the compiled rule set agrees with the plain reading of the rules ------------------------------------
+
+VALUES = st.sampled_from(["eu", "eu-1", "us", "a*", "eu-*", "u?", "[ab]x"])
+CONDITION = st.lists(VALUES, min_size=1, max_size=3)
+
+
+def _holds(values: list[str], value: object) -> bool:
+    return isinstance(value, str) and any(fnmatch.fnmatchcase(value, v) for v in values)
+
+
+def reference(rules: list[dict[str, Any]], body: dict[str, Any], headers: dict[str, str]) -> str | None:
+    """The first rule whose every condition holds, read literally (fnmatch per value)."""
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    for rule in rules:
+        when = rule["when"]
+        if all(_holds(v, headers.get(k)) for k, v in when.get("headers", {}).items()) and \
+                all(_holds(v, metadata.get(k)) for k, v in when.get("metadata", {}).items()) and \
+                ("user" not in when or _holds(when["user"], body.get("user"))):
+            return str(rule["name"])
+    return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(conditions=st.lists(st.fixed_dictionaries({}, optional={
+           "headers": st.dictionaries(st.sampled_from(["x-a", "x-b"]), CONDITION, min_size=1),
+           "metadata": st.dictionaries(st.sampled_from(["tenant"]), CONDITION, min_size=1),
+           "user": CONDITION}), min_size=1, max_size=8),
+       headers=st.dictionaries(st.sampled_from(["x-a", "x-b"]), st.sampled_from(["eu", "eu-1", "us", "ax", "u1", ""])),
+       tenant=st.one_of(st.none(), st.sampled_from(["eu", "abc", "bx"]), st.just(["eu"])),
+       user=st.one_of(st.none(), st.sampled_from(["us", "a", "eu-9"]), st.just(7)))
+def test_compiled_rules_agree_with_the_reference(conditions: list[dict[str, Any]], headers: dict[str, str],
+                                                 tenant: object, user: object) -> None:
+    rules = [{"name": f"r{i}", "when": when, "group": "cheap"} for i, when in enumerate(conditions)]
+    body: dict[str, Any] = {}
+    if tenant is not None:
+        body["metadata"] = {"tenant": tenant}
+    if user is not None:
+        body["user"] = user
+    decision = decide(rules, body, headers)
+    assert (decision.rule if decision else None) == reference(rules, body, headers)
