@@ -56,7 +56,7 @@ class Response:
         None — found with a search of the raw head, so an answer without them is not split."""
         if self._headers is None:
             raw = self._raw
-            if b"atelimit-" not in raw and b"ateLimit-" not in raw and b"ATELIMIT-" not in raw:
+            if b"atelimit-" not in raw and b"ateLimit-" not in raw:  # x-ratelimit-, X-RateLimit-, anthropic-ratelimit-
                 return None
         return self.headers
 

@@ -77,13 +77,15 @@ class DeploymentStats:
 
     def started(self, now: float, tokens: int = 0) -> None:
         self.in_flight += 1
-        self.tokens_in_flight += tokens
+        if tokens:
+            self.tokens_in_flight += tokens
         self._seen(now)
 
     def finished(self, now: float, latency: float, ok: bool, ttft: float | None = None, tokens: int = 0) -> None:
         """An attempt ended. Call once per ``started`` (with its ``tokens``), whatever the outcome."""
         self.in_flight = max(0, self.in_flight - 1)
-        self.tokens_in_flight = max(0, self.tokens_in_flight - tokens)
+        if tokens:
+            self.tokens_in_flight = max(0, self.tokens_in_flight - tokens)
         self._seen(now)
         self._decay(now)
         self._err_total += 1.0

@@ -185,7 +185,7 @@ class Router:
             return await self._call(target, request, deadline, outcome)
 
         try:
-            response = await self._route(request, outcome, attempt, decision=decision, session=session)
+            response = await self._route(request, outcome, attempt, None, decision, session)
         except (NoHealthyUpstream, AllRateLimited, DeadlineExceeded) as error:
             fallback = self.catch_all.response(request, remembered=remembered) if catch_all else None
             if fallback is None:
@@ -205,7 +205,7 @@ class Router:
         remembered = decision is None or not decision.restricted
         stream = StreamAttempt(self.stream_limits, request, sink, outcome)
         try:
-            await self._route(request, outcome, stream.run, stream, decision=decision, session=session)
+            await self._route(request, outcome, stream.run, stream, decision, session)
         except SidecarError as error:
             if sink.started:
                 outcome.failed = True
@@ -227,17 +227,19 @@ class Router:
         await StreamAttempt(self.stream_limits, request, sink, outcome).replay(response)
 
     def _outcome(self, request: ChatRequest, decision: RuleDecision | None = None) -> Outcome:
-        name = request.model if decision is None or decision.group is None else decision.group
+        if decision is None:
+            name = request.model
+            return Outcome(name if name in self.targets else self.names.resolve(name))
+        name = request.model if decision.group is None else decision.group
         outcome = Outcome(name if name in self.targets else self.names.resolve(name))
-        if decision is not None:
-            outcome.rule = decision.rule
-            outcome.trail.append(decision)
+        outcome.rule = decision.rule
+        outcome.trail.append(decision)
         return outcome
 
     # ---- the attempt loop -----------------------------------------------------------------------
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
-                     attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None, *,
+                     attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None,
                      decision: RuleDecision | None = None, session: str | None = None) -> T:
         walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
         walk.decision = decision
@@ -437,7 +439,7 @@ class Router:
                 if span is not None:
                     span.failed(error)
                 now = self.clock()
-                target.stats.finished(now, now - started, ok=not error.counts_as_failure, tokens=load)
+                target.stats.finished(now, now - started, not error.counts_as_failure, None, load)
                 self._record_failure(target, error, outcome, now, panic)
                 decision = self.retry_policy.decide(error, retries, now, walk.deadline, self.rng,
                                                     has_alternative=self._has_alternative(others, now),
@@ -455,14 +457,14 @@ class Router:
             except BaseException as error:
                 if span is not None:
                     span.failed(error)
-                target.stats.finished(self.clock(), self.clock() - started, ok=True, tokens=load)
+                target.stats.finished(self.clock(), self.clock() - started, True, None, load)
                 if not panic:
                     target.breaker.release_probe()
                 raise
             if span is not None:
                 span.succeeded(result, outcome)
             now = self.clock()
-            target.stats.finished(now, now - started, ok=True, ttft=outcome.ttft, tokens=load)
+            target.stats.finished(now, now - started, True, outcome.ttft, load)
             self._count_tokens(target, getattr(result, "usage", None) or outcome.usage, outcome.estimate, now)
             target.rate_limited = False
             self._note(target.breaker.record_success(now), outcome)
