@@ -23,7 +23,7 @@ from sidecar.config.reader import ConfigError, Secret
 from sidecar.config.references import PROVIDERS
 from sidecar.config.resilience import BreakerSettings, StallSettings
 from sidecar.config.router import RouterSettings
-from sidecar.config.rules import AffinitySettings, CascadeSettings, Rule, ShadowSettings
+from sidecar.config.rules import AffinitySettings, CascadeSettings, IntentSettings, Rule, ShadowSettings
 from sidecar.config.shared import BudgetSettings, CacheSettings, RedisSettings, SharedSettings
 from sidecar.config.wildcards import Wildcard
 
@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "Deployment",
     "Hedging",
+    "IntentSettings",
     "LimitSettings",
     "ListenerSettings",
     "ModelGroup",

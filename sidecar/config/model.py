@@ -29,12 +29,14 @@ from sidecar.config.router import RouterSettings, resolve_groups, router_setting
 from sidecar.config.rules import (
     AffinitySettings,
     CascadeSettings,
+    IntentSettings,
     Rule,
     ShadowSettings,
     affinity_settings,
     cascades,
     check_rules,
     group_strategies,
+    intents,
     read_rules,
     shadows,
 )
@@ -161,6 +163,7 @@ class SidecarSettings:
     affinity: AffinitySettings | None = None  # session affinity (None: off)
     cascade: Mapping[str, CascadeSettings] = field(default_factory=dict)  # model group → its cascade
     shadow: Mapping[str, ShadowSettings] = field(default_factory=dict)  # model group → where its copies go
+    intent: Mapping[str, IntentSettings] = field(default_factory=dict)  # model group → its intent routes
 
     @property
     def max_body_bytes(self) -> int:
@@ -234,8 +237,7 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
                     for b in sidecar.shared.budgets for m in b.models
                     if groups and m not in groups and m not in patterns)
     if groups:
-        check_rules(sidecar.rules, sidecar.group_strategies, sidecar.affinity, sidecar.cascade, sidecar.shadow,
-                    groups,
+        check_rules(sidecar, groups,
                     [d.model_info.tags for g in (*groups.values(), *patterns.values()) for d in g.deployments],
                     problems)
     if not groups and not patterns and not problems:
@@ -292,6 +294,7 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
         affinity=affinity_settings(s),
         cascade=cascades(s),
         shadow=shadows(s),
+        intent=intents(s),
     )
     s.finish()
     return settings

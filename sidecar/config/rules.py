@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from sidecar.config.reader import Section, described
 from sidecar.config.router import STRATEGIES
@@ -220,6 +221,43 @@ def shadows(s: Section) -> dict[str, ShadowSettings]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class IntentSettings:
+    """``sidecar_settings.intent.<group>``: a request to the group goes to the target group whose example
+    utterances its last user message is nearest to (by ``embeddings``), above ``threshold``; else ``default``."""
+
+    embeddings: str  # the model group that embeds (any provider the sidecar speaks)
+    default: str
+    routes: tuple[tuple[str, tuple[str, ...]], ...]  # (target group, example utterances)
+    threshold: float = 0.75  # cosine similarity
+    timeout_seconds: float = 0.25  # the most an embedding may cost a request; then the default
+
+
+def intents(s: Section) -> dict[str, IntentSettings]:
+    inner = s.section("intent")
+    out = {}
+    for group in list(inner.data):
+        entry = inner.section(str(group))
+        routes = []
+        raw = entry.section("routes", required=True)
+        for target in list(raw.data):
+            examples = raw.list(str(target))
+            if not examples or not all(isinstance(e, str) and e.strip() for e in examples):
+                raw.problem(str(target), "expected a list of example utterances")
+                continue
+            routes.append((str(target), tuple(examples)))
+        raw.finish()
+        threshold = entry.number("threshold", 0.75, minimum=-1)
+        if threshold > 1:
+            entry.problem("threshold", f"expected a cosine similarity in [-1, 1], got {threshold:g}")
+        out[str(group)] = IntentSettings(entry.string("embeddings", None, required=True) or "",
+                                         entry.string("default", None, required=True) or "", tuple(routes),
+                                         threshold, entry.number("timeout_seconds", 0.25, minimum=0.001))
+        entry.finish()
+    inner.finish()
+    return out
+
+
 def group_strategies(s: Section) -> dict[str, str]:
     """``sidecar_settings.group_strategies``: model group → its own routing strategy."""
     inner = s.section("group_strategies")
@@ -228,15 +266,41 @@ def group_strategies(s: Section) -> dict[str, str]:
     return out
 
 
-def check_rules(rules: tuple[Rule, ...], strategies: Mapping[str, str], affinity: AffinitySettings | None,
-                cascade_groups: Mapping[str, CascadeSettings], shadow_groups: Mapping[str, ShadowSettings],
-                groups: Collection[str],
-                tag_sets: Collection[frozenset[str]], problems: list[str]) -> None:
+class Routing(Protocol):
+    """The parts of ``SidecarSettings`` this module reads and checks."""
+
+    @property
+    def rules(self) -> tuple[Rule, ...]: ...
+
+    @property
+    def group_strategies(self) -> Mapping[str, str]: ...
+
+    @property
+    def affinity(self) -> AffinitySettings | None: ...
+
+    @property
+    def cascade(self) -> Mapping[str, CascadeSettings]: ...
+
+    @property
+    def shadow(self) -> Mapping[str, ShadowSettings]: ...
+
+    @property
+    def intent(self) -> Mapping[str, IntentSettings]: ...
+
+
+def check_rules(settings: Routing, groups: Collection[str], tag_sets: Collection[frozenset[str]],
+                problems: list[str]) -> None:
     """Cross-checks once the model list is read: ``groups`` are the model groups' names, ``tag_sets`` every
     deployment's ``model_info.tags``. A rule whose tags no deployment satisfies is a typo, not a policy."""
+    rules, strategies, affinity = settings.rules, settings.group_strategies, settings.affinity
+    cascade_groups, shadow_groups, intent_groups = settings.cascade, settings.shadow, settings.intent
     for name in strategies:
         if name not in groups:
             problems.append(f"sidecar_settings.group_strategies.{name}: unknown model group")
+    for name, intent in intent_groups.items():
+        problems.extend(f"sidecar_settings.intent.{name}: unknown model group '{g}'"
+                        for g in (name, intent.embeddings, intent.default, *(t for t, _ in intent.routes))
+                        if g and g not in groups)
     for name, shadow in shadow_groups.items():
         problems.extend(f"sidecar_settings.shadow.{name}: unknown model group '{g}'"
                         for g in (name, shadow.to) if g and g not in groups)

@@ -13,6 +13,8 @@ server puts its attempts on the error answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter
@@ -24,9 +26,11 @@ from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse
 from sidecar.formats.openai import response_bytes
 from sidecar.policy.cascade import Checks
+from sidecar.policy.intent import IntentChoice
 from sidecar.policy.plan import FallbackStep
 from sidecar.policy.rules import RuleDecision, RuleSet
 from sidecar.routing import cascade as cascading
+from sidecar.routing.intent import Intents
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.routing.router import Router
 from sidecar.routing.shadow import Shadows
@@ -89,6 +93,12 @@ class Pipeline:
         self.cascades = {g: (c, Checks(c)) for g, c in cascades.items()} if cascades else None
         shadow = router.config.sidecar.shadow
         self.shadows = Shadows(shadow, router, metrics, tracing, self.prices) if shadow else None
+        intent = router.config.sidecar.intent
+        self.intents = Intents(intent, router) if intent else None
+        if self.intents is not None:
+            # the examples' embeddings, in the background; with no event loop yet, on first use
+            with contextlib.suppress(RuntimeError):
+                self.intents.prepare()
 
     def session(self, chat: ChatRequest, headers: Mapping[str, str]) -> str | None:
         """The request's session key for affinity: the configured header, else the ``metadata`` key."""
@@ -104,6 +114,16 @@ class Pipeline:
             if isinstance(key, str) and key:
                 return key
         return None
+
+    async def _intent(self, group: str, chat: ChatRequest, decision: RuleDecision | None,
+                      ) -> tuple[ChatRequest, RuleDecision | None, IntentChoice]:
+        """The request sent on to the target group intent routing chooses (a rule's group is spent: it chose
+        ``group``; its tags still bind)."""
+        assert self.intents is not None
+        choice = await self.intents.choose(group, chat)
+        if decision is not None and decision.group is not None:
+            decision = dataclasses.replace(decision, group=None)
+        return dataclasses.replace(chat, model=choice.chosen), decision, choice
 
     def decide(self, chat: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
         """The request rule that applies to ``chat`` (None: no rule, or none matches)."""
@@ -122,6 +142,9 @@ class Pipeline:
             if self.budgets is not None:
                 self.budgets.check(record.group)  # memory only; raises BudgetExceeded before any upstream call
             session = None if self.affinity is None else self.session(chat, head.headers)
+            choice = None
+            if self.intents is not None and record.group in self.intents.settings:
+                chat, decision, choice = await self._intent(record.group, chat, decision)
             cascade = None if self.cascades is None else self.cascades.get(record.group)
             earlier = 0.0  # what the cascade's rejected answers cost
             if cascade is None:
@@ -130,6 +153,8 @@ class Pipeline:
                 response, outcome, earlier = await cascading.complete(
                     self.router, chat, record.group, *cascade, decision, session, self.prices)
             record.outcome, record.status = "success", 200
+            if choice is not None:
+                outcome.trail.insert(0, choice)
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
             if earlier:
                 record.cost = (record.cost or 0.0) + earlier
@@ -156,6 +181,9 @@ class Pipeline:
             if self.budgets is not None:
                 self.budgets.check(record.group)
             session = None if self.affinity is None else self.session(chat, head.headers)
+            choice = None
+            if self.intents is not None and record.group in self.intents.settings:
+                chat, decision, choice = await self._intent(record.group, chat, decision)
             cascade = None if self.cascades is None else self.cascades.get(record.group)
             if cascade is not None and cascade[0].buffer_streams:  # whole answers checked, the accepted one streamed
                 response, outcome, earlier = await cascading.complete(
@@ -165,6 +193,8 @@ class Pipeline:
             else:
                 outcome = await self.router.stream(chat, sink, decision, session)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
+            if choice is not None:
+                outcome.trail.insert(0, choice)
             if self.shadows is not None:
                 self.shadows.copy(record.group, chat, decision)
             return outcome

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.policy.affinity import Sticky
 from sidecar.policy.breaker import Transition
 from sidecar.policy.cascade import CascadeStep
+from sidecar.policy.intent import IntentChoice
 from sidecar.policy.plan import Attempt, FallbackStep, Panic, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 from sidecar.policy.rules import RuleDecision
@@ -24,6 +25,7 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
     skipped: list[str] = []
     fallbacks: list[str] = []
     cascade: list[str] = []
+    intent: str | None = None
     rankings = []
     retries = 0
     for item in outcome.trail:
@@ -44,13 +46,15 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
         elif isinstance(item, CascadeStep):
             cascade.append(f"{item.group}: {item.reason}")
+        elif isinstance(item, IntentChoice):
+            intent = f"{item.chosen} ({item.reason})"
     labels = (("sidecar.model_group", outcome.group), ("sidecar.routing.candidates", tuple(candidates)),
               ("sidecar.routing.retries", retries), ("sidecar.routing.skipped", tuple(skipped) or None),
               ("sidecar.routing.fallbacks", tuple(fallbacks) or None), ("sidecar.routing.chosen", outcome.deployment),
               ("sidecar.routing.answered_group", outcome.answered_group),
               ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic),
               ("sidecar.request.dropped_params", outcome.dropped), ("sidecar.routing.rule", outcome.rule),
-              ("sidecar.routing.cascade", tuple(cascade) or None))
+              ("sidecar.routing.cascade", tuple(cascade) or None), ("sidecar.routing.intent", intent))
     return labels, scores, rankings
 
 
@@ -68,6 +72,9 @@ def event(item: object) -> tuple[str, dict[str, Any]]:
                         "sidecar.rule.require_tags": tuple(sorted(item.require)) or None,
                         "sidecar.rule.exclude_tags": tuple(sorted(item.exclude)) or None,
                         "sidecar.rule.strategy": item.strategy}
+    if isinstance(item, IntentChoice):
+        return "intent", {"sidecar.model_group": item.group, "sidecar.intent.chosen": item.chosen,
+                          "sidecar.reason": item.reason, "sidecar.intent.score": item.score}
     if isinstance(item, CascadeStep):
         return "cascade_escalated", {"sidecar.model_group": item.group, "sidecar.deployment": item.deployment,
                                      "sidecar.reason": item.reason}

@@ -183,7 +183,8 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
     body = request.app[STATS_KEY].last_body
     inputs = body.get("input") if isinstance(body, dict) else None
     items = inputs if isinstance(inputs, list) else [inputs]
-    data = [{"object": "embedding", "index": i, "embedding": _vector(str(item))} for i, item in enumerate(items)]
+    embed = _words if request.app[FAULTS_KEY].embedding_model == "words" else _vector
+    data = [{"object": "embedding", "index": i, "embedding": embed(str(item))} for i, item in enumerate(items)]
     tokens = sum(len(str(item).split()) for item in items)
     request.app[STATS_KEY].completed += 1
     return json_response({"object": "list", "data": data, "model": body.get("model"),
@@ -227,6 +228,22 @@ def _chunk(kind: str, model: str, delta: dict[str, Any], finish: str | None) -> 
         obj = "text_completion"
     return {"id": "chatcmpl-fake", "object": obj, "created": int(time.time()), "model": model,
             "choices": [choice]}
+
+
+STOPWORDS = frozenset({"the", "a", "an", "to", "of", "my", "me", "i", "is", "it", "and", "or", "for", "in", "on",
+                       "can", "you", "please", "how", "do", "what", "with", "your", "our", "are", "be", "this"})
+
+
+def _words(text: str) -> list[float]:
+    """A deterministic bag-of-words embedding: each word (lower-case, stop words out, a plural's s dropped)
+    adds one to the dimension its sha256 picks."""
+    vector = [0.0] * 256
+    for word in "".join(c if c.isalnum() else " " for c in text.lower()).split():
+        if word in STOPWORDS:
+            continue
+        word = word[:-1] if len(word) > 3 and word.endswith("s") else word
+        vector[hashlib.sha256(word.encode()).digest()[0]] += 1.0
+    return vector
 
 
 def _vector(text: str) -> list[float]:

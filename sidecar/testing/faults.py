@@ -54,6 +54,9 @@ class Faults:
     # answer says what is left (x-ratelimit-limit/remaining/reset-requests), and a request past it gets a 429.
     quota_requests: int | None = None
     finish_reason: str | None = None  # a whole chat answer's finish_reason instead of "stop" (e.g. "length")
+    # embeddings: "digest" (8 numbers from the text's sha256) or "words" (a deterministic bag of words: 256
+    # dimensions, each word hashed to one; texts sharing words are near, so paraphrases land together)
+    embedding_model: str = "digest"
     quota_window: float = 60.0
 
     def update(self, changes: dict[str, Any]) -> None:
