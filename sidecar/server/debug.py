@@ -35,4 +35,10 @@ async def debug_route(request: web.Request) -> web.Response:
     assert pipeline is not None and router is not None
     decision = pipeline.decide(chat, request.headers)
     session = None if pipeline.affinity is None else pipeline.session(chat, request.headers)
-    return web.Response(body=orjson.dumps(explain(router, chat, decision, session)), content_type=JSON)
+    answer = explain(router, chat, decision, session)
+    if pipeline.intents is not None and answer["group"] in pipeline.intents.settings:
+        # choosing would take an embeddings call, which this endpoint never makes
+        answer["intent"] = "not evaluated: intent routing would choose among its routes first"
+    if pipeline.cascades is not None and answer["group"] in pipeline.cascades:
+        answer["cascade"] = list(pipeline.cascades[answer["group"]][0].escalate)  # tried after this group's answer
+    return web.Response(body=orjson.dumps(answer), content_type=JSON)

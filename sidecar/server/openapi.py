@@ -117,7 +117,10 @@ SCHEMAS: dict[str, Schema] = {
                 "failing": {"type": "boolean"}, "score": {"type": ["number", "null"]},
                 "eligible": {"type": "boolean"}, "skipped": {"type": ["string", "null"]},
                 "session": {"type": "boolean", "description": "the request's session deployment (affinity)"}})}})},
-        "choice": {"type": ["string", "null"], "description": "where the first attempt would go now"}}),
+        "choice": {"type": ["string", "null"], "description": "where the first attempt would go now"},
+        "intent": {"type": "string", "description": "present for an intent group: not evaluated (no upstream call)"},
+        "cascade": {"type": "array", "items": {"type": "string"},
+                    "description": "for a cascade group: the groups tried when its answer fails the checks"}}),
     "Status": obj(["status"], {"status": {"type": "string"},
                                "model_groups": {"type": "array", "items": {"type": "string"}}}),
     "Error": obj(["error"], {"error": obj(["message", "type"], {

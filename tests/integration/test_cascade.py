@@ -8,6 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import requests
 
 from tests.integration.procs import APP_KEY, FakeProvider, Sidecar, deployment
 
@@ -87,3 +88,9 @@ def test_streams_are_not_cascaded_unless_buffered(client: openai.OpenAI, primary
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text == GOOD and backup.stats()["requests"] == 1
     assert "stream" not in (primary.stats()["last_body"] or {})  # asked whole, checked, then streamed
+
+
+def test_debug_route_names_the_cascade(cascaded: Sidecar) -> None:
+    answer = requests.post(f"{cascaded.url}/debug/route", json={"model": "cheap", "messages": MESSAGES}, timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["cascade"] == ["strong"] and answer.json()["choice"] == CHEAP
