@@ -19,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config import Deployment
@@ -40,11 +40,10 @@ class RuleDecision:
     require: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()
     strategy: str | None = None
+    restricted: bool = field(init=False, compare=False)  # does it limit the deployments (a compliance rule)?
 
-    @property
-    def restricted(self) -> bool:
-        """Does the rule limit which deployments may serve the request (a compliance rule)?"""
-        return bool(self.require or self.exclude)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "restricted", bool(self.require or self.exclude))  # read on every attempt
 
     def allows(self, deployment: Deployment) -> bool:
         tags = deployment.model_info.tags
@@ -126,8 +125,8 @@ class RuleSet:
                 conditions.append((("user", ""), when.user))
             if when.model is not None:
                 conditions.append((("model", ""), when.model))
-            for field, values in conditions:
-                named.setdefault(field, [None] * len(rules))[i] = values
+            for name, values in conditions:
+                named.setdefault(name, [None] * len(rules))[i] = values
         self.fields = tuple(_Field(kind, key, conditions) for (kind, key), conditions in named.items())
         self.slow = tuple(self._slow(rule) for rule in rules)
         self.decisions = tuple(RuleDecision(r.name, r.group, r.require_tags, r.exclude_tags, r.strategy)
@@ -156,21 +155,21 @@ class RuleSet:
         mask = self.all
         body = request.body
         metadata = body.get("metadata")
-        for field in self.fields:
-            kind = field.kind
+        for spec in self.fields:
+            kind = spec.kind
             if kind == "header":
-                value = headers.get(field.key, ABSENT)
+                value = headers.get(spec.key, ABSENT)
             elif kind == "metadata":
-                value = metadata.get(field.key, ABSENT) if isinstance(metadata, dict) else ABSENT
+                value = metadata.get(spec.key, ABSENT) if isinstance(metadata, dict) else ABSENT
             elif kind == "user":
                 value = body.get("user", ABSENT)
             else:
                 value = request.model
             if value.__class__ is not str:
                 value = ABSENT
-            allowed = field.default | field.exact.get(value, 0)
+            allowed = spec.default | spec.exact.get(value, 0)
             if value is not ABSENT:
-                for match, bits in field.globs:
+                for match, bits in spec.globs:
                     if bits & mask & ~allowed and match(value) is not None:
                         allowed |= bits
             mask &= allowed

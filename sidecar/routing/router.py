@@ -270,8 +270,9 @@ class Router:
         """``group``'s deployments in strategy order until one answers; else ``FAILED``, and ``walk.pending``
         holds what comes next (a rejection's own fallbacks; nothing when time ran out)."""
         outcome = walk.outcome
-        candidates = self._ordered(group, outcome, self.clock(), walk.decision)
-        if walk.decision is not None or walk.needs is not None:
+        decision = walk.decision
+        candidates = self._ordered(group, outcome, self.clock(), decision)
+        if (decision is not None and decision.restricted) or walk.needs is not None:
             candidates = self._eligible(candidates, walk)
         eligible = len(candidates)
         if walk.session is not None and eligible > 1:
@@ -348,7 +349,7 @@ class Router:
         decision, need, kept = walk.decision, walk.needs, deque()
         refused = walk.refused = walk.refused or []
         for target in candidates:
-            if decision is not None and not decision.allows(target.deployment):
+            if decision is not None and decision.restricted and not decision.allows(target.deployment):
                 reason = f"rule:{decision.rule}"
             else:
                 reason = capability_skip(target.deployment, need) if need is not None else None
