@@ -23,19 +23,23 @@ from sidecar.config.reader import ConfigError, Secret
 from sidecar.config.references import PROVIDERS
 from sidecar.config.resilience import BreakerSettings, StallSettings
 from sidecar.config.router import RouterSettings
+from sidecar.config.rules import AffinitySettings, CascadeSettings, IntentSettings, Rule, ShadowSettings
 from sidecar.config.shared import BudgetSettings, CacheSettings, RedisSettings, SharedSettings
 from sidecar.config.wildcards import Wildcard
 
 __all__ = [
     "PROVIDERS",
+    "AffinitySettings",
     "BreakerSettings",
     "BudgetSettings",
     "CacheSettings",
+    "CascadeSettings",
     "CatchAll",
     "Config",
     "ConfigError",
     "Deployment",
     "Hedging",
+    "IntentSettings",
     "LimitSettings",
     "ListenerSettings",
     "ModelGroup",
@@ -43,7 +47,9 @@ __all__ = [
     "RedisSettings",
     "RequestParams",
     "RouterSettings",
+    "Rule",
     "Secret",
+    "ShadowSettings",
     "SharedSettings",
     "SidecarSettings",
     "StallSettings",

@@ -126,6 +126,7 @@ def model_info_values(info: Section, params: Section) -> dict[str, Any]:
         "max_input_tokens": info.integer("max_input_tokens", None, minimum=1),
         "max_output_tokens": max_output if max_output is not None else legacy,
         "capabilities": capabilities,
+        "tags": _tags(info),
     }
 
 
@@ -163,3 +164,12 @@ def beta_rules(params: Section, provider: str) -> BetaRules | None:
                                        f"flags, not {provider}")
         return None
     return BetaRules(lists["allow"], lists["deny"] or ())
+
+
+def _tags(info: Section) -> frozenset[str]:
+    """``model_info.tags``: a list of names that request rules require or exclude."""
+    tags = info.list("tags")
+    if not all(isinstance(t, str) and t for t in tags):
+        info.problem("tags", "expected a list of tag names")
+        return frozenset()
+    return frozenset(tags)

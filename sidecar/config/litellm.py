@@ -145,7 +145,7 @@ GENERAL_SETTINGS: dict[str, Key] = {
 
 ROUTER_SETTINGS: dict[str, Key] = {
     **_done(routing_strategy="simple-shuffle, least-busy, latency-based-routing, usage-based-routing, "
-                             "cost-based-routing",
+                             "cost-based-routing; least-tokens (ours: fewest estimated tokens in flight)",
             num_retries="retries per request on a group's last deployment (see When a provider has a bad night)",
             retry_policy="retries per error class",
             retry_after="the shortest wait before a retry when the upstream sends no Retry-After",
@@ -291,7 +291,8 @@ MODEL_INFO: dict[str, Key] = {
             cache_read_input_token_cost="USD per cached prompt token",
             max_input_tokens="the context window: a longer prompt skips this deployment",
             max_output_tokens="the default max_tokens where a provider requires one (Anthropic, Bedrock)",
-            max_tokens="as max_output_tokens when that is not set (LiteLLM's older name)"),
+            max_tokens="as max_output_tokens when that is not set (LiteLLM's older name)",
+            tags="names request rules require or exclude (sidecar_settings.rules; ours)"),
     **_done(**dict.fromkeys(CAPABILITIES, "a capability flag (ModelInfo.capabilities), for capability checks")),
     **_keys(INFORMATION, _INFO, (
         "mode", "description", "base_model", "tier", "team_id", "team_public_model_name", "access_groups",

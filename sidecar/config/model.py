@@ -28,6 +28,20 @@ from sidecar.config.references import WILDCARD, default_base, root_base, unique_
 from sidecar.config.replicas import ReplicaSettings, replica_settings
 from sidecar.config.resilience import BreakerSettings, StallSettings, breaker_settings, stall_settings
 from sidecar.config.router import RouterSettings, resolve_groups, router_settings
+from sidecar.config.rules import (
+    AffinitySettings,
+    CascadeSettings,
+    IntentSettings,
+    Rule,
+    ShadowSettings,
+    affinity_settings,
+    cascades,
+    check_rules,
+    group_strategies,
+    intents,
+    read_rules,
+    shadows,
+)
 from sidecar.config.shared import KeyOwner, SharedSettings, inbound_keys, shared_settings
 from sidecar.config.wildcards import Wildcard, compile_pattern, ordered
 
@@ -45,6 +59,7 @@ class ModelInfo:
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
     capabilities: Mapping[str, bool] = field(default_factory=dict)  # every supports_* flag given
+    tags: frozenset[str] = frozenset()  # what request rules select on (``eu``, ``self-hosted``, ``no-retention``)
 
     @property
     def supports_function_calling(self) -> bool | None:
@@ -148,6 +163,12 @@ class SidecarSettings:
     shared: SharedSettings = field(default_factory=SharedSettings)  # cache, budgets and their Redis
     limits: LimitSettings = field(default_factory=LimitSettings)  # sidecar_settings.limits
     listeners: ListenerSettings = field(default_factory=ListenerSettings)  # sidecar_settings.listeners
+    rules: tuple[Rule, ...] = ()  # sidecar_settings.rules, in order: the first that matches decides
+    group_strategies: Mapping[str, str] = field(default_factory=dict)  # model group → its routing strategy
+    affinity: AffinitySettings | None = None  # session affinity (None: off)
+    cascade: Mapping[str, CascadeSettings] = field(default_factory=dict)  # model group → its cascade
+    shadow: Mapping[str, ShadowSettings] = field(default_factory=dict)  # model group → where its copies go
+    intent: Mapping[str, IntentSettings] = field(default_factory=dict)  # model group → its intent routes
 
     @property
     def max_body_bytes(self) -> int:
@@ -220,6 +241,10 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
     problems.extend(f"sidecar_settings.budgets: budget '{b.name}': unknown model group '{m}'"
                     for b in sidecar.shared.budgets for m in b.models
                     if groups and m not in groups and m not in patterns)
+    if groups:
+        check_rules(sidecar, groups,
+                    [d.model_info.tags for g in (*groups.values(), *patterns.values()) for d in g.deployments],
+                    problems)
     if not groups and not patterns and not problems:
         problems.append("model_list: at least one deployment is required")
     if problems:
@@ -273,6 +298,12 @@ def _sidecar_settings(s: Section, general: Section, litellm: Section, router: Se
         shared=shared_settings(s, litellm, router, secrets, env),
         limits=limit_settings(s.section("limits")),
         listeners=listener_settings(s.section("listeners")),
+        rules=read_rules(s),
+        group_strategies=group_strategies(s),
+        affinity=affinity_settings(s),
+        cascade=cascades(s),
+        shadow=shadows(s),
+        intent=intents(s),
     )
     s.finish()
     return settings

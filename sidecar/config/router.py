@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from sidecar.config.reader import Section
 
 STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing",
-              "cost-based-routing")
+              "cost-based-routing", "least-tokens")
 RETRY_POLICY_KEYS = ("RateLimitErrorRetries", "TimeoutErrorRetries", "InternalServerErrorRetries",
                      "AuthenticationErrorRetries", "BadRequestErrorRetries",
                      "ContentPolicyViolationErrorRetries")

@@ -18,6 +18,7 @@
     │   └── ContentPolicyViolation    content_policy
     ├── BudgetExceeded                429, a configured spend budget is used up (Retry-After: its reset)
     ├── AnswerTooLarge                502, a streamed answer passed sidecar_settings.limits: the request ends
+    ├── RuleRefused                   403, a request rule allows no deployment of the model group
     └── RoutingError                  the sidecar ran out of options
         ├── NoHealthyUpstream         503
         ├── AllRateLimited            429 with Retry-After of the soonest recovery
@@ -224,6 +225,16 @@ class AnswerTooLarge(SidecarError):
 
 
 # ---- the sidecar ran out of options ---------------------------------------------------------------
+
+
+class RuleRefused(SidecarError):
+    """A request rule (``sidecar_settings.rules``) restricts the request to deployments carrying (or not
+    carrying) some tags, and no deployment of its model group or fallbacks qualifies: refused, never leaked."""
+
+    status = 403
+    type = "permission_error"
+    code = "rule_refused"
+    error_class = "rule_refused"
 
 
 class RoutingError(SidecarError):

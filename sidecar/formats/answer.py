@@ -51,6 +51,15 @@ class Response:
             headers = self._headers = fields(self._raw)
         return headers
 
+    def quota_fields(self) -> dict[str, str] | None:
+        """The headers when the head has rate-limit fields (``x-ratelimit-*``, ``anthropic-ratelimit-*``), else
+        None — found with a search of the raw head, so an answer without them is not split."""
+        if self._headers is None:
+            raw = self._raw
+            if b"atelimit-" not in raw and b"ateLimit-" not in raw:  # x-ratelimit-, X-RateLimit-, anthropic-ratelimit-
+                return None
+        return self.headers
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Response) and (self.status, self.headers, self.body, self.reusable) == (
             other.status, other.headers, other.body, other.reusable)

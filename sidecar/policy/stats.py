@@ -43,6 +43,7 @@ class DeploymentStats:
         "last_seen",
         "latency",
         "max_weight",
+        "tokens_in_flight",
         "ttft",
         "unhealthy_rate",
     )
@@ -60,6 +61,7 @@ class DeploymentStats:
         self.latency: float | None = None
         self.ttft: float | None = None
         self.in_flight = 0
+        self.tokens_in_flight = 0  # estimated tokens (prompt + completion budget) of the attempts in flight
         self.last_seen: float | None = None
         self._err_mass = 0.0
         self._err_total = 0.0
@@ -73,13 +75,17 @@ class DeploymentStats:
 
     # ---- load ----------------------------------------------------------------------------------
 
-    def started(self, now: float) -> None:
+    def started(self, now: float, tokens: int = 0) -> None:
         self.in_flight += 1
+        if tokens:
+            self.tokens_in_flight += tokens
         self._seen(now)
 
-    def finished(self, now: float, latency: float, ok: bool, ttft: float | None = None) -> None:
-        """An attempt ended. Call once per ``started``, whatever the outcome."""
+    def finished(self, now: float, latency: float, ok: bool, ttft: float | None = None, tokens: int = 0) -> None:
+        """An attempt ended. Call once per ``started`` (with its ``tokens``), whatever the outcome."""
         self.in_flight = max(0, self.in_flight - 1)
+        if tokens:
+            self.tokens_in_flight = max(0, self.tokens_in_flight - tokens)
         self._seen(now)
         self._decay(now)
         self._err_total += 1.0

@@ -57,6 +57,11 @@ def _least_busy(c: Ranked, now: float, rng: random.Random) -> float:
     return float(c.stats.in_flight)
 
 
+def _least_tokens(c: Ranked, now: float, rng: random.Random) -> float:
+    """Fewest estimated tokens in flight: requests differ a hundredfold in cost, so counting them is not enough."""
+    return float(c.stats.tokens_in_flight)
+
+
 def _lowest_latency(c: Ranked, now: float, rng: random.Random) -> float:
     latency = c.stats.latency
     return -1.0 if latency is None else latency
@@ -79,6 +84,7 @@ def _lowest_cost(c: Ranked, now: float, rng: random.Random) -> float:
 STRATEGIES: Mapping[str, Metric] = {
     "simple-shuffle": _weighted_shuffle,
     "least-busy": _least_busy,
+    "least-tokens": _least_tokens,
     "latency-based-routing": _lowest_latency,
     "usage-based-routing": _lowest_usage,
     "cost-based-routing": _lowest_cost,

@@ -117,6 +117,10 @@ class UpstreamStream:
         """Lower-case names; split from the head when read (only on errors)."""
         return self._stream.headers
 
+    def quota_fields(self) -> Mapping[str, str] | None:
+        """The headers, when they have rate-limit fields (else None, and nothing is split)."""
+        return self._stream.quota_fields()
+
     async def read_body(self) -> bytes:
         """The whole body of a non-2xx answer, under the total deadline (the block's own)."""
         with map_errors("total"):

@@ -90,6 +90,10 @@ class Stream:
     def headers(self) -> dict[str, str]:
         return self._head.headers if self._head is not None else {}
 
+    def quota_fields(self) -> dict[str, str] | None:
+        """The head's rate-limit fields, if it has any (``Response.quota_fields``)."""
+        return self._head.quota_fields() if self._head is not None else None
+
     async def read(self, until: float | None = None) -> bytes:
         """The body bytes that arrived since the last read, waiting for some until ``until`` (loop time).
 

@@ -33,4 +33,5 @@ def inherit(fresh: Target, previous: Target) -> Target:
         rpm=previous.rpm if new.rpm == old.rpm else fresh.rpm,
         tpm=previous.tpm if new.tpm == old.tpm else fresh.tpm,
         rate_limited=previous.rate_limited,
+        quota=previous.quota,  # the upstream's quota is the upstream's, whatever the config says
     )

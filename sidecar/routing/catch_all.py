@@ -38,11 +38,12 @@ class CatchAllStore:
             self._store(_key(request), completion_from_text(progress.text, progress.model or request.model,
                                                             progress.id or "chatcmpl-sidecar"))
 
-    def response(self, request: ChatRequest) -> tuple[ChatResponse, str] | None:
-        """(answer, "last_good" | "static"), or None when the catch-all has nothing to offer."""
+    def response(self, request: ChatRequest, *, remembered: bool = True) -> tuple[ChatResponse, str] | None:
+        """(answer, "last_good" | "static"), or None when the catch-all has nothing to offer. ``remembered``
+        False: not the remembered answers (a rule restricts the request; they may come from anywhere)."""
         if request.endpoint is not Endpoint.CHAT:
             return None
-        if self.settings.last_good:
+        if self.settings.last_good and remembered:
             data = self._answers.get(_key(request))
             if data is not None:
                 return ChatResponse(data), "last_good"

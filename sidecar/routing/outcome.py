@@ -15,6 +15,8 @@ from sidecar.core.errors import ContextWindowExceeded, SidecarError
 from sidecar.core.types import StreamChunk, Usage
 from sidecar.policy.breaker import CircuitBreaker
 from sidecar.policy.limits import TokenBucket
+from sidecar.policy.quota import Quota
+from sidecar.policy.rules import Needs, RuleDecision
 from sidecar.policy.stats import DeploymentStats
 from sidecar.providers.base import Adapter
 from sidecar.providers.sglang import ReplicaPool
@@ -33,6 +35,7 @@ class Target:
     accepts_prefill: bool
     rate_limited: bool = False  # the breaker is open because the upstream said Retry-After
     pool: ReplicaPool | None = None  # an sglang deployment's replicas (providers.sglang); None for the rest
+    quota: Quota | None = None  # the upstream's remaining quota, once its answers reported one (rate-limit headers)
 
 
 @dataclass(slots=True)
@@ -52,6 +55,7 @@ class Outcome:
     estimate: tuple[int, int] | None = None  # (prompt, prompt + completion budget) tokens, when needed
     dropped: tuple[str, ...] | None = None  # fields drop_params removed for the deployment that was called
     cache: str | None = None  # the response cache's verdict on a stream (hit, miss, coalesced): a header
+    rule: str | None = None  # the request rule that decided (``policy.rules.RuleDecision``; also first on the trail)
     errors: list[str] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (deployment, error class, cause)
     trail: list[object] = field(default_factory=list)
@@ -95,8 +99,8 @@ class Walk:
     was met on the way — for the final error, panic routing and context-window fallbacks. (A plain class:
     it is made for every request, and a dataclass with default factories costs twice as much.)"""
 
-    __slots__ = ("attempt", "deadline", "limited", "needed", "opened", "outcome", "pending", "race", "rejected",
-                 "too_long", "tried", "unlimited")
+    __slots__ = ("attempt", "deadline", "decision", "eligible", "limited", "needed", "needs", "opened", "outcome",
+                 "pending", "race", "refused", "rejected", "session", "too_long", "tried", "unlimited")
 
     def __init__(self, outcome: Outcome, attempt: Callable[[Target, float], Awaitable[object]], deadline: float,
                  pending: deque[str], race: RaceState | None = None) -> None:
@@ -112,6 +116,11 @@ class Walk:
         self.needed = 0  # tokens the prompt is known to need at least (estimate, or a window that refused it)
         self.rejected: ContextWindowExceeded | None = None  # the first context-window rejection: what the app gets
         self.too_long: frozenset[tuple[str, str]] | None = None  # (provider, model)s that refused the prompt
+        self.decision: RuleDecision | None = None  # the request rule that applies, if any
+        self.needs: Needs | None = None  # what the request asks of a deployment, when capabilities are checked
+        self.session: str | None = None  # the session key, when affinity is on and the request has one
+        self.eligible = 0  # candidates the rule and the capability check let through
+        self.refused: list[str] | None = None  # why the others were not (skip reasons), for the final error
 
     def count(self, limited: bool) -> None:
         if limited:

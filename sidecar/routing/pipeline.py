@@ -1,10 +1,10 @@
-"""One request from the parsed body to an answer: cache → budgets → router → price → store → spend.
+"""One request from the parsed body to an answer: rules → cache → budgets → intent → coalescing → router (or a
+cascade) → price → store → spend → shadow copy.
 
 The server turns HTTP into a ``ChatRequest`` and calls ``Pipeline.complete`` or ``Pipeline.stream``; it
 turns the ``Answer`` (or the finished stream) back into HTTP. Everything between — the response cache, the
 budget check, routing, the cost of the answer, storing it, spending the budget — and the request's record
-(metrics, the log line, the trace) happens here, so the steps still to come (rules, coalescing, cascade,
-shadow traffic) land in one place rather than in a handler.
+(metrics, the log line, the trace) happens here, in one place rather than in a handler.
 
 An error that ends the request is raised with ``error.outcome`` set to what routing had done by then (the
 server puts its attempts on the error answer).
@@ -13,23 +13,32 @@ server puts its attempts on the error answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.config import ModelInfo
+from sidecar.config.rules import CascadeSettings
 from sidecar.core.cost import request_cost
 from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse, WireFormat
 from sidecar.formats.openai import response_bytes
 from sidecar.policy.budget import Principal
+from sidecar.policy.cascade import Checks
+from sidecar.policy.intent import IntentChoice
 from sidecar.policy.plan import FallbackStep
+from sidecar.policy.rules import RuleDecision, RuleSet
 from sidecar.routing import cached
+from sidecar.routing import cascade as cascading
 from sidecar.routing.coalesce import Coalescer
+from sidecar.routing.intent import Intents
 from sidecar.routing.outcome import Outcome, StreamSink
 from sidecar.routing.router import Router
 from sidecar.routing.semantic import SEMANTIC_HIT, SemanticCache
+from sidecar.routing.shadow import Shadows
 from sidecar.state import cache as response_cache
 from sidecar.state.budgets import Budgets, principal
 from sidecar.state.cache import ResponseCache
@@ -68,6 +77,17 @@ class Answer:
     similarity: float | None = None  # a semantic hit's cosine similarity
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How one request is routed once the pipeline's own steps are done: its group (a rule's, else the one
+    asked for), the rule's decision, the affinity session key, and the group's cascade (None: one call)."""
+
+    group: str
+    decision: RuleDecision | None
+    session: str | None
+    cascade: tuple[CascadeSettings, Checks] | None
+
+
 class Pipeline:
     """The steps of one request around the router. The cache and budgets are None when not configured, and
     the request path then skips them; ``tracing`` is None when tracing is off."""
@@ -86,35 +106,76 @@ class Pipeline:
         self.semantic: SemanticCache | None = None  # opt-in per model group; set by the assembly
         self.tracing = tracing
         self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
+        rules = router.config.sidecar.rules  # compiled once per config; None: no per-request cost
+        self.rules = RuleSet(rules) if rules else None
+        self.affinity = router.config.sidecar.affinity  # None: no session keys are read
+        cascades = router.config.sidecar.cascade
+        self.cascades = {g: (c, Checks(c)) for g, c in cascades.items()} if cascades else None
+        shadow = router.config.sidecar.shadow
+        self.shadows = Shadows(shadow, router, metrics, tracing, self.prices) if shadow else None
+        intent = router.config.sidecar.intent
+        self.intents = Intents(intent, router) if intent else None
+        if self.intents is not None:
+            # the examples' embeddings, in the background; with no event loop yet, on first use
+            with contextlib.suppress(RuntimeError):
+                self.intents.prepare()
+
+    def session(self, chat: ChatRequest, headers: Mapping[str, str]) -> str | None:
+        """The request's session key for affinity: the configured header, else the ``metadata`` key."""
+        affinity = self.affinity
+        assert affinity is not None
+        if affinity.header is not None:
+            key = headers.get(affinity.header)
+            if key:
+                return key
+        if affinity.metadata_key is not None:
+            metadata = chat.body.get("metadata")
+            key = metadata.get(affinity.metadata_key) if isinstance(metadata, dict) else None
+            if isinstance(key, str) and key:
+                return key
+        return None
+
+    async def _intent(self, group: str, chat: ChatRequest, decision: RuleDecision | None,
+                      ) -> tuple[ChatRequest, RuleDecision | None, IntentChoice]:
+        """The request sent on to the target group intent routing chooses (a rule's group is spent: it chose
+        ``group``; its tags still bind)."""
+        assert self.intents is not None
+        choice = await self.intents.choose(group, chat)
+        if decision is not None and decision.group is not None:
+            decision = dataclasses.replace(decision, group=None)
+        return dataclasses.replace(chat, model=choice.chosen), decision, choice
+
+    def decide(self, chat: ChatRequest, headers: Mapping[str, str]) -> RuleDecision | None:
+        """The request rule that applies to ``chat`` (None: no rule, or none matches)."""
+        return None if self.rules is None else self.rules.decide(chat, headers)
 
     async def complete(self, chat: ChatRequest, head: InboundHead, request_id: str) -> Answer:
         """A whole answer, from the cache or the router."""
-        record, spans, started = self._begin(chat, head, request_id)
+        decision = None if self.rules is None else self.rules.decide(chat, head.headers)
+        record, spans, started = self._begin(chat, head, request_id, decision)
         outcome: Outcome | None = None
         spend = True
         who: Principal | None = None
         try:
-            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers)
+            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers, decision)
             if hit is not None:
                 record.outcome, record.status = "cache_hit", 200
                 data = {} if chat.wire is WireFormat.OPENAI else cached.loads(hit)  # other dialects translate it
                 return Answer(ChatResponse(data, raw=hit), None, cache=response_cache.HIT)
             place = None
-            if self.semantic is not None and self.semantic.applies(chat) and response_cache.directives(head.headers)[0]:
-                place, found = await self.semantic.lookup(chat)
+            if self._semantic_applies(chat, head, decision):
+                place, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]
                 if found is not None:
                     record.outcome, record.status = "semantic_hit", 200
                     data = {} if chat.wire is WireFormat.OPENAI else cached.loads(found[1])
                     return Answer(ChatResponse(data, raw=found[1]), None, cache=SEMANTIC_HIT, similarity=found[0])
-            budgets = self.budgets
-            if budgets is not None:
-                who = principal(chat.body, head.headers) if budgets.scoped else None
-                budgets.check(record.group, who)  # memory only; raises BudgetExceeded before any upstream call
+            who = self._check_budgets(chat, head, record)
+            chat, route, choice = await self._route_for(chat, head, record, decision)
             if key is not None and self.coalescer is not None:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
-                    (response, outcome), joined = await self.coalescer.complete(
-                        cached.flight_key(key, chat), lambda: self._shared_call(chat, key, who))
+                    (response, outcome, earlier), joined = await self.coalescer.complete(
+                        cached.flight_key(key, chat), lambda: self._shared_call(chat, key, who, route))
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)  # what the shared call did, for this request's record
                     raise
@@ -123,13 +184,19 @@ class Pipeline:
                     record.outcome, record.status = "coalesced", 200
                     return Answer(response, None, cache=cached.COALESCED)
             else:
-                response, outcome = await self.router.complete(chat)
+                response, outcome, earlier = await self._route(chat, route)
                 if key is not None and outcome.catch_all is None:  # a stand-in answer is never cached
                     self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
             record.outcome, record.status = "success", 200
+            if choice is not None:
+                outcome.trail.insert(0, choice)
             record.cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
+            if earlier:  # what the cascade's rejected answers cost
+                record.cost = (record.cost or 0.0) + earlier
             if place is not None and outcome.catch_all is None:
                 self.semantic.store(place, response_bytes(response))  # type: ignore[union-attr]
+            if self.shadows is not None:  # the app's answer is ready: the copy starts now, on its own
+                self.shadows.copy(record.group, chat, route.decision)
             return Answer(response, outcome, record.cost, None if key is None else response_cache.MISS)
         except BaseException as error:
             self._failed(error, record, outcome)
@@ -139,37 +206,33 @@ class Pipeline:
 
     async def stream(self, chat: ChatRequest, head: InboundHead, request_id: str, sink: StreamSink) -> Outcome:
         """Stream an answer into ``sink`` (errors after its commit point end the stream in-band)."""
-        record, spans, started = self._begin(chat, head, request_id)
+        decision = None if self.rules is None else self.rules.decide(chat, head.headers)
+        record, spans, started = self._begin(chat, head, request_id, decision)
         outcome: Outcome | None = None
         spend = True
         who: Principal | None = None
         try:
-            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers)
-            if hit is not None:
-                replayed = await cached.replay(hit, chat, sink)
-                if replayed is not None:
-                    record.outcome, record.status = "cache_hit", 200
-                    return replayed
-            if self.semantic is not None and self.semantic.applies(chat) and response_cache.directives(head.headers)[0]:
-                _, found = await self.semantic.lookup(chat)  # streams are answered from it, not stored in it
-                replayed = None if found is None else await cached.replay(found[1], chat, sink, SEMANTIC_HIT)
-                if replayed is not None:
-                    record.outcome, record.status = "semantic_hit", 200
-                    return replayed
-            budgets = self.budgets
-            if budgets is not None:
-                who = principal(chat.body, head.headers) if budgets.scoped else None
-                budgets.check(record.group, who)
-            if key is None:
-                outcome = await self.router.stream(chat, sink)
+            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers, decision)
+            replayed = await self._replay(chat, head, decision, hit, sink, record)
+            if replayed is not None:
+                return replayed
+            who = self._check_budgets(chat, head, record)
+            chat, route, choice = await self._route_for(chat, head, record, decision)
+            decision, session = route.decision, route.session
+            if route.cascade is not None and route.cascade[0].buffer_streams:  # whole answers checked, one streamed
+                response, outcome, earlier = await self._route(cascading.whole(chat), route)
+                record.cost = (request_cost(outcome.usage, self.prices.get(outcome.deployment or "")) or 0.0) + earlier
+                await self.router.replay(chat, sink, response, outcome)
+            elif key is None:
+                outcome = await self.router.stream(chat, sink, decision, session)
             elif self.coalescer is None:
-                outcome = await self._shared_stream(chat, key, cached.Recorder(sink))
+                outcome = await self._shared_stream(chat, key, cached.Recorder(sink), decision, session)
             else:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     result, joined = await self.coalescer.stream(
                         cached.flight_key(key, chat),
-                        lambda broadcast: self._shared_stream(chat, key, broadcast, who), sink)
+                        lambda broadcast: self._shared_stream(chat, key, broadcast, decision, session, who), sink)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)
                     raise
@@ -181,6 +244,10 @@ class Pipeline:
                     record.outcome, record.status = "error", 200
                     return Outcome(chat.model, failed=True)
             record.outcome, record.status = ("error" if outcome.failed else "success"), 200
+            if choice is not None:
+                outcome.trail.insert(0, choice)
+            if self.shadows is not None:
+                self.shadows.copy(record.group, chat, decision)
             return outcome
         except BaseException as error:
             self._failed(error, record, outcome)
@@ -190,12 +257,14 @@ class Pipeline:
 
     # ---- the record --------------------------------------------------------------------------------
 
-    def _begin(self, chat: ChatRequest, head: InboundHead, request_id: str) -> tuple[RequestRecord, Spans, float]:
+    def _begin(self, chat: ChatRequest, head: InboundHead, request_id: str,
+               decision: RuleDecision | None = None) -> tuple[RequestRecord, Spans, float]:
         started = perf_counter()  # not the loop's clock: uvloop's moves in whole milliseconds
         self.metrics.in_flight += 1
         self.active += 1
         CURRENT_OUTCOME.set(None)  # keep-alive requests share a task's context
-        group = self.router.group_label(chat.model)  # app-chosen names are not labels
+        # app-chosen names are not labels; a rule's group is the one the request is routed to
+        group = self.router.group_label(chat.model if decision is None or decision.group is None else decision.group)
         record = RequestRecord(request_id, group, stream=chat.stream)
         tracing = self.tracing
         spans = None if tracing is None else tracing.start_request(head.method, head.path, head.headers,
@@ -243,36 +312,90 @@ class Pipeline:
 
     # ---- the cache ---------------------------------------------------------------------------------
 
-    async def _lookup(self, chat: ChatRequest, headers: Mapping[str, str]) -> tuple[str | None, bytes | None]:
-        """(the key to store this request's answer under, or None; the cached answer's bytes, or None)."""
+    async def _lookup(self, chat: ChatRequest, headers: Mapping[str, str],
+                      decision: RuleDecision | None) -> tuple[str | None, bytes | None]:
+        """(the key to store this request's answer under, or None; the cached answer's bytes, or None). A
+        request a rule decided has answers of its own: those of its rule's deployments, no others."""
         assert self.cache is not None
         key, lookup = self.cache.key_for(chat, headers, self.generation)
+        if key is not None and decision is not None:
+            key = f"{key}:rule:{decision.rule}"
         if key is None or not lookup:
             return key, None
         return key, await self.cache.get(key)
 
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 
-    async def _shared_call(self, chat: ChatRequest, key: str,
-                           who: Principal | None) -> tuple[ChatResponse, Outcome]:
+    async def _replay(self, chat: ChatRequest, head: InboundHead, decision: RuleDecision | None,
+                      hit: bytes | None, sink: StreamSink, record: RequestRecord) -> Outcome | None:
+        """A stream replayed from the cache's answer, or from the semantic cache's (None: neither had one)."""
+        if hit is not None:
+            replayed = await cached.replay(hit, chat, sink)
+            if replayed is not None:
+                record.outcome, record.status = "cache_hit", 200
+                return replayed
+        if self._semantic_applies(chat, head, decision):
+            _, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]  # streams are not stored in it
+            replayed = None if found is None else await cached.replay(found[1], chat, sink, SEMANTIC_HIT)
+            if replayed is not None:
+                record.outcome, record.status = "semantic_hit", 200
+                return replayed
+        return None
+
+    def _semantic_applies(self, chat: ChatRequest, head: InboundHead, decision: RuleDecision | None) -> bool:
+        """The semantic cache is opt-in per group, and never serves a compliance-restricted request (its
+        entries may come from any tenant's deployments)."""
+        return (self.semantic is not None and (decision is None or not decision.restricted)
+                and self.semantic.applies(chat) and response_cache.directives(head.headers)[0])
+
+    def _check_budgets(self, chat: ChatRequest, head: InboundHead, record: RequestRecord) -> Principal | None:
+        """Who the request spends for; raises ``BudgetExceeded`` before any upstream call (memory only)."""
+        budgets = self.budgets
+        if budgets is None:
+            return None
+        who = principal(chat.body, head.headers) if budgets.scoped else None
+        budgets.check(record.group, who)
+        return who
+
+    async def _route_for(self, chat: ChatRequest, head: InboundHead, record: RequestRecord,
+                         decision: RuleDecision | None) -> tuple[ChatRequest, Route, IntentChoice | None]:
+        """The request as routed (intent routing may send it to another group) and how it is routed."""
+        session = None if self.affinity is None else self.session(chat, head.headers)
+        choice = None
+        if self.intents is not None and record.group in self.intents.settings:
+            chat, decision, choice = await self._intent(record.group, chat, decision)
+        cascade = None if self.cascades is None else self.cascades.get(record.group)
+        return chat, Route(record.group, decision, session, cascade), choice
+
+    async def _route(self, chat: ChatRequest, route: Route) -> tuple[ChatResponse, Outcome, float]:
+        """(the answer, what routing did, what a cascade's rejected answers cost)."""
+        if route.cascade is None:
+            response, outcome = await self.router.complete(chat, route.decision, route.session)
+            return response, outcome, 0.0
+        return await cascading.complete(self.router, chat, route.group, *route.cascade, route.decision,
+                                        route.session, self.prices)
+
+    async def _shared_call(self, chat: ChatRequest, key: str, who: Principal | None,
+                           route: Route) -> tuple[ChatResponse, Outcome, float]:
         """One whole-answer call on behalf of every request that joins it: stores and spends once."""
         try:
-            response, outcome = await self.router.complete(chat)
+            response, outcome, earlier = await self._route(chat, route)
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
             raise
         if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
             self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
-        self._spend_shared(chat, outcome, who)
-        return response, outcome
+        self._spend_shared(route.group, outcome, who, earlier)
+        return response, outcome, earlier
 
     async def _shared_stream(self, chat: ChatRequest, key: str, sink: cached.Recorder | StreamSink,
+                             decision: RuleDecision | None, session: str | None,
                              who: Principal | None = None) -> Outcome:
         """One streamed call into ``sink`` (a coalescing broadcast, or a recorder in front of the app's sink);
         the finished answer is stored as a whole one. Spends the budgets when shared (a broadcast)."""
         try:
-            outcome = await self.router.stream(chat, sink)
+            outcome = await self.router.stream(chat, sink, decision, session)
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
@@ -282,14 +405,16 @@ class Pipeline:
             if stored is not None:
                 self.cache.put(key, stored)  # type: ignore[union-attr]
         if not isinstance(sink, cached.Recorder):
-            self._spend_shared(chat, outcome, who)
+            group = self.router.group_label(chat.model if decision is None or decision.group is None
+                                            else decision.group)
+            self._spend_shared(group, outcome, who)
         return outcome
 
-    def _spend_shared(self, chat: ChatRequest, outcome: Outcome, who: Principal | None) -> None:
-        """The shared call's cost, against the budgets of the request that made it."""
+    def _spend_shared(self, group: str, outcome: Outcome, who: Principal | None, earlier: float = 0.0) -> None:
+        """The shared call's cost (with a cascade's rejected answers), against the budgets of the request that
+        made it."""
         if self.budgets is None:
             return
-        cost = request_cost(outcome.usage, self.prices.get(outcome.deployment or ""))
+        cost = (request_cost(outcome.usage, self.prices.get(outcome.deployment or "")) or 0.0) + earlier
         if cost:
-            group = self.router.group_label(chat.model)
             self.budgets.spend((group, outcome.fallback or group), cost, who)

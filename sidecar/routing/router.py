@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
@@ -30,12 +31,15 @@ from sidecar.core.errors import (
     AllRateLimited,
     ContextWindowExceeded,
     DeadlineExceeded,
+    InvalidRequest,
     NoHealthyUpstream,
     RateLimited,
+    RuleRefused,
     SidecarError,
     UpstreamError,
 )
 from sidecar.core.types import ChatRequest, ChatResponse, Usage
+from sidecar.policy.affinity import AffinityTable, Sticky
 from sidecar.policy.breaker import CircuitBreaker, Transition
 from sidecar.policy.limits import TokenBucket
 from sidecar.policy.plan import (
@@ -49,7 +53,9 @@ from sidecar.policy.plan import (
     panic_choice,
     rejection_fallbacks,
 )
+from sidecar.policy.quota import Quota, readings
 from sidecar.policy.retry import GiveUp, Retry, RetryPolicy
+from sidecar.policy.rules import RuleDecision, capability_skip, checks_capabilities, needs
 from sidecar.policy.stats import DeploymentStats
 from sidecar.policy.strategies import order, ranked
 from sidecar.providers import bind, http
@@ -67,6 +73,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.router")
 T = TypeVar("T")
+RATE_LIMIT_SKIPS = frozenset({"rpm_limit", "tpm_limit", "upstream_rpm", "upstream_tpm"})
+TOKEN_STRATEGIES = frozenset({"usage-based-routing", "least-tokens"})  # strategies that need token estimates
 PREFILL_PROVIDERS = frozenset({"anthropic", "sglang", "hosted_vllm", "ollama", "ollama_chat", "bedrock"})
 
 
@@ -84,11 +92,16 @@ class Router:
         self.clock = clock or asyncio.get_running_loop().time
         self.timeout = settings.timeout
         self.strategy = settings.routing_strategy
+        self.group_strategies = config.sidecar.group_strategies  # a group's own strategy over the router's
         self.retry_policy = RetryPolicy.from_settings(settings, config.sidecar.retry_after_cap_seconds)
         self.retry_after_cap = config.sidecar.retry_after_cap_seconds
         self.breaker_settings = config.sidecar.breaker
         self.stream_limits = StreamLimits(session, self.clock, self.ttft_limit, self.idle_limit,
-                                          config.sidecar.stream_stall, config.sidecar.limits)
+                                          config.sidecar.stream_stall, config.sidecar.limits, self.observe_quota)
+        self.quotas = False  # has any upstream reported its rate-limit quota? (then requests need estimates)
+        affinity = config.sidecar.affinity
+        self.affinity = None if affinity is None else AffinityTable(affinity.max_sessions, affinity.ttl_seconds)
+        self.affinity_groups = frozenset() if affinity is None else affinity.groups
         self.catch_all = CatchAllStore(config.sidecar.catch_all)
         previous = previous or {}
         self.targets: dict[str, tuple[Target, ...]] = {
@@ -102,9 +115,14 @@ class Router:
         self.hedging = config.sidecar.hedging
         # Token estimates cost a walk over the messages: only when some deployment has a tpm limit or a
         # context window to check, or usage-based routing needs them.
-        self.estimates = settings.routing_strategy == "usage-based-routing" or any(
+        strategies = {settings.routing_strategy, *config.sidecar.group_strategies.values(),
+                      *(r.strategy for r in config.sidecar.rules)}
+        self.estimates = bool(strategies & TOKEN_STRATEGIES) or any(
             d.tpm or d.model_info.max_input_tokens
             for d in (*config.deployments, *(t for w in config.wildcards for t in w.deployments)))
+        # The capability check costs a look at the request: only when some deployment says it cannot do something.
+        self.capabilities = checks_capabilities(
+            (*config.deployments, *(t for w in config.wildcards for t in w.deployments)))
 
     def _target(self, deployment: Deployment, previous: Target | None = None) -> Target:
         settings, breaker = self.config.router, self.config.sidecar.breaker
@@ -162,57 +180,82 @@ class Router:
 
     # ---- entry points ---------------------------------------------------------------------------
 
-    async def complete(self, request: ChatRequest) -> tuple[ChatResponse, Outcome]:
-        """A whole answer, from the first deployment that gives one (or the catch-all)."""
-        outcome = self._outcome(request)
+    async def complete(self, request: ChatRequest, decision: RuleDecision | None = None,
+                       session: str | None = None, *, catch_all: bool = True) -> tuple[ChatResponse, Outcome]:
+        """A whole answer, from the first deployment that gives one (or the catch-all). ``decision``: the
+        request rule that applies (``policy.rules``), whose tags no attempt of this request may leave;
+        ``session``: its affinity key; ``catch_all`` False: no stand-in answer, nothing remembered (shadows)."""
+        outcome = self._outcome(request, decision)
+        # A restricted request's remembered answers may come from deployments its rule excludes: none.
+        remembered = catch_all and (decision is None or not decision.restricted)
 
         async def attempt(target: Target, deadline: float) -> ChatResponse:
             return await self._call(target, request, deadline, outcome)
 
         try:
-            response = await self._route(request, outcome, attempt)
+            response = await self._route(request, outcome, attempt, None, decision, session)
         except (NoHealthyUpstream, AllRateLimited, DeadlineExceeded) as error:
-            fallback = self.catch_all.response(request)
+            fallback = self.catch_all.response(request, remembered=remembered) if catch_all else None
             if fallback is None:
                 raise
             outcome.catch_all, outcome.deployment = fallback[1], "catch-all"
             log.warning("every upstream failed (%s); answered from the catch-all", error.error_class)
             return fallback[0], outcome
         outcome.usage = response.usage
-        self.catch_all.remember(request, response)
+        if remembered:
+            self.catch_all.remember(request, response)
         return response, outcome
 
-    async def stream(self, request: ChatRequest, sink: StreamSink) -> Outcome:
+    async def stream(self, request: ChatRequest, sink: StreamSink, decision: RuleDecision | None = None,
+                     session: str | None = None) -> Outcome:
         """Stream an answer into ``sink``. Errors before the commit point are raised; after it, in-band."""
-        outcome = self._outcome(request)
+        outcome = self._outcome(request, decision)
+        remembered = decision is None or not decision.restricted
         stream = StreamAttempt(self.stream_limits, request, sink, outcome)
         try:
-            await self._route(request, outcome, stream.run, stream)
+            await self._route(request, outcome, stream.run, stream, decision, session)
         except SidecarError as error:
             if sink.started:
                 outcome.failed = True
                 await sink.fail(error)
                 return outcome
             if isinstance(error, NoHealthyUpstream | AllRateLimited | DeadlineExceeded):
-                fallback = self.catch_all.response(request)
+                fallback = self.catch_all.response(request, remembered=remembered)
                 if fallback is not None:
                     outcome.catch_all, outcome.deployment = fallback[1], "catch-all"
                     await stream.replay(fallback[0])
                     return outcome
             raise
-        self.catch_all.remember_text(request, stream.progress)
+        if remembered:
+            self.catch_all.remember_text(request, stream.progress)
         return outcome
 
-    def _outcome(self, request: ChatRequest) -> Outcome:
-        name = request.model
-        return Outcome(name if name in self.targets else self.names.resolve(name))
+    async def replay(self, request: ChatRequest, sink: StreamSink, response: ChatResponse, outcome: Outcome) -> None:
+        """Stream a whole answer the sidecar already has (a buffered cascade's) into ``sink``."""
+        await StreamAttempt(self.stream_limits, request, sink, outcome).replay(response)
+
+    def _outcome(self, request: ChatRequest, decision: RuleDecision | None = None) -> Outcome:
+        if decision is None:
+            name = request.model
+            return Outcome(name if name in self.targets else self.names.resolve(name))
+        name = request.model if decision.group is None else decision.group
+        outcome = Outcome(name if name in self.targets else self.names.resolve(name))
+        outcome.rule = decision.rule
+        outcome.trail.append(decision)
+        return outcome
 
     # ---- the attempt loop -----------------------------------------------------------------------
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
-                     attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None) -> T:
+                     attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None,
+                     decision: RuleDecision | None = None, session: str | None = None) -> T:
         walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
-        if self.estimates:
+        walk.decision = decision
+        if session is not None and (not self.affinity_groups or outcome.group in self.affinity_groups):
+            walk.session = session
+        if self.capabilities:
+            walk.needs = needs(request)
+        if self.estimates or self.quotas:
             outcome.estimate = (tokens.prompt_tokens(request), tokens.total_tokens(request))
             walk.needed = outcome.estimate[0]
         previous: str | None = None
@@ -235,7 +278,13 @@ class Router:
         """``group``'s deployments in strategy order until one answers; else ``FAILED``, and ``walk.pending``
         holds what comes next (a rejection's own fallbacks; nothing when time ran out)."""
         outcome = walk.outcome
-        candidates = self._ordered(group, outcome, self.clock())
+        decision = walk.decision
+        candidates = self._ordered(group, outcome, self.clock(), decision)
+        if (decision is not None and decision.restricted) or walk.needs is not None:
+            candidates = self._eligible(candidates, walk)
+        eligible = len(candidates)
+        if walk.session is not None and eligible > 1:
+            self._stick(group, candidates, walk)
         hedge = self.hedging.get(group)
         too_long = 0  # candidates whose context window the prompt does not fit
         while candidates:
@@ -261,7 +310,7 @@ class Router:
             if self.clock() >= walk.deadline:
                 walk.pending.clear()
                 return FAILED
-        if too_long and too_long == len(self.targets[group]):
+        if too_long and too_long == eligible:
             error = walk.rejected or ContextWindowExceeded(
                 f"the prompt is longer than every deployment's context window for '{group}'", param="messages")
             walk.pending = self._after_rejection(error, group, None, walk)
@@ -284,14 +333,57 @@ class Router:
             walk.outcome.answered_group = group
         return result
 
-    def _ordered(self, group: str, outcome: Outcome, now: float) -> deque[Target]:
+    def strategy_for(self, group: str, decision: RuleDecision | None = None) -> str:
+        """A rule's strategy, else the group's own (``sidecar_settings.group_strategies``), else the router's."""
+        if decision is not None and decision.strategy is not None:
+            return decision.strategy
+        return self.group_strategies.get(group, self.strategy) if self.group_strategies else self.strategy
+
+    def _ordered(self, group: str, outcome: Outcome, now: float, decision: RuleDecision | None = None) -> deque[Target]:
         """The group's deployments in strategy order; with tracing on, the order's reasons go on the trail."""
+        strategy = self.strategy
+        if decision is not None or self.group_strategies:
+            strategy = self.strategy_for(group, decision)
         if self.observer is None or not self.observer.recording():
-            return deque(order(self.strategy, self.targets[group], self.rng, now))
-        ranking = ranked(self.strategy, self.targets[group], self.rng, now)
-        outcome.trail.append(Ranking(group, self.strategy, tuple([
+            return deque(order(strategy, self.targets[group], self.rng, now))
+        ranking = ranked(strategy, self.targets[group], self.rng, now)
+        outcome.trail.append(Ranking(group, strategy, tuple([
             (t.deployment.id, tier, unhealthy, score) for t, tier, unhealthy, score in ranking])))
         return deque([r[0] for r in ranking])
+
+    def _eligible(self, candidates: deque[Target], walk: Walk) -> deque[Target]:
+        """The candidates the request's rule and the capability check allow; the others are skipped with the
+        reason (``rule:<name>`` or the missing capability) — before any call, and for every group walked."""
+        decision, need, kept = walk.decision, walk.needs, deque()
+        refused = walk.refused = walk.refused or []
+        for target in candidates:
+            if decision is not None and decision.restricted and not decision.allows(target.deployment):
+                reason = f"rule:{decision.rule}"
+            else:
+                reason = capability_skip(target.deployment, need) if need is not None else None
+            if reason is None:
+                kept.append(target)
+            else:
+                refused.append(reason)
+                self._skip(target, walk.outcome, reason)
+        walk.eligible += len(kept)
+        return kept
+
+    def _stick(self, group: str, candidates: deque[Target], walk: Walk) -> None:
+        """Session affinity: the session's deployment first, when it is a candidate and its breaker admits calls
+        (else the strategy's order stands, and whoever answers becomes the session's deployment)."""
+        assert self.affinity is not None and walk.session is not None
+        now = self.clock()
+        remembered = self.affinity.get(group, walk.session, now)
+        if remembered is None or candidates[0].deployment.id == remembered:
+            return
+        for target in candidates:
+            if target.deployment.id == remembered:
+                if target.breaker.ready_at(now) <= now:
+                    candidates.remove(target)
+                    candidates.appendleft(target)
+                    walk.outcome.trail.append(Sticky(remembered, group))
+                return
 
     def _admit(self, target: Target, walk: Walk) -> bool:
         return self._skip_reason(target, walk, self.clock()) is None
@@ -310,10 +402,15 @@ class Router:
         self._note(transition, outcome)
         if not allowed:
             return self._skip(target, outcome, "rate_limit_cooldown" if target.rate_limited else "breaker_open")
+        estimate = outcome.estimate
+        if target.quota is not None:  # the upstream's own remaining quota, from its rate-limit headers
+            spent = target.quota.admit(estimate[1] if estimate is not None else None, now)
+            if spent is not None:
+                target.breaker.release_probe()
+                return self._skip(target, outcome, spent)
         if target.rpm is not None and target.rpm.take(1, now) > 0:
             target.breaker.release_probe()
             return self._skip(target, outcome, "rpm_limit")
-        estimate = outcome.estimate
         if target.tpm is not None and estimate is not None and target.tpm.take(estimate[1], now) > 0:
             target.breaker.release_probe()
             return self._skip(target, outcome, "tpm_limit")
@@ -325,7 +422,7 @@ class Router:
         return reason
 
     def _passed_over(self, target: Target, group: str, reason: str, walk: Walk) -> None:
-        limited = target.rate_limited or reason in ("rpm_limit", "tpm_limit")
+        limited = target.rate_limited or reason in RATE_LIMIT_SKIPS
         walk.count(limited)
         if reason == "breaker_open" and not self.breaker_settings.refuses(group):
             walk.opened.append((target, group))
@@ -346,7 +443,8 @@ class Router:
             outcome.attempts += 1
             outcome.trail.append(Attempt(target.deployment.id, group, outcome.attempts, retries))
             started = self.clock()
-            target.stats.started(started)
+            load = outcome.estimate[1] if outcome.estimate is not None else 0  # tokens in flight (least-tokens)
+            target.stats.started(started, load)
             span = self.observer.attempt(target.deployment, outcome, retries) if self.observer else None
             try:
                 if target.pool is None:
@@ -358,7 +456,7 @@ class Router:
                 if span is not None:
                     span.failed(error)
                 now = self.clock()
-                target.stats.finished(now, now - started, ok=not error.counts_as_failure)
+                target.stats.finished(now, now - started, not error.counts_as_failure, None, load)
                 self._record_failure(target, error, outcome, now, panic)
                 decision = self.retry_policy.decide(error, retries, now, walk.deadline, self.rng,
                                                     has_alternative=self._has_alternative(others, now),
@@ -377,18 +475,20 @@ class Router:
             except BaseException as error:
                 if span is not None:
                     span.failed(error)
-                target.stats.finished(self.clock(), self.clock() - started, ok=True)
+                target.stats.finished(self.clock(), self.clock() - started, True, None, load)
                 if not panic:
                     target.breaker.release_probe()
                 raise
             if span is not None:
                 span.succeeded(result, outcome)
             now = self.clock()
-            target.stats.finished(now, now - started, ok=True, ttft=outcome.ttft)
+            target.stats.finished(now, now - started, True, outcome.ttft, load)
             self._count_tokens(target, getattr(result, "usage", None) or outcome.usage, outcome.estimate, now)
             target.rate_limited = False
             self._note(target.breaker.record_success(now), outcome)
             outcome.deployment = target.deployment.id
+            if walk.session is not None:
+                self.affinity.put(group, walk.session, target.deployment.id, now)  # type: ignore[union-attr]
             return result
 
     @staticmethod
@@ -440,6 +540,8 @@ class Router:
         return deque(groups)
 
     def _exhausted(self, group: str, walk: Walk) -> SidecarError:
+        if walk.refused and not walk.eligible:
+            return self._refused(group, walk)
         now = self.clock()
         if now >= walk.deadline:
             return DeadlineExceeded("the request ran out of time before an upstream answered")
@@ -447,7 +549,21 @@ class Router:
             soonest = min(t.breaker.ready_at(now) for g in self.plans[group] for t in self.targets[g])
             return AllRateLimited("every upstream for this model is rate limited; retry later",
                                   retry_after=max(1.0, soonest - now))
+        if walk.decision is not None and walk.decision.restricted:
+            return NoHealthyUpstream(f"no upstream that request rule '{walk.decision.rule}' allows could answer "
+                                     "the request; try again later")
         return NoHealthyUpstream("no upstream could answer the request; try again later")
+
+    @staticmethod
+    def _refused(group: str, walk: Walk) -> SidecarError:
+        """Every candidate was ruled out before a call: by the request's rule (403), or for capabilities the
+        request needs that no deployment has (400)."""
+        decision, refused = walk.decision, walk.refused or []
+        if decision is not None and f"rule:{decision.rule}" in refused:
+            return RuleRefused(f"request rule '{decision.rule}' ({decision.describe()}) allows no deployment of "
+                               f"model group '{group}' or its fallbacks")
+        missing = ", ".join(sorted(set(refused)))
+        return InvalidRequest(f"no deployment of model group '{group}' can serve this request ({missing})")
 
     # ---- one non-streaming call -----------------------------------------------------------------
 
@@ -461,7 +577,20 @@ class Router:
         answer = await http.send(self.session, call, attempt_deadline)
         if answer.status != 200:
             raise adapter.classify_error(answer.status, answer.headers, answer.body)
+        fields = answer.quota_fields()  # a 429 is the breaker's (Retry-After); a success says what is left
+        if fields is not None:
+            self.observe_quota(target, fields)
         return adapter.read_response(request, answer.body)
+
+    def observe_quota(self, target: Target, fields: Mapping[str, str]) -> None:
+        """An answer's rate-limit headers set the deployment's upstream quota (``policy.quota``)."""
+        requests, budget = readings(fields, time.time())
+        if requests is None and budget is None:
+            return
+        if target.quota is None:
+            target.quota = Quota()
+            self.quotas = True
+        target.quota.observe(requests, budget, self.clock())
 
     def ttft_limit(self, deployment: Deployment) -> float:
         """Time allowed to the first token of a stream: the deployment's, the router's, or a third of

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -56,6 +56,7 @@ class StreamLimits:
     idle: Callable[[Deployment], float]
     stall: StallSettings | None
     answer: LimitSettings = field(default_factory=LimitSettings)
+    quota: Callable[[Target, Mapping[str, str]], None] | None = None  # the router's reader of rate-limit headers
 
 
 class StreamAttempt:
@@ -107,6 +108,10 @@ class StreamAttempt:
                 if upstream.status != 200:
                     body = await upstream.read_body()
                     raise adapter.classify_error(upstream.status, upstream.headers, body)
+                if limits.quota is not None:
+                    fields = upstream.quota_fields()
+                    if fields is not None:
+                        limits.quota(target, fields)
                 reader = adapter.stream_reader(request)
                 until, phase = first_byte, "first_byte"
                 pace = StallDetector(limits.idle(deployment), limits.stall)

@@ -104,6 +104,23 @@ SCHEMAS: dict[str, Schema] = {
         "object": {"const": "list"},
         "data": {"type": "array", "items": obj(["id", "object"], {"id": {"type": "string"},
                                                                   "object": {"const": "model"}})}}),
+    "RouteDecision": obj(["model", "group", "rule", "plan", "groups", "choice"], {
+        "model": {"type": "string"}, "group": {"type": "string", "description": "the model group routed to"},
+        "rule": {"type": ["object", "null"], "description": "the request rule that matched (name, group, "
+                                                            "require_tags, exclude_tags, strategy)"},
+        "plan": {"type": "array", "items": {"type": "string"}, "description": "the group, then its fallbacks"},
+        "estimated_input_tokens": {"type": ["integer", "null"]},
+        "groups": {"type": "array", "items": obj(["group", "strategy", "candidates"], {
+            "group": {"type": "string"}, "strategy": {"type": "string"}, "hedging": {"type": "boolean"},
+            "candidates": {"type": "array", "items": obj(["deployment", "eligible", "skipped"], {
+                "deployment": {"type": "string"}, "order": {"type": ["number", "null"]},
+                "failing": {"type": "boolean"}, "score": {"type": ["number", "null"]},
+                "eligible": {"type": "boolean"}, "skipped": {"type": ["string", "null"]},
+                "session": {"type": "boolean", "description": "the request's session deployment (affinity)"}})}})},
+        "choice": {"type": ["string", "null"], "description": "where the first attempt would go now"},
+        "intent": {"type": "string", "description": "present for an intent group: not evaluated (no upstream call)"},
+        "cascade": {"type": "array", "items": {"type": "string"},
+                    "description": "for a cascade group: the groups tried when its answer fails the checks"}}),
     "Status": obj(["status"], {"status": {"type": "string"},
                                "model_groups": {"type": "array", "items": {"type": "string"}}}),
     "Error": obj(["error"], {"error": obj(["message", "type"], {
@@ -165,6 +182,8 @@ OPERATIONS = (
     Operation("GET", "/v1/models", "The configured model groups", answer="ModelList"),
     Operation("POST", "/v1/messages", "Anthropic Messages format in and out", "AnthropicMessagesRequest",
               "AnthropicMessageResponse", anthropic=True, stream=True),
+    Operation("POST", "/debug/route", "The routing decision for this body and these headers, without calling any "
+              "upstream (loopback clients only)", "ChatCompletionRequest", "RouteDecision"),
     Operation("GET", "/healthz", "The process is alive", answer="Status", guarded=False),
     Operation("GET", "/readyz", "Config loaded and every model group has a deployment that can be tried",
               answer="Status", guarded=False),

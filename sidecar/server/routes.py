@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.core.types import Endpoint
-from sidecar.server import handlers, health, messages, openapi, responses
+from sidecar.server import debug, handlers, health, messages, openapi, responses
 from sidecar.server.middleware import Handler, InboundKeys, guarded, method_not_allowed, not_found
 
 HEALTH = [
@@ -47,6 +47,7 @@ def api_routes(keys: InboundKeys | None = None) -> list[web.RouteDef]:
             ("POST", f"{prefix}/messages", messages.messages_handler),
             ("POST", f"{prefix}/responses", responses.responses_handler),
         ]
+    entries.append(("POST", "/debug/route", debug.debug_route))
     return [*health_routes(), *_table(entries, keys), catch_all(keys)]
 
 

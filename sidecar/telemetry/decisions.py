@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sidecar.policy.affinity import Sticky
 from sidecar.policy.breaker import Transition
+from sidecar.policy.cascade import CascadeStep
+from sidecar.policy.intent import IntentChoice
 from sidecar.policy.plan import Attempt, FallbackStep, Panic, Ranking, Skip
 from sidecar.policy.retry import Failover, GiveUp, Retry
 from sidecar.policy.ring import SPILL_REASONS, ReplicaChoice
+from sidecar.policy.rules import RuleDecision
 
 if TYPE_CHECKING:
     from sidecar.routing.outcome import Outcome
@@ -21,6 +25,8 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
     scores: list[str] = []
     skipped: list[str] = []
     fallbacks: list[str] = []
+    cascade: list[str] = []
+    intent: str | None = None
     rankings = []
     retries = 0
     replica: str | None = None
@@ -45,12 +51,17 @@ def route_span(outcome: Outcome) -> tuple[tuple[tuple[str, Any], ...], list[str]
             replica = f"{item.deployment}/{item.replica}"
         elif isinstance(item, FallbackStep):
             fallbacks.append(f"{item.from_group} -> {item.to_group}: {item.cause}")
+        elif isinstance(item, CascadeStep):
+            cascade.append(f"{item.group}: {item.reason}")
+        elif isinstance(item, IntentChoice):
+            intent = f"{item.chosen} ({item.reason})"
     labels = (("sidecar.model_group", outcome.group), ("sidecar.routing.candidates", tuple(candidates)),
               ("sidecar.routing.retries", retries), ("sidecar.routing.skipped", tuple(skipped) or None),
               ("sidecar.routing.fallbacks", tuple(fallbacks) or None), ("sidecar.routing.chosen", outcome.deployment),
               ("sidecar.routing.answered_group", outcome.answered_group),
               ("sidecar.routing.catch_all", outcome.catch_all), ("sidecar.routing.panic", outcome.panic),
-              ("sidecar.request.dropped_params", outcome.dropped))
+              ("sidecar.request.dropped_params", outcome.dropped), ("sidecar.routing.rule", outcome.rule),
+              ("sidecar.routing.cascade", tuple(cascade) or None), ("sidecar.routing.intent", intent))
     if replica is not None or spill:  # a shared SGLang pool was met: which replica, or why it was passed
         labels = (*labels, ("sidecar.sglang.replica", replica), ("sidecar.sglang.spill_over", tuple(spill) or None))
     return labels, scores, rankings
@@ -65,6 +76,19 @@ def event(item: object) -> tuple[str, dict[str, Any]]:
     """One trail item as an event: its name and attributes (a Ranking's scores are ``route_span``'s)."""
     if isinstance(item, Ranking):
         return "ranking", {"sidecar.model_group": item.group, "sidecar.routing.strategy": item.strategy}
+    if isinstance(item, RuleDecision):
+        return "rule", {"sidecar.routing.rule": item.rule, "sidecar.rule.group": item.group,
+                        "sidecar.rule.require_tags": tuple(sorted(item.require)) or None,
+                        "sidecar.rule.exclude_tags": tuple(sorted(item.exclude)) or None,
+                        "sidecar.rule.strategy": item.strategy}
+    if isinstance(item, IntentChoice):
+        return "intent", {"sidecar.model_group": item.group, "sidecar.intent.chosen": item.chosen,
+                          "sidecar.reason": item.reason, "sidecar.intent.score": item.score}
+    if isinstance(item, CascadeStep):
+        return "cascade_escalated", {"sidecar.model_group": item.group, "sidecar.deployment": item.deployment,
+                                     "sidecar.reason": item.reason}
+    if isinstance(item, Sticky):
+        return "affinity", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group}
     if isinstance(item, Attempt):
         return "attempt", {"sidecar.deployment": item.deployment, "sidecar.model_group": item.group,
                            "sidecar.attempt": item.number, "sidecar.retry": item.retry}

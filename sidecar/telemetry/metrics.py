@@ -68,6 +68,11 @@ class RequestMetrics:
         self.duration = Histogram()
         self.ttft = Histogram()
         self.in_flight = 0
+        # shadow traffic (routing.shadow), apart from the app's requests: (group, shadow group, deployment, outcome)
+        self.shadow: Counter[tuple[str, str, str, str]] = Counter()
+        self.shadow_duration = Histogram()  # (group, shadow group, outcome)
+        self.shadow_tokens: Counter[tuple[str, str, str]] = Counter()  # (shadow group, deployment, direction)
+        self.shadow_cost: Counter[tuple[str, str]] = Counter()  # (shadow group, deployment)
         self.exporter: Exporter | None = None  # OTLP export of the same series, when configured
 
 
@@ -112,6 +117,15 @@ class RequestMetrics:
                  ("model_group", "deployment", "direction"), self.tokens)
         _counter(lines, "llm_sidecar_cost_usd_total", "Spend in USD from model_info prices (deployments with prices).",
                  ("model_group", "deployment"), self.cost)
+        _counter(lines, "llm_sidecar_shadow_requests_total",
+                 "Shadow copies of requests, by model group, shadow group, deployment and outcome (success, an "
+                 "error class, dropped).", ("model_group", "shadow_group", "deployment", "outcome"), self.shadow)
+        _counter(lines, "llm_sidecar_shadow_tokens_total", "Tokens billed for shadow copies, by direction.",
+                 ("shadow_group", "deployment", "direction"), self.shadow_tokens)
+        _counter(lines, "llm_sidecar_shadow_cost_usd_total", "Spend in USD on shadow copies (not in any budget).",
+                 ("shadow_group", "deployment"), self.shadow_cost)
+        _histogram(lines, "llm_sidecar_shadow_duration_seconds", "Time a shadow copy took, by outcome.",
+                   ("model_group", "shadow_group", "outcome"), self.shadow_duration)
         _histogram(lines, "llm_sidecar_request_duration_seconds", "Time from request to complete answer.",
                    ("model_group", "deployment", "outcome"), self.duration)
         _histogram(lines, "llm_sidecar_time_to_first_token_seconds",
@@ -130,7 +144,8 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 
 def _counter(lines: list[str], name: str, help_text: str, names: tuple[str, ...],
-             values: Counter[tuple[str, str]] | Counter[tuple[str, str, str]]) -> None:
+             values: Counter[tuple[str, str]] | Counter[tuple[str, str, str]] | Counter[tuple[str, str, str, str]],
+             ) -> None:
     lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
     for key, n in sorted(values.items()):
         lines.append(f"{name}{{{_labels(names, key)}}} {n}")

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hashlib
 import random
-import re
 import time
 from dataclasses import asdict, fields
 from typing import Any
@@ -33,6 +32,7 @@ from sidecar.testing.faults import (
     answer_pieces,
     common_faults,
     json_response,
+    quota_headers,
     sleep_watching,
     stream_events,
 )
@@ -45,6 +45,7 @@ def create_fake_app(faults: Faults | None = None, name: str = "fake") -> web.App
     app[STATS_KEY] = Stats()
     app["name"] = name
     app["rng"] = random.Random(app[FAULTS_KEY].seed)
+    app.on_response_prepare.append(quota_headers)
     app.add_routes([
         web.post("/v1/chat/completions", _chat),
         web.post("/v1/completions", _completions),
@@ -114,6 +115,8 @@ async def _answer(request: web.Request, kind: str) -> web.StreamResponse:
                  "function": {"name": tool, "arguments": faults.tool_arguments or TOOL_ARGUMENTS}}]})
     if faults.reasoning and kind == "chat":
         answer["choices"][0]["message"]["reasoning_content"] = faults.reasoning
+    if faults.finish_reason is not None:
+        answer["choices"][0]["finish_reason"] = faults.finish_reason
     request.app[STATS_KEY].completed += 1
     return json_response(answer)
 
@@ -202,8 +205,10 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
     body = request.app[STATS_KEY].last_body
     inputs = body.get("input") if isinstance(body, dict) else None
     items = inputs if isinstance(inputs, list) else [inputs]
-    vector = _words_vector if str(body.get("model", "")).startswith("bow") else _vector
-    data = [{"object": "embedding", "index": i, "embedding": vector(str(item))} for i, item in enumerate(items)]
+    # a bag of words (paraphrases land near each other) for models named bow… or with the fault set
+    words = request.app[FAULTS_KEY].embedding_model == "words" or str(body.get("model", "")).startswith("bow")
+    embed = _words if words else _vector
+    data = [{"object": "embedding", "index": i, "embedding": embed(str(item))} for i, item in enumerate(items)]
     tokens = sum(len(str(item).split()) for item in items)
     request.app[STATS_KEY].completed += 1
     return json_response({"object": "list", "data": data, "model": body.get("model"),
@@ -249,13 +254,19 @@ def _chunk(kind: str, model: str, delta: dict[str, Any], finish: str | None) -> 
             "choices": [choice]}
 
 
-def _words_vector(text: str) -> list[float]:
-    """A deterministic stand-in for a semantic embedding (models named ``bow…``): a bag of words hashed into
-    64 dimensions, so texts sharing most of their words — paraphrases — are close in cosine similarity."""
-    vector = [0.0] * 64
-    for word in re.findall(r"[a-z0-9]+", text.lower()):
-        digest = hashlib.sha256(word.encode()).digest()
-        vector[digest[0] % 64] += 1.0 if digest[1] & 1 else -1.0
+STOPWORDS = frozenset({"the", "a", "an", "to", "of", "my", "me", "i", "is", "it", "and", "or", "for", "in", "on",
+                       "can", "you", "please", "how", "do", "what", "with", "your", "our", "are", "be", "this"})
+
+
+def _words(text: str) -> list[float]:
+    """A deterministic bag-of-words embedding: each word (lower-case, stop words out, a plural's s dropped)
+    adds one to the dimension its sha256 picks."""
+    vector = [0.0] * 256
+    for word in "".join(c if c.isalnum() else " " for c in text.lower()).split():
+        if word in STOPWORDS:
+            continue
+        word = word[:-1] if len(word) > 3 and word.endswith("s") else word
+        vector[hashlib.sha256(word.encode()).digest()[0]] += 1.0
     return vector
 
 

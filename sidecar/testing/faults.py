@@ -8,6 +8,7 @@ here, never from each other. Never imported by runtime modules.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -52,6 +53,14 @@ class Faults:
     tool_call: str | None = None  # OpenAI: the tool to call (None: the first one offered; "": never call one)
     tool_arguments: str | None = None  # OpenAI: that call's arguments (JSON text; None: {"city":"Oslo"})
     reasoning: str = ""  # OpenAI: reasoning_content sent before the answer (as SGLang/vLLM/DeepSeek do)
+    # An OpenAI-style request quota: this many requests per ``quota_window`` seconds, refilled continuously; every
+    # answer says what is left (x-ratelimit-limit/remaining/reset-requests), and a request past it gets a 429.
+    quota_requests: int | None = None
+    finish_reason: str | None = None  # a whole chat answer's finish_reason instead of "stop" (e.g. "length")
+    # embeddings: "digest" (8 numbers from the text's sha256) or "words" (a deterministic bag of words: 256
+    # dimensions, each word hashed to one; texts sharing words are near, so paraphrases land together)
+    embedding_model: str = "digest"
+    quota_window: float = 60.0
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -109,7 +118,38 @@ async def common_faults(request: web.Request, *,
         stats.errors_injected += 1
         await asyncio.sleep(faults.latency)
         return (injected or _injected_error)(faults, stats)
+    if faults.quota_requests is not None and not _take_quota(request, faults):
+        return error_response(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", stats)
     return None
+
+
+QUOTA_KEY = "quota"  # app[...]: [level, last update (monotonic)] of the request quota, None until first used
+
+
+def _take_quota(request: web.Request, faults: Faults) -> bool:
+    """Charge one request to the quota bucket (False: empty); the answer's rate-limit headers go on the request
+    for ``quota_headers`` to add."""
+    limit, window = faults.quota_requests or 0, faults.quota_window
+    rate, now = limit / window, time.monotonic()
+    state = request.app.get(QUOTA_KEY)
+    if state is None or state[2] != (limit, window):
+        state = request.app[QUOTA_KEY] = [float(limit), now, (limit, window)]
+    state[0], state[1] = min(float(limit), state[0] + (now - state[1]) * rate), now
+    granted = state[0] >= 1
+    if granted:
+        state[0] -= 1
+    full_in = math.ceil((limit - state[0]) / rate * 1000) if rate else 0  # ms, rounded up
+    request["quota_headers"] = {"x-ratelimit-limit-requests": str(limit),
+                                "x-ratelimit-remaining-requests": str(math.floor(state[0])),
+                                "x-ratelimit-reset-requests": f"{full_in}ms"}
+    return granted
+
+
+async def quota_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the quota's headers on every answer to a request that was charged to it."""
+    headers = request.get("quota_headers")
+    if headers:
+        response.headers.update(headers)
 
 
 

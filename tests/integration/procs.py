@@ -67,7 +67,8 @@ class FakeProvider:
                  ttft=0.0, chunk_delay=0.0, hang=False, reset=False, drop_after=None, stall_after=None,
                  malformed=False, malformed_event_at=None, no_done=False, chunks=5, text="",
                  require_key=None, reject_prefill=False, stream_exception=None, tool_call=None,
-                 tool_arguments=None, reasoning="")
+                 tool_arguments=None, reasoning="", quota_requests=None, finish_reason=None,
+                 embedding_model="digest")
         requests.post(f"{self.url}/_control/reset").raise_for_status()
 
     def stats(self) -> dict[str, Any]:

@@ -200,3 +200,33 @@ def test_cost_based_with_only_one_price_known() -> None:
     out = order("cost-based-routing", [cand("pricey", price=1e-5), Candidate(d, DeploymentStats())],
                 random.Random(0))
     assert ids(out) == ["in-only", "pricey"]
+
+
+def test_least_tokens_counts_tokens_not_requests() -> None:
+    """One huge request in flight weighs more than three small ones (least-busy would pick the other way)."""
+    big, small = DeploymentStats(), DeploymentStats()
+    big.started(0.0, tokens=60_000)
+    for _ in range(3):
+        small.started(0.0, tokens=500)
+    candidates = [cand("big", stats=big), cand("small", stats=small)]
+    rng = random.Random(1)
+    assert [c.deployment.id for c in order("least-tokens", candidates, rng, 0.0)] == ["small", "big"]
+    assert [c.deployment.id for c in order("least-busy", candidates, rng, 0.0)] == ["big", "small"]
+    big.finished(1.0, 1.0, ok=True, tokens=60_000)  # the big one is done: its deployment is now the idle one
+    assert big.tokens_in_flight == 0 and small.tokens_in_flight == 1500
+    assert [c.deployment.id for c in order("least-tokens", candidates, rng, 1.0)] == ["big", "small"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(1, 100_000), min_size=1, max_size=40), seed=st.integers(0, 1000))
+def test_least_tokens_sends_each_request_to_the_lightest_load(sizes: list[int], seed: int) -> None:
+    """Mixed request sizes, none finishing: each goes where the fewest tokens are in flight, so the loads never
+    differ by more than the largest request."""
+    candidates = [cand(f"d{i}") for i in range(3)]
+    rng = random.Random(seed)
+    for size in sizes:
+        first = order("least-tokens", candidates, rng, 0.0)[0]
+        assert first.stats.tokens_in_flight == min(c.stats.tokens_in_flight for c in candidates)
+        first.stats.started(0.0, tokens=size)
+    loads = [c.stats.tokens_in_flight for c in candidates]
+    assert max(loads) - min(loads) <= max(sizes)
