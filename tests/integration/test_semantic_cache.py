@@ -18,11 +18,13 @@ from tests.integration.procs import APP_KEY, FakeProvider, Sidecar, deployment
 
 @pytest.fixture(scope="module")
 def sidecar(workdir: Path, primary: FakeProvider, backup: FakeProvider) -> Iterator[Sidecar]:
-    config = {"model_list": [deployment("chat", primary), deployment("plain", primary),
-                             deployment("embed", backup, model="openai/bow-embed")],
+    config = {"model_list": [{**deployment("chat", primary), "model_info": {"tags": ["eu"]}},
+                             deployment("plain", primary), deployment("embed", backup, model="openai/bow-embed")],
               "router_settings": {"timeout": 10, "num_retries": 0},
               "sidecar_settings": {"semantic_cache": {"embedding_model": "embed", "groups": ["chat"],
-                                                      "threshold": 0.8, "timeout_ms": 300}}}
+                                                      "threshold": 0.8, "timeout_ms": 300},
+                                   "rules": [{"name": "eu-data", "when": {"headers": {"x-sidecar-region": "eu"}},
+                                              "require_tags": ["eu"]}]}}
     process = Sidecar(config, workdir, "semantic")
     yield process
     process.stop()
@@ -65,6 +67,19 @@ def test_sampled_requests_other_groups_and_other_parameters_never_hit(sidecar: S
     assert "x-sidecar-cache" not in ask(sidecar, "Name a green vegetable please", temperature=0,
                                         max_tokens=7).headers
     assert primary.stats()["requests"] == 4
+
+
+def test_a_compliance_restricted_request_is_never_answered_from_the_semantic_cache(
+        sidecar: Sidecar, primary: FakeProvider) -> None:
+    """Its entries may come from any deployment of the group (another tenant's answers): a request a rule
+    restricts to tagged deployments skips it, as it skips the catch-all's remembered answers."""
+    ask(sidecar, "Which river runs through the city of Vienna?", temperature=0)
+    calls = primary.stats()["requests"]
+    assert ask(sidecar, "which river runs through the city of vienna",
+               temperature=0).headers["x-sidecar-cache"] == "semantic-hit"
+    restricted = ask(sidecar, "which river runs through the city of vienna", temperature=0,
+                     extra_headers={"x-sidecar-region": "eu"})
+    assert "x-sidecar-cache" not in restricted.headers and primary.stats()["requests"] == calls + 1
 
 
 def test_slow_embeddings_are_a_plain_miss_within_the_time_budget(sidecar: Sidecar, primary: FakeProvider,
