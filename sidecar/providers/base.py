@@ -63,6 +63,30 @@ class Adapter(Protocol):
     def refresh_credentials(self) -> None: ...
 
 
+class WrappingAdapter:
+    """Base of adapters that change how ``inner`` prepares a call (parameters, the replica it goes to) and
+    leave reading the answer to it."""
+
+    def __init__(self, inner: Adapter) -> None:
+        self.inner = inner
+        self.deployment: Deployment = inner.deployment
+
+    def prepare(self, request: ChatRequest) -> UpstreamCall:
+        return self.inner.prepare(request)
+
+    def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
+        return self.inner.read_response(request, body)
+
+    def stream_reader(self, request: ChatRequest) -> StreamReader:
+        return self.inner.stream_reader(request)
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+        return self.inner.classify_error(status, headers, body)
+
+    def refresh_credentials(self) -> None:
+        self.inner.refresh_credentials()
+
+
 class StreamTranslator(Protocol):
     """What a formats/ stream translator exposes about its progress."""
 

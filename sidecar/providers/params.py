@@ -9,24 +9,22 @@ to its adapter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 
-from sidecar.config import Deployment, RequestParams
-from sidecar.core.errors import InvalidRequest, UpstreamError
-from sidecar.core.types import ChatRequest, ChatResponse
+from sidecar.config import RequestParams
+from sidecar.core.errors import InvalidRequest
+from sidecar.core.types import ChatRequest
 from sidecar.formats import params as fields
-from sidecar.providers.base import Adapter, StreamReader, UpstreamCall
+from sidecar.providers.base import Adapter, UpstreamCall, WrappingAdapter
 
 MAX_DROPS = 16  # a request has few top-level fields; a translator that keeps refusing is not looped on
 
 
-class ParamsAdapter:
+class ParamsAdapter(WrappingAdapter):
     """``inner`` with ``params`` applied to each request it prepares."""
 
     def __init__(self, inner: Adapter, params: RequestParams) -> None:
-        self.inner = inner
-        self.deployment: Deployment = inner.deployment
+        super().__init__(inner)
         self.defaults = params.defaults
         self.drop = params.drop
         self.drop_unsupported = params.drop_unsupported
@@ -49,15 +47,3 @@ class ParamsAdapter:
                 request = fields.without(request, frozenset({error.param}))  # type: ignore[arg-type]
                 continue
             return replace(call, dropped=call.dropped + tuple(dropped)) if dropped else call
-
-    def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
-        return self.inner.read_response(request, body)
-
-    def stream_reader(self, request: ChatRequest) -> StreamReader:
-        return self.inner.stream_reader(request)
-
-    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
-        return self.inner.classify_error(status, headers, body)
-
-    def refresh_credentials(self) -> None:
-        self.inner.refresh_credentials()

@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 from sidecar.config import Deployment
 from sidecar.config.replicas import ReplicaSettings
 from sidecar.core.errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
-from sidecar.core.types import ChatRequest, ChatResponse, Usage
+from sidecar.core.types import ChatRequest, Usage
 from sidecar.formats.sglang import Load
 from sidecar.policy.ring import ReplicaChoice, Ring, RingChoice, build_ring, choose, least_loaded, prefix_key
-from sidecar.providers.base import Adapter, StreamReader, UpstreamCall
+from sidecar.providers.base import Adapter, UpstreamCall, WrappingAdapter
 
 T = TypeVar("T")
 QUEUE_FULL = "queue is full"
@@ -202,13 +202,12 @@ class ReplicaPool:
             error.counts_as_failure = False  # one full replica is not a failing deployment
 
 
-class SGLangAdapter:
+class SGLangAdapter(WrappingAdapter):
     """The OpenAI-compatible adapter of an ``sglang/`` deployment, sending each call to the leased replica."""
 
     def __init__(self, inner: Adapter, pool: ReplicaPool) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pool = pool
-        self.deployment = inner.deployment
         self.base = inner.deployment.api_base
 
     def prepare(self, request: ChatRequest) -> UpstreamCall:
@@ -217,22 +216,9 @@ class SGLangAdapter:
         url = replica.url + call.url[len(self.base):] if call.url.startswith(self.base) else call.url
         return UpstreamCall(url, call.headers, call.body, call.proxy, call.dropped)
 
-    def read_response(self, request: ChatRequest, body: bytes) -> ChatResponse:
-        return self.inner.read_response(request, body)
-
-    def stream_reader(self, request: ChatRequest) -> StreamReader:
-        return self.inner.stream_reader(request)
-
-    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
-        return self.inner.classify_error(status, headers, body)
-
-    def refresh_credentials(self) -> None:
-        self.inner.refresh_credentials()
 
 
 def usage_of(result: object) -> Usage | None:
     """The usage an attempt's result carries (an answer's; a stream's progress has its reader's)."""
     usage = getattr(result, "usage", None)
     return usage if isinstance(usage, Usage) else None
-
-
