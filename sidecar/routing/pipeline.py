@@ -115,6 +115,8 @@ class Pipeline:
         self.shadows = Shadows(shadow, router, metrics, tracing, self.prices) if shadow else None
         intent = router.config.sidecar.intent
         self.intents = Intents(intent, router) if intent else None
+        # no affinity, intent routing or cascade: the request goes to the router as it is (no per-request step)
+        self.plain_routing = self.affinity is None and self.intents is None and self.cascades is None
         if self.intents is not None:
             # the examples' embeddings, in the background; with no event loop yet, on first use
             with contextlib.suppress(RuntimeError):
@@ -163,14 +165,15 @@ class Pipeline:
                 data = {} if chat.wire is WireFormat.OPENAI else cached.loads(hit)  # other dialects translate it
                 return Answer(ChatResponse(data, raw=hit), None, cache=response_cache.HIT)
             place = None
-            if self._semantic_applies(chat, head, decision):
+            if self.semantic is not None and self._semantic_applies(chat, head, decision):
                 place, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]
                 if found is not None:
                     record.outcome, record.status = "semantic_hit", 200
                     data = {} if chat.wire is WireFormat.OPENAI else cached.loads(found[1])
                     return Answer(ChatResponse(data, raw=found[1]), None, cache=SEMANTIC_HIT, similarity=found[0])
-            who = self._check_budgets(chat, head, record)
-            chat, route, choice = await self._route_for(chat, head, record, decision)
+            who = None if self.budgets is None else self._check_budgets(chat, head, record)
+            chat, route, choice = ((chat, Route(record.group, decision, None, None), None) if self.plain_routing
+                                   else await self._route_for(chat, head, record, decision))
             if key is not None and self.coalescer is not None:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
@@ -216,8 +219,9 @@ class Pipeline:
             replayed = await self._replay(chat, head, decision, hit, sink, record)
             if replayed is not None:
                 return replayed
-            who = self._check_budgets(chat, head, record)
-            chat, route, choice = await self._route_for(chat, head, record, decision)
+            who = None if self.budgets is None else self._check_budgets(chat, head, record)
+            chat, route, choice = ((chat, Route(record.group, decision, None, None), None) if self.plain_routing
+                                   else await self._route_for(chat, head, record, decision))
             decision, session = route.decision, route.session
             if route.cascade is not None and route.cascade[0].buffer_streams:  # whole answers checked, one streamed
                 response, outcome, earlier = await self._route(cascading.whole(chat), route)
@@ -334,7 +338,7 @@ class Pipeline:
             if replayed is not None:
                 record.outcome, record.status = "cache_hit", 200
                 return replayed
-        if self._semantic_applies(chat, head, decision):
+        if self.semantic is not None and self._semantic_applies(chat, head, decision):
             _, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]  # streams are not stored in it
             replayed = None if found is None else await cached.replay(found[1], chat, sink, SEMANTIC_HIT)
             if replayed is not None:
