@@ -71,8 +71,11 @@ def test_two_sidecars_share_a_fleet_rpm_and_survive_redis_going_away(
         assert leases <= 1000 / 10  # batches, not a Redis call per request
 
         server.stop()  # Redis goes away mid-run: each pod's share (300 a minute) decides, no request fails
-        results = asyncio.run(burst(sidecars, 100))
-        assert not [r for r in results if isinstance(r, Exception)]
+        for _ in range(5):  # a pod that still holds leased capacity asks Redis (and falls back) only once it ran low
+            results = asyncio.run(burst(sidecars, 100))
+            assert not [r for r in results if isinstance(r, Exception)]
+            if all(metric(s, "llm_sidecar_fleet_fallbacks_total") >= 1 for s in sidecars):
+                break
         assert all(metric(s, "llm_sidecar_fleet_fallbacks_total") >= 1 for s in sidecars)
 
         server = RedisServer(workdir, "redis-fleet-back", port=server.port)  # back where the pods expect it
