@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import requests
 import yaml
 
@@ -107,6 +108,16 @@ class Sidecar:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def request_log(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The request's log line (written just after its answer), parsed; waits up to ``timeout`` for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.logs().splitlines():
+                if request_id in line and '"sidecar.request"' in line:
+                    return orjson.loads(line)  # type: ignore[no-any-return]
+            time.sleep(0.1)
+        raise AssertionError(f"no log line for {request_id}")
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 
 from tests.integration.egress_servers import RawServer, completion, event, wants_stream
@@ -140,14 +139,6 @@ def _client(sidecar: Sidecar) -> openai.OpenAI:
     return openai.OpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=40)
 
 
-def _log_line(sidecar: Sidecar, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for line in sidecar.logs().splitlines():
-            if request_id in line and '"sidecar.request"' in line:
-                return orjson.loads(line)  # type: ignore[no-any-return]
-        time.sleep(0.1)
-    raise AssertionError(f"no log line for {request_id}")
 
 
 def test_a_dead_first_address_is_not_waited_on(egress: Sidecar) -> None:
@@ -169,7 +160,7 @@ def test_a_request_the_upstream_took_is_not_sent_again(egress: Sidecar, servers:
     assert failure.value.status_code == 503
     assert len(servers["restarting"].requests) == 2  # the second request reached the upstream exactly once
     assert failure.value.response.headers["x-sidecar-attempts"] == "1"
-    line = _log_line(egress, failure.value.response.headers["x-request-id"])
+    line = egress.request_log(failure.value.response.headers["x-request-id"])
     assert line["failures"] == [{"deployment": "restarting", "error": "connection", "cause": "closed"}]
 
 
@@ -192,5 +183,5 @@ def test_malformed_answers_fail_at_once(egress: Sidecar, kind: bytes) -> None:
         _client(egress).chat.completions.create(model="malformed",
                                                 messages=[{"role": "user", "content": kind.decode()}])
     assert failure.value.status_code == 503 and time.monotonic() - started < 10
-    line = _log_line(egress, failure.value.response.headers["x-request-id"])
+    line = egress.request_log(failure.value.response.headers["x-request-id"])
     assert line["failures"] == [{"deployment": "malformed", "error": "server_error", "cause": "bad_response"}]

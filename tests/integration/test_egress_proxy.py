@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 import requests
 
@@ -100,14 +98,6 @@ def _client(sidecar: Sidecar) -> openai.OpenAI:
     return openai.OpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=30)
 
 
-def _log_lines(sidecar: Sidecar, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for line in sidecar.logs().splitlines():
-            if request_id in line and '"sidecar.request"' in line:
-                return orjson.loads(line)  # type: ignore[no-any-return]
-        time.sleep(0.1)
-    raise AssertionError(f"no log line for {request_id}")
 
 
 def test_https_upstream_through_a_connect_tunnel(proxied: Sidecar, proxy: Tinyproxy, tls_upstream: RawServer) -> None:
@@ -149,7 +139,7 @@ def test_proxy_failures_have_their_own_cause(proxied: Sidecar, otlp: Receiver) -
         text = failure.value.response.text
         assert failure.value.status_code == 503 and PASSWORD not in text and "127.0.0.1" not in text
         request_id = failure.value.response.headers["x-request-id"]
-        causes[model] = _log_lines(proxied, request_id)["failures"]
+        causes[model] = proxied.request_log(request_id)["failures"]
         [client_span] = [s for s in otlp.trace(request_id) if s.kind == 3]  # the attempt's CLIENT span
         assert client_span.attributes["sidecar.error.cause"] == causes[model][0]["cause"]
     assert causes == {
