@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,17 @@ class RedisServer:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+@contextlib.contextmanager
+def fake_providers(workdir: Path, *names: str) -> Iterator[dict[str, FakeProvider]]:
+    """Fake providers by name, stopped on the way out (a test module's ``fakes`` fixture)."""
+    started = {name: FakeProvider(name, workdir) for name in names}
+    try:
+        yield started
+    finally:
+        for fake in started.values():
+            fake.stop()
 
 
 def deployment(group: str, provider: FakeProvider, **params: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from sidecar.testing import fake_aws
-from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar
+from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar, fake_providers
 
 CLAUDE = "bedrock/us.anthropic.claude-3-7-sonnet-20250219-v1:0"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -44,10 +44,8 @@ def openai_entry(group: str, fake: FakeProvider, **params: Any) -> dict[str, Any
 
 @pytest.fixture(scope="module")
 def fakes(workdir: Path) -> Iterator[dict[str, FakeProvider]]:
-    started = {name: FakeProvider(name, workdir) for name in ("bed", "oai")}
-    yield started
-    for fake in started.values():
-        fake.stop()
+    with fake_providers(workdir, "bed", "oai") as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import requests
 
-from tests.integration.procs import PROVIDER_KEY, ROOT, FakeProvider, Sidecar
+from tests.integration.procs import PROVIDER_KEY, ROOT, FakeProvider, Sidecar, fake_providers
 
 pytestmark = pytest.mark.slow
 
@@ -66,10 +66,8 @@ def claude() -> Path:
 
 @pytest.fixture(scope="module")
 def fakes(workdir: Path) -> Iterator[dict[str, FakeProvider]]:
-    started = {name: FakeProvider(name, workdir) for name in ("cc-anthropic", "cc-openai")}
-    yield started
-    for fake in started.values():
-        fake.stop()
+    with fake_providers(workdir, "cc-anthropic", "cc-openai") as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from sidecar.testing import fake_aws
-from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar
+from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar, fake_providers
 
 BETAS = ("claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
          "advanced-tool-use-2025-11-20,effort-2025-11-24")
@@ -48,10 +48,8 @@ def claude_code_body(**changes: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fakes(workdir: Path) -> Iterator[dict[str, FakeProvider]]:
-    started = {name: FakeProvider(name, workdir) for name in ("ccclaude", "ccoai", "ccbed")}
-    yield started
-    for fake in started.values():
-        fake.stop()
+    with fake_providers(workdir, "ccclaude", "ccoai", "ccbed") as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)

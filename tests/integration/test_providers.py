@@ -16,7 +16,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar
+from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar, fake_providers
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
@@ -44,10 +44,8 @@ def service_account(path: Path, token_uri: str) -> Path:
 
 @pytest.fixture(scope="module")
 def fakes(workdir: Path) -> Iterator[dict[str, FakeProvider]]:
-    started = {name: FakeProvider(name, workdir) for name in ("claude", "gem", "oai")}
-    yield started
-    for fake in started.values():
-        fake.stop()
+    with fake_providers(workdir, "claude", "gem", "oai") as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)

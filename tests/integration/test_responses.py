@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from sidecar.testing import fake_aws
-from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar
+from tests.integration.procs import APP_KEY, PROVIDER_KEY, FakeProvider, Sidecar, fake_providers
 
 WEATHER = [{"type": "function", "name": "get_weather", "description": "Weather for a city", "strict": True,
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -35,10 +35,8 @@ def entry(group: str, model: str, api_base: str, **params: Any) -> dict[str, Any
 
 @pytest.fixture(scope="module")
 def fakes(workdir: Path) -> Iterator[dict[str, FakeProvider]]:
-    started = {name: FakeProvider(name, workdir) for name in ("oai", "claude", "bed")}
-    yield started
-    for fake in started.values():
-        fake.stop()
+    with fake_providers(workdir, "oai", "claude", "bed") as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)
