@@ -315,50 +315,67 @@ async def spill_over(session: aiohttp.ClientSession, procs: Processes, workdir: 
 
 
 async def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:
-    load = workload(args.pods, args.conversations, args.turns, args.groups, args.seed)
-    ws = working_set(load)
-    cache = ws // 3
-    replicas = Replicas(procs, workdir, 4, cache, "replica")
-    ideal = Replicas(procs, workdir, 1, cache * 4, "ideal")
-    rows: dict[str, Any] = {}
+    """Every policy on ``--repeat`` workloads (seeds ``--seed``, ``--seed``+1, …): the rows are their means."""
+    loads = [workload(args.pods, args.conversations, args.turns, args.groups, args.seed + r)
+             for r in range(args.repeat)]
+    sets = [working_set(load) for load in loads]
+    replicas = Replicas(procs, workdir, 4, sets[0] // 3, "replica")
+    ideal = Replicas(procs, workdir, 1, sets[0] // 3 * 4, "ideal")
+    runs: dict[str, list[dict[str, Any]]] = {}
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         await replicas.set(session, model="bench-model")  # the served name SMG matches requests against
         await ideal.set(session, model="bench-model")
-        rows["round-robin (per pod)"] = await measure(session, replicas, load, round_robin(args.pods, replicas.urls),
-                                                      args)
-        rows["least-loaded (per pod)"] = await measure(session, replicas, load,
-                                                       least_loaded(args.pods, replicas.urls), args)
         tuning = {"replica_load_factor": args.load_factor}
-        sidecars = [start_sidecar(procs, workdir, f"pod-{i}", pool_config(replicas.urls, **tuning))
+        targets: dict[str, Callable[[], Target]] = {
+            "round-robin (per pod)": lambda: round_robin(args.pods, replicas.urls),
+            "least-loaded (per pod)": lambda: least_loaded(args.pods, replicas.urls)}
+        for name, extra in (("ours (4 sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"})):
+            pods = [start_sidecar(procs, workdir, f"pod-{len(targets)}-{i}", pool_config(replicas.urls, **tuning,
+                                                                                          **extra))
                     for i in range(args.pods)]
-        await asyncio.sleep(1.0)  # first polls
-        rows["ours (4 sidecars, ring)"] = await measure(session, replicas, load, per_pod(sidecars), args)
-        shared = [start_sidecar(procs, workdir, f"pod-shared-{i}", pool_config(replicas.urls, replica_key="shared",
-                                                                                   **tuning))
-                  for i in range(args.pods)]
-        await asyncio.sleep(1.0)
-        rows["ours, replica_key: shared"] = await measure(session, replicas, load, per_pod(shared), args)
+            targets[name] = lambda pods=pods: per_pod(pods)
         smg = None if args.no_smg else ensure_smg()
         for policy in ("cache_aware", "prefix_hash"):
             url = start_smg(procs, workdir, smg, replicas.urls, policy) if smg is not None else None
             if url is not None:
-                rows[f"smg --policy {policy}"] = await measure(session, replicas, load, fixed(url), args)
-        rows["ideal (1 replica, 4x cache)"] = await measure(session, ideal, load, fixed(ideal.urls[0]), args)
+                targets[f"smg --policy {policy}"] = lambda url=url: fixed(url)
+        await asyncio.sleep(1.0)  # the sidecars' first polls
+        for load, ws in zip(loads, sets, strict=True):
+            await replicas.set(session, cache_tokens=ws // 3)
+            await ideal.set(session, cache_tokens=ws // 3 * 4)
+            for name, target in targets.items():
+                runs.setdefault(name, []).append(await measure(session, replicas, load, target(), args))
+            runs.setdefault("ideal (1 replica, 4x cache)", []).append(
+                await measure(session, ideal, load, fixed(ideal.urls[0]), args))
         spill = await spill_over(session, procs, workdir, replicas, args.spill_samples)
-    return {"working_set_tokens": ws, "cache_tokens_per_replica": cache, "pods": args.pods,
+    return {"working_set_tokens": sets[0], "cache_tokens_per_replica": sets[0] // 3, "pods": args.pods,
             "conversations_per_pod": args.conversations, "turns": args.turns, "concurrency_per_pod": args.concurrency,
-            "policies": rows, "spill_over": spill}
+            "repeat": args.repeat, "policies": {name: _mean(rows) for name, rows in runs.items()},
+            "spill_over": spill}
+
+
+def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of each number over the repeats, and the range of the hit ratio and the balance."""
+    out: dict[str, Any] = {key: round(sum(r[key] for r in rows) / len(rows), 3)
+                           for key in ("hit_ratio", "max_mean_load", "ttft_p50_ms", "ttft_p99_ms")}
+    for key in ("hit_ratio", "max_mean_load"):
+        out[f"{key}_range"] = (min(r[key] for r in rows), max(r[key] for r in rows))
+    out["runs"] = rows
+    return out
 
 
 def render(result: dict[str, Any]) -> str:
     lines = [f"working set {result['working_set_tokens']} tokens, cache {result['cache_tokens_per_replica']} tokens "
              f"per replica; {result['pods']} pods x {result['conversations_per_pod']} conversations x "
              f"{result['turns']} turns, {result['concurrency_per_pod']} conversations at once per pod", "",
+             f"means of {result['repeat']} workloads (seeds); ranges in brackets", "",
              "| policy | hit ratio | max/mean load | TTFT p50 | TTFT p99 |", "| --- | --- | --- | --- | --- |"]
     for name, row in result["policies"].items():
-        lines.append(f"| {name} | {row['hit_ratio']:.3f} | {row['max_mean_load']:.2f} | {row['ttft_p50_ms']:.1f} ms "
-                     f"| {row['ttft_p99_ms']:.1f} ms |")
+        hits, loads = row["hit_ratio_range"], row["max_mean_load_range"]
+        lines.append(f"| {name} | {row['hit_ratio']:.3f} [{hits[0]:.3f} to {hits[1]:.3f}] "
+                     f"| {row['max_mean_load']:.2f} [{loads[0]:.2f} to {loads[1]:.2f}] "
+                     f"| {row['ttft_p50_ms']:.1f} ms | {row['ttft_p99_ms']:.1f} ms |")
     spill = result["spill_over"]
     lines += ["", f"spill-over ({spill['samples']} requests): direct to the remote {spill['direct_p50_ms']} ms p50, "
                   f"through a sidecar past the saturated pool {spill['spilled_p50_ms']} ms p50: "
@@ -375,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=6, help="conversations at once per pod")
     parser.add_argument("--spill-samples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=3, help="workloads (seeds) each policy runs; rows are means")
     parser.add_argument("--load-factor", type=float, default=1.25, help="the sidecars' replica_load_factor")
     parser.add_argument("--no-smg", action="store_true", help="leave SGLang's router out")
     parser.add_argument("--json", action="store_true")

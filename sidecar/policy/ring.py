@@ -9,6 +9,9 @@ sidecar derives the same ring from the same replica set (the hashes are blake2b,
 ``hash``), so sidecars agree on where a conversation lives without talking to each other; a key moves only
 when its replica leaves the set or is overloaded, and adding a replica to N moves about 1/(N+1) of the keys.
 
+A sidecar also remembers where it sent each conversation (``providers.sglang``): a later turn goes back there
+while that replica is within the bound, even when the ring would now place the conversation elsewhere (its
+first turn was passed over, or the placement key is a shared system prompt whose home has since filled up).
 With no useful prefix (no user turn, an embeddings request) the request goes to the least loaded replica.
 """
 
@@ -52,7 +55,8 @@ def build_ring(replicas: Sequence[str], vnodes: int = VNODES) -> Ring:
 class RingChoice:
     """A replica chosen (index into the ring's replicas, None when none may be chosen); ``position``: the
     key's point on the ring (-1 when least loaded); ``passed_over``: (replica index, load) of replicas skipped
-    for their load, in ring order; ``how``: "ring" or "least_loaded"."""
+    for their load, in ring order; ``how``: "ring", "sticky" (the replica this sidecar sent the conversation's
+    earlier turns to) or "least_loaded"."""
 
     replica: int | None
     position: int
@@ -62,7 +66,7 @@ class RingChoice:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaChoice:
-    """The trail's record of one attempt's replica (names, never addresses): ``how`` is ring or least_loaded;
+    """The trail's record of one attempt's replica (names, never addresses): ``how`` is ring, sticky or least_loaded;
     ``position`` the key's point on the ring; ``passed_over``: (replica, load) skipped for their load; ``load``
     the chosen replica's load before this attempt."""
 
@@ -86,6 +90,12 @@ def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) ->
         return 0.0
     mean = (sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1) / count
     return float(max(math.ceil(factor * mean), math.ceil(mean) + 1))
+
+
+def within(loads: Sequence[float], eligible: Sequence[bool], factor: float, index: int) -> bool:
+    """Whether replica ``index`` may take one more request under the bound (a remembered conversation's
+    replica keeps it while this holds)."""
+    return eligible[index] and loads[index] + 1 <= capacity(loads, eligible, factor)
 
 
 def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float) -> RingChoice:
@@ -123,27 +133,33 @@ def least_loaded(loads: Sequence[float], eligible: Sequence[bool], turn: int) ->
     return RingChoice(best, -1, (), "least_loaded")
 
 
-def prefix_key(body: Mapping[str, Any], shared_first: bool = False) -> int | None:
-    """The hash of the part of the prompt that is stable for a conversation, or None when there is none.
+def prefix_keys(body: Mapping[str, Any], shared_first: bool = False) -> tuple[int, int] | None:
+    """(placement key, conversation key) of a request, or None when its prompt has no useful prefix.
 
-    Chat: the messages up to and including the first user turn — every later turn of the conversation
-    repeats them, while a system prompt everybody shares does not send all traffic to one replica. With
-    ``shared_first``, a long shared prefix (the messages before the first user turn, at least
-    ``SHARED_PREFIX_CHARS`` of text) is the key instead: every conversation under the same long system prompt
-    goes to the same replica (while under the load bound), so the prompt is cached once, not on every replica.
-    Completions: the start of the prompt. Anything else (embeddings): None.
+    The conversation key hashes the part of the prompt that is stable for a conversation — for chat, the
+    messages up to and including the first user turn, which every later turn repeats; for completions, the
+    start of the prompt. The placement key is where a conversation's first turn goes on the ring: the
+    conversation key, or with ``shared_first`` a long shared prefix (the messages before the first user turn,
+    at least ``SHARED_PREFIX_CHARS`` of text), so that every conversation under the same long system prompt
+    goes to the same replica (while under the load bound) and the prompt is cached once, not on every replica.
+    Anything else (embeddings): None.
     """
     messages = body.get("messages")
     if isinstance(messages, list):
         for i, message in enumerate(messages):
             if isinstance(message, dict) and message.get("role") == "user":
+                head = blake2b(orjson.dumps(messages[:i], option=orjson.OPT_SORT_KEYS), digest_size=8)
+                shared = int.from_bytes(head.digest(), "big")
+                head.update(orjson.dumps(message, option=orjson.OPT_SORT_KEYS))
+                conversation = int.from_bytes(head.digest(), "big")
                 if shared_first and i and _text_length(messages[:i]) >= SHARED_PREFIX_CHARS:
-                    return hash64(orjson.dumps(messages[:i], option=orjson.OPT_SORT_KEYS))
-                return hash64(orjson.dumps(messages[:i + 1], option=orjson.OPT_SORT_KEYS))
+                    return shared, conversation
+                return conversation, conversation
         return None
     prompt = body.get("prompt")
     if isinstance(prompt, str) and prompt:
-        return hash64(prompt[:PREFIX_CHARS].encode())
+        key = hash64(prompt[:PREFIX_CHARS].encode())
+        return key, key
     return None
 
 

@@ -21,6 +21,7 @@ per replica.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from hashlib import blake2b
@@ -31,11 +32,21 @@ from sidecar.config.replicas import ReplicaSettings
 from sidecar.core.errors import UpstreamConnectionError, UpstreamError, UpstreamServerError, UpstreamTimeout
 from sidecar.core.types import ChatRequest, Usage
 from sidecar.formats.sglang import Load
-from sidecar.policy.ring import ReplicaChoice, Ring, RingChoice, build_ring, choose, least_loaded, prefix_key
+from sidecar.policy.ring import (
+    ReplicaChoice,
+    Ring,
+    RingChoice,
+    build_ring,
+    choose,
+    least_loaded,
+    prefix_keys,
+    within,
+)
 from sidecar.providers.base import Adapter, UpstreamCall, WrappingAdapter
 
 T = TypeVar("T")
 QUEUE_FULL = "queue is full"
+CONVERSATIONS = 8192  # conversations a pool remembers the replica of (about 1 MiB at most)
 AVOID_SECONDS = 1.0  # at least this long a replica that failed an attempt gets no new one (outlasts a retry's wait)
 
 
@@ -105,6 +116,7 @@ class ReplicaPool:
         self.ring: Ring = build_ring(())
         self.turn = 0
         self.shared_first = settings.key == "shared"
+        self.conversations: OrderedDict[int, Replica] = OrderedDict()  # conversation key → its last replica
         self.on_change: Callable[[list[Replica], list[Replica]], None] | None = None  # pollers follow the set
         self.set_urls(settings.urls)
 
@@ -140,11 +152,24 @@ class ReplicaPool:
     def pick(self, body: Mapping[str, Any]) -> tuple[Replica | None, RingChoice]:
         eligible = self._eligible(self.clock())
         loads = [r.load() for r in self.replicas]
-        key = prefix_key(body, self.shared_first)
-        if key is None:
+        keys = prefix_keys(body, self.shared_first)
+        if keys is None:
             self.turn += 1
             return self._at(least_loaded(loads, eligible, self.turn))
-        return self._at(choose(self.ring, key, loads, eligible, self.settings.load_factor))
+        placement, conversation = keys
+        known = self.conversations.get(conversation)
+        if known is not None and not known.removed:
+            index = self.replicas.index(known)
+            if within(loads, eligible, self.settings.load_factor, index):
+                self.conversations.move_to_end(conversation)
+                return known, RingChoice(index, -1, (), "sticky")
+        replica, choice = self._at(choose(self.ring, placement, loads, eligible, self.settings.load_factor))
+        if replica is not None:
+            self.conversations[conversation] = replica
+            self.conversations.move_to_end(conversation)
+            if len(self.conversations) > CONVERSATIONS:
+                self.conversations.popitem(last=False)
+        return replica, choice
 
     def _at(self, choice: RingChoice) -> tuple[Replica | None, RingChoice]:
         return (self.replicas[choice.replica] if choice.replica is not None else None), choice

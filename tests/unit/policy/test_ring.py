@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.policy.ring import build_ring, capacity, choose, hash64, least_loaded, prefix_key
+from sidecar.policy.ring import build_ring, capacity, choose, hash64, least_loaded, prefix_keys, within
 
 NAMES = [f"http://10.0.0.{i}:30000/v1" for i in range(1, 13)]
 keys = st.integers(min_value=0, max_value=2**64 - 1)
@@ -86,23 +86,35 @@ def test_least_loaded_breaks_ties_by_turn() -> None:
     assert least_loaded([0.0], [False], 0).replica is None
 
 
-def test_prefix_key_is_the_conversation_start() -> None:
+def test_prefix_keys_are_the_conversation_start() -> None:
     system = {"role": "system", "content": "shared by everybody"}
     turn1 = [system, {"role": "user", "content": "my question"}]
     later = [*turn1, {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "more"}]
     other = [system, {"role": "user", "content": "another conversation"}]
-    assert prefix_key({"messages": turn1}) == prefix_key({"messages": later}) is not None
-    assert prefix_key({"messages": other}) != prefix_key({"messages": turn1})
-    assert prefix_key({"messages": [system]}) is None
-    assert prefix_key({"input": "embed me"}) is None
-    assert prefix_key({"prompt": "abc"}) == prefix_key({"prompt": "abc"}) is not None
+    keys = prefix_keys({"messages": turn1})
+    assert keys is not None and keys[0] == keys[1]  # placement: the conversation itself
+    assert prefix_keys({"messages": later}) == keys
+    assert prefix_keys({"messages": other}) != keys
+    assert prefix_keys({"messages": [system]}) is None
+    assert prefix_keys({"input": "embed me"}) is None
+    assert prefix_keys({"prompt": "abc"}) == prefix_keys({"prompt": "abc"}) is not None
 
 
-def test_shared_key_is_a_long_system_prompt() -> None:
+def test_shared_placement_is_a_long_system_prompt() -> None:
     system = {"role": "system", "content": "x " * 2000}
     one = [system, {"role": "user", "content": "first conversation"}]
     two = [system, {"role": "user", "content": "second conversation"}]
-    assert prefix_key({"messages": one}, shared_first=True) == prefix_key({"messages": two}, shared_first=True)
-    assert prefix_key({"messages": one}) != prefix_key({"messages": two})
+    shared_one, shared_two = prefix_keys({"messages": one}, True), prefix_keys({"messages": two}, True)
+    assert shared_one is not None and shared_two is not None
+    assert shared_one[0] == shared_two[0]  # one home for the system prompt
+    assert shared_one[1] != shared_two[1]  # two conversations, remembered apart
+    assert prefix_keys({"messages": one}) == (shared_one[1], shared_one[1])
     short = {"role": "system", "content": "be brief"}
-    assert prefix_key({"messages": [short, one[1]]}, shared_first=True) == prefix_key({"messages": [short, one[1]]})
+    assert prefix_keys({"messages": [short, one[1]]}, True) == prefix_keys({"messages": [short, one[1]]})
+
+
+def test_within_is_the_bound_for_one_replica() -> None:
+    loads, eligible = [6.0, 2.0, 2.0, 2.0], [True] * 4
+    assert capacity(loads, eligible, 1.25) == 5.0  # mean (12 + 1) / 4 = 3.25: ceil(4.06), at least ceil + 1
+    assert within(loads, eligible, 1.25, 1) and not within(loads, eligible, 1.25, 0)
+    assert not within(loads, [True, False, True, True], 1.25, 1)

@@ -111,3 +111,61 @@ def test_lease_without_context_still_counts() -> None:
     pool, _ = _pool()
     replica = pool.lease(_body_request())
     assert replica.inflight == 1 and isinstance(Lease(pool), Lease)
+
+
+def _turns(conversation: str, count: int) -> list[dict]:
+    messages: list[dict] = [{"role": "system", "content": "y " * 1500}]
+    bodies = []
+    for turn in range(count):
+        messages = [*messages, {"role": "user", "content": f"{conversation} turn {turn}"}]
+        bodies.append({"model": "local", "messages": messages})
+        messages = [*messages, {"role": "assistant", "content": f"answer {turn}"}]
+    return bodies
+
+
+def test_a_conversation_returns_to_its_replica_while_it_is_within_the_bound() -> None:
+    pool, _ = _pool()
+    first, *later = _turns("alpha", 4)
+    home, choice = pool.pick(first)
+    assert home is not None and choice.how == "ring"
+    ring_home = home
+    # The ring would now send the conversation elsewhere (its home looks busy to this poll), but it is still
+    # within the bound: the conversation stays where its prefix is cached.
+    for replica in pool.replicas:
+        replica.observe(Load(running=2, waiting=0), 0)
+    for body in later:
+        replica, choice = pool.pick(body)
+        assert replica is ring_home and choice.how == "sticky"
+    # Over the bound, it moves, and the new replica is remembered.
+    ring_home.observe(Load(running=30, waiting=0), 0)
+    moved, choice = pool.pick(later[-1])
+    assert moved is not ring_home and choice.how == "ring"
+    ring_home.observe(Load(running=2, waiting=0), 0)
+    assert pool.pick(later[-1])[0] is moved
+
+
+def test_the_conversation_memory_is_bounded_and_forgets_removed_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.providers import sglang
+
+    monkeypatch.setattr(sglang, "CONVERSATIONS", 3)
+    pool, _ = _pool()
+    for name in "abcde":
+        pool.pick(_turns(name, 1)[0])
+    assert len(pool.conversations) == 3
+    body = _turns("e", 2)[1]
+    replica, _ = pool.pick(body)
+    assert replica is not None
+    pool.set_urls([url for url in URLS if url != replica.url])
+    again, choice = pool.pick(body)
+    assert again is not replica and again in pool.replicas and choice.how == "ring"
+
+
+def test_shared_placement_puts_a_system_prompt_on_one_replica_and_remembers_each_conversation() -> None:
+    clock = Clock()
+    settings = ReplicaSettings(urls=URLS, key="shared")
+    deployment = Deployment(id="sglang/m", model_name="local", provider="sglang", model="m", api_base=URLS[0],
+                            replicas=settings)
+    pool = ReplicaPool(deployment, settings, clock)
+    homes = {pool.pick(_turns(name, 1)[0])[0] for name in ("one", "two", "three")}
+    assert len(homes) == 1  # idle pool: every conversation under the long system prompt goes to its home
+    assert len(pool.conversations) == 3
