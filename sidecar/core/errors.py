@@ -32,6 +32,9 @@ contain provider keys, upstream URLs or internal addresses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class SidecarError(Exception):
     """Base of every error the sidecar answers with."""
@@ -108,6 +111,7 @@ class UpstreamError(SidecarError):
     retryable = True
     counts_as_failure = True
     committed = False  # set when the failure came after the app had part of a streamed answer
+    partial: Sequence[Any] = ()  # a stream's chunks decoded from the same read before the failure (sent first)
 
     def __init__(
         self,

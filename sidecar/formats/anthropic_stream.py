@@ -47,10 +47,10 @@ class AnthropicToOpenAI:
         self._tool_index: dict[int, int] = {}
 
     def feed(self, data: bytes) -> list[Translated]:
-        return [self._translate(event) for event in self.decoder.feed(data)]
+        return common.translate_each(self.decoder.feed(data), self._translate)
 
     def finish(self) -> list[Translated]:
-        return [self._translate(event) for event in self.decoder.flush()]
+        return common.translate_each(self.decoder.flush(), self._translate)
 
     def _translate(self, event: Event) -> Translated:
         out = Translated(event)

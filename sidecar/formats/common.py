@@ -6,12 +6,16 @@ Translators build OpenAI dicts with these so every dialect produces the same sha
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import orjson
 
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.types import ChatRequest, Usage, WireFormat
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.DOTALL)
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; used when neither the app nor model_info gives one
@@ -170,8 +174,22 @@ def usage_chunk(id_: str, model: str, created: int, usage: Usage) -> dict[str, A
 
 
 class StreamErrorEvent(Exception):
-    """An in-band error event in a provider's stream; ``payload`` is its JSON, classified by the adapter."""
+    """An in-band error event in a provider's stream; ``payload`` is its JSON, classified by the adapter;
+    ``partial``: what the events before it in the same read translated to (the app still gets those)."""
 
     def __init__(self, payload: dict[str, Any]) -> None:
         super().__init__("the upstream reported an error mid-stream")
         self.payload = payload
+        self.partial: list[Any] = []
+
+
+def translate_each(events: Iterable[T], translate: Callable[[T], R]) -> list[R]:
+    """``translate`` applied to each event; an error event keeps the translations before it on the error."""
+    out: list[R] = []
+    for event in events:
+        try:
+            out.append(translate(event))
+        except StreamErrorEvent as exc:
+            exc.partial = out
+            raise
+    return out

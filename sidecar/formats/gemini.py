@@ -15,7 +15,7 @@ import orjson
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.types import Usage
 from sidecar.formats import common
-from sidecar.formats.sse import MAX_EVENT, SSEDecoder
+from sidecar.formats.sse import MAX_EVENT, Event, SSEDecoder
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", **dict.fromkeys(
     ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
@@ -268,10 +268,18 @@ class GeminiToOpenAI:
         self.calls = 0
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        return [c for event in self.decoder.feed(data) for c in self._translate(event.data)]
+        return self._each(self.decoder.feed(data))
 
     def finish(self) -> list[dict[str, Any]]:
-        return [c for event in self.decoder.flush() for c in self._translate(event.data)]
+        return self._each(self.decoder.flush())
+
+    def _each(self, events: list[Event]) -> list[dict[str, Any]]:
+        """Every event's chunks; an error event keeps the chunks before it (``StreamErrorEvent.partial``)."""
+        try:
+            return [c for group in common.translate_each(events, lambda e: self._translate(e.data)) for c in group]
+        except common.StreamErrorEvent as exc:
+            exc.partial = [c for group in exc.partial for c in group]
+            raise
 
     def _translate(self, raw: bytes) -> list[dict[str, Any]]:
         if self.done or not raw:

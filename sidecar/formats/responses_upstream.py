@@ -96,10 +96,10 @@ class ResponsesToChat:
         self.calls: dict[int, int] = {}  # output_index → tool-call index
 
     def feed(self, data: bytes) -> list[Translated]:
-        return [self._translate(event) for event in self.decoder.feed(data)]
+        return common.translate_each(self.decoder.feed(data), self._translate)
 
     def finish(self) -> list[Translated]:
-        return [self._translate(event) for event in self.decoder.flush()]
+        return common.translate_each(self.decoder.flush(), self._translate)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return common.chunk(self.id, self.model, self.created, delta, finish)

@@ -27,12 +27,12 @@ from sidecar.core.errors import (
 )
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, WireFormat
 from sidecar.formats import anthropic as wire
-from sidecar.formats.anthropic_stream import AnthropicToOpenAI
+from sidecar.formats.anthropic_stream import AnthropicToOpenAI, Translated
 from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
 from sidecar.formats.sse import MAX_EVENT, encode_event
 from sidecar.policy import betas
-from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
+from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds, with_partial
 
 CONTEXT = re.compile(r"prompt is too long|context window|too many tokens", re.IGNORECASE)
 MAX_MESSAGE = 500
@@ -129,7 +129,10 @@ class AnthropicStreamReader(TranslatingReader):
         try:
             translated = translate()
         except StreamErrorEvent as exc:
-            raise in_band_error(exc.payload) from None
+            raise with_partial(in_band_error(exc.payload), self._convert(exc.partial)) from None
+        return self._convert(translated)
+
+    def _convert(self, translated: list[Translated]) -> list[StreamChunk]:
         out: list[StreamChunk] = []
         for item in translated:
             chunks = [StreamChunk(orjson.dumps(c), c, usage_from(c.get("usage"))) for c in item.chunks]

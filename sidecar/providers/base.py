@@ -95,6 +95,13 @@ class StreamTranslator(Protocol):
     usage: Usage | None
 
 
+def with_partial(error: UpstreamError, chunks: list[StreamChunk]) -> UpstreamError:
+    """A stream's failure carrying the chunks decoded from the same read before it: the app gets those first
+    (the stream is then continued elsewhere from there, not from the read before)."""
+    error.partial = chunks
+    return error
+
+
 class TranslatingReader:
     """Base of stream readers that wrap a formats/ translator: progress is the translator's own."""
 

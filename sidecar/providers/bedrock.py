@@ -37,7 +37,7 @@ from sidecar.formats.openai import usage_from
 from sidecar.policy import betas
 from sidecar.providers import aws_auth
 from sidecar.providers.anthropic import passthrough
-from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
+from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds, with_partial
 
 # Context-window messages, matched case-sensitively as LiteLLM does ("Too many tokens, please wait" is throttling).
 CONTEXT = re.compile(r"too many tokens|expected maxLength:|Input is too long|prompt is too long|prompt: length: 1\.\."
@@ -164,7 +164,10 @@ class BedrockStreamReader(TranslatingReader):
                 self.pending -= message.prelude.total_length
                 out += self._message(message.headers, message.payload)
         except ParserError:  # a bad CRC or length: the framing cannot be trusted past this point
-            raise UpstreamServerError("the upstream's event stream is corrupt", upstream_status=200) from None
+            raise with_partial(UpstreamServerError("the upstream's event stream is corrupt", upstream_status=200),
+                               out) from None
+        except UpstreamError as error:  # an error or exception message
+            raise with_partial(error, out) from None
         return out
 
     def finish(self) -> list[StreamChunk]:

@@ -33,7 +33,7 @@ from sidecar.formats import gemini as wire
 from sidecar.formats.anthropic_extras import for_openai
 from sidecar.formats.common import StreamErrorEvent, refuse_native_only
 from sidecar.formats.openai import usage_from
-from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds
+from sidecar.providers.base import TranslatingReader, UpstreamCall, retry_after_seconds, with_partial
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a new token is fetched
@@ -206,9 +206,13 @@ class GeminiStreamReader(TranslatingReader):
         except StreamErrorEvent as exc:
             error = exc.payload.get("error")
             code = error.get("code") if isinstance(error, dict) else 0
-            raise classify_gemini_error(code if isinstance(code, int) else 500, {},
-                                        orjson.dumps(exc.payload)) from None
-        return [StreamChunk(orjson.dumps(c), c, usage_from(c.get("usage"))) for c in chunks]
+            raise with_partial(classify_gemini_error(code if isinstance(code, int) else 500, {},
+                                                     orjson.dumps(exc.payload)), _convert(exc.partial)) from None
+        return _convert(chunks)
+
+
+def _convert(chunks: list[dict[str, Any]]) -> list[StreamChunk]:
+    return [StreamChunk(orjson.dumps(c), c, usage_from(c.get("usage"))) for c in chunks]
 
 
 def _retry_delay(details: list[Any]) -> float | None:

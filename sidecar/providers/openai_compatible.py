@@ -32,7 +32,7 @@ from sidecar.formats.anthropic_extras import for_openai
 from sidecar.formats.common import refuse_native_only
 from sidecar.formats.sse import DONE, MAX_EVENT, SSEDecoder
 from sidecar.providers import openai_responses as responses
-from sidecar.providers.base import UpstreamCall, retry_after_seconds
+from sidecar.providers.base import UpstreamCall, retry_after_seconds, with_partial
 
 PATHS: Mapping[Endpoint, str] = {
     Endpoint.CHAT: "/chat/completions",
@@ -193,13 +193,14 @@ class OpenAIStreamReader:
                 self.skipped += 1
                 continue
             if "error" in chunk.data:
-                raise in_band_error(chunk.data)
+                raise with_partial(in_band_error(chunk.data), out)
             if chunk.usage is not None:
                 self.usage = chunk.usage
                 if self.drop_usage_chunk and not chunk.data.get("choices"):
                     continue
             if _aborted(chunk.data):
-                raise UpstreamServerError("the upstream aborted the generation mid-stream", upstream_status=200)
+                raise with_partial(UpstreamServerError("the upstream aborted the generation mid-stream",
+                                                       upstream_status=200), out)
             if self.fix_finish:
                 chunk = self._fixed(chunk)
             out.append(chunk)

@@ -15,9 +15,9 @@ from sidecar.core.errors import UpstreamError, UpstreamServerError
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, WireFormat
 from sidecar.formats.common import StreamErrorEvent
 from sidecar.formats.openai import usage_from
-from sidecar.formats.responses_upstream import ResponsesToChat, response_to_completion
+from sidecar.formats.responses_upstream import ResponsesToChat, Translated, response_to_completion
 from sidecar.formats.sse import MAX_EVENT, encode_event
-from sidecar.providers.base import TranslatingReader
+from sidecar.providers.base import TranslatingReader, with_partial
 
 
 def passthrough(request: ChatRequest) -> bool:
@@ -61,7 +61,11 @@ class ResponsesStreamReader(TranslatingReader):
         try:
             translated = translate(data)
         except StreamErrorEvent as exc:
-            raise self.classify(exc.payload) from None
+            raise with_partial(self.classify(exc.payload), self._convert(exc.partial)) from None
+        return self._convert(translated)
+
+    @staticmethod
+    def _convert(translated: list[Translated]) -> list[StreamChunk]:
         out: list[StreamChunk] = []
         for item in translated:
             chunks = [StreamChunk(orjson.dumps(c), c, usage_from(c.get("usage"))) for c in item.chunks]

@@ -109,9 +109,7 @@ class StreamAttempt:
                     body = await upstream.read_body()
                     raise adapter.classify_error(upstream.status, upstream.headers, body)
                 if limits.quota is not None:
-                    fields = upstream.quota_fields()
-                    if fields is not None:
-                        limits.quota(target, fields)
+                    self._note_quota(upstream, target)
                 reader = adapter.stream_reader(request)
                 until, phase = first_byte, "first_byte"
                 pace = StallDetector(limits.idle(deployment), limits.stall)
@@ -123,7 +121,7 @@ class StreamAttempt:
                         pace.waited(limits.clock() - waiting)
                     pieces = (data,) if len(data) <= PIECE else _pieces(data)
                     for piece in pieces:
-                        chunks = self._translate(reader, piece, splicer)
+                        chunks, failure = self._translate(reader, piece, splicer)
                         if chunks:
                             if not sink.started:
                                 await self._commit(target, started)
@@ -131,6 +129,8 @@ class StreamAttempt:
                                 raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
                             self.progress.observe(chunks)
                             await sink.send(chunks)
+                        if failure is not None:
+                            raise failure
                         if len(pieces) > 1:
                             await asyncio.sleep(0)  # a large read: the others run between its pieces
                     waiting = limits.clock()
@@ -147,10 +147,19 @@ class StreamAttempt:
             raise self._mark(error) from None
         await sink.finish()
 
-    def _translate(self, reader: StreamReader, data: bytes, splicer: Splicer | None) -> list[StreamChunk]:
+    def _translate(self, reader: StreamReader, data: bytes,
+                   splicer: Splicer | None) -> tuple[list[StreamChunk], UpstreamError | None]:
         """One piece of the body (b"": its end) as chunks for the app, counted against the answer's limits:
-        past ``sidecar_settings.limits`` the request ends (``AnswerTooLarge``)."""
-        chunks = reader.feed(data) if data else reader.finish()
+        past ``sidecar_settings.limits`` the request ends (``AnswerTooLarge``). A piece that failed part-way
+        (an error event after good ones) gives the chunks before the failure, and the failure, raised once
+        they are out."""
+        failure = None
+        try:
+            chunks = reader.feed(data) if data else reader.finish()
+        except UpstreamError as error:
+            if not error.partial:
+                raise
+            chunks, failure, error.partial = list(error.partial), error, ()
         self.bytes_left -= len(data)
         self.events_left -= len(chunks)
         if self.bytes_left < 0 or self.events_left < 0:
@@ -158,7 +167,12 @@ class StreamAttempt:
             self.progress.continuable = False
             raise AnswerTooLarge(f"the upstream's answer passed the sidecar's limit of {answer.max_stream_mb:g} MiB "
                                  f"or {answer.max_stream_events} events (sidecar_settings.limits)")
-        return splicer.feed(chunks) if splicer is not None else chunks
+        return (splicer.feed(chunks) if splicer is not None else chunks), failure
+
+    def _note_quota(self, upstream: http.UpstreamStream, target: Target) -> None:
+        fields = upstream.quota_fields()
+        if fields is not None and self.limits.quota is not None:
+            self.limits.quota(target, fields)
 
     async def _commit(self, target: Target, started: float) -> None:
         """The first chunk for the app: this attempt owns the answer; status and headers go out."""

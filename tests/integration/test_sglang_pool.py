@@ -161,6 +161,18 @@ def test_a_mid_stream_abort_continues_on_another_replica(pool_sidecar: Sidecar, 
     assert sum(replicas.state(i)["stats"]["aborted"] for i in range(3)) >= 1
 
 
+def test_chunks_in_the_same_read_as_an_abort_reach_the_app(pool_sidecar: Sidecar,
+                                                          replicas: SGLangReplicas) -> None:
+    for i in range(3):  # no decode time: the words and the abort chunk arrive together, in one read
+        replicas.set(i, abort_next=1, abort_after=6, decode_per_token=0)
+    stream = _client(pool_sidecar).chat.completions.create(
+        model="local", messages=_conversation(301, 1)[0], stream=True)
+    words = "".join(c.choices[0].delta.content or "" for c in stream if c.choices).split()
+    assert [int(w.split(":")[1]) for w in words] == list(range(8))
+    first = {_replica_of(w) for w in words[:6]}
+    assert len(first) == 1 and _replica_of(words[6]) not in first  # the aborted replica's 6 words were kept
+
+
 def test_replica_metrics_name_replicas_without_addresses(pool_sidecar: Sidecar) -> None:
     _client(pool_sidecar).chat.completions.create(model="local", messages=_conversation(400, 1)[0])
     metrics = requests.get(f"{pool_sidecar.admin_url}/metrics", timeout=5).text
