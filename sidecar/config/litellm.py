@@ -247,7 +247,8 @@ LITELLM_PARAMS: dict[str, Key] = {
             replica_poll_timeout_seconds="sglang replicas: one poll's time limit (ours)",
             max_queue_per_replica="sglang replicas: queue depth above which requests spill over (ours)",
             replica_load_factor="sglang replicas: bounded-load factor of the ring (ours)",
-            replica_key="sglang replicas: the ring key, conversation or shared (ours)"),
+            replica_key="sglang replicas: the ring key, conversation or shared (ours)",
+            replica_health_path="sglang replicas: the health probe's path, /health or /ready (ours)"),
     **_done(**{name: "see AWS Bedrock" for name in (
         "aws_region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_role_name",
         "aws_session_name", "aws_external_id", "aws_sts_endpoint", "aws_profile_name", "aws_web_identity_token",

@@ -8,6 +8,7 @@
       replica_dns_server: 10.96.0.10:53 # dns: ask this server (default: the pod's /etc/resolv.conf)
       replica_poll_seconds: 2           # each replica's /health and load poll (jittered ±20%)
       replica_poll_timeout_seconds: 3   # one poll's time limit (SGLang's /health takes about 1 s)
+      replica_health_path: /health      # or /ready: a flag check that generates nothing (large fleets)
       max_queue_per_replica: 8          # above this (polled waiting + this pod's new in-flight): spill over
       replica_load_factor: 1.25         # a replica above factor x the mean load is passed over on the ring
       replica_key: conversation         # or shared: a long system prompt (not the first user turn) is the key
@@ -33,7 +34,8 @@ class ReplicaSettings:
     max_queue: int = 8
     load_factor: float = 1.25
     dns_server: str | None = None  # "address[:port]"; None: the system's resolv.conf
-    key: str = "conversation"  # or "shared": a long system prompt is the ring key (policy.ring.prefix_key)
+    key: str = "conversation"  # or "shared": a long system prompt is the ring key (policy.ring.prefix_keys)
+    health_path: str = "/health"  # SGLang's generating probe; "/ready" checks a flag and generates nothing
 
 
 def replica_settings(params: Section, provider: str | None) -> ReplicaSettings | None:
@@ -47,7 +49,11 @@ def replica_settings(params: Section, provider: str | None) -> ReplicaSettings |
         "load_factor": params.number("replica_load_factor", 1.25, minimum=1.0),
         "dns_server": params.string("replica_dns_server", None),
         "key": params.string("replica_key", "conversation"),
+        "health_path": params.string("replica_health_path", "/health"),
     }
+    if not tuning["health_path"].startswith("/") or "?" in tuning["health_path"]:
+        params.problem("replica_health_path", "expected a path such as /health or /ready")
+        tuning["health_path"] = "/health"
     if tuning["key"] not in ("conversation", "shared"):
         params.problem("replica_key", "expected conversation or shared")
         tuning["key"] = "conversation"

@@ -1,7 +1,8 @@
 """Keeping a ``ReplicaPool`` fresh, off the request path: one poller per replica, and DNS discovery.
 
 Each replica's poller wakes every ``replica_poll_seconds`` (±20% jitter, so pods do not poll in step), asks
-``GET /health`` (SGLang's generating probe: 200, or 503 while starting, stuck or shutting down) and its load
+``GET /health`` (SGLang's generating probe: 200, or 503 while starting, stuck or shutting down; or
+``replica_health_path``, e.g. ``/ready``, a flag check that costs the GPU nothing) and its load
 from ``GET /v1/loads`` — or, when that route is missing (older servers), the ``sglang:`` gauges of
 ``/metrics`` — each under ``replica_poll_timeout_seconds``. A failed health poll takes the replica out of
 rotation; the next good one brings it back. Requests never wait on any of this: they read the last values.
@@ -119,7 +120,7 @@ class PoolWatcher:
     async def _health(self, replica: Replica) -> bool:
         assert self.session is not None
         try:
-            async with self.session.get(f"{replica.root}/health") as answer:
+            async with self.session.get(replica.root + self.pool.settings.health_path) as answer:
                 await answer.read()
                 return answer.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):

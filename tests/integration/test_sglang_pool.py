@@ -179,3 +179,20 @@ def test_replica_metrics_name_replicas_without_addresses(pool_sidecar: Sidecar) 
     for name in ("requests_total", "in_flight", "queue_depth", "cached_prompt_tokens_total", "healthy"):
         assert f"llm_sidecar_sglang_replica_{name}{{" in metrics, name
     assert "127.0.0.1" not in metrics
+
+
+def test_ready_polling_generates_nothing_and_still_takes_a_replica_out(workdir: Path) -> None:
+    ready = SGLangReplicas(workdir, 2, name="ready")
+    sidecar = Sidecar({"model_list": [{"model_name": "local", "litellm_params": {
+        "model": "sglang/my-model", "replicas": ready.api_bases, "replica_poll_seconds": POLL,
+        "replica_health_path": "/ready"}}]}, workdir, "sglang-ready")
+    try:
+        ready.set(1, healthy=False)
+        time.sleep(POLL * 6)
+        seen = collections.Counter(_replica_of(_client(sidecar).chat.completions.create(
+            model="local", messages=_conversation(n, 1)[0]).choices[0].message.content) for n in range(10))
+        assert seen == {"ready-0": 10}
+        assert [ready.state(i)["stats"]["health_checks"] for i in range(2)] == [0, 0]  # no generating probe
+    finally:
+        sidecar.stop()
+        ready.stop()

@@ -112,6 +112,8 @@ def _plain_value(name: str) -> Any:
         return "none"
     if name == "replica_key":
         return "conversation"
+    if name == "replica_health_path":
+        return "/ready"
     if name in ("organization", "api_version", "vertex_project", "vertex_location", "replica_dns_server"):
         return "x"
     if name in ("supports_prefill", "propagate_trace", "drop_params", "store", "logprobs", "parallel_tool_calls"):

@@ -42,3 +42,11 @@ def test_replica_problems_have_locations() -> None:
         {"model_list": [{"model_name": "x", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k",
                                                                "replicas": ["http://a:1/v1"]}}]}))
     assert any("replicas" in p for p in _problems(_sglang(replicas=[])))
+
+
+def test_the_health_path_is_a_path() -> None:
+    replicas = config.parse(_sglang(replicas=["http://a:1/v1"], replica_health_path="/ready")).deployments[0].replicas
+    assert replicas is not None and replicas.health_path == "/ready"
+    assert config.parse(_sglang(replicas=["http://a:1/v1"])).deployments[0].replicas.health_path == "/health"
+    assert any("replica_health_path" in p for p in _problems(_sglang(replicas=["http://a:1/v1"],
+                                                                     replica_health_path="ready")))
