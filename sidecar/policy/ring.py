@@ -3,7 +3,7 @@
 Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads" (2016), as HAProxy's
 ``hash-balance-factor`` applies it: each replica owns ``VNODES`` points on a 64-bit ring; a request's key
 (``prefix_key``: the part of the prompt that stays the same for a whole conversation) lands on the first point
-clockwise from its hash; a replica whose load would pass ``ceil(factor * mean load)`` — the mean counting this
+clockwise from its hash; a replica whose load would pass ``factor * mean load`` — the mean counting this
 request; at least one more than the mean — is passed over for the next distinct replica on the ring. Every
 sidecar derives the same ring from the same replica set (the hashes are blake2b, not Python's per-process
 ``hash``), so sidecars agree on where a conversation lives without talking to each other; a key moves only
@@ -81,21 +81,33 @@ class ReplicaChoice:
 SPILL_REASONS = frozenset({"no_healthy_replica", "pool_saturated"})  # a pool skipped: the request spills over
 
 
-def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
-    """The most load a replica may carry after taking this request: ceil(factor * mean), this one counted —
-    and never less than ceil(mean) + 1, so that at low load (a mean under a few requests, where the factor
-    rounds to nothing) one request more than the mean does not already move a conversation off its replica."""
+def _mean(loads: Sequence[float], eligible: Sequence[bool]) -> float | None:
+    """The mean load of the eligible replicas, this request counted; None when none is eligible."""
     count = sum(eligible)
     if not count:
-        return 0.0
-    mean = (sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1) / count
-    return float(max(math.ceil(factor * mean), math.ceil(mean) + 1))
+        return None
+    return (sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1) / count
+
+
+def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
+    """The most load a replica may carry after taking a new conversation: factor * mean, this request counted,
+    and never less than mean + 1 (at low load, where the factor is less than one request). The least loaded
+    replica is always under it. Not rounded up: at a mean of 5, ``ceil`` would let a replica hold 7 (1.4x)."""
+    mean = _mean(loads, eligible)
+    return 0.0 if mean is None else max(factor * mean, mean + 1)
+
+
+def keep_capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
+    """The most load a replica may carry and keep a conversation it already has: ceil(factor * mean), at
+    least ceil(mean) + 1 — looser than ``capacity``, because moving a conversation loses its cached prefix,
+    while placing a new one elsewhere costs at most its shared system prompt."""
+    mean = _mean(loads, eligible)
+    return 0.0 if mean is None else float(max(math.ceil(factor * mean), math.ceil(mean) + 1))
 
 
 def within(loads: Sequence[float], eligible: Sequence[bool], factor: float, index: int) -> bool:
-    """Whether replica ``index`` may take one more request under the bound (a remembered conversation's
-    replica keeps it while this holds)."""
-    return eligible[index] and loads[index] + 1 <= capacity(loads, eligible, factor)
+    """Whether replica ``index`` may take one more turn of a conversation it has (``keep_capacity``)."""
+    return eligible[index] and loads[index] + 1 <= keep_capacity(loads, eligible, factor)
 
 
 def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float) -> RingChoice:

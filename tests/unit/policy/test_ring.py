@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.policy.ring import build_ring, capacity, choose, hash64, least_loaded, prefix_keys, within
+from sidecar.policy.ring import (
+    build_ring,
+    capacity,
+    choose,
+    hash64,
+    keep_capacity,
+    least_loaded,
+    prefix_keys,
+    within,
+)
 
 NAMES = [f"http://10.0.0.{i}:30000/v1" for i in range(1, 13)]
 keys = st.integers(min_value=0, max_value=2**64 - 1)
@@ -76,7 +83,7 @@ def test_bounded_loads_keep_max_within_the_factor(loads: list[float], key: int) 
     choice = choose(build_ring(NAMES[:4]), key, loads, [True] * 4, 1.25)
     assert choice.replica is not None
     mean = (sum(loads) + 1) / 4
-    assert loads[choice.replica] + 1 <= max(math.ceil(1.25 * mean), math.ceil(mean) + 1)
+    assert loads[choice.replica] + 1 <= max(1.25 * mean, mean + 1)
 
 
 def test_least_loaded_breaks_ties_by_turn() -> None:
@@ -115,6 +122,8 @@ def test_shared_placement_is_a_long_system_prompt() -> None:
 
 def test_within_is_the_bound_for_one_replica() -> None:
     loads, eligible = [6.0, 2.0, 2.0, 2.0], [True] * 4
-    assert capacity(loads, eligible, 1.25) == 5.0  # mean (12 + 1) / 4 = 3.25: ceil(4.06), at least ceil + 1
+    assert capacity(loads, eligible, 1.25) == 4.25  # mean (12 + 1) / 4 = 3.25: 1.25 x 3.25 = 4.06, mean + 1
+    assert keep_capacity(loads, eligible, 1.25) == 5.0  # ceil(4.06), at least ceil(mean) + 1
     assert within(loads, eligible, 1.25, 1) and not within(loads, eligible, 1.25, 0)
+    assert within([4.0, 3.0, 3.0, 3.0], eligible, 1.25, 0)  # keeps its conversation at 5 of 4.25 new
     assert not within(loads, [True, False, True, True], 1.25, 1)
