@@ -42,6 +42,7 @@ from sidecar.routing.shadow import Shadows
 from sidecar.state import cache as response_cache
 from sidecar.state.budgets import Budgets, principal
 from sidecar.state.cache import ResponseCache
+from sidecar.state.locks import FleetLocks, Lease
 from sidecar.telemetry import RequestMetrics
 from sidecar.telemetry.logs import log_request
 from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
@@ -104,6 +105,7 @@ class Pipeline:
         self.budgets = budgets
         self.coalescer = coalescer  # None: identical requests in flight each make their own call
         self.semantic: SemanticCache | None = None  # opt-in per model group; set by the assembly
+        self.locks: FleetLocks | None = None  # cross-pod coalescing (a Redis cache tier); set by the assembly
         self.tracing = tracing
         self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
         rules = router.config.sidecar.rules  # compiled once per config; None: no per-request cost
@@ -182,7 +184,7 @@ class Pipeline:
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)  # what the shared call did, for this request's record
                     raise
-                if joined:
+                if joined or outcome is None:  # another request's call, here or on another pod
                     outcome = None
                     record.outcome, record.status = "coalesced", 200
                     return Answer(response, None, cache=cached.COALESCED)
@@ -380,16 +382,26 @@ class Pipeline:
                                         route.session, self.prices)
 
     async def _shared_call(self, chat: ChatRequest, key: str, who: Principal | None,
-                           route: Route) -> tuple[ChatResponse, Outcome, float]:
-        """One whole-answer call on behalf of every request that joins it: stores and spends once."""
+                           route: Route) -> tuple[ChatResponse, Outcome | None, float]:
+        """One whole-answer call on behalf of every request that joins it: stores and spends once. With a
+        cross-pod lock another pod may be making it: its stored answer, with no outcome (nothing spent here)."""
+        lease: Lease | None = None
+        stored: asyncio.Task[None] | None = None
+        if self.locks is not None:
+            found, lease = await self.locks.claim(key, self.router.timeout)
+            if found is not None:
+                return ChatResponse({} if chat.wire is WireFormat.OPENAI else cached.loads(found), raw=found), None, 0.0
         try:
             response, outcome, earlier = await self._route(chat, route)
+            if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
+                stored = self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
             raise
-        if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
-            self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
+        finally:
+            if lease is not None:
+                self.locks.release(lease, stored)  # type: ignore[union-attr]
         self._spend_shared(route.group, outcome, who, earlier)
         return response, outcome, earlier
 
@@ -398,16 +410,21 @@ class Pipeline:
                              who: Principal | None = None) -> Outcome:
         """One streamed call into ``sink`` (a coalescing broadcast, or a recorder in front of the app's sink);
         the finished answer is stored as a whole one. Spends the budgets when shared (a broadcast)."""
+        lease = None if self.locks is None else await self.locks.take(key)  # for other pods to wait on
+        put: asyncio.Task[None] | None = None
         try:
             outcome = await self.router.stream(chat, sink, decision, session)
+            if not outcome.failed and outcome.catch_all is None:
+                stored = cached.stored_stream(sink.chunks if sink.whole else None, outcome)  # type: ignore[union-attr]
+                if stored is not None:
+                    put = self.cache.put(key, stored)  # type: ignore[union-attr]
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
             raise
-        if not outcome.failed and outcome.catch_all is None:
-            stored = cached.stored_stream(sink.chunks if sink.whole else None, outcome)  # type: ignore[union-attr]
-            if stored is not None:
-                self.cache.put(key, stored)  # type: ignore[union-attr]
+        finally:
+            if lease is not None:
+                self.locks.release(lease, put)  # type: ignore[union-attr]
         if not isinstance(sink, cached.Recorder):
             group = self.router.group_label(chat.model if decision is None or decision.group is None
                                             else decision.group)
