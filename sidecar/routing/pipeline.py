@@ -218,7 +218,7 @@ class Pipeline:
         who: Principal | None = None
         try:
             key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers, decision)
-            replayed = await self._replay(chat, head, decision, hit, sink, record)
+            replayed, place = await self._replay(chat, head, decision, hit, sink, record)
             if replayed is not None:
                 return replayed
             who = None if self.budgets is None else self._check_budgets(chat, head, record)
@@ -229,16 +229,18 @@ class Pipeline:
                 response, outcome, earlier = await self._route(cascading.whole(chat), route)
                 record.cost = (request_cost(outcome.usage, self.prices.get(outcome.deployment or "")) or 0.0) + earlier
                 await self.router.replay(chat, sink, response, outcome)
-            elif key is None:
+            elif key is None and place is None:
                 outcome = await self.router.stream(chat, sink, decision, session)
-            elif self.coalescer is None:
-                outcome = await self._shared_stream(chat, key, cached.Recorder(sink), decision, session)
+            elif key is None or self.coalescer is None:  # kept for the cache, or the semantic cache only
+                recorder = cached.Recorder(sink, verdict=None if key is None else cached.MISS)
+                outcome = await self._shared_stream(chat, key, recorder, decision, session, place=place)
             else:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     result, joined = await self.coalescer.stream(
                         cached.flight_key(key, chat),
-                        lambda broadcast: self._shared_stream(chat, key, broadcast, decision, session, who), sink)
+                        lambda broadcast: self._shared_stream(chat, key, broadcast, decision, session, who, place),
+                        sink)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)
                     raise
@@ -333,20 +335,22 @@ class Pipeline:
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 
     async def _replay(self, chat: ChatRequest, head: InboundHead, decision: RuleDecision | None,
-                      hit: bytes | None, sink: StreamSink, record: RequestRecord) -> Outcome | None:
-        """A stream replayed from the cache's answer, or from the semantic cache's (None: neither had one)."""
+                      hit: bytes | None, sink: StreamSink, record: RequestRecord,
+                      ) -> tuple[Outcome | None, tuple[str, list[float]] | None]:
+        """(a stream replayed from the cache's answer, or from the semantic cache's — None: neither had one;
+        where the semantic cache keeps this stream's answer — None: it does not apply)."""
         if hit is not None:
             replayed = await cached.replay(hit, chat, sink)
             if replayed is not None:
                 record.outcome, record.status = "cache_hit", 200
-                return replayed
+                return replayed, None
         if self.semantic is not None and self._semantic_applies(chat, head, decision):
-            _, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]  # streams are not stored in it
+            place, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]
             replayed = None if found is None else await cached.replay(found[1], chat, sink, SEMANTIC_HIT)
             if replayed is not None:
                 record.outcome, record.status = "semantic_hit", 200
-                return replayed
-        return None
+            return replayed, place
+        return None, None
 
     def _semantic_applies(self, chat: ChatRequest, head: InboundHead, decision: RuleDecision | None) -> bool:
         """The semantic cache is opt-in per group, and never serves a compliance-restricted request (its
@@ -405,19 +409,22 @@ class Pipeline:
         self._spend_shared(route.group, outcome, who, earlier)
         return response, outcome, earlier
 
-    async def _shared_stream(self, chat: ChatRequest, key: str, sink: cached.Recorder | StreamSink,
-                             decision: RuleDecision | None, session: str | None,
-                             who: Principal | None = None) -> Outcome:
+    async def _shared_stream(self, chat: ChatRequest, key: str | None, sink: cached.Recorder | StreamSink,
+                             decision: RuleDecision | None, session: str | None, who: Principal | None = None,
+                             place: tuple[str, list[float]] | None = None) -> Outcome:
         """One streamed call into ``sink`` (a coalescing broadcast, or a recorder in front of the app's sink);
-        the finished answer is stored as a whole one. Spends the budgets when shared (a broadcast)."""
-        lease = None if self.locks is None else await self.locks.take(key)  # for other pods to wait on
+        the finished answer is stored as a whole one, under ``key`` in the cache and at ``place`` in the
+        semantic cache. Spends the budgets when shared (a broadcast)."""
+        lease = None if self.locks is None or key is None else await self.locks.take(key)  # for other pods
         put: asyncio.Task[None] | None = None
         try:
             outcome = await self.router.stream(chat, sink, decision, session)
             if not outcome.failed and outcome.catch_all is None:
                 stored = cached.stored_stream(sink.chunks if sink.whole else None, outcome)  # type: ignore[union-attr]
-                if stored is not None:
+                if stored is not None and key is not None:
                     put = self.cache.put(key, stored)  # type: ignore[union-attr]
+                if stored is not None and place is not None:
+                    self.semantic.store(place, stored)  # type: ignore[union-attr]
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
