@@ -173,7 +173,7 @@ class Pipeline:
                     record.outcome, record.status = "semantic_hit", 200
                     data = {} if chat.wire is WireFormat.OPENAI else cached.loads(found[1])
                     return Answer(ChatResponse(data, raw=found[1]), None, cache=SEMANTIC_HIT, similarity=found[0])
-            who = None if self.budgets is None else self._check_budgets(chat, head, record)
+            who = None if self.budgets is None else await self._check_budgets(chat, head, record)
             chat, route, choice = ((chat, Route(record.group, decision, None, None), None) if self.plain_routing
                                    else await self._route_for(chat, head, record, decision))
             if key is not None and self.coalescer is not None:
@@ -221,7 +221,7 @@ class Pipeline:
             replayed, place = await self._replay(chat, head, decision, hit, sink, record)
             if replayed is not None:
                 return replayed
-            who = None if self.budgets is None else self._check_budgets(chat, head, record)
+            who = None if self.budgets is None else await self._check_budgets(chat, head, record)
             chat, route, choice = ((chat, Route(record.group, decision, None, None), None) if self.plain_routing
                                    else await self._route_for(chat, head, record, decision))
             decision, session = route.decision, route.session
@@ -358,13 +358,14 @@ class Pipeline:
         return (self.semantic is not None and (decision is None or not decision.restricted)
                 and self.semantic.applies(chat) and response_cache.directives(head.headers)[0])
 
-    def _check_budgets(self, chat: ChatRequest, head: InboundHead, record: RequestRecord) -> Principal | None:
-        """Who the request spends for; raises ``BudgetExceeded`` before any upstream call (memory only)."""
+    async def _check_budgets(self, chat: ChatRequest, head: InboundHead, record: RequestRecord) -> Principal | None:
+        """Who the request spends for; raises ``BudgetExceeded`` before any upstream call (from memory, once the
+        shared spend of its windows has been read)."""
         budgets = self.budgets
         if budgets is None:
             return None
         who = principal(chat.body, head.headers) if budgets.scoped else None
-        budgets.check(record.group, who)
+        await budgets.admit(record.group, who)
         return who
 
     async def _route_for(self, chat: ChatRequest, head: InboundHead, record: RequestRecord,
