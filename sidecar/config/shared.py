@@ -59,6 +59,7 @@ class CacheSettings:
     mode: str = "deterministic"  # or "all": cache sampled answers too
     redis: RedisSettings | None = None  # the type redis's server
     coalesce: bool = True  # identical cacheable requests in flight share one upstream call
+    fleet_lock_ms: int = 3000  # with redis and coalesce: the cross-pod lock's lease (0: pods do not wait)
 
 
 BUDGET_SCOPES = ("team", "key", "user")
@@ -332,6 +333,7 @@ def _cache(s: Section, secrets: SecretResolver, shared: RedisSettings | None,
         namespace=s.string("namespace", default.namespace) or default.namespace,
         mode=s.choice("mode", default.mode, CACHE_MODES),
         coalesce=s.boolean("coalesce", default.coalesce),
+        fleet_lock_ms=s.integer("fleet_lock_ms", default.fleet_lock_ms, minimum=0),
         redis=_cache_redis(redis, shared, env, s, secrets) if kind == "redis" else None,
     )
     if kind != "redis" and has_address:

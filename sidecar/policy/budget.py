@@ -9,6 +9,10 @@ reply never undoes spend counted while it was in flight or while Redis was unrea
 A budget may look at who asked (``Principal``: the inbound key's name and team, and the user): it covers only
 the teams, keys or users it names, and with ``per`` it is one limit per team, key or user — a window each,
 made when first needed, at most ``MAX_SCOPES`` per budget (the least recently used goes first).
+
+A window is *synced* once a shared total for its current window number has been merged (``observe``);
+``unsynced`` names the windows a request would be checked against that are not — after a restart, a scope
+first seen, or a window that just rolled over — so the caller can read their totals before the check.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class Exceeded:
 class BudgetWindow:
     """One budget's spend in its current window (for one team, key or user when the budget is ``per`` one)."""
 
-    __slots__ = ("id", "settings", "soft_noted", "spent", "window")
+    __slots__ = ("id", "settings", "soft_noted", "spent", "synced", "window")
 
     def __init__(self, settings: BudgetSettings, id_: str | None = None) -> None:
         self.settings = settings
@@ -68,6 +72,7 @@ class BudgetWindow:
         self.window = -1
         self.spent = 0.0
         self.soft_noted = False  # the soft limit was reported in this window
+        self.synced = -1  # the window whose shared total was last merged (-1: none yet)
 
     def roll(self, now: float) -> int:
         """Move to the window ``now`` falls in (spend starts at zero there); return its number."""
@@ -111,7 +116,7 @@ class BudgetLedger:
         for id_, previous in old.windows.items():
             window = self._carried(id_, previous)
             if window is not None and previous.settings.period == window.settings.period:
-                window.window, window.spent = previous.window, previous.spent
+                window.window, window.spent, window.synced = previous.window, previous.spent, previous.synced
 
     def _carried(self, id_: str, previous: BudgetWindow) -> BudgetWindow | None:
         window = self.windows.get(id_)
@@ -166,6 +171,16 @@ class BudgetLedger:
                 return Exceeded(window.settings, window.spent, window.ends_at(current) - now)
         return None
 
+    def unsynced(self, group: str, now: float, who: Principal | None = None) -> list[tuple[str, int]]:
+        """(window id, window number) of the windows covering ``group`` (and ``who``) whose shared total for
+        the current window has not been merged yet."""
+        stale = []
+        for window in self._windows(group, who):
+            number = window.roll(now)
+            if window.synced != number:
+                stale.append((window.id, number))
+        return stale
+
     def add(self, groups: Iterable[str], cost: float, now: float,
             who: Principal | None = None) -> list[tuple[BudgetWindow, int]]:
         """Count ``cost`` once against every budget covering any of ``groups`` (the group asked for and the
@@ -180,11 +195,13 @@ class BudgetLedger:
         return touched
 
     def observe(self, id_: str, window: int, total: float) -> BudgetWindow | None:
-        """Merge a shared total for window ``id_`` (ignored when that window is not the current one)."""
+        """Merge a shared total for window ``id_`` (ignored when that window is not the current one); the
+        window is synced."""
         budget = self.windows.get(id_)
         if budget is None or window < budget.window:
             return None
         if window > budget.window:
             budget.window, budget.spent, budget.soft_noted = window, 0.0, False
         budget.spent = max(budget.spent, total)
+        budget.synced = window
         return budget

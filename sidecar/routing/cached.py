@@ -62,13 +62,14 @@ def stored_stream(chunks: list[StreamChunk] | None, outcome: Outcome) -> bytes |
 
 
 class Recorder:
-    """The app's stream sink with the chunks it was sent kept (up to ``max_bytes``) for the cache: the
-    stream path when coalescing is off."""
+    """The app's stream sink with the chunks it was sent kept (up to ``max_bytes``) for the caches: the
+    stream path when coalescing is off, or when only the semantic cache applies."""
 
-    __slots__ = ("chunks", "max_bytes", "sink", "size", "whole")
+    __slots__ = ("chunks", "max_bytes", "sink", "size", "verdict", "whole")
 
-    def __init__(self, sink: StreamSink, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, sink: StreamSink, max_bytes: int = MAX_BYTES, verdict: str | None = MISS) -> None:
         self.sink = sink
+        self.verdict = verdict  # x-sidecar-cache (None: only the semantic cache keeps the answer)
         self.chunks: list[StreamChunk] = []
         self.size = 0
         self.max_bytes = max_bytes
@@ -79,7 +80,7 @@ class Recorder:
         return self.sink.started
 
     async def start(self, outcome: Outcome) -> None:
-        outcome.cache = MISS
+        outcome.cache = self.verdict
         await self.sink.start(outcome)
 
     async def send(self, chunks: list[StreamChunk]) -> None:

@@ -42,6 +42,7 @@ from sidecar.routing.shadow import Shadows
 from sidecar.state import cache as response_cache
 from sidecar.state.budgets import Budgets, principal
 from sidecar.state.cache import ResponseCache
+from sidecar.state.locks import FleetLocks, Lease
 from sidecar.telemetry import RequestMetrics
 from sidecar.telemetry.logs import log_request
 from sidecar.telemetry.record import CURRENT_OUTCOME, RequestRecord
@@ -104,6 +105,7 @@ class Pipeline:
         self.budgets = budgets
         self.coalescer = coalescer  # None: identical requests in flight each make their own call
         self.semantic: SemanticCache | None = None  # opt-in per model group; set by the assembly
+        self.locks: FleetLocks | None = None  # cross-pod coalescing (a Redis cache tier); set by the assembly
         self.tracing = tracing
         self.prices = prices if prices is not None else {d.id: d.model_info for d in router.config.deployments}
         rules = router.config.sidecar.rules  # compiled once per config; None: no per-request cost
@@ -171,7 +173,7 @@ class Pipeline:
                     record.outcome, record.status = "semantic_hit", 200
                     data = {} if chat.wire is WireFormat.OPENAI else cached.loads(found[1])
                     return Answer(ChatResponse(data, raw=found[1]), None, cache=SEMANTIC_HIT, similarity=found[0])
-            who = None if self.budgets is None else self._check_budgets(chat, head, record)
+            who = None if self.budgets is None else await self._check_budgets(chat, head, record)
             chat, route, choice = ((chat, Route(record.group, decision, None, None), None) if self.plain_routing
                                    else await self._route_for(chat, head, record, decision))
             if key is not None and self.coalescer is not None:
@@ -182,7 +184,7 @@ class Pipeline:
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)  # what the shared call did, for this request's record
                     raise
-                if joined:
+                if joined or outcome is None:  # another request's call, here or on another pod
                     outcome = None
                     record.outcome, record.status = "coalesced", 200
                     return Answer(response, None, cache=cached.COALESCED)
@@ -216,10 +218,10 @@ class Pipeline:
         who: Principal | None = None
         try:
             key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers, decision)
-            replayed = await self._replay(chat, head, decision, hit, sink, record)
+            replayed, place = await self._replay(chat, head, decision, hit, sink, record)
             if replayed is not None:
                 return replayed
-            who = None if self.budgets is None else self._check_budgets(chat, head, record)
+            who = None if self.budgets is None else await self._check_budgets(chat, head, record)
             chat, route, choice = ((chat, Route(record.group, decision, None, None), None) if self.plain_routing
                                    else await self._route_for(chat, head, record, decision))
             decision, session = route.decision, route.session
@@ -227,16 +229,18 @@ class Pipeline:
                 response, outcome, earlier = await self._route(cascading.whole(chat), route)
                 record.cost = (request_cost(outcome.usage, self.prices.get(outcome.deployment or "")) or 0.0) + earlier
                 await self.router.replay(chat, sink, response, outcome)
-            elif key is None:
+            elif key is None and place is None:
                 outcome = await self.router.stream(chat, sink, decision, session)
-            elif self.coalescer is None:
-                outcome = await self._shared_stream(chat, key, cached.Recorder(sink), decision, session)
+            elif key is None or self.coalescer is None:  # kept for the cache, or the semantic cache only
+                recorder = cached.Recorder(sink, verdict=None if key is None else cached.MISS)
+                outcome = await self._shared_stream(chat, key, recorder, decision, session, place=place)
             else:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     result, joined = await self.coalescer.stream(
                         cached.flight_key(key, chat),
-                        lambda broadcast: self._shared_stream(chat, key, broadcast, decision, session, who), sink)
+                        lambda broadcast: self._shared_stream(chat, key, broadcast, decision, session, who, place),
+                        sink)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)
                     raise
@@ -331,20 +335,22 @@ class Pipeline:
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 
     async def _replay(self, chat: ChatRequest, head: InboundHead, decision: RuleDecision | None,
-                      hit: bytes | None, sink: StreamSink, record: RequestRecord) -> Outcome | None:
-        """A stream replayed from the cache's answer, or from the semantic cache's (None: neither had one)."""
+                      hit: bytes | None, sink: StreamSink, record: RequestRecord,
+                      ) -> tuple[Outcome | None, tuple[str, list[float]] | None]:
+        """(a stream replayed from the cache's answer, or from the semantic cache's — None: neither had one;
+        where the semantic cache keeps this stream's answer — None: it does not apply)."""
         if hit is not None:
             replayed = await cached.replay(hit, chat, sink)
             if replayed is not None:
                 record.outcome, record.status = "cache_hit", 200
-                return replayed
+                return replayed, None
         if self.semantic is not None and self._semantic_applies(chat, head, decision):
-            _, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]  # streams are not stored in it
+            place, found = await self.semantic.lookup(chat)  # type: ignore[union-attr]
             replayed = None if found is None else await cached.replay(found[1], chat, sink, SEMANTIC_HIT)
             if replayed is not None:
                 record.outcome, record.status = "semantic_hit", 200
-                return replayed
-        return None
+            return replayed, place
+        return None, None
 
     def _semantic_applies(self, chat: ChatRequest, head: InboundHead, decision: RuleDecision | None) -> bool:
         """The semantic cache is opt-in per group, and never serves a compliance-restricted request (its
@@ -352,13 +358,14 @@ class Pipeline:
         return (self.semantic is not None and (decision is None or not decision.restricted)
                 and self.semantic.applies(chat) and response_cache.directives(head.headers)[0])
 
-    def _check_budgets(self, chat: ChatRequest, head: InboundHead, record: RequestRecord) -> Principal | None:
-        """Who the request spends for; raises ``BudgetExceeded`` before any upstream call (memory only)."""
+    async def _check_budgets(self, chat: ChatRequest, head: InboundHead, record: RequestRecord) -> Principal | None:
+        """Who the request spends for; raises ``BudgetExceeded`` before any upstream call (from memory, once the
+        shared spend of its windows has been read)."""
         budgets = self.budgets
         if budgets is None:
             return None
         who = principal(chat.body, head.headers) if budgets.scoped else None
-        budgets.check(record.group, who)
+        await budgets.admit(record.group, who)
         return who
 
     async def _route_for(self, chat: ChatRequest, head: InboundHead, record: RequestRecord,
@@ -380,34 +387,52 @@ class Pipeline:
                                         route.session, self.prices)
 
     async def _shared_call(self, chat: ChatRequest, key: str, who: Principal | None,
-                           route: Route) -> tuple[ChatResponse, Outcome, float]:
-        """One whole-answer call on behalf of every request that joins it: stores and spends once."""
+                           route: Route) -> tuple[ChatResponse, Outcome | None, float]:
+        """One whole-answer call on behalf of every request that joins it: stores and spends once. With a
+        cross-pod lock another pod may be making it: its stored answer, with no outcome (nothing spent here)."""
+        lease: Lease | None = None
+        stored: asyncio.Task[None] | None = None
+        if self.locks is not None:
+            found, lease = await self.locks.claim(key, self.router.timeout)
+            if found is not None:
+                return ChatResponse({} if chat.wire is WireFormat.OPENAI else cached.loads(found), raw=found), None, 0.0
         try:
             response, outcome, earlier = await self._route(chat, route)
+            if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
+                stored = self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
             raise
-        if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
-            self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
+        finally:
+            if lease is not None:
+                self.locks.release(lease, stored)  # type: ignore[union-attr]
         self._spend_shared(route.group, outcome, who, earlier)
         return response, outcome, earlier
 
-    async def _shared_stream(self, chat: ChatRequest, key: str, sink: cached.Recorder | StreamSink,
-                             decision: RuleDecision | None, session: str | None,
-                             who: Principal | None = None) -> Outcome:
+    async def _shared_stream(self, chat: ChatRequest, key: str | None, sink: cached.Recorder | StreamSink,
+                             decision: RuleDecision | None, session: str | None, who: Principal | None = None,
+                             place: tuple[str, list[float]] | None = None) -> Outcome:
         """One streamed call into ``sink`` (a coalescing broadcast, or a recorder in front of the app's sink);
-        the finished answer is stored as a whole one. Spends the budgets when shared (a broadcast)."""
+        the finished answer is stored as a whole one, under ``key`` in the cache and at ``place`` in the
+        semantic cache. Spends the budgets when shared (a broadcast)."""
+        lease = None if self.locks is None or key is None else await self.locks.take(key)  # for other pods
+        put: asyncio.Task[None] | None = None
         try:
             outcome = await self.router.stream(chat, sink, decision, session)
+            if not outcome.failed and outcome.catch_all is None:
+                stored = cached.stored_stream(sink.chunks if sink.whole else None, outcome)  # type: ignore[union-attr]
+                if stored is not None and key is not None:
+                    put = self.cache.put(key, stored)  # type: ignore[union-attr]
+                if stored is not None and place is not None:
+                    self.semantic.store(place, stored)  # type: ignore[union-attr]
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
             raise
-        if not outcome.failed and outcome.catch_all is None:
-            stored = cached.stored_stream(sink.chunks if sink.whole else None, outcome)  # type: ignore[union-attr]
-            if stored is not None:
-                self.cache.put(key, stored)  # type: ignore[union-attr]
+        finally:
+            if lease is not None:
+                self.locks.release(lease, put)  # type: ignore[union-attr]
         if not isinstance(sink, cached.Recorder):
             group = self.router.group_label(chat.model if decision is None or decision.group is None
                                             else decision.group)

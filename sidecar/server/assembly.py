@@ -30,6 +30,7 @@ from sidecar.routing.semantic import SemanticCache
 from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
 from sidecar.state.fleet import Fleet, FleetBucket
+from sidecar.state.locks import FleetLocks
 from sidecar.telemetry import RequestMetrics
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
                         generation=deployment_set_digest(config), coalescer=_coalescer(cache, previous))
     pipeline.semantic = _semantic(config, router, previous)
+    pipeline.locks = _locks(pipeline, previous)
     return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks, fleet)
 
 
@@ -163,6 +165,18 @@ def _coalescer(cache: ResponseCache | None, previous: Assembly | None) -> Coales
     return Coalescer()
 
 
+def _locks(pipeline: Pipeline, previous: Assembly | None) -> FleetLocks | None:
+    """Cross-pod coalescing when the coalescing cache has a Redis tier and a lease (kept across reloads that
+    keep the cache: its leases and counters go on)."""
+    cache = pipeline.cache
+    if pipeline.coalescer is None or cache is None or cache.gate is None or not cache.settings.fleet_lock_ms:
+        return None
+    old = previous.pipeline.locks if previous is not None else None
+    if old is not None and old.cache is cache:
+        return old
+    return FleetLocks(cache, cache.settings.fleet_lock_ms)
+
+
 def _budgets(config: Config, previous: Assembly | None) -> tuple[Budgets | None, tuple[asyncio.Task[None], ...]]:
     shared = config.sidecar.shared
     if not shared.budgets:
@@ -205,6 +219,8 @@ async def retire(old: Assembly, successor: Assembly | None) -> None:
     if old.budgets is not None and (successor is None or successor.budgets is not old.budgets):
         await old.budgets.aclose()
     if old.cache is not None and (successor is None or successor.cache is not old.cache):
+        if old.pipeline.locks is not None:
+            await old.pipeline.locks.aclose()
         await old.cache.aclose()
     if old.fleet is not None and (successor is None or successor.fleet is not old.fleet):
         await old.fleet.aclose()

@@ -41,6 +41,9 @@ async def metrics(request: web.Request) -> web.Response:
     coalescer = state.pipeline.coalescer if state.pipeline is not None else None
     if coalescer is not None:
         text += coalescer.render()
+    locks = state.pipeline.locks if state.pipeline is not None else None
+    if locks is not None:
+        text += locks.render()
     text += reload.render(state)
     if state.router is not None:
         text += render_replicas(ReplicaRow(p.deployment.id, r.name, r.healthy, r.inflight, r.waiting, r.requests,

@@ -1,12 +1,17 @@
 """Budgets at the edge: the ledger (``policy.budget``) fed by answered requests, shared through Redis.
 
-The request path only reads and writes memory: ``check`` asks the ledger, ``spend`` adds to it and queues
-the amount. One background flush at a time sends the queued amounts to Redis (``INCRBYFLOAT`` on one key per
-budget and window, with an ``EXPIRE`` just past the window) and merges each reply — the shared total across
-pods — into the ledger; a timer also reads the totals every ``REFRESH_SECONDS``, so a sidecar that spends
-nothing still sees what the others spent. When Redis fails, amounts stay queued for the next try and the
-ledger keeps counting this process's spend: requests are never failed or slowed by Redis. The timer's first
-read is at start, so a restarted sidecar knows the window's spend again within a Redis round trip.
+The request path reads and writes memory: ``admit`` asks the ledger, ``spend`` adds to it and queues the
+amount. The one exception is a window whose shared total this process has not read yet (after a start, for a
+team, key or user first seen, or when a window rolls over): ``admit`` reads it first — one ``MGET``, shared by
+the requests that need it at the same time, waited for at most ``LOAD_TIMEOUT`` — so a restart opens no
+window in which a spent budget lets requests through. Redis slow or down: the check goes on from memory.
+
+One background flush at a time sends the queued amounts to Redis (``INCRBYFLOAT`` on one key per budget and
+window, with an ``EXPIRE`` just past the window) and merges each reply — the shared total across pods — into
+the ledger; a timer also reads the totals every ``REFRESH_SECONDS`` (first at start), so a sidecar that
+spends nothing still sees what the others spent. When Redis fails, amounts stay queued for the next try and
+the ledger keeps counting this process's spend: requests are never failed by Redis, nor slowed by more than
+``LOAD_TIMEOUT`` once per window.
 
 A budget with a soft limit logs ``budget soft limit reached`` once per window (and team, key or user) when
 its spend — this pod's or the fleet's, as Redis reports it — reaches it, and counts it in
@@ -46,6 +51,7 @@ def principal(body: Mapping[str, Any], headers: Mapping[str, str]) -> Principal:
     return Principal(owner.name, owner.team, user)
 REFRESH_SECONDS = 1.0
 REDIS_TIMEOUT = 0.5
+LOAD_TIMEOUT = 0.1  # a request waits this long at most for a window's shared total read on its behalf
 EXPIRE_MARGIN_SECONDS = 3600  # keys outlive their window a little, for late increments and inspection
 
 
@@ -60,6 +66,7 @@ class Budgets:
         self.gate = gate
         self.clock = clock  # wall clock: windows are aligned to the UTC epoch so all pods agree
         self.pending: dict[tuple[str, int], float] = {}
+        self._loading: dict[tuple[str, int], asyncio.Task[None]] = {}  # windows being read for ``admit``
         self._flush: asyncio.Task[None] | None = None
         self.soft_reached: dict[str, int] = {}  # budget name -> soft limits reached (metric)
 
@@ -75,6 +82,15 @@ class Budgets:
     def scoped(self) -> bool:
         """Do budgets look at who asked? (If not, the request path does not work out who did.)"""
         return self.ledger.scoped
+
+    async def admit(self, group: str, who: Principal | None = None) -> None:
+        """``check``, after reading the shared totals of the windows covering the request that this process
+        has not read yet (bounded by ``LOAD_TIMEOUT``; the read goes on in the background past it)."""
+        if self.redis is not None:
+            stale = self.ledger.unsynced(group, self.clock(), who)
+            if stale:
+                await self._load(stale)
+        self.check(group, who)
 
     def check(self, group: str, who: Principal | None = None) -> None:
         """Raise ``BudgetExceeded`` when a budget covering ``group`` (and ``who``) is spent in its window."""
@@ -132,19 +148,26 @@ class Budgets:
             for (name, window), total in zip(sent, replies[::2], strict=True):
                 self._observe(name, window, total)
 
-    async def refresh(self) -> None:
-        """Read every budget's shared total for its current window (and send anything still queued)."""
+    async def _load(self, stale: list[tuple[str, int]]) -> None:
+        missing = [w for w in stale if w not in self._loading]
+        if missing:
+            task = asyncio.ensure_future(self._read(missing))
+            for window in missing:
+                self._loading[window] = task
+
+            def done(_: object) -> None:
+                for window in missing:
+                    if self._loading.get(window) is task:
+                        del self._loading[window]
+            task.add_done_callback(done)
+        await asyncio.wait({self._loading[w] for w in stale if w in self._loading}, timeout=LOAD_TIMEOUT)
+
+    async def _read(self, windows: list[tuple[str, int]]) -> None:
+        """Read and merge the shared totals of ``windows`` (a window with no key yet has spent nothing)."""
         if self.redis is None or (self.gate is not None and not self.gate.open):
             return
-        if self.pending:
-            await self.flush()
-            return
-        now = self.clock()
-        current = [(name, int(now // w.settings.period)) for name, w in self.ledger.windows.items()]
-        if not current:
-            return
         try:
-            keys = [self._key(n, w) for n, w in current]
+            keys = [self._key(n, w) for n, w in windows]
             # a cluster spreads the keys over slots: one MGET per node (redis-py's mget_nonatomic)
             read = self.redis.mget_nonatomic(keys) if hasattr(self.redis, "mget_nonatomic") else self.redis.mget(keys)
             totals = await asyncio.wait_for(read, REDIS_TIMEOUT)
@@ -154,9 +177,20 @@ class Budgets:
             return
         if self.gate is not None:
             self.gate.succeeded()
-        for (name, window), total in zip(current, totals, strict=True):
-            if total is not None:
-                self._observe(name, window, total)
+        for (name, window), total in zip(windows, totals, strict=True):
+            self._observe(name, window, 0.0 if total is None else total)
+
+    async def refresh(self) -> None:
+        """Read every budget's shared total for its current window (and send anything still queued)."""
+        if self.redis is None or (self.gate is not None and not self.gate.open):
+            return
+        if self.pending:
+            await self.flush()
+            return
+        now = self.clock()
+        current = [(name, int(now // w.settings.period)) for name, w in self.ledger.windows.items()]
+        if current:
+            await self._read(current)
 
     def _observe(self, name: str, window: int, total: object) -> None:
         merged = self.ledger.observe(name, window, float(total))  # type: ignore[arg-type]

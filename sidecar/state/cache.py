@@ -229,17 +229,19 @@ class ResponseCache:
             await memory.set(key, body, ttl=left)
         return body
 
-    def put(self, key: str, body: bytes) -> None:
-        """Store ``body`` in the background: the app's answer does not wait for the cache."""
+    def put(self, key: str, body: bytes) -> asyncio.Task[None] | None:
+        """Store ``body`` in the background: the app's answer does not wait for the cache. Returns the store
+        in the shared tier (None: no shared tier, or Redis is skipped) — a fleet lease ends after it."""
         if self.memory is not None:
             task = asyncio.create_task(self.memory.set(key, body, ttl=self.ttl))
             self._stores.add(task)
             task.add_done_callback(self._stores.discard)
         if self.gate is not None and not self.gate.open:
-            return
+            return None
         task = asyncio.create_task(self._put(key, body))
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
+        return task if self.gate is not None else None
 
     async def _put(self, key: str, body: bytes) -> None:
         value = body if self.gate is None else encode_entry(body, self.clock() + self.ttl)

@@ -97,3 +97,44 @@ def test_slow_embeddings_are_a_plain_miss_within_the_time_budget(sidecar: Sideca
     backup.set(error_rate=0.0)
     metrics = requests.get(f"{sidecar.admin_url}/metrics", timeout=5).text
     assert 'llm_sidecar_semantic_cache_total{result="skipped"} 2' in metrics
+
+
+def stream(sidecar: Sidecar, text: str) -> tuple[str | None, str]:
+    """(x-sidecar-cache, the text) of a streamed answer."""
+    client = openai.OpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+    raw = client.chat.completions.with_raw_response.create(model="chat", temperature=0, stream=True, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": text}])
+    return raw.headers.get("x-sidecar-cache"), "".join(c.choices[0].delta.content or "" for c in raw.parse()
+                                                         if c.choices)
+
+
+def assert_a_streamed_answer_answers_paraphrases(sidecar: Sidecar, primary: FakeProvider, verdict: str | None) -> None:
+    calls = primary.stats()["requests"]
+    first, text = stream(sidecar, "What is the tallest mountain on planet Earth?")
+    assert first == verdict and text
+    deadline = time.monotonic() + 5
+    while (plain := ask(sidecar, "what is the tallest mountain on planet earth", temperature=0)) \
+            .headers.get("x-sidecar-cache") != "semantic-hit":  # stored just after the stream's end
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert plain.parse().choices[0].message.content == text
+    assert stream(sidecar, "What's the tallest mountain on planet Earth?") == ("semantic-hit", text)
+    assert primary.stats()["requests"] == calls + 1
+
+
+def test_a_streamed_answer_feeds_the_semantic_cache(sidecar: Sidecar, primary: FakeProvider) -> None:
+    assert_a_streamed_answer_answers_paraphrases(sidecar, primary, None)  # no response cache: no verdict
+
+
+def test_a_streamed_answer_feeds_the_semantic_cache_through_a_coalesced_call(
+        workdir: Path, primary: FakeProvider, backup: FakeProvider) -> None:
+    config = {"model_list": [deployment("chat", primary), deployment("embed", backup, model="openai/bow-embed")],
+              "router_settings": {"timeout": 10, "num_retries": 0},
+              "sidecar_settings": {"cache": {"type": "local"},
+                                   "semantic_cache": {"embedding_model": "embed", "groups": ["chat"],
+                                                      "threshold": 0.8, "timeout_ms": 300}}}
+    process = Sidecar(config, workdir, "semantic-with-cache")
+    try:
+        assert_a_streamed_answer_answers_paraphrases(process, primary, "miss")
+    finally:
+        process.stop()

@@ -11,6 +11,7 @@ from typing import Any
 
 import openai
 import pytest
+import redis
 import requests
 
 from tests.integration.procs import FakeProvider, RedisServer, Sidecar
@@ -81,3 +82,38 @@ def _wait(text: Any, needle: str) -> str:
     while needle not in text() and time.monotonic() < deadline:
         time.sleep(0.05)
     return str(text())
+
+
+def test_per_key_and_per_user_spend_is_refused_on_the_first_request_after_a_crash(
+        workdir: Path, primary: FakeProvider, redis_server: RedisServer) -> None:
+    """No window after a restart in which a spent key or user gets through: the first request of a key or
+    user this process has not seen reads its window's shared spend before the check."""
+    namespace = f"restart{time.time_ns()}"
+    settings = config(primary, redis_server, namespace)
+    settings["sidecar_settings"]["budgets"] = [
+        {"name": "per-key", "per": "key", "max_budget_usd": 0.005, "period": "1h"},
+        {"name": "per-user", "per": "user", "max_budget_usd": 0.005, "period": "1h"}]
+    first = Sidecar(settings, workdir, "budget-crash")
+    try:
+        assert ask(first, SEARCH_KEY, "alice").choices[0].message.content  # spends search-app's and alice's
+        spent = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=2)
+        deadline = time.monotonic() + 5
+        while len(spent.keys(f"{namespace}:budget:*")) < 2:  # the spend reached Redis (sent right after)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        spent.close()
+    finally:
+        first.process.kill()  # no graceful drain: what Redis holds is all that survives
+        first.process.wait(10)
+    restarted = Sidecar(settings, workdir, "budget-crash-restarted")
+    try:
+        with pytest.raises(openai.RateLimitError) as key:  # the very first request after the start
+            ask(restarted, SEARCH_KEY, "zoe")
+        assert "per-key" in key.value.message
+        with pytest.raises(openai.RateLimitError) as user:
+            ask(restarted, ADS_KEY, "alice")
+        assert "per-user" in user.value.message
+        assert ask(restarted, ADS_KEY, "bob").choices[0].message.content  # a key and user with money left
+        assert primary.stats()["requests"] == 2
+    finally:
+        restarted.stop()

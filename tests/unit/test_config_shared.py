@@ -24,6 +24,12 @@ def test_nothing_configured_means_no_cache_no_budgets_no_redis() -> None:
     assert (shared.cache, shared.budgets, shared.redis) == (None, (), None)
 
 
+def test_the_cross_pod_lock_is_on_by_default_and_zero_turns_it_off() -> None:
+    assert parse({"cache": {"type": "local"}}).sidecar.shared.cache.fleet_lock_ms == 3000  # type: ignore[union-attr]
+    cache = parse({"cache": {"type": "redis", "host": "r", "fleet_lock_ms": 0}}).sidecar.shared.cache
+    assert cache is not None and cache.fleet_lock_ms == 0
+
+
 def test_a_local_cache() -> None:
     cache = parse({"cache": {"type": "local", "ttl": 30, "max_size": 10, "mode": "all"}}).sidecar.shared.cache
     assert cache is not None and (cache.type, cache.ttl, cache.max_size, cache.mode, cache.redis) == (
@@ -53,8 +59,9 @@ def test_a_redis_cache_from_host_port_password_or_the_shared_redis() -> None:
 
 def test_cache_problems_have_locations() -> None:
     found = problems({"model_list": [entry()], "sidecar_settings": {"cache": {
-        "type": "memcached", "ttl": 0, "colour": "red", "mode": "sometimes"}}})
+        "type": "memcached", "ttl": 0, "colour": "red", "mode": "sometimes", "fleet_lock_ms": -1}}})
     assert "sidecar_settings.cache.colour: unknown key" in found
+    assert "sidecar_settings.cache.fleet_lock_ms: expected an integer >= 0, got -1" in found
     assert "sidecar_settings.cache.ttl: expected a number >= 0.001, got 0" in found
     assert any(p.startswith("sidecar_settings.cache.type: expected one of local, redis") for p in found)
     assert any(p.startswith("sidecar_settings.cache.mode: expected one of") for p in found)

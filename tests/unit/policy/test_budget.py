@@ -109,6 +109,21 @@ def test_budgets_for_a_team_a_key_and_per_user_count_only_their_requests() -> No
     assert not any("alice" in i for i in ids)  # users are hashed in ids (Redis keys, metrics)
 
 
+def test_windows_are_unsynced_until_a_shared_total_of_their_current_window_is_merged() -> None:
+    per_user = BudgetSettings("per-user", 0.5, HOUR, "1h", per="user")
+    book = BudgetLedger([BudgetSettings("global", 5.0, HOUR, "1h"), per_user], ["gpt-4o"])
+    alice = Principal(None, None, "alice")
+    stale = book.unsynced("gpt-4o", 10.0, alice)  # a restart, or alice's first request: nothing read yet
+    assert [number for _, number in stale] == [0, 0] and stale[0][0] == "global"
+    user_id = stale[1][0]
+    book.observe(user_id, 0, 0.6)  # what the other pods (or this one before a restart) spent
+    book.observe("global", 0, 0.0)  # no key in Redis yet reads as nothing spent
+    assert book.unsynced("gpt-4o", 20.0, alice) == []
+    refused = book.check("gpt-4o", 20.0, alice)
+    assert refused is not None and refused.budget is per_user
+    assert book.unsynced("gpt-4o", HOUR + 1, alice) == [("global", 1), (user_id, 1)]  # a new window: read again
+
+
 def test_per_user_windows_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sidecar.policy.budget.MAX_SCOPES", 3)
     per_user = BudgetSettings("per-user", 1.0, HOUR, "1h", per="user")
