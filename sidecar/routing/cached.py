@@ -85,7 +85,8 @@ class Recorder:
     async def send(self, chunks: list[StreamChunk]) -> None:
         if self.whole:
             self.chunks.extend(chunks)
-            self.size += sum(len(c.raw) for c in chunks)
+            for chunk in chunks:
+                self.size += len(chunk.raw)
             if self.size > self.max_bytes:
                 self.whole, self.chunks = False, []
         await self.sink.send(chunks)

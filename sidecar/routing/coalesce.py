@@ -67,8 +67,8 @@ class Broadcast:
     """A stream sink for the router that many subscribers read: chunks kept for late joiners, bounded."""
 
     __slots__ = (
-        "_changed",
         "_moved",
+        "_waiting",
         "chunks",
         "dropped",
         "error",
@@ -90,8 +90,11 @@ class Broadcast:
         self.error: SidecarError | None = None  # in-band failure after the commit
         self.positions: dict[int, int] = {}  # subscriber id -> chunks it has been sent (absolute)
         self.dropped: set[int] = set()  # subscribers too far behind, ended with an error
-        self._changed = asyncio.Event()
-        self._moved = asyncio.Event()
+        # Futures rather than asyncio.Events: a new Event per chunk (and per batch a subscriber is sent) was most
+        # of what a stream pays for coalescing. Each waiting subscriber has a future of its own (a shared one
+        # would be cancelled with the first waiter cancelled); the router waits on ``_moved`` only when trimming.
+        self._waiting: list[asyncio.Future[None]] = []  # subscribers waiting for the next change
+        self._moved: asyncio.Future[None] | None = None  # the router waiting for a subscriber to move on
 
     @property
     def started(self) -> bool:
@@ -103,8 +106,19 @@ class Broadcast:
         return self.trimmed == 0
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        waiting = self._waiting
+        if waiting:
+            self._waiting = []
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+
+    def _moved_on(self) -> None:
+        moved = self._moved
+        if moved is not None:
+            self._moved = None
+            if not moved.done():
+                moved.set_result(None)
 
     # ---- the router's side ----------------------------------------------------------------------------
 
@@ -114,7 +128,8 @@ class Broadcast:
 
     async def send(self, chunks: list[StreamChunk]) -> None:
         self.chunks.extend(chunks)
-        self.size += sum(len(c.raw) + len(c.native or b"") for c in chunks)
+        for chunk in chunks:
+            self.size += len(chunk.raw) + len(chunk.native or b"")
         self._notify()
         if self.size > self.max_bytes:
             await self._trim()
@@ -158,8 +173,10 @@ class Broadcast:
                 self._notify()
                 continue
             moved = self._moved
+            if moved is None or moved.done():
+                moved = self._moved = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(moved.wait(), LAG_TIMEOUT)
+                await asyncio.wait_for(moved, LAG_TIMEOUT)
             except TimeoutError:
                 waited = True
 
@@ -188,8 +205,7 @@ class Broadcast:
                         batch = self.chunks[position - self.trimmed:]
                         self.positions[subscriber] = held
                         await sink.send(batch)
-                        self._moved.set()
-                        self._moved = asyncio.Event()
+                        self._moved_on()
                         continue
                     if self.finished:
                         if self.error is not None:
@@ -199,12 +215,13 @@ class Broadcast:
                         return
                 elif self.finished:
                     return  # failed before the commit: the flight's task raises the error
-                await self._changed.wait()
+                change = asyncio.get_running_loop().create_future()
+                self._waiting.append(change)
+                await change
         finally:
             del self.positions[subscriber]
             self.dropped.discard(subscriber)
-            self._moved.set()
-            self._moved = asyncio.Event()
+            self._moved_on()
 
 
 class Coalescer:

@@ -69,7 +69,9 @@ def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
 def cache_key(request: ChatRequest, generation: str = "") -> str:
     """A stable digest of what determines the answer: endpoint, model group and canonical body, and the
     ``generation`` — the digest of the deployment set, so answers from a replaced set are never served."""
-    body = {k: v for k, v in request.body.items() if k not in EXCLUDED_FIELDS}
+    body = request.body
+    if not EXCLUDED_FIELDS.isdisjoint(body):  # copied only when there is something to leave out
+        body = {k: v for k, v in body.items() if k not in EXCLUDED_FIELDS}
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     digest = hashlib.blake2b(canonical, digest_size=20, person=b"llm-sidecar")
     digest.update(f"\0{request.endpoint.value}\0{request.model}\0{generation}".encode())
