@@ -23,6 +23,7 @@ import logging
 import struct
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -131,7 +132,9 @@ class MemoryTier:
     __slots__ = ("clock", "entries", "max_size")
 
     def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.entries: dict[str, tuple[float, bytes]] = {}  # key -> (expiry, answer), oldest stored first
+        # key -> (expiry, answer), oldest stored first. An OrderedDict: dropping a dict's first entry again and
+        # again leaves holes that every later next(iter(...)) walks over; popitem(last=False) does not.
+        self.entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self.max_size = max_size
         self.clock = clock
 
@@ -149,7 +152,7 @@ class MemoryTier:
         entries.pop(key, None)  # stored again: it is now the newest
         entries[key] = (self.clock() + ttl, body)
         if len(entries) > self.max_size:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
 
 
 def redis_backend(settings: CacheSettings) -> Any:
