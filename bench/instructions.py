@@ -2,6 +2,7 @@
 """`make bench-instructions`: user-space instructions per request, counted by callgrind.
 
     python bench/instructions.py [--requests 2000] [--concurrency 8] [--config extra.yaml] [--tracing]
+                                 [--unique] [--keep-dumps DIR]
 
 Seconds on a shared 2-core VM move ±20% between runs; instruction counts of the same code and inputs do
 not. The sidecar runs under ``valgrind --tool=callgrind`` in front of the same upstream as ``make bench``
@@ -97,7 +98,7 @@ def _totals(path: Path) -> int:
     raise RuntimeError(f"no totals in {path}")
 
 
-def count(pid: int, workdir: Path, label: str, send: object) -> int:
+def count(pid: int, workdir: Path, label: str, send: object, keep: Path | None = None) -> int:
     subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
     asyncio.run(send)  # type: ignore[arg-type]
     subprocess.run(["callgrind_control", f"--dump={label}", str(pid)], check=True, capture_output=True)
@@ -105,6 +106,9 @@ def count(pid: int, workdir: Path, label: str, send: object) -> int:
     dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
     for dump in reversed(dumps):
         if label in dump.read_text(errors="replace")[:4000]:
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(dump, keep / f"callgrind.{label}")
             return _totals(dump)
     raise RuntimeError(f"callgrind wrote no dump labelled {label}")
 
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                         "skips the lookup, no-store the cache)")
     parser.add_argument("--unique", action="store_true", help="every request's body differs: with a cache in "
                         "--config, every request a miss (without it, every one after the first a hit)")
+    parser.add_argument("--keep-dumps", type=Path, metavar="DIR", help="copy each measured callgrind dump to DIR "
+                        "(callgrind.measure-plain, …), for callgrind_annotate")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 options = (args.cache_control, args.unique)
                 asyncio.run(_send(port, model, stream, 200, args.concurrency, *options))  # warm-up
                 total = count(child.pid, workdir, f"measure-{name}",
-                              _send(port, model, stream, args.requests, args.concurrency, *options))
+                              _send(port, model, stream, args.requests, args.concurrency, *options),
+                              args.keep_dumps)
                 results[name] = total / args.requests
             procs.stop(child, timeout=60)
         finally:

@@ -52,23 +52,44 @@ def _copy(error: SidecarError) -> SidecarError:
 
 
 class Flight(Generic[T]):
-    """One shared upstream call and the number of requests waiting for it."""
+    """One shared upstream call (``task``, made by ``Coalescer._start``) and the requests waiting for it: each
+    waits on a future of its own, which the call's task settles as it ends. (``asyncio.shield`` around the
+    task did the same with a Python closure per waiter and two more rounds of the event loop per call.)"""
 
-    __slots__ = ("broadcast", "key", "task", "waiters")
+    __slots__ = ("broadcast", "key", "task", "waiters", "waiting")
 
-    def __init__(self, key: str, task: asyncio.Task[T], broadcast: Broadcast | None = None) -> None:
+    def __init__(self, key: str, broadcast: Broadcast | None = None) -> None:
         self.key = key
-        self.task = task
+        self.task: asyncio.Task[None] | None = None
         self.broadcast = broadcast
-        self.waiters = 0
+        self.waiters = 0  # requests still waiting: at 0 the call is cancelled
+        self.waiting: list[asyncio.Future[T]] = []  # their futures (one each)
+
+    def wait(self) -> asyncio.Future[T]:
+        """A future of the call's result for one more waiter."""
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        self.waiters += 1
+        return waiter
+
+    def land(self, result: T | None, error: BaseException | None) -> None:
+        """The call is over: wake the stream's subscribers, settle every waiter's future."""
+        if self.broadcast is not None:
+            self.broadcast.close()
+        for waiter in self.waiting:
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(result)  # type: ignore[arg-type]
+                else:
+                    waiter.set_exception(error)
 
 
 class Broadcast:
     """A stream sink for the router that many subscribers read: chunks kept for late joiners, bounded."""
 
     __slots__ = (
-        "_changed",
         "_moved",
+        "_waiting",
         "chunks",
         "dropped",
         "error",
@@ -90,8 +111,11 @@ class Broadcast:
         self.error: SidecarError | None = None  # in-band failure after the commit
         self.positions: dict[int, int] = {}  # subscriber id -> chunks it has been sent (absolute)
         self.dropped: set[int] = set()  # subscribers too far behind, ended with an error
-        self._changed = asyncio.Event()
-        self._moved = asyncio.Event()
+        # Futures rather than asyncio.Events: a new Event per chunk (and per batch a subscriber is sent) was most
+        # of what a stream pays for coalescing. Each waiting subscriber has a future of its own (a shared one
+        # would be cancelled with the first waiter cancelled); the router waits on ``_moved`` only when trimming.
+        self._waiting: list[asyncio.Future[None]] = []  # subscribers waiting for the next change
+        self._moved: asyncio.Future[None] | None = None  # the router waiting for a subscriber to move on
 
     @property
     def started(self) -> bool:
@@ -103,8 +127,19 @@ class Broadcast:
         return self.trimmed == 0
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        waiting = self._waiting
+        if waiting:
+            self._waiting = []
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+
+    def _moved_on(self) -> None:
+        moved = self._moved
+        if moved is not None:
+            self._moved = None
+            if not moved.done():
+                moved.set_result(None)
 
     # ---- the router's side ----------------------------------------------------------------------------
 
@@ -114,7 +149,8 @@ class Broadcast:
 
     async def send(self, chunks: list[StreamChunk]) -> None:
         self.chunks.extend(chunks)
-        self.size += sum(len(c.raw) + len(c.native or b"") for c in chunks)
+        for chunk in chunks:
+            self.size += len(chunk.raw) + len(chunk.native or b"")
         self._notify()
         if self.size > self.max_bytes:
             await self._trim()
@@ -128,8 +164,8 @@ class Broadcast:
         self.finished = True
         self._notify()
 
-    def close(self, task: asyncio.Task[Any]) -> None:
-        """The call is over (its task's done callback): wake the subscribers even when the router never
+    def close(self) -> None:
+        """The call is over: wake the subscribers even when the router never
         ended the stream — it failed before the commit, or was cancelled after it (a truncated stream must
         not end cleanly)."""
         if not self.finished:
@@ -158,8 +194,10 @@ class Broadcast:
                 self._notify()
                 continue
             moved = self._moved
+            if moved is None or moved.done():
+                moved = self._moved = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(moved.wait(), LAG_TIMEOUT)
+                await asyncio.wait_for(moved, LAG_TIMEOUT)
             except TimeoutError:
                 waited = True
 
@@ -180,16 +218,17 @@ class Broadcast:
                 position = self.positions[subscriber]
                 if self.outcome is not None:
                     if not sink.started:
-                        verdict = COALESCED if joined else MISS
-                        await sink.start(dataclasses.replace(self.outcome, cache=verdict, attempts=0) if joined
-                                         else dataclasses.replace(self.outcome, cache=verdict))
+                        if joined:  # a copy: the headers of its own, with no attempts
+                            await sink.start(dataclasses.replace(self.outcome, cache=COALESCED, attempts=0))
+                        else:  # the call's own outcome, as without coalescing (a copy costs ~10k instructions)
+                            self.outcome.cache = MISS
+                            await sink.start(self.outcome)
                     held = self.trimmed + len(self.chunks)
                     if position < held:
                         batch = self.chunks[position - self.trimmed:]
                         self.positions[subscriber] = held
                         await sink.send(batch)
-                        self._moved.set()
-                        self._moved = asyncio.Event()
+                        self._moved_on()
                         continue
                     if self.finished:
                         if self.error is not None:
@@ -199,12 +238,13 @@ class Broadcast:
                         return
                 elif self.finished:
                     return  # failed before the commit: the flight's task raises the error
-                await self._changed.wait()
+                change = asyncio.get_running_loop().create_future()
+                self._waiting.append(change)
+                await change
         finally:
             del self.positions[subscriber]
             self.dropped.discard(subscriber)
-            self._moved.set()
-            self._moved = asyncio.Event()
+            self._moved_on()
 
 
 class Coalescer:
@@ -217,24 +257,43 @@ class Coalescer:
         self.retried = 0  # flights started by a waiter after a retryable failure
 
     def _start(self, key: str, call: Callable[[], Awaitable[T]], broadcast: Broadcast | None) -> Flight[T]:
-        task = asyncio.ensure_future(call())
-        flight: Flight[T] = Flight(key, task, broadcast)
+        flight: Flight[T] = Flight(key, broadcast)
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
         self.flights[key] = flight
-        if broadcast is not None:
-            task.add_done_callback(broadcast.close)
-
-        def done(_: object) -> None:
-            if self.flights.get(key) is flight:
-                del self.flights[key]
-        task.add_done_callback(done)
         return flight
 
-    def _leave(self, flight: Flight[Any]) -> None:
+    async def _fly(self, flight: Flight[T], call: Callable[[], Awaitable[T]]) -> None:
+        """The flight's task: the call, then its result or error to every waiter (off the table first, so a
+        waiter that retries starts a new flight)."""
+        try:
+            result = await call()
+        except Exception as error:
+            self._land(flight)
+            flight.land(None, error)
+        except BaseException:  # cancelled: nobody waits any more (or the process is stopping)
+            self._land(flight)
+            error = UpstreamServerError("the shared upstream call was cancelled")
+            error.retryable = False
+            flight.land(None, error)
+            raise
+        else:
+            self._land(flight)
+            flight.land(result, None)
+
+    def _land(self, flight: Flight[Any]) -> None:
+        if self.flights.get(flight.key) is flight:
+            del self.flights[flight.key]
+
+    def _leave(self, flight: Flight[Any], waiter: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.cancel()  # this request stopped waiting (it was cancelled, or a stream joiner is done)
+        elif not waiter.cancelled():
+            waiter.exception()  # seen: asyncio does not log it as never retrieved
         flight.waiters -= 1
-        if flight.waiters == 0 and not flight.task.done():
-            flight.task.cancel()  # nobody waits for this answer any more
-            if self.flights.get(flight.key) is flight:
-                del self.flights[flight.key]
+        task = flight.task
+        if flight.waiters == 0 and task is not None and not task.done():
+            task.cancel()  # nobody waits for this answer any more
+            self._land(flight)
 
     async def complete(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """(the answer, whether this request joined another's call). Raises the call's error."""
@@ -247,18 +306,14 @@ class Coalescer:
                     self.retried += 1
             else:
                 self.coalesced += 1
-            flight.waiters += 1
+            waiter = flight.wait()
             try:
-                return await asyncio.shield(flight.task), joined
-            except asyncio.CancelledError:
-                if flight.task.cancelled() and not _current_cancelling():
-                    raise UpstreamServerError("the shared upstream call was cancelled") from None
-                raise
+                return await waiter, joined
             except SidecarError as error:
                 if not joined or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
                     raise (_copy(error) if joined else error) from None
             finally:
-                self._leave(flight)
+                self._leave(flight, waiter)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def stream(self, key: str, call: Callable[[Broadcast], Awaitable[T]],
@@ -279,26 +334,22 @@ class Coalescer:
             else:
                 self.coalesced += 1
             assert flight.broadcast is not None
-            flight.waiters += 1
+            waiter = flight.wait()
             try:
                 await flight.broadcast.follow(sink, joined)
                 if not sink.started:
-                    return await asyncio.shield(flight.task), joined  # failed before the commit: raises its error
+                    return await waiter, joined  # failed before the commit: raises its error
                 if joined:
                     return None, True
                 try:  # the leader's record gets the call's outcome (the call returns right after the end)
-                    return await asyncio.shield(flight.task), False
+                    return await waiter, False
                 except SidecarError:
                     return None, False
-            except asyncio.CancelledError:
-                if flight.task.cancelled() and not _current_cancelling():
-                    raise UpstreamServerError("the shared upstream call was cancelled") from None
-                raise
             except SidecarError as error:
                 if sink.started or not joined or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
                     raise (_copy(error) if joined else error) from None
             finally:
-                self._leave(flight)
+                self._leave(flight, waiter)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def render(self) -> str:
@@ -312,7 +363,3 @@ class Coalescer:
                 "# TYPE llm_sidecar_inflight_shared_calls gauge\n"
                 f"llm_sidecar_inflight_shared_calls {len(self.flights)}\n")
 
-
-def _current_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

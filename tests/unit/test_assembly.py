@@ -40,8 +40,10 @@ async def test_an_unchanged_config_shares_cache_budgets_and_breakers() -> None:
     assert new.router.catch_all is old.router.catch_all
     assert new.router.all_targets()[0].breaker is old.router.all_targets()[0].breaker
     assert new.pipeline.generation == old.pipeline.generation and new.pipeline is not old.pipeline
+    assert new.cache is not None
+    new.cache.put("k", b"answer")
     await retire(old, new)
-    assert new.cache is not None and new.cache.backend is not None  # shared: not closed
+    assert await new.cache.get("k") == b"answer"  # shared: not closed
     await retire(new, None)
 
 

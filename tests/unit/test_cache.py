@@ -4,6 +4,7 @@ failing backend that is a miss, never an error."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -14,13 +15,13 @@ from sidecar.config.shared import CacheSettings, RedisSettings
 from sidecar.core.types import ChatRequest, Endpoint, WireFormat
 from sidecar.state.cache import (
     EXCLUDED_FIELDS,
+    MemoryTier,
     ResponseCache,
     cache_key,
     cacheable,
     decode_entry,
     directives,
     encode_entry,
-    memory_backend,
 )
 from sidecar.state.redis import RedisGate
 
@@ -106,8 +107,7 @@ async def test_the_memory_cache_stores_looks_up_and_stays_bounded() -> None:
     assert all(keys)
     for i, key in enumerate(keys):
         cache.put(key, f"answer {i}".encode())  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-    await asyncio.gather(*cache._stores)
+    assert not cache._stores  # memory only: stored at once, no task
     assert await cache.get(keys[0]) is None  # type: ignore[arg-type]
     assert await cache.get(keys[2]) == b"answer 2"  # type: ignore[arg-type]
     assert cache.key_for(request({"temperature": 1}), {}) == (None, False)
@@ -140,8 +140,8 @@ async def test_a_failing_backend_is_a_miss_then_skipped_for_a_while(caplog: pyte
     cache = ResponseCache(CacheSettings(type="redis"), backend, gate)
     assert await cache.get("k") is None and backend.calls == 1
     assert await cache.get("k") is None and backend.calls == 1  # gate shut: Redis not even asked
-    cache.put("k", b"v")
-    assert not cache._stores
+    cache.put("other", b"v")
+    assert not cache._stores  # kept in memory only
     now[0] += 5
     assert await cache.get("k") is None and backend.calls == 2  # one probe after the backoff...
     assert await cache.get("k") is None and backend.calls == 2  # ...failed: shut again
@@ -203,23 +203,37 @@ async def test_memory_sits_in_front_of_redis_and_a_redis_hit_fills_it_for_the_ti
     now = [1000.0]
     settings = CacheSettings(type="redis", ttl=60, max_size=10)
     remote = DictBackend()
-    writer = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()),
-                           memory=memory_backend(settings), clock=lambda: now[0])
+    writer = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()), clock=lambda: now[0])
     writer.put("k", b"answer")
     await asyncio.gather(*writer._stores)
     assert decode_entry(remote.data["k"]) == (b"answer", 1060.0)
 
-    reader_memory = memory_backend(settings)
+    reader_memory = MemoryTier(settings.max_size)
     reader = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()), memory=reader_memory,
                            clock=lambda: now[0])
     now[0] = 1050.0
     assert await reader.get("k") == b"answer" and remote.gets == 1
-    expiry = reader_memory._handlers["llm-sidecark"].when() - asyncio.get_running_loop().time()
+    expiry = reader_memory.entries["k"][0] - time.monotonic()
     assert 9 < expiry <= 10  # what was left, not a fresh minute
     assert await reader.get("k") == b"answer" and remote.gets == 1  # from memory now
     now[0] = 1061.0
-    other = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()),
-                          memory=memory_backend(settings), clock=lambda: now[0])
+    other = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()), clock=lambda: now[0])
     assert await other.get("k") is None  # Redis still has it, but it is out of time
     for cache in (writer, reader, other):
         await cache.aclose()
+
+
+def test_the_memory_tier_serves_an_answer_until_its_time_and_keeps_the_newest() -> None:
+    now = [0.0]
+    memory = MemoryTier(2, clock=lambda: now[0])
+    memory.set("a", b"1", 10)
+    memory.set("b", b"2", 5)
+    now[0] = 4.9
+    assert memory.get("a") == b"1" and memory.get("b") == b"2"
+    now[0] = 5.0
+    assert memory.get("b") is None and "b" not in memory.entries  # out of time: dropped when looked up
+    memory.set("c", b"3", 10)
+    memory.set("a", b"1 again", 10)  # stored again: now the newest
+    memory.set("d", b"4", 10)
+    assert memory.get("c") is None and memory.get("a") == b"1 again" and memory.get("d") == b"4"
+    assert len(memory.entries) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import orjson
@@ -229,3 +230,26 @@ async def test_a_stream_past_the_buffer_takes_no_joiners_and_keeps_only_what_is_
     streamer.resume.set()
     await leader
     assert len(first.chunks) == 20 and first.end == "finish"
+
+
+async def test_a_call_that_fails_after_its_subscribers_are_done_leaves_no_unretrieved_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each waiter's future is settled by the call's task; one nobody awaits any more is not logged."""
+    coalescer, streamer = Coalescer(), Streamer(2, pause_after=1)
+
+    async def fails_after_the_end(sink: Broadcast) -> Outcome:
+        await streamer(sink)
+        await asyncio.sleep(0.01)  # both subscribers have their whole stream by now
+        raise UpstreamServerError("after the end")
+
+    sinks = [Sink(), Sink()]
+    leader = asyncio.create_task(coalescer.stream("k", fails_after_the_end, sinks[0]))
+    await streamer.paused.wait()
+    joiner = asyncio.create_task(coalescer.stream("k", fails_after_the_end, sinks[1]))
+    await settle()
+    streamer.resume.set()
+    assert await asyncio.gather(leader, joiner) == [(None, False), (None, True)]
+    assert [s.end for s in sinks] == ["finish", "finish"] and coalescer.flights == {}
+    gc.collect()
+    await settle()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
