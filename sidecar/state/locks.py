@@ -62,7 +62,7 @@ class FleetLocks:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _lock_key(self, key: str) -> str:
-        return f"{self.cache.backend.build_key(key)}:lock"
+        return f"{self.cache.remote.build_key(key)}:lock"
 
     def _usable(self) -> bool:
         warming = self.cache.warming
@@ -88,7 +88,7 @@ class FleetLocks:
         lease = Lease(self._lock_key(key))
         if not self._usable():
             return lease, NONE
-        reply = await self._ask(self.cache.backend.client.set(lease.key, lease.token, nx=True, px=self.lease_ms))
+        reply = await self._ask(self.cache.remote.client.set(lease.key, lease.token, nx=True, px=self.lease_ms))
         if reply is FAILED:
             return lease, NONE
         if not reply:
@@ -123,7 +123,7 @@ class FleetLocks:
             delay = min(delay * 2, LAST_POLL)
             if not self._usable():
                 return None, False
-            held = await self._ask(self.cache.backend.client.exists(lock))  # before the answer: see above
+            held = await self._ask(self.cache.remote.client.exists(lock))  # before the answer: see above
             if held is FAILED:
                 return None, False
             answer = await self.cache.get(key)
@@ -137,7 +137,7 @@ class FleetLocks:
             await asyncio.sleep(self.lease_ms / 3000)
             if not self.gate.open:
                 return
-            reply = await self._ask(self.cache.backend.client.eval(RENEW, 1, lease.key, lease.token, self.lease_ms),
+            reply = await self._ask(self.cache.remote.client.eval(RENEW, 1, lease.key, lease.token, self.lease_ms),
                                     SET_TIMEOUT)
             if reply != 1:
                 return
@@ -155,7 +155,7 @@ class FleetLocks:
         if stored is not None:
             await asyncio.wait((stored,))
         if self.gate.open:  # shut: the lease lapses on its own
-            await self._ask(self.cache.backend.client.eval(RELEASE, 1, lease.key, lease.token), SET_TIMEOUT)
+            await self._ask(self.cache.remote.client.eval(RELEASE, 1, lease.key, lease.token), SET_TIMEOUT)
 
     async def aclose(self) -> None:
         if self._tasks:
