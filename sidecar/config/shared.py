@@ -119,6 +119,7 @@ class SemanticSettings:
     timeout: float = 0.2  # seconds the embedding may take; slower is a plain miss
     tools: bool = False  # also requests with tools
     sampled: bool = False  # also requests with a non-zero (or default) temperature
+    shared: bool = True  # with a Redis (sidecar_settings.redis, or the cache's): entries shared by every pod
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +185,8 @@ def _semantic(s: Section) -> SemanticSettings | None:
         threshold=threshold, max_entries=s.integer("max_entries", default.max_entries, minimum=1),
         ttl=s.number("ttl", default.ttl, minimum=0.001),
         timeout=s.number("timeout_ms", default.timeout * 1000, minimum=1) / 1000,
-        tools=bool(s.boolean("tools", default.tools)), sampled=bool(s.boolean("sampled", default.sampled)))
+        tools=bool(s.boolean("tools", default.tools)), sampled=bool(s.boolean("sampled", default.sampled)),
+        shared=bool(s.boolean("shared", default.shared)))
     s.finish()
     return settings if model and groups else None
 

@@ -20,6 +20,7 @@ from sidecar.core.types import ChatRequest, Endpoint
 from sidecar.routing.router import Router
 from sidecar.state.cache import EXCLUDED_FIELDS
 from sidecar.state.semantic import SemanticIndex
+from sidecar.state.semantic_share import SemanticShare
 
 log = logging.getLogger("sidecar.semantic")
 SEMANTIC_HIT = "semantic-hit"
@@ -61,6 +62,7 @@ class SemanticCache:
         self.groups = frozenset(settings.groups)
         self.index = SemanticIndex(settings.max_entries, settings.ttl)
         self.hits = self.misses = self.skipped = 0  # skipped: embeddings slow or failed (a plain miss)
+        self.share: SemanticShare | None = None  # the fleet's entries through Redis; set by the assembly
 
     def applies(self, chat: ChatRequest) -> bool:
         if chat.model not in self.groups or chat.endpoint is not Endpoint.CHAT or chat.continuation:
@@ -92,6 +94,8 @@ class SemanticCache:
 
     def store(self, place: tuple[str, list[float]], answer: bytes) -> None:
         self.index.add(place[0], place[1], answer)
+        if self.share is not None:
+            self.share.publish(place[0], place[1], answer)
 
     async def _embed(self, text: str) -> list[float] | None:
         model = self.settings.embedding_model
@@ -117,4 +121,9 @@ class SemanticCache:
                 f'llm_sidecar_semantic_cache_total{{result="skipped"}} {self.skipped}\n'
                 "# HELP llm_sidecar_semantic_cache_entries Answers in the semantic cache's index.\n"
                 "# TYPE llm_sidecar_semantic_cache_entries gauge\n"
-                f"llm_sidecar_semantic_cache_entries {len(self.index)}\n")
+                f"llm_sidecar_semantic_cache_entries {len(self.index)}\n"
+                + (self.share.render() if self.share is not None else ""))
+
+    async def aclose(self) -> None:
+        if self.share is not None:
+            await self.share.aclose()

@@ -19,6 +19,7 @@ import aiohttp
 
 from sidecar.config import Config
 from sidecar.config.changes import Changes, compare, deployment_set_digest, equal
+from sidecar.config.shared import RedisSettings
 from sidecar.policy.limits import TokenBucket
 from sidecar.providers import http
 from sidecar.providers.sglang_poll import POOL_TASK, PoolWatcher
@@ -31,6 +32,7 @@ from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
 from sidecar.state.fleet import Fleet, FleetBucket
 from sidecar.state.locks import FleetLocks
+from sidecar.state.semantic_share import SemanticShare
 from sidecar.telemetry import RequestMetrics
 
 if TYPE_CHECKING:
@@ -106,20 +108,35 @@ def _cache(config: Config, previous: Assembly | None) -> ResponseCache | None:
 
 
 def _semantic(config: Config, router: Router, previous: Assembly | None) -> SemanticCache | None:
-    """The semantic cache when configured (its index kept across a reload with the same settings and
-    deployments: the embeddings would be the same)."""
+    """The semantic cache when configured (its index kept across a reload with the same settings, deployments
+    and Redis: the embeddings would be the same), its entries shared through Redis when there is one."""
     settings = config.sidecar.shared.semantic
     if settings is None:
         return None
+    generation = deployment_set_digest(config)
+    sharing = _sharing(config)
     old = previous.pipeline.semantic if previous is not None else None
     if old is not None and old.settings == settings and previous is not None \
-            and previous.pipeline.generation == deployment_set_digest(config):
+            and previous.pipeline.generation == generation \
+            and (old.share.place if old.share is not None else None) == sharing:
         old.router = router
         return old
     for name in (settings.embedding_model, *settings.groups):
         if name not in config.groups:
             log.warning("semantic_cache: no model group '%s'", name)
-    return SemanticCache(settings, router)
+    semantic = SemanticCache(settings, router)
+    if sharing is not None:  # the generation names the embeddings too: another model's vectors never mix in
+        semantic.share = SemanticShare(semantic.index, settings, *sharing,
+                                       f"{generation}/{settings.embedding_model}").start()
+    return semantic
+
+
+def _sharing(config: Config) -> tuple[RedisSettings, str] | None:
+    """(Redis, namespace) the semantic cache shares its entries through, or None: kept in this pod."""
+    shared = config.sidecar.shared
+    if shared.semantic is None or not shared.semantic.shared or shared.redis is None:
+        return None
+    return shared.redis, shared.namespace
 
 
 def _fleet(config: Config, previous: Assembly | None, router: Router) -> Fleet | None:
@@ -224,3 +241,6 @@ async def retire(old: Assembly, successor: Assembly | None) -> None:
         await old.cache.aclose()
     if old.fleet is not None and (successor is None or successor.fleet is not old.fleet):
         await old.fleet.aclose()
+    semantic = old.pipeline.semantic
+    if semantic is not None and (successor is None or successor.pipeline.semantic is not semantic):
+        await semantic.aclose()

@@ -34,30 +34,31 @@ async def warm_up(redis: Any, gate: RedisGate) -> None:
         gate.succeeded()
 
 
-def connection_options(settings: RedisSettings) -> dict[str, Any]:
+def connection_options(settings: RedisSettings, socket_timeout: float = SOCKET_TIMEOUT) -> dict[str, Any]:
     """Keyword arguments for a redis-py connection: short timeouts and no retries of its own (the gate
     decides when to try again)."""
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_timeout": SOCKET_TIMEOUT,
+    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_timeout": socket_timeout,
                                "socket_connect_timeout": CONNECT_TIMEOUT}
     if settings.username:
         options["username"] = settings.username
     return options
 
 
-def client(settings: RedisSettings) -> Any:
+def client(settings: RedisSettings, socket_timeout: float = SOCKET_TIMEOUT) -> Any:
     """A redis-py asyncio client for ``settings`` (imported only when a Redis is configured): a plain
     ``Redis``; for Sentinel, redis-py's ``Sentinel(...).master_for(service)``, which finds the current primary
-    (again after a failover); for Cluster, redis-py's ``RedisCluster``, which follows the slot map."""
+    (again after a failover); for Cluster, redis-py's ``RedisCluster``, which follows the slot map.
+    ``socket_timeout``: longer for a client that blocks in Redis on purpose (``XREAD BLOCK``)."""
     import redis.asyncio
 
     password = settings.password.value if settings.password else None
     if settings.mode == "sentinel":
         from redis.asyncio.sentinel import Sentinel
 
-        options = connection_options(settings)
+        options = connection_options(settings, socket_timeout)
         sentinel = Sentinel(list(settings.nodes), sentinel_kwargs={
             "socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT}, ssl=settings.ssl,
             password=password, db=settings.db, **options)
@@ -65,12 +66,12 @@ def client(settings: RedisSettings) -> Any:
     if settings.mode == "cluster":
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        options = connection_options(settings)
+        options = connection_options(settings, socket_timeout)
         options.pop("retry")  # the cluster client retries on MOVED/ASK itself; the gate bounds the time
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in settings.nodes], password=password,
                             ssl=settings.ssl, cluster_error_retry_attempts=1, **options)
     return redis.asyncio.Redis(host=settings.host, port=settings.port, db=settings.db, password=password,
-                               ssl=settings.ssl, **connection_options(settings))
+                               ssl=settings.ssl, **connection_options(settings, socket_timeout))
 
 
 class RedisGate:

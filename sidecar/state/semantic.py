@@ -3,7 +3,8 @@
 Entries are grouped by a *bucket* — the model group and a digest of every parameter but the last user
 message — so a hit only ever comes from the same group, settings and conversation before that message. A
 lookup scans its bucket for the best cosine similarity; entries expire after ``ttl`` and the index holds at
-most ``max_entries`` (the oldest stored goes first). No I/O: the embeddings come from the caller.
+most ``max_entries`` (the oldest stored goes first). No I/O: the embeddings come from the caller, and entries
+other pods stored arrive through ``state.semantic_share``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class SemanticIndex:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, bucket: str, vector: Sequence[float], answer: bytes) -> None:
+    def add(self, bucket: str, vector: Sequence[float], answer: bytes, ttl: float | None = None) -> None:
+        """Keep ``answer`` for ``ttl`` seconds (default the index's: an entry from another pod keeps what is
+        left of its own time)."""
         norm = _norm(vector)
         if norm == 0:
             return  # no direction: nothing is similar to it
-        entry = Entry(bucket, tuple(vector), norm, answer, self.clock() + self.ttl)
+        entry = Entry(bucket, tuple(vector), norm, answer, self.clock() + (self.ttl if ttl is None else ttl))
         self._next += 1
         self.entries[self._next] = entry
         self.buckets.setdefault(bucket, {})[self._next] = entry

@@ -163,3 +163,12 @@ def test_inbound_keys_with_teams_budgets_by_team_and_user_and_fleet_limits() -> 
     assert "sidecar_settings.budgets[0].soft_budget_usd: must be below max_budget_usd" in found
     assert any("expected_pods: is required" in p for p in found)
     assert any("fleet rate limits need a Redis" in p for p in found)
+
+
+def test_the_semantic_cache_shares_its_entries_by_default_and_shared_false_keeps_them_in_the_pod() -> None:
+    semantic = {"embedding_model": "small", "groups": ["gpt-4o"]}
+    on = parse({"semantic_cache": semantic, "redis": {"url": "redis://r:6379/0"}}).sidecar.shared.semantic
+    assert on is not None and on.shared
+    off = parse({"semantic_cache": {**semantic, "shared": False}}).sidecar.shared.semantic
+    assert off is not None and not off.shared
+    assert problems({"model_list": [entry()], "sidecar_settings": {"semantic_cache": {**semantic, "shared": 3}}})
