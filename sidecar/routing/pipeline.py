@@ -401,8 +401,7 @@ class Pipeline:
             if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
                 stored = self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
         except SidecarError as error:
-            tried = CURRENT_OUTCOME.get()
-            error.outcome = tried if isinstance(tried, Outcome) else None
+            _attach_outcome(error)
             raise
         finally:
             if lease is not None:
@@ -427,8 +426,7 @@ class Pipeline:
                 if stored is not None and place is not None:
                     self.semantic.store(place, stored)  # type: ignore[union-attr]
         except SidecarError as error:
-            tried = CURRENT_OUTCOME.get()
-            error.outcome = tried if isinstance(tried, Outcome) else None
+            _attach_outcome(error)
             raise
         finally:
             if lease is not None:
@@ -447,3 +445,9 @@ class Pipeline:
         cost = (request_cost(outcome.usage, self.prices.get(outcome.deployment or "")) or 0.0) + earlier
         if cost:
             self.budgets.spend((group, outcome.fallback or group), cost, who)
+
+
+def _attach_outcome(error: SidecarError) -> None:
+    """What the failed shared call did, on its error: every request that shared it records it."""
+    tried = CURRENT_OUTCOME.get()
+    error.outcome = tried if isinstance(tried, Outcome) else None
