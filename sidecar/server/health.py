@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from aiohttp import web
 
 from sidecar.server import keys, reload
@@ -26,24 +28,23 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(body=OK, content_type="application/json")
 
 
+class Renders(Protocol):
+    """A part of ``/metrics`` that renders its own lines."""
+
+    def render(self) -> str: ...
+
+
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[keys.STATE]
     breakers = [(t.deployment.id, t.breaker.state) for t in state.router.all_targets()] if state.router else []
     text = state.metrics.render(breakers)
     if state.budgets is not None:
         text += state.budgets.render()
-    fleet = state.assembly.fleet if state.assembly is not None else None
-    if fleet is not None:
-        text += fleet.render()
-    semantic = state.pipeline.semantic if state.pipeline is not None else None
-    if semantic is not None:
-        text += semantic.render()
-    coalescer = state.pipeline.coalescer if state.pipeline is not None else None
-    if coalescer is not None:
-        text += coalescer.render()
-    locks = state.pipeline.locks if state.pipeline is not None else None
-    if locks is not None:
-        text += locks.render()
+    pipeline = state.pipeline
+    parts: list[Renders | None] = [state.assembly.fleet if state.assembly is not None else None]
+    if pipeline is not None:
+        parts += [pipeline.semantic, pipeline.coalescer, pipeline.locks]
+    text += "".join(part.render() for part in parts if part is not None)
     text += reload.render(state)
     if state.router is not None:
         text += render_replicas(ReplicaRow(p.deployment.id, r.name, r.healthy, r.inflight, r.waiting, r.requests,
