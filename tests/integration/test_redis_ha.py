@@ -13,7 +13,7 @@ import openai
 import pytest
 import redis
 
-from tests.integration.procs import APP_KEY, FakeProvider, Sidecar
+from tests.integration.procs import APP_KEY, FakeProvider, Sidecar, deployment
 from tests.integration.redis_ha import RedisClusterProcs, SentinelProcs
 from tests.integration.test_budgets import priced
 from tests.integration.test_cache import unique
@@ -114,3 +114,28 @@ def test_a_sentinel_primary_failover_under_load_loses_no_request(
         stop.set()
         sidecar.stop()
         sentinel.stop()
+
+
+def test_the_shared_semantic_cache_on_a_three_node_cluster(
+        workdir: Path, primary: FakeProvider, backup: FakeProvider, cluster: RedisClusterProcs) -> None:
+    from tests.integration.test_semantic_fleet import ask as ask_semantic
+    from tests.integration.test_semantic_fleet import wait_for
+
+    namespace = f"ha-sem{time.time_ns()}"
+    settings = {"model_list": [deployment("chat", primary), deployment("embed", backup, model="openai/bow-embed")],
+                "router_settings": {"timeout": 10, "num_retries": 0},
+                "sidecar_settings": {"redis": {"url": cluster.url, "namespace": namespace},
+                                     "semantic_cache": {"embedding_model": "embed", "groups": ["chat"],
+                                                        "threshold": 0.8, "timeout_ms": 500}}}
+    first, second = (Sidecar(settings, workdir, f"ha-semantic-{i}") for i in range(2))
+    try:
+        before = primary.stats()["requests"]
+        answer = ask_semantic(first, "Which river flows through the city of Vienna?")
+        wait_for(second, "received", 1, timeout=15)
+        again = ask_semantic(second, "which river flows through the city of vienna")
+        assert again.headers["x-sidecar-cache"] == "semantic-hit"
+        assert again.parse().choices[0].message.content == answer.parse().choices[0].message.content
+        assert primary.stats()["requests"] == before + 1
+    finally:
+        first.stop()
+        second.stop()
