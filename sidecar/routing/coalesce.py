@@ -1,12 +1,16 @@
 """In-flight coalescing: identical cacheable requests that arrive while one is in flight share its single
 upstream call.
 
-A *flight* is one upstream call run as its own task, keyed by the request's cache key (plus what changes the
-bytes the app gets: wire format, streaming, usage chunk). The first request starts it; requests that arrive
-while it runs *join* it. The call does not belong to any app connection: when the request that started it
-goes away, the call goes on for the others, and it is cancelled only when nobody waits for it any more.
+A *flight* is one upstream call, keyed by the request's cache key (plus what changes the bytes the app gets:
+wire format, streaming, usage chunk). The first request starts it; requests that arrive while it runs *join*
+it. When the request that started it goes away, the call goes on for the others; it stops only when nobody
+waits for it any more.
 
-- Whole answers: every waiter gets the same answer, or its own copy of the same error. When the error is
+- Whole answers: the request that starts the flight makes the call itself, inline (a task of its own would
+  cost every cache miss a task and two more rounds of the event loop). Its *owner* — the task of its app's
+  connection — is noted in ``LEADERS``: when that app hangs up, the server asks ``keep_running`` before it
+  cancels the handler, and lets a leader that others wait for finish (its own answer then goes nowhere).
+  Every waiter gets the same answer, or its own copy of the same error. When the error is
   one a retry can help (``worth_retrying``), waiters do not all retry: the first one to wake starts
   the next flight and the others join it (at most ``MAX_ROUNDS`` flights per request).
 - Streams: the flight's ``Broadcast`` is the router's stream sink. It keeps the chunks sent so far, so a
@@ -36,6 +40,13 @@ LAG_TIMEOUT = 10.0  # how long the upstream waits for a subscriber that is MAX_B
 MISS, COALESCED = "miss", "coalesced"  # x-sidecar-cache on a stream: the one that called, and those that joined
 
 
+def keep_running(owner: object) -> bool:
+    """Does the request of ``owner`` (its connection's task) make a whole-answer call that others wait for?
+    Then it must not be cancelled when its own app hangs up."""
+    flight = LEADERS.get(owner)
+    return flight is not None and flight.waiters > 0
+
+
 def worth_retrying(error: SidecarError) -> bool:
     """May a waiter's own try succeed where the shared call failed? A transient upstream failure (what the
     router retries, or its "no upstream could answer" after them) — not the request's own fault, not a
@@ -52,8 +63,9 @@ def _copy(error: SidecarError) -> SidecarError:
 
 
 class Flight(Generic[T]):
-    """One shared upstream call (``task``, made by ``Coalescer._start``) and the requests waiting for it: each
-    waits on a future of its own, which the call's task settles as it ends. (``asyncio.shield`` around the
+    """One shared upstream call and the requests waiting for it (``task``: a stream's call, made by
+    ``Coalescer._start``; None for a whole answer's, which its leader makes inline): each waiter waits on a
+    future of its own, which the call settles as it ends. (``asyncio.shield`` around the
     task did the same with a Python closure per waiter and two more rounds of the event loop per call.)"""
 
     __slots__ = ("broadcast", "key", "task", "waiters", "waiting")
@@ -82,6 +94,9 @@ class Flight(Generic[T]):
                     waiter.set_result(result)  # type: ignore[arg-type]
                 else:
                     waiter.set_exception(error)
+
+
+LEADERS: dict[object, Flight[Any]] = {}  # whole-answer flights, by the task of the connection making the call
 
 
 class Broadcast:
@@ -295,26 +310,47 @@ class Coalescer:
             task.cancel()  # nobody waits for this answer any more
             self._land(flight)
 
-    async def complete(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """(the answer, whether this request joined another's call). Raises the call's error."""
+    async def complete(self, key: str, call: Callable[[], Awaitable[T]], owner: object) -> tuple[T, bool]:
+        """(the answer, whether this request joined another's call). Raises the call's error. ``owner``: the
+        task of the request's connection (see ``keep_running``)."""
         for round_ in range(MAX_ROUNDS):
             flight = self.flights.get(key)
-            joined = flight is not None
             if flight is None:
-                flight = self._start(key, call, None)
                 if round_:
                     self.retried += 1
-            else:
-                self.coalesced += 1
+                return await self._lead(key, call, owner), False
+            self.coalesced += 1
             waiter = flight.wait()
             try:
-                return await waiter, joined
+                return await waiter, True
             except SidecarError as error:
-                if not joined or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
-                    raise (_copy(error) if joined else error) from None
+                if not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
+                    raise _copy(error) from None
             finally:
                 self._leave(flight, waiter)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _lead(self, key: str, call: Callable[[], Awaitable[T]], owner: object) -> T:
+        """The call, made by the request that started the flight; its result or error to every waiter."""
+        flight: Flight[T] = Flight(key)
+        self.flights[key] = flight
+        LEADERS[owner] = flight
+        try:
+            result = await call()
+        except Exception as error:
+            self._land(flight)
+            flight.land(None, error)
+            raise
+        except BaseException:  # cancelled (nobody else waited, or the process is stopping): a waiter calls again
+            self._land(flight)
+            flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
+            raise
+        finally:
+            if LEADERS.get(owner) is flight:
+                del LEADERS[owner]
+        self._land(flight)
+        flight.land(result, None)
+        return result
 
     async def stream(self, key: str, call: Callable[[Broadcast], Awaitable[T]],
                      sink: StreamSink) -> tuple[T | None, bool]:

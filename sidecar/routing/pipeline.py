@@ -65,6 +65,9 @@ class InboundHead(Protocol):
     @property
     def headers(self) -> Mapping[str, str]: ...
 
+    @property
+    def task(self) -> asyncio.Task[None]: ...  # the task of the app's connection (coalescing keeps it running)
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -180,7 +183,7 @@ class Pipeline:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     (response, outcome, earlier), joined = await self.coalescer.complete(
-                        cached.flight_key(key, chat), lambda: self._shared_call(chat, key, who, route))
+                        cached.flight_key(key, chat), lambda: self._shared_call(chat, key, who, route), head.task)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)  # what the shared call did, for this request's record
                     raise

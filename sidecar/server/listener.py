@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from sidecar.formats import openai as openai_format
+from sidecar.routing.coalesce import keep_running
 
 log = logging.getLogger("sidecar.server")
 LINGERING_SECONDS = 2.0  # reading and dropping an unread body before closing (aiohttp's default is 10 s)
@@ -98,6 +99,8 @@ class GuardedHandler(RequestHandler):
         self._counted = False
         self._guard.open -= 1
         self._stop_head_timer()
+        if self._task_handler is not None and keep_running(self._task_handler):
+            self._task_handler = None  # it makes a call other requests wait for: aiohttp will not cancel it
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

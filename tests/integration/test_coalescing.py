@@ -125,6 +125,40 @@ def test_the_leaders_disconnect_does_not_end_the_call_for_its_followers(
     assert '"outcome":"cancelled"' in sidecar.logs()  # the leader's own request did end
 
 
+def test_a_whole_answer_leaders_hang_up_does_not_end_the_call_for_its_followers(
+        sidecar: Sidecar, primary: FakeProvider) -> None:
+    primary.set(latency=1.0)
+    messages, alone = unique(), unique("alone")
+
+    async def run() -> list[Any]:
+        hasty = openai.AsyncOpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=0.4)
+        async with hasty, async_client(sidecar) as patient:
+            leader = asyncio.create_task(hasty.chat.completions.create(model="c", messages=messages,
+                                                                       temperature=0))
+            await asyncio.sleep(0.15)  # the leader's call is on its way
+            followers = [patient.chat.completions.with_raw_response.create(model="c", messages=messages,
+                                                                          temperature=0) for _ in range(3)]
+            return await asyncio.gather(leader, *followers, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert isinstance(results[0], openai.APITimeoutError)  # the leader's app hung up
+    assert [r.headers["x-sidecar-cache"] for r in results[1:]] == ["coalesced"] * 3
+    assert len({r.parse().choices[0].message.content for r in results[1:]}) == 1
+    assert primary.stats()["requests"] == 1 and primary.stats().get("disconnects", 0) == 0
+
+    async def lone() -> None:  # nobody else waits: the hang-up ends the upstream call, as for any request
+        hasty = openai.AsyncOpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=0.4)
+        async with hasty:
+            with pytest.raises(openai.APITimeoutError):
+                await hasty.chat.completions.create(model="c", messages=alone, temperature=0)
+
+    asyncio.run(lone())
+    deadline = time.monotonic() + 5
+    while primary.stats().get("disconnects", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert primary.stats()["requests"] == 2 and primary.stats().get("disconnects", 0) == 1
+
+
 def test_a_failure_reaches_every_waiter_and_a_retryable_one_is_retried_by_one(
         sidecar: Sidecar, primary: FakeProvider) -> None:
     messages = unique()

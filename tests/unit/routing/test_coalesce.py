@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.core.errors import SidecarError, UpstreamBadRequest, UpstreamServerError
 from sidecar.core.types import StreamChunk
-from sidecar.routing.coalesce import Broadcast, Coalescer
+from sidecar.routing.coalesce import LEADERS, Broadcast, Coalescer, keep_running
 from sidecar.routing.outcome import Outcome
 
 
@@ -31,6 +31,7 @@ class Calls:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        await asyncio.sleep(0)  # an upstream call always waits for the network at least once
         if self.errors:
             raise self.errors.pop(0)
         return f"answer {self.count}"
@@ -43,7 +44,7 @@ async def settle() -> None:
 
 async def test_fifty_identical_requests_make_one_call() -> None:
     coalescer, calls = Coalescer(), Calls()
-    waiters = [asyncio.create_task(coalescer.complete("k", calls)) for _ in range(50)]
+    waiters = [asyncio.create_task(coalescer.complete("k", calls, object())) for _ in range(50)]
     await settle()
     calls.release.set()
     results = await asyncio.gather(*waiters)
@@ -53,31 +54,44 @@ async def test_fifty_identical_requests_make_one_call() -> None:
     assert coalescer.flights == {}
 
 
-async def test_the_call_goes_on_when_its_leader_leaves_and_stops_when_everyone_has() -> None:
+async def test_a_leader_others_wait_for_is_kept_running_and_one_cancelled_anyway_hands_over() -> None:
     coalescer, calls = Coalescer(), Calls()
-    leader = asyncio.create_task(coalescer.complete("k", calls))
+    owner = object()  # the task of the leader's connection
+    leader = asyncio.create_task(coalescer.complete("k", calls, owner))
     await settle()
-    follower = asyncio.create_task(coalescer.complete("k", calls))
+    assert not keep_running(owner)  # nobody else waits: its app hanging up cancels it, and the call
+    follower = asyncio.create_task(coalescer.complete("k", calls, object()))
+    await settle()
+    assert keep_running(owner)  # the server lets it run when its app hangs up (listener.GuardedHandler)
+    calls.release.set()
+    assert await leader == ("answer 1", False)
+    assert await follower == ("answer 1", True)
+    assert not keep_running(owner) and LEADERS == {} and coalescer.flights == {}
+
+    stopping = Calls()  # a leader cancelled all the same (the process is stopping): a follower calls again
+    leader = asyncio.create_task(coalescer.complete("s", stopping, object()))
+    await settle()
+    follower = asyncio.create_task(coalescer.complete("s", stopping, object()))
     await settle()
     leader.cancel()
     await settle()
-    assert calls.cancelled == 0
-    calls.release.set()
-    assert await follower == ("answer 1", True)
+    stopping.release.set()
+    assert await follower == ("answer 2", False)
+    assert stopping.cancelled == 1 and coalescer.retried == 1
     with pytest.raises(asyncio.CancelledError):
         await leader
 
     lonely = Calls()
-    only = asyncio.create_task(coalescer.complete("other", lonely))
+    only = asyncio.create_task(coalescer.complete("other", lonely, object()))
     await settle()
     only.cancel()
     await settle()
-    assert lonely.cancelled == 1 and coalescer.flights == {}
+    assert lonely.cancelled == 1 and coalescer.flights == {} and LEADERS == {}
 
 
 async def test_a_final_failure_reaches_every_waiter_as_its_own_error() -> None:
     coalescer, calls = Coalescer(), Calls(UpstreamBadRequest("bad"))
-    waiters = [asyncio.create_task(coalescer.complete("k", calls)) for _ in range(5)]
+    waiters = [asyncio.create_task(coalescer.complete("k", calls, object())) for _ in range(5)]
     await settle()
     calls.release.set()
     errors = await asyncio.gather(*waiters, return_exceptions=True)
@@ -88,7 +102,7 @@ async def test_a_final_failure_reaches_every_waiter_as_its_own_error() -> None:
 
 async def test_after_a_retryable_failure_one_follower_retries_and_the_others_join_it() -> None:
     coalescer, calls = Coalescer(), Calls(UpstreamServerError("flaky"))
-    waiters = [asyncio.create_task(coalescer.complete("k", calls)) for _ in range(10)]
+    waiters = [asyncio.create_task(coalescer.complete("k", calls, object())) for _ in range(10)]
     await settle()
     calls.release.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
