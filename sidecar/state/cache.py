@@ -190,6 +190,7 @@ class ResponseCache:
         self.ttl = settings.ttl
         self.mode = settings.mode
         self._stores: set[asyncio.Task[None]] = set()
+        self._fetching: dict[str, asyncio.Future[bytes | None]] = {}  # Redis lookups in flight, by key
         self.warming: asyncio.Task[None] | None = None  # the first contact (connect, AUTH; Sentinel's primary
         # lookup, a Cluster's slot map) is made off the request path: lookups are misses until it is done
 
@@ -221,7 +222,24 @@ class ResponseCache:
         body = self.memory.get(key)
         if body is not None or self.remote is None:
             return body
-        return await self._get_remote(key)
+        return await self._get_shared(key)
+
+    async def _get_shared(self, key: str) -> bytes | None:
+        """One Redis lookup per key at a time: a burst of identical requests (the case coalescing is for) asks
+        Redis once, not once per request — many concurrent lookups would each need a connection of their own,
+        and the slowest would pass the lookup's time limit and shut the gate for everybody."""
+        pending = self._fetching.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)  # shielded: one waiter going away does not cancel the others'
+        fetching: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._fetching[key] = fetching
+        body = None
+        try:
+            body = await self._get_remote(key)
+        finally:
+            del self._fetching[key]
+            fetching.set_result(body)  # the others get a miss when this lookup was cancelled
+        return body
 
     async def _get_remote(self, key: str) -> bytes | None:
         gate = self.gate

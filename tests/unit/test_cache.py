@@ -223,6 +223,30 @@ async def test_memory_sits_in_front_of_redis_and_a_redis_hit_fills_it_for_the_ti
         await cache.aclose()
 
 
+class SlowDictBackend(DictBackend):
+    async def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        await asyncio.sleep(0.01)
+        return self.data.get(key)
+
+
+async def test_identical_lookups_at_once_ask_redis_once_and_one_leaving_does_not_end_the_others() -> None:
+    now = [1000.0]
+    remote = SlowDictBackend()
+    remote.data["k"] = encode_entry(b"answer", 1060.0)
+    cache = ResponseCache(CacheSettings(type="redis", ttl=60), remote, RedisGate("response cache", RedisSettings()),
+                          clock=lambda: now[0])
+    lookups = [asyncio.create_task(cache.get("k")) for _ in range(20)]
+    await asyncio.sleep(0)
+    lookups[1].cancel()  # one app hangs up while its lookup waits on the first one's
+    results = await asyncio.gather(*lookups, return_exceptions=True)
+    assert remote.gets == 1
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 1] == [b"answer"] * 19
+    assert cache._fetching == {}
+    await cache.aclose()
+
+
 def test_the_memory_tier_serves_an_answer_until_its_time_and_keeps_the_newest() -> None:
     now = [0.0]
     memory = MemoryTier(2, clock=lambda: now[0])
