@@ -3,7 +3,9 @@ hit replayed as a stream, and the key identical in-flight requests meet under.
 
 A stream is stored only when it finished cleanly, was kept whole (at most ``coalesce.MAX_BYTES``) and folds
 into one answer (``formats.stream_answer``); the stored value is the ``chat.completion`` the request would
-have got without ``stream``, with the usage — so one entry serves plain and streaming requests alike.
+have got without ``stream``, with the usage — so one entry serves plain and streaming requests alike. The
+memory tier keeps a short stream as its chunks (``Folding``) and folds it when the entry is first read; what
+goes to Redis or the semantic cache is folded when stored.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import SidecarError
-from sidecar.core.types import ChatRequest, StreamChunk
+from sidecar.core.types import ChatRequest, StreamChunk, Usage
 from sidecar.formats.stream_answer import Incomplete, assemble
 from sidecar.formats.stream_answer import replay as replay_chunks
 from sidecar.routing.coalesce import COALESCED, MAX_BYTES, MISS
 from sidecar.routing.outcome import Outcome, StreamSink
 
 HIT = "hit"
-__all__ = ["COALESCED", "HIT", "MISS", "Recorder", "flight_key", "loads", "replay", "stored_stream"]
+__all__ = ["COALESCED", "HIT", "MISS", "Folding", "Recorder", "flight_key", "folded", "loads", "replay",
+           "stored_stream"]
 
 
 def flight_key(key: str, chat: ChatRequest) -> str:
@@ -47,15 +50,49 @@ async def replay(raw: bytes, chat: ChatRequest, sink: StreamSink, verdict: str =
     return outcome
 
 
-def stored_stream(chunks: list[StreamChunk] | None, outcome: Outcome) -> bytes | None:
-    """What to store for a finished stream, or None when it does not fold into one answer."""
+LAZY_MAX_BYTES = 64 * 1024  # a finished stream up to this size is kept as its chunks and folded when first read
+
+
+class Folding:
+    """A finished stream kept in the memory tier as its chunks' JSON, folded into the answer by the first
+    lookup that finds it (``__call__``; None when it does not fold into one answer). Most entries are never
+    read: a miss then costs a join of the chunks' bytes, not their fold (~55k instructions for 11 chunks)."""
+
+    __slots__ = ("raw", "usage")
+
+    def __init__(self, raw: bytes, usage: Usage | None) -> None:
+        self.raw = raw  # the chunks' JSON payloads, comma-separated
+        self.usage = usage
+
+    def __call__(self) -> bytes | None:
+        try:
+            return _fold(orjson.loads(b"[" + self.raw + b"]"), self.usage)
+        except orjson.JSONDecodeError:
+            return None
+
+
+def stored_stream(chunks: list[StreamChunk] | None, outcome: Outcome) -> bytes | Folding | None:
+    """What to store for a finished stream — its answer, or a ``Folding`` of it (a stream of at most
+    ``LAZY_MAX_BYTES``: see ``state.cache.Stored``) — or None when it was not kept whole."""
     if chunks is None:
         return None
+    raw = b",".join([c.raw for c in chunks if c.raw])
+    if len(raw) <= LAZY_MAX_BYTES:
+        return Folding(raw, outcome.usage)
+    return _fold([c.data for c in chunks], outcome.usage)
+
+
+def folded(stored: bytes | Folding | None) -> bytes | None:
+    """A stored stream's answer bytes (folding it now when it was kept as chunks)."""
+    return stored() if isinstance(stored, Folding) else stored
+
+
+def _fold(chunks: list[dict[str, Any]], usage: Usage | None) -> bytes | None:
+    """The answer ``chunks`` spell, with ``usage`` when the chunks carry none; None when they spell none."""
     try:
-        completion = assemble([c.data for c in chunks])
+        completion = assemble(chunks)
     except Incomplete:
         return None
-    usage = outcome.usage
     if "usage" not in completion and usage is not None:
         completion["usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                                "total_tokens": usage.total_tokens}

@@ -424,10 +424,12 @@ class Pipeline:
             outcome = await self.router.stream(chat, sink, decision, session)
             if not outcome.failed and outcome.catch_all is None:
                 stored = cached.stored_stream(sink.chunks if sink.whole else None, outcome)  # type: ignore[union-attr]
+                if place is not None:
+                    stored = cached.folded(stored)
+                    if stored is not None:
+                        self.semantic.store(place, stored)  # type: ignore[union-attr]
                 if stored is not None and key is not None:
                     put = self.cache.put(key, stored)  # type: ignore[union-attr]
-                if stored is not None and place is not None:
-                    self.semantic.store(place, stored)  # type: ignore[union-attr]
         except SidecarError as error:
             _attach_outcome(error)
             raise

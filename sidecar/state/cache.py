@@ -18,13 +18,13 @@ are).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import struct
 import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from hashlib import blake2b
 from typing import Any
 
 import orjson
@@ -43,6 +43,12 @@ COMPRESS_ABOVE = 4096  # bytes: larger answers go to Redis compressed
 # A Redis entry: a tag byte, the expiry (UNIX seconds, big-endian double), the answer (compressed for Z).
 PLAIN, COMPRESSED = b"P", b"Z"
 _EXPIRY = struct.Struct(">d")
+# What the memory tier keeps: answer bytes, or a function that makes them when the entry is first read (None:
+# no answer after all) — a finished stream is folded into its answer only if somebody asks for it.
+Stored = bytes | Callable[[], bytes | None]
+# Enum members as module constants: ``Endpoint.CHAT`` is a lookup through the enum's metaclass (~800 instructions)
+_CHAT, _EMBEDDINGS = Endpoint.CHAT, Endpoint.EMBEDDINGS
+_OPENAI, _ANTHROPIC = WireFormat.OPENAI, WireFormat.ANTHROPIC
 
 
 def encode_entry(body: bytes, expires_at: float, compress_above: int = COMPRESS_ABOVE) -> bytes:
@@ -72,27 +78,29 @@ def cache_key(request: ChatRequest, generation: str = "") -> str:
     ``generation`` — the digest of the deployment set, so answers from a replaced set are never served."""
     body = request.body
     if not EXCLUDED_FIELDS.isdisjoint(body):  # copied only when there is something to leave out
-        body = {k: v for k, v in body.items() if k not in EXCLUDED_FIELDS}
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.blake2b(canonical, digest_size=20, person=b"llm-sidecar")
-    digest.update(f"\0{request.endpoint.value}\0{request.model}\0{generation}".encode())
-    return digest.hexdigest()
-
-
-def _is_zero(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+        body = body.copy()
+        for name in EXCLUDED_FIELDS.intersection(body):
+            del body[name]
+    # One blake2b call over body and names (``endpoint`` is a str enum: ``+`` gives its value, without the
+    # enum's ``.value`` property, a Python-level call)
+    suffix = ("\0" + request.endpoint + "\0" + request.model + "\0" + generation).encode()
+    return blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS) + suffix, digest_size=20,
+                   person=b"llm-sidecar").hexdigest()
 
 
 def cacheable(request: ChatRequest, mode: str = "deterministic") -> bool:
     """May this request's answer be cached (and answered from the cache)?"""
-    if request.continuation or (request.stream and request.endpoint is not Endpoint.CHAT):
+    endpoint, wire = request.endpoint, request.wire
+    if request.continuation or (request.stream and endpoint is not _CHAT):
         return False
-    if request.wire is not WireFormat.OPENAI and (request.wire is not WireFormat.ANTHROPIC or request.native_only):
+    if wire is not _OPENAI and (wire is not _ANTHROPIC or request.native_only):
         return False
-    if request.endpoint is Endpoint.EMBEDDINGS or mode == "all":
+    if endpoint is _EMBEDDINGS or mode == "all":
         return True
     body = request.body
-    return _is_zero(body.get("temperature")) and body.get("n") in (None, 1)
+    temperature = body.get("temperature")
+    # type(), not isinstance: True is not a temperature of 0
+    return type(temperature) in (int, float) and temperature == 0 and body.get("n") in (None, 1)
 
 
 def directives(headers: Mapping[str, str]) -> tuple[bool, bool]:
@@ -132,9 +140,10 @@ class MemoryTier:
     __slots__ = ("clock", "entries", "max_size")
 
     def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
-        # key -> (expiry, answer), oldest stored first. An OrderedDict: dropping a dict's first entry again and
-        # again leaves holes that every later next(iter(...)) walks over; popitem(last=False) does not.
-        self.entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # key -> (expiry, answer or the function that makes it), oldest stored first. An OrderedDict: dropping
+        # a dict's first entry again and again leaves holes that every later next(iter(...)) walks over;
+        # popitem(last=False) does not.
+        self.entries: OrderedDict[str, tuple[float, Stored]] = OrderedDict()
         self.max_size = max_size
         self.clock = clock
 
@@ -142,12 +151,19 @@ class MemoryTier:
         entry = self.entries.get(key)
         if entry is None:
             return None
-        if entry[0] <= self.clock():
+        expires_at, body = entry
+        if expires_at <= self.clock():
             del self.entries[key]
             return None
-        return entry[1]
+        if body.__class__ is not bytes:  # made on first read (a finished stream's fold)
+            body = body()  # type: ignore[operator]
+            if body is None:
+                del self.entries[key]
+                return None
+            self.entries[key] = (expires_at, body)  # an existing key: its place in the order stays
+        return body  # type: ignore[return-value]
 
-    def set(self, key: str, body: bytes, ttl: float) -> None:
+    def set(self, key: str, body: Stored, ttl: float) -> None:
         entries = self.entries
         entries.pop(key, None)  # stored again: it is now the newest
         entries[key] = (self.clock() + ttl, body)
@@ -269,14 +285,19 @@ class ResponseCache:
         self.memory.set(key, body, left)
         return body
 
-    def put(self, key: str, body: bytes) -> asyncio.Task[None] | None:
+    def put(self, key: str, body: Stored) -> asyncio.Task[None] | None:
         """Store ``body``: in memory at once, in Redis in the background (the app's answer does not wait).
         Returns the store in the shared tier (None: no shared tier, or Redis is skipped) — a fleet lease ends
-        after it."""
+        after it. A ``body`` made on first read is made now when it goes to Redis."""
+        shared = self.remote is not None and (self.gate is None or self.gate.open)
+        if shared and body.__class__ is not bytes:
+            body = body()  # type: ignore[operator]
+            if body is None:
+                return None
         self.memory.set(key, body, self.ttl)
-        if self.remote is None or (self.gate is not None and not self.gate.open):
+        if not shared:
             return None
-        task = asyncio.create_task(self._put_remote(key, body))
+        task = asyncio.create_task(self._put_remote(key, body))  # type: ignore[arg-type]
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
         return task

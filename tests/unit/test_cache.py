@@ -7,12 +7,15 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.config.shared import CacheSettings, RedisSettings
-from sidecar.core.types import ChatRequest, Endpoint, WireFormat
+from sidecar.core.types import ChatRequest, Endpoint, StreamChunk, Usage, WireFormat
+from sidecar.routing import cached
+from sidecar.routing.outcome import Outcome
 from sidecar.state.cache import (
     EXCLUDED_FIELDS,
     MemoryTier,
@@ -261,3 +264,55 @@ def test_the_memory_tier_serves_an_answer_until_its_time_and_keeps_the_newest() 
     memory.set("d", b"4", 10)
     assert memory.get("c") is None and memory.get("a") == b"1 again" and memory.get("d") == b"4"
     assert len(memory.entries) == 2
+
+
+def _stream(pieces: list[str], finish: str | None = "stop") -> list[StreamChunk]:
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+    datas = [{**head, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    if finish:
+        datas.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    return [StreamChunk(b"", {})] + [StreamChunk(orjson.dumps(d), d) for d in datas]  # and an event of no chunk
+
+
+def test_a_short_stream_is_kept_as_its_chunks_and_folded_by_the_first_lookup() -> None:
+    usage = Usage(prompt_tokens=3, completion_tokens=2)
+    stored = cached.stored_stream(_stream(["Hel", "lo"]), Outcome("g", usage=usage))
+    assert isinstance(stored, cached.Folding)
+    memory = MemoryTier(4)
+    memory.set("k", stored, 60)
+    memory.set("later", b"x", 60)
+    body = memory.get("k")
+    assert body is not None and memory.entries["k"][1] == body  # folded once, kept folded
+    answer = orjson.loads(body)
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
+    assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert list(memory.entries) == ["k", "later"]  # reading did not move it in the eviction order
+
+
+def test_a_kept_stream_that_spells_no_answer_is_a_miss_and_is_dropped() -> None:
+    memory = MemoryTier(4)
+    memory.set("k", cached.stored_stream(_stream(["Hel"], finish=None), Outcome("g")), 60)  # type: ignore[arg-type]
+    assert memory.get("k") is None and "k" not in memory.entries
+
+
+def test_a_long_stream_is_folded_when_stored() -> None:
+    piece = "x" * 1000
+    stored = cached.stored_stream(_stream([piece] * (cached.LAZY_MAX_BYTES // 1000 + 1)), Outcome("g"))
+    assert isinstance(stored, bytes)
+    assert orjson.loads(stored)["choices"][0]["message"]["content"].startswith(piece * 2)
+    assert cached.stored_stream(_stream([piece] * 100, finish=None), Outcome("g")) is None
+
+
+async def test_a_kept_stream_is_folded_before_it_goes_to_redis() -> None:
+    remote = DictBackend()
+    cache = ResponseCache(CacheSettings(type="redis", ttl=60, max_size=10), remote,
+                          RedisGate("response cache", RedisSettings()))
+    stored = cached.stored_stream(_stream(["Hi"]), Outcome("g"))
+    assert isinstance(stored, cached.Folding)
+    await asyncio.gather(cache.put("k", stored))  # type: ignore[arg-type]
+    body, _ = decode_entry(remote.data["k"])
+    assert orjson.loads(body)["choices"][0]["message"]["content"] == "Hi"
+    assert cache.memory.entries["k"][1] == body
+    assert cache.put("never", cached.stored_stream(_stream(["Hi"], finish=None), Outcome("g"))) is None  # type: ignore[arg-type]
+    assert "never" not in cache.memory.entries and "never" not in remote.data
+    await cache.aclose()
