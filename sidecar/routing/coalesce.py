@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from sidecar.core.errors import NoHealthyUpstream, SidecarError, UpstreamServerError
@@ -70,7 +70,7 @@ class Flight(Generic[T]):
 
     __slots__ = ("broadcast", "key", "task", "waiters", "waiting")
 
-    def __init__(self, key: str, broadcast: Broadcast | None = None) -> None:
+    def __init__(self, key: Hashable, broadcast: Broadcast | None = None) -> None:
         self.key = key
         self.task: asyncio.Task[None] | None = None
         self.broadcast = broadcast
@@ -266,12 +266,12 @@ class Coalescer:
     """The flights in progress, by key. ``coalesced`` counts requests that joined a flight."""
 
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self.flights: dict[str, Flight[Any]] = {}
+        self.flights: dict[Hashable, Flight[Any]] = {}
         self.max_bytes = max_bytes
         self.coalesced = 0
         self.retried = 0  # flights started by a waiter after a retryable failure
 
-    def _start(self, key: str, call: Callable[[], Awaitable[T]], broadcast: Broadcast | None) -> Flight[T]:
+    def _start(self, key: Hashable, call: Callable[[], Awaitable[T]], broadcast: Broadcast | None) -> Flight[T]:
         flight: Flight[T] = Flight(key, broadcast)
         flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
         self.flights[key] = flight
@@ -310,15 +310,36 @@ class Coalescer:
             task.cancel()  # nobody waits for this answer any more
             self._land(flight)
 
-    async def complete(self, key: str, call: Callable[[], Awaitable[T]], owner: object) -> tuple[T, bool]:
+    async def complete(self, key: Hashable, call: Callable[[], Awaitable[T]], owner: object) -> tuple[T, bool]:
         """(the answer, whether this request joined another's call). Raises the call's error. ``owner``: the
-        task of the request's connection (see ``keep_running``)."""
+        task of the request's connection (see ``keep_running``). The request that starts a flight makes the
+        call here, inline."""
+        flights = self.flights
         for round_ in range(MAX_ROUNDS):
-            flight = self.flights.get(key)
+            flight = flights.get(key)
             if flight is None:
                 if round_:
                     self.retried += 1
-                return await self._lead(key, call, owner), False
+                flight = flights[key] = Flight(key)
+                LEADERS[owner] = flight
+                try:
+                    result = await call()
+                except Exception as error:
+                    self._land(flight)
+                    flight.land(None, error)
+                    raise
+                except BaseException:  # cancelled (nobody else waited, or the process is stopping)
+                    self._land(flight)
+                    flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
+                    raise
+                finally:
+                    if LEADERS.get(owner) is flight:
+                        del LEADERS[owner]
+                if flights.get(key) is flight:
+                    del flights[key]
+                if flight.waiting:
+                    flight.land(result, None)
+                return result, False
             self.coalesced += 1
             waiter = flight.wait()
             try:
@@ -330,29 +351,7 @@ class Coalescer:
                 self._leave(flight, waiter)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _lead(self, key: str, call: Callable[[], Awaitable[T]], owner: object) -> T:
-        """The call, made by the request that started the flight; its result or error to every waiter."""
-        flight: Flight[T] = Flight(key)
-        self.flights[key] = flight
-        LEADERS[owner] = flight
-        try:
-            result = await call()
-        except Exception as error:
-            self._land(flight)
-            flight.land(None, error)
-            raise
-        except BaseException:  # cancelled (nobody else waited, or the process is stopping): a waiter calls again
-            self._land(flight)
-            flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
-            raise
-        finally:
-            if LEADERS.get(owner) is flight:
-                del LEADERS[owner]
-        self._land(flight)
-        flight.land(result, None)
-        return result
-
-    async def stream(self, key: str, call: Callable[[Broadcast], Awaitable[T]],
+    async def stream(self, key: Hashable, call: Callable[[Broadcast], Awaitable[T]],
                      sink: StreamSink) -> tuple[T | None, bool]:
         """Subscribe ``sink`` to the flight for ``key`` (starting it when there is none or it takes no more
         joiners): (the call's result — for the request that started it; None for joiners and when the call

@@ -333,7 +333,10 @@ class Pipeline:
             key = f"{key}:rule:{decision.rule}"
         if key is None or not lookup:
             return key, None
-        return key, await self.cache.get(key)
+        found = self.cache.memory.get(key)  # the memory tier without a coroutine: most lookups end here
+        if found is None and self.cache.remote is not None:
+            found = await self.cache.get_shared(key)
+        return key, found
 
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 
@@ -409,7 +412,8 @@ class Pipeline:
         finally:
             if lease is not None:
                 self.locks.release(lease, stored)  # type: ignore[union-attr]
-        self._spend_shared(route.group, outcome, who, earlier)
+        if self.budgets is not None:
+            self._spend_shared(route.group, outcome, who, earlier)
         return response, outcome, earlier
 
     async def _shared_stream(self, chat: ChatRequest, key: str | None, sink: cached.Recorder | StreamSink,
@@ -436,7 +440,7 @@ class Pipeline:
         finally:
             if lease is not None:
                 self.locks.release(lease, put)  # type: ignore[union-attr]
-        if not isinstance(sink, cached.Recorder):
+        if self.budgets is not None and not isinstance(sink, cached.Recorder):
             group = self.router.group_label(chat.model if decision is None or decision.group is None
                                             else decision.group)
             self._spend_shared(group, outcome, who)
@@ -445,8 +449,7 @@ class Pipeline:
     def _spend_shared(self, group: str, outcome: Outcome, who: Principal | None, earlier: float = 0.0) -> None:
         """The shared call's cost (with a cascade's rejected answers), against the budgets of the request that
         made it."""
-        if self.budgets is None:
-            return
+        assert self.budgets is not None
         cost = (request_cost(outcome.usage, self.prices.get(outcome.deployment or "")) or 0.0) + earlier
         if cost:
             self.budgets.spend((group, outcome.fallback or group), cost, who)

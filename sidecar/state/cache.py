@@ -238,12 +238,13 @@ class ResponseCache:
         body = self.memory.get(key)
         if body is not None or self.remote is None:
             return body
-        return await self._get_shared(key)
+        return await self.get_shared(key)
 
-    async def _get_shared(self, key: str) -> bytes | None:
-        """One Redis lookup per key at a time: a burst of identical requests (the case coalescing is for) asks
-        Redis once, not once per request — many concurrent lookups would each need a connection of their own,
-        and the slowest would pass the lookup's time limit and shut the gate for everybody."""
+    async def get_shared(self, key: str) -> bytes | None:
+        """The Redis tier's answer, for a key the memory tier does not have. One Redis lookup per key at a time: a
+        burst of identical requests (the case coalescing is for) asks Redis once, not once per request — many
+        concurrent lookups would each need a connection of their own, and the slowest would pass the lookup's
+        time limit and shut the gate for everybody."""
         pending = self._fetching.get(key)
         if pending is not None:
             return await asyncio.shield(pending)  # shielded: one waiter going away does not cancel the others'
