@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from hashlib import blake2b
 from typing import Any
 
 import orjson
@@ -79,6 +80,7 @@ class EngineStats:
     peak_load: int = 0  # the most requests running and waiting at once
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    trace: list[tuple[float, str, str, int, int, int]] = field(default_factory=list)  # see Engine.note
 
 
 class Engine:
@@ -133,6 +135,26 @@ class Engine:
         self.stats.prompt_tokens += len(tokens)
         self.stats.cached_tokens += cached
         return cached, self.settings.prefill_base + (len(tokens) - cached) * self.settings.prefill_per_token
+
+
+    def note(self, arrived: float, body: dict[str, Any], tokens: int, cached: int) -> None:
+        """One request's line of the trace (``GET /_control?trace=1``, for the bench's explanation of a hit
+        ratio): arrival, a hash of its messages before the first user turn (the shared system prompt) and of
+        its first user turn (the conversation), the former's tokens, the prompt's tokens and the cached ones."""
+        messages = body.get("messages")
+        head, first, shared = "", "", 0
+        if isinstance(messages, list):
+            for i, message in enumerate(messages):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    head = _digest(messages[:i])
+                    first = _digest(message)
+                    shared = len(prompt_tokens({"messages": messages[:i]})) - 1  # no <|assistant|> marker
+                    break
+        self.stats.trace.append((arrived, head, first, shared, tokens, cached))
+
+
+def _digest(value: Any) -> str:
+    return blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=6).hexdigest()
 
 
 ENGINE = web.AppKey("engine", Engine)
@@ -232,7 +254,8 @@ async def _abort(request: web.Request) -> web.Response:
 
 async def _control_get(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    stats = {f.name: getattr(engine.stats, f.name) for f in fields(engine.stats) if f.name not in ("ttft", "e2e")}
+    skip = ("ttft", "e2e") if request.query.get("trace") else ("ttft", "e2e", "trace")
+    stats = {f.name: getattr(engine.stats, f.name) for f in fields(engine.stats) if f.name not in skip}
     return _json({"settings": asdict(engine.settings), "stats": stats, "running": engine.running,
                   "waiting": engine.waiting, "cached_pages": len(engine.cache.pages)})
 
@@ -276,6 +299,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     try:
         tokens = prompt_tokens(body)
         cached, prefill = engine.prefill(tokens)
+        engine.note(arrived, body, len(tokens), cached)
         await asyncio.sleep(prefill)
         engine.stats.ttft.observe(time.monotonic() - arrived)
         rid = body["rid"] if isinstance(body.get("rid"), str) else uuid.uuid4().hex
