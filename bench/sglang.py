@@ -375,9 +375,8 @@ async def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> di
         variants = [(f"ours, {v}", yaml.safe_load("{" + v.replace("=", ": ") + "}")) for v in args.variant] or [
             ("ours (4 sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"})]
         for name, extra in variants:
-            pods = [start_sidecar(procs, workdir, f"pod-{len(targets)}-{i}", pool_config(replicas.urls, **tuning,
-                                                                                          **extra))
-                    for i in range(args.pods)]
+            config = pool_config(replicas.urls, **{**tuning, **extra})
+            pods = [start_sidecar(procs, workdir, f"pod-{len(targets)}-{i}", config) for i in range(args.pods)]
             targets[name] = lambda pods=pods: per_pod(pods)
         smg = None if args.no_smg else ensure_smg()
         for policy in ("cache_aware", "prefix_hash"):

@@ -36,6 +36,11 @@ class ReplicaSettings:
     dns_server: str | None = None  # "address[:port]"; None: the system's resolv.conf
     key: str = "conversation"  # or "shared": a long system prompt is the ring key (policy.ring.prefix_keys)
     health_path: str = "/health"  # SGLang's generating probe; "/ready" checks a flag and generates nothing
+    spread: int = 1  # a placement key's home set: the first k replicas on the ring (policy.ring.choose)
+    balance: float | None = None  # a home-set replica this much less loaded than the home goes first
+    keep_factor: float | None = None  # the bound for keeping a conversation (None: load_factor)
+    slack: float = 1.0
+    holders: bool = False  # spill first to replicas this sidecar sent the placement key to
 
 
 def replica_settings(params: Section, provider: str | None) -> ReplicaSettings | None:
@@ -50,6 +55,11 @@ def replica_settings(params: Section, provider: str | None) -> ReplicaSettings |
         "dns_server": params.string("replica_dns_server", None),
         "key": params.string("replica_key", "conversation"),
         "health_path": params.string("replica_health_path", "/health"),
+        "spread": params.integer("replica_spread", 1, minimum=1),
+        "balance": params.data.get("replica_spread_balance"),
+        "keep_factor": params.data.get("replica_keep_factor"),
+        "slack": params.data.get("replica_load_slack", 1.0),
+        "holders": bool(params.data.get("replica_holders", False)),
     }
     if not tuning["health_path"].startswith("/") or "?" in tuning["health_path"]:
         params.problem("replica_health_path", "expected a path such as /health or /ready")

@@ -89,12 +89,12 @@ def _mean(loads: Sequence[float], eligible: Sequence[bool]) -> float | None:
     return (sum(load for load, ok in zip(loads, eligible, strict=True) if ok) + 1) / count
 
 
-def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
+def capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float, slack: float = 1.0) -> float:
     """The most load a replica may carry after taking a new conversation: factor * mean, this request counted,
     and never less than mean + 1 (at low load, where the factor is less than one request). The least loaded
     replica is always under it. Not rounded up: at a mean of 5, ``ceil`` would let a replica hold 7 (1.4x)."""
     mean = _mean(loads, eligible)
-    return 0.0 if mean is None else max(factor * mean, mean + 1)
+    return 0.0 if mean is None else max(factor * mean, mean + slack)
 
 
 def keep_capacity(loads: Sequence[float], eligible: Sequence[bool], factor: float) -> float:
@@ -110,27 +110,55 @@ def within(loads: Sequence[float], eligible: Sequence[bool], factor: float, inde
     return eligible[index] and loads[index] + 1 <= keep_capacity(loads, eligible, factor)
 
 
-def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float) -> RingChoice:
-    """The first eligible replica clockwise from ``key`` whose load + 1 stays within ``capacity``."""
+def choose(  # noqa: PLR0913 - experiment
+    ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float,
+           spread: int = 1, holders: int = 0, balance: float | None = None, slack: float = 1.0) -> RingChoice:
+    """The first eligible replica clockwise from ``key`` whose load + 1 stays within ``capacity``.
+
+    With ``spread`` k > 1 the key's candidates are the first k distinct eligible replicas clockwise (its home
+    set), tried first — the less loaded first with ``balance``, else in ring order; then the replicas in the
+    bit set ``holders`` (those known to hold the key's prefix), in ring order; then the rest of the ring. A
+    placement key shared by many conversations is then cached on at most k replicas while they have room."""
     if not ring.points:
         return RingChoice(None, -1, (), "ring")
-    bound = capacity(loads, eligible, factor)
+    bound = capacity(loads, eligible, factor, slack)
     start = bisect.bisect_left(ring.points, key) % len(ring.points)
     seen: set[int] = set()
     passed: list[tuple[int, float]] = []
     n = len(ring.points)
+    if spread <= 1 and not holders:
+        for step in range(n):
+            owner = ring.owners[(start + step) % n]
+            if owner in seen:
+                continue
+            seen.add(owner)
+            if not eligible[owner]:
+                continue
+            if loads[owner] + 1 <= bound:
+                return RingChoice(owner, start, tuple(passed), "ring")
+            passed.append((owner, loads[owner]))
+            if len(seen) == len(ring.replicas):
+                break
+        return RingChoice(None, start, tuple(passed), "ring")
+    order: list[int] = []  # the eligible replicas in ring order from the key
     for step in range(n):
         owner = ring.owners[(start + step) % n]
-        if owner in seen:
-            continue
-        seen.add(owner)
-        if not eligible[owner]:
-            continue
+        if owner not in seen:
+            seen.add(owner)
+            if eligible[owner]:
+                order.append(owner)
+            if len(seen) == len(ring.replicas):
+                break
+    home = order[:spread]
+    if balance is not None and home:
+        lighter = sorted((r for r in home[1:] if loads[r] + balance < loads[home[0]]), key=lambda r: loads[r])
+        home = [*lighter, *(r for r in home if r not in lighter)]
+    tried = set(home)
+    rest = [r for r in order if r not in tried]
+    for owner in [*home, *(r for r in rest if holders >> r & 1), *(r for r in rest if not holders >> r & 1)]:
         if loads[owner] + 1 <= bound:
             return RingChoice(owner, start, tuple(passed), "ring")
         passed.append((owner, loads[owner]))
-        if len(seen) == len(ring.replicas):
-            break
     return RingChoice(None, start, tuple(passed), "ring")
 
 
