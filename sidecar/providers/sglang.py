@@ -116,8 +116,8 @@ class ReplicaPool:
         self.ring: Ring = build_ring(())
         self.turn = 0
         self.shared_first = settings.key == "shared"
+        self.keep_factor = max(settings.keep_factor or settings.load_factor, settings.load_factor)
         self.conversations: OrderedDict[int, Replica] = OrderedDict()  # conversation key → its last replica
-        self.holders: OrderedDict[int, int] = OrderedDict()  # placement key → bit set of replicas sent it
         self.on_change: Callable[[list[Replica], list[Replica]], None] | None = None  # pollers follow the set
         self.set_urls(settings.urls)
 
@@ -135,7 +135,6 @@ class ReplicaPool:
             replica.removed = True
         self.replicas = replicas
         self.ring = build_ring([r.url for r in replicas])
-        self.holders.clear()  # bit sets of the old indices
         if self.on_change is not None:
             self.on_change(added, removed)
 
@@ -162,22 +161,11 @@ class ReplicaPool:
         known = self.conversations.get(conversation)
         if known is not None and not known.removed:
             index = self.replicas.index(known)
-            if within(loads, eligible, self.settings.keep_factor or self.settings.load_factor, index):
+            if within(loads, eligible, self.keep_factor, index):
                 self.conversations.move_to_end(conversation)
                 return known, RingChoice(index, -1, (), "sticky")
-        settings = self.settings
-        if settings.holders:
-            held = self.holders.get(placement, 0)
-            replica, choice = self._at(choose(self.ring, placement, loads, eligible, settings.load_factor,
-                                              settings.spread, held, settings.balance, settings.slack))
-            if replica is not None and choice.replica is not None:
-                self.holders[placement] = held | 1 << choice.replica
-                self.holders.move_to_end(placement)
-                if len(self.holders) > CONVERSATIONS:
-                    self.holders.popitem(last=False)
-        else:
-            replica, choice = self._at(choose(self.ring, placement, loads, eligible, settings.load_factor,
-                                              settings.spread, 0, settings.balance, settings.slack))
+        replica, choice = self._at(choose(self.ring, placement, loads, eligible, self.settings.load_factor,
+                                          self.settings.spread))
         if replica is not None:
             self.conversations[conversation] = replica
             self.conversations.move_to_end(conversation)
