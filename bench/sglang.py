@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench-sglang`: how well independent sidecars fill a shared SGLang pool, against SGLang's own router.
 
-    python bench/sglang.py [--pods 4] [--conversations 20] [--turns 4] [--concurrency 5] [--no-smg]
+    python bench/sglang.py [--pods 4] [--conversations 16] [--turns 4] [--concurrency 6] [--no-smg] [--explain]
+                           [--variant 'replica_key=shared, replica_spread=2' ...]
 
 Four emulated SGLang replicas (``fake-provider --sglang``: the prefix-cache model, TTFT growing with uncached
 tokens), each with a prefix cache of about a third of the workload's working set. Four "pods", each with its
@@ -17,7 +18,9 @@ fresh caches, under each policy:
 - the ideal: one replica with the combined cache capacity (for the hit ratio; its latency is one replica's).
 
 Reported per policy: prefix-cache hit ratio (cached prompt tokens / prompt tokens, as the replicas count them),
-max/mean requests across replicas, p50/p99 time to first token as the pods see it. Then spill-over: with every
+max/mean requests across replicas, p50/p99 time to first token as the pods see it; with ``--explain``, where the
+uncached prompt tokens went (a system prompt's first request anywhere, its first contact with one more replica,
+conversations moved between replicas, ...; from the replicas' per-request traces). Then spill-over: with every
 replica's queue above ``max_queue_per_replica``, the latency of a request that spills to the remote provider
 through a sidecar against a direct call to that provider.
 """

@@ -12,8 +12,9 @@ The prefix cache (``sglang_cache.PrefixCache``): a request's cached part is its 
 first token = queue wait + ``prefill_base`` + uncached tokens * ``prefill_per_token``; then one output token
 every ``decode_per_token``.
 
-Run-time control: ``GET /_control`` (settings and counters), ``POST /_control/faults`` (replace settings),
-``POST /_control/reset`` (zero counters, flush the cache). Never imported by runtime modules.
+Run-time control: ``GET /_control`` (settings and counters; ``?trace=1`` adds one line per request),
+``POST /_control/faults`` (replace settings), ``POST /_control/reset`` (zero counters, flush the cache). Never
+imported by runtime modules.
 """
 
 from __future__ import annotations
