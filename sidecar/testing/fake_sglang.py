@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from hashlib import blake2b
@@ -36,6 +37,7 @@ from sidecar.testing.sglang_metrics import E2E_BUCKETS, TTFT_BUCKETS, Histogram,
 
 QUEUE_FULL = "The request queue is full."
 ABORTED = "Request running timeout reached."
+TRACE = 100_000  # requests the trace keeps (GET /_control?trace=1)
 
 
 @dataclass(slots=True)
@@ -81,7 +83,8 @@ class EngineStats:
     peak_load: int = 0  # the most requests running and waiting at once
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
-    trace: list[tuple[float, str, str, int, int, int]] = field(default_factory=list)  # see Engine.note
+    trace: deque[tuple[float, str, str, int, int, int]] = field(  # see Engine.note; the last TRACE requests
+        default_factory=lambda: deque(maxlen=TRACE))
 
 
 class Engine:
@@ -257,6 +260,8 @@ async def _control_get(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     skip = ("ttft", "e2e") if request.query.get("trace") else ("ttft", "e2e", "trace")
     stats = {f.name: getattr(engine.stats, f.name) for f in fields(engine.stats) if f.name not in skip}
+    if "trace" in stats:
+        stats["trace"] = list(stats["trace"])
     return _json({"settings": asdict(engine.settings), "stats": stats, "running": engine.running,
                   "waiting": engine.waiting, "cached_pages": len(engine.cache.pages)})
 
