@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench-sglang`: how well independent sidecars fill a shared SGLang pool, against SGLang's own router.
 
-    python bench/sglang.py [--pods 4] [--conversations 20] [--turns 4] [--concurrency 5] [--no-smg]
+    python bench/sglang.py [--pods 4] [--conversations 16] [--turns 4] [--concurrency 6] [--no-smg] [--explain]
+                           [--variant 'replica_key=shared, replica_spread=2' ...]
 
 Four emulated SGLang replicas (``fake-provider --sglang``: the prefix-cache model, TTFT growing with uncached
 tokens), each with a prefix cache of about a third of the workload's working set. Four "pods", each with its
@@ -17,7 +18,9 @@ fresh caches, under each policy:
 - the ideal: one replica with the combined cache capacity (for the hit ratio; its latency is one replica's).
 
 Reported per policy: prefix-cache hit ratio (cached prompt tokens / prompt tokens, as the replicas count them),
-max/mean requests across replicas, p50/p99 time to first token as the pods see it. Then spill-over: with every
+max/mean requests across replicas, p50/p99 time to first token as the pods see it; with ``--explain``, where the
+uncached prompt tokens went (a system prompt's first request anywhere, its first contact with one more replica,
+conversations moved between replicas, ...; from the replicas' per-request traces). Then spill-over: with every
 replica's queue above ``max_queue_per_replica``, the latency of a request that spills to the remote provider
 through a sidecar against a direct call to that provider.
 """
@@ -110,10 +113,10 @@ class Replicas:
             async with session.post(f"{url}/_control/faults", json=settings) as answer:
                 answer.raise_for_status()
 
-    async def stats(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    async def stats(self, session: aiohttp.ClientSession, trace: bool = False) -> list[dict[str, Any]]:
         out = []
         for url in self.urls:
-            async with session.get(f"{url}/_control") as answer:
+            async with session.get(f"{url}/_control", params={"trace": "1"} if trace else None) as answer:
                 out.append((await answer.json())["stats"])
         return out
 
@@ -261,14 +264,56 @@ async def measure(session: aiohttp.ClientSession, replicas: Replicas, load: Any,
                   args: argparse.Namespace) -> dict[str, Any]:
     await replicas.reset(session)
     ttfts = await run_workload(session, load, target, args.concurrency, args.seed)
-    stats = await replicas.stats(session)
+    stats = await replicas.stats(session, trace=args.explain)
     prompt = sum(s["prompt_tokens"] for s in stats)
     cached = sum(s["cached_tokens"] for s in stats)
     requests = [s["requests"] for s in stats]
     mean = sum(requests) / len(requests)
-    return {"hit_ratio": round(cached / prompt, 3) if prompt else 0.0,
-            "max_mean_load": round(max(requests) / mean, 2) if mean else 0.0, "requests": requests,
-            "ttft_p50_ms": round(_pct(ttfts, 50) * 1000, 1), "ttft_p99_ms": round(_pct(ttfts, 99) * 1000, 1)}
+    out = {"hit_ratio": round(cached / prompt, 3) if prompt else 0.0,
+           "max_mean_load": round(max(requests) / mean, 2) if mean else 0.0, "requests": requests,
+           "ttft_p50_ms": round(_pct(ttfts, 50) * 1000, 1), "ttft_p99_ms": round(_pct(ttfts, 99) * 1000, 1)}
+    if args.explain:
+        out["explain"] = explain([s["trace"] for s in stats])
+    return out
+
+
+MISSES = ("cold", "first_contact", "system_evicted", "moved", "new_tokens")
+
+
+def explain(traces: list[list[list[Any]]]) -> dict[str, Any]:
+    """Where the uncached prompt tokens went, from the replicas' traces (``--explain``), as shares of all
+    prompt tokens (they add up to 1 - hit ratio): the system prompt's part of a request missed ``cold`` (its
+    first request anywhere: the ideal pays it too), at its ``first_contact`` with this replica (another replica
+    had it), or ``system_evicted`` (this replica had it before); the rest of the prompt missed on a conversation
+    ``moved`` from the replica of its previous turn, or ``new_tokens`` (the new turn, or history evicted).
+    Also: (system prompt, replica) pairs, replicas per system prompt, conversations that moved."""
+    rows = sorted((t, replica, head, first, shared, tokens, cached)
+                  for replica, trace in enumerate(traces) for t, head, first, shared, tokens, cached in trace)
+    missed = dict.fromkeys(MISSES, 0)
+    pairs: set[tuple[str, int]] = set()
+    where: dict[str, int] = {}
+    moved: set[str] = set()
+    total = 0
+    for _, replica, head, first, shared, tokens, cached in rows:
+        total += tokens
+        miss = tokens - cached
+        system = min(miss, max(0, shared - cached)) if head else 0
+        if system:
+            kind = "system_evicted" if (head, replica) in pairs else "first_contact" if any(
+                h == head for h, _ in pairs) else "cold"
+            missed[kind] += system
+        pairs.add((head, replica))
+        conversation = head + first
+        before = where.get(conversation)
+        if before is not None and before != replica:
+            missed["moved"] += miss - system
+            moved.add(conversation)
+        else:
+            missed["new_tokens"] += miss - system
+        where[conversation] = replica
+    heads = {head for head, _ in pairs}
+    return {**{k: round(v / total, 4) if total else 0.0 for k, v in missed.items()}, "pairs": len(pairs),
+            "system_prompts": len(heads), "conversations": len(where), "conversations_moved": len(moved)}
 
 
 # ---- spill-over ------------------------------------------------------------------------------------------
@@ -327,13 +372,14 @@ async def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> di
         await replicas.set(session, model="bench-model")  # the served name SMG matches requests against
         await ideal.set(session, model="bench-model")
         tuning = {"replica_load_factor": args.load_factor}
-        targets: dict[str, Callable[[], Target]] = {
+        targets: dict[str, Callable[[], Target]] = {} if args.no_baselines else {
             "round-robin (per pod)": lambda: round_robin(args.pods, replicas.urls),
             "least-loaded (per pod)": lambda: least_loaded(args.pods, replicas.urls)}
-        for name, extra in (("ours (4 sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"})):
-            pods = [start_sidecar(procs, workdir, f"pod-{len(targets)}-{i}", pool_config(replicas.urls, **tuning,
-                                                                                          **extra))
-                    for i in range(args.pods)]
+        variants = [(f"ours, {v}", yaml.safe_load("{" + v.replace("=", ": ") + "}")) for v in args.variant] or [
+            ("ours (4 sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"})]
+        for name, extra in variants:
+            config = pool_config(replicas.urls, **{**tuning, **extra})
+            pods = [start_sidecar(procs, workdir, f"pod-{len(targets)}-{i}", config) for i in range(args.pods)]
             targets[name] = lambda pods=pods: per_pod(pods)
         smg = None if args.no_smg else ensure_smg()
         for policy in ("cache_aware", "prefix_hash"):
@@ -361,6 +407,9 @@ def _mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
                            for key in ("hit_ratio", "max_mean_load", "ttft_p50_ms", "ttft_p99_ms")}
     for key in ("hit_ratio", "max_mean_load"):
         out[f"{key}_range"] = (min(r[key] for r in rows), max(r[key] for r in rows))
+    if all("explain" in r for r in rows):
+        out["explain"] = {key: round(sum(r["explain"][key] for r in rows) / len(rows), 4)
+                          for key in rows[0]["explain"]}
     out["runs"] = rows
     return out
 
@@ -376,6 +425,15 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['hit_ratio']:.3f} [{hits[0]:.3f} to {hits[1]:.3f}] "
                      f"| {row['max_mean_load']:.2f} [{loads[0]:.2f} to {loads[1]:.2f}] "
                      f"| {row['ttft_p50_ms']:.1f} ms | {row['ttft_p99_ms']:.1f} ms |")
+    explained = {name: row["explain"] for name, row in result["policies"].items() if "explain" in row}
+    if explained:
+        lines += ["", "where the uncached prompt tokens went (shares of all prompt tokens; `--explain`), and "
+                  "(system prompt, replica) pairs, conversations moved", "",
+                  "| policy | " + " | ".join(MISSES) + " | pairs | moved |", "| --- " * (len(MISSES) + 3) + "|"]
+        for name, row in explained.items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in MISSES) +
+                         f" | {row['pairs']:.1f} / {row['system_prompts']:.0f} | {row['conversations_moved']:.1f} / "
+                         f"{row['conversations']:.0f} |")
     spill = result["spill_over"]
     lines += ["", f"spill-over ({spill['samples']} requests): direct to the remote {spill['direct_p50_ms']} ms p50, "
                   f"through a sidecar past the saturated pool {spill['spilled_p50_ms']} ms p50: "
@@ -395,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="workloads (seeds) each policy runs; rows are means")
     parser.add_argument("--load-factor", type=float, default=1.25, help="the sidecars' replica_load_factor")
     parser.add_argument("--no-smg", action="store_true", help="leave SGLang's router out")
+    parser.add_argument("--variant", action="append", default=[], metavar="SETTINGS",
+                        help="instead of the two default rows of ours: a row with these litellm_params, e.g. "
+                             "'replica_key=shared, replica_load_factor=1.5' (repeatable)")
+    parser.add_argument("--no-baselines", action="store_true", help="leave round-robin and least-loaded out")
+    parser.add_argument("--explain", action="store_true", help="where the uncached tokens went, per policy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     procs = Processes()

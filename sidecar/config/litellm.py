@@ -247,6 +247,8 @@ LITELLM_PARAMS: dict[str, Key] = {
             replica_poll_timeout_seconds="sglang replicas: one poll's time limit (ours)",
             max_queue_per_replica="sglang replicas: queue depth above which requests spill over (ours)",
             replica_load_factor="sglang replicas: bounded-load factor of the ring (ours)",
+            replica_keep_factor="sglang replicas: load factor under which a conversation keeps its replica (ours)",
+            replica_spread="sglang replicas: a ring key's home set, the lighter of its first k replicas first (ours)",
             replica_key="sglang replicas: the ring key, conversation or shared (ours)",
             replica_health_path="sglang replicas: the health probe's path, /health or /ready (ours)"),
     **_done(**{name: "see AWS Bedrock" for name in (

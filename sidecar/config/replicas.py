@@ -11,6 +11,8 @@
       replica_health_path: /health      # or /ready: a flag check that generates nothing (large fleets)
       max_queue_per_replica: 8          # above this (polled waiting + this pod's new in-flight): spill over
       replica_load_factor: 1.25         # a replica above factor x the mean load is passed over on the ring
+      replica_keep_factor: 1.25         # a conversation leaves its replica above this x the mean (default: load)
+      replica_spread: 1                 # a ring key's home set: the lighter of its first k replicas first
       replica_key: conversation         # or shared: a long system prompt (not the first user turn) is the key
 """
 
@@ -36,6 +38,8 @@ class ReplicaSettings:
     dns_server: str | None = None  # "address[:port]"; None: the system's resolv.conf
     key: str = "conversation"  # or "shared": a long system prompt is the ring key (policy.ring.prefix_keys)
     health_path: str = "/health"  # SGLang's generating probe; "/ready" checks a flag and generates nothing
+    keep_factor: float | None = None  # the bound for keeping a conversation on its replica; None: load_factor
+    spread: int = 1  # a ring key's home set: its first ``spread`` replicas, the lighter first (policy.ring.choose)
 
 
 def replica_settings(params: Section, provider: str | None) -> ReplicaSettings | None:
@@ -50,6 +54,8 @@ def replica_settings(params: Section, provider: str | None) -> ReplicaSettings |
         "dns_server": params.string("replica_dns_server", None),
         "key": params.string("replica_key", "conversation"),
         "health_path": params.string("replica_health_path", "/health"),
+        "keep_factor": params.number("replica_keep_factor", None, minimum=1.0),
+        "spread": params.integer("replica_spread", 1, minimum=1),
     }
     if not tuning["health_path"].startswith("/") or "?" in tuning["health_path"]:
         params.problem("replica_health_path", "expected a path such as /health or /ready")

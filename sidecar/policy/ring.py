@@ -10,8 +10,10 @@ sidecar derives the same ring from the same replica set (the hashes are blake2b,
 when its replica leaves the set or is overloaded, and adding a replica to N moves about 1/(N+1) of the keys.
 
 A sidecar also remembers where it sent each conversation (``providers.sglang``): a later turn goes back there
-while that replica is within the bound, even when the ring would now place the conversation elsewhere (its
-first turn was passed over, or the placement key is a shared system prompt whose home has since filled up).
+while that replica is within the looser ``keep_capacity`` (of ``replica_keep_factor``, by default the load
+factor), even when the ring would now place the conversation elsewhere (its first turn was passed over, or the
+placement key is a shared system prompt whose home has since filled up). With ``replica_spread`` k > 1 a key's
+first k replicas on the ring are its home set and the lighter of them takes a new conversation (``choose``).
 With no useful prefix (no user turn, an embeddings request) the request goes to the least loaded replica.
 """
 
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
+from itertools import chain, islice
 from typing import Any
 
 import orjson
@@ -110,28 +113,42 @@ def within(loads: Sequence[float], eligible: Sequence[bool], factor: float, inde
     return eligible[index] and loads[index] + 1 <= keep_capacity(loads, eligible, factor)
 
 
-def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float) -> RingChoice:
-    """The first eligible replica clockwise from ``key`` whose load + 1 stays within ``capacity``."""
+def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool], factor: float,
+           spread: int = 1) -> RingChoice:
+    """The first eligible replica clockwise from ``key`` whose load + 1 stays within ``capacity``.
+
+    With ``spread`` k > 1 the first k distinct eligible replicas clockwise are the key's home set, tried less
+    loaded first (ring order among equal loads), before the rest of the ring in order: a placement key many
+    conversations share (a long system prompt) is cached on at most k replicas while they are within the
+    bound, and the choice of the lighter of them keeps them balanced. ``passed_over`` is in the order tried."""
     if not ring.points:
         return RingChoice(None, -1, (), "ring")
     bound = capacity(loads, eligible, factor)
     start = bisect.bisect_left(ring.points, key) % len(ring.points)
-    seen: set[int] = set()
+    order = _clockwise(ring, start, eligible)
+    home = list(islice(order, spread))
+    home.sort(key=loads.__getitem__)  # stable: ring order among equal loads
     passed: list[tuple[int, float]] = []
+    for owner in chain(home, order):
+        if loads[owner] + 1 <= bound:
+            return RingChoice(owner, start, tuple(passed), "ring")
+        passed.append((owner, loads[owner]))
+    return RingChoice(None, start, tuple(passed), "ring")
+
+
+def _clockwise(ring: Ring, start: int, eligible: Sequence[bool]) -> Iterator[int]:
+    """The eligible replicas in ring order from point ``start``, each once."""
+    seen: set[int] = set()
     n = len(ring.points)
     for step in range(n):
         owner = ring.owners[(start + step) % n]
         if owner in seen:
             continue
         seen.add(owner)
-        if not eligible[owner]:
-            continue
-        if loads[owner] + 1 <= bound:
-            return RingChoice(owner, start, tuple(passed), "ring")
-        passed.append((owner, loads[owner]))
+        if eligible[owner]:
+            yield owner
         if len(seen) == len(ring.replicas):
-            break
-    return RingChoice(None, start, tuple(passed), "ring")
+            return
 
 
 def least_loaded(loads: Sequence[float], eligible: Sequence[bool], turn: int) -> RingChoice:

@@ -116,6 +116,7 @@ class ReplicaPool:
         self.ring: Ring = build_ring(())
         self.turn = 0
         self.shared_first = settings.key == "shared"
+        self.keep_factor = max(settings.keep_factor or settings.load_factor, settings.load_factor)
         self.conversations: OrderedDict[int, Replica] = OrderedDict()  # conversation key → its last replica
         self.on_change: Callable[[list[Replica], list[Replica]], None] | None = None  # pollers follow the set
         self.set_urls(settings.urls)
@@ -160,10 +161,11 @@ class ReplicaPool:
         known = self.conversations.get(conversation)
         if known is not None and not known.removed:
             index = self.replicas.index(known)
-            if within(loads, eligible, self.settings.load_factor, index):
+            if within(loads, eligible, self.keep_factor, index):
                 self.conversations.move_to_end(conversation)
                 return known, RingChoice(index, -1, (), "sticky")
-        replica, choice = self._at(choose(self.ring, placement, loads, eligible, self.settings.load_factor))
+        replica, choice = self._at(choose(self.ring, placement, loads, eligible, self.settings.load_factor,
+                                          self.settings.spread))
         if replica is not None:
             self.conversations[conversation] = replica
             self.conversations.move_to_end(conversation)

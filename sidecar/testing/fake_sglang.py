@@ -12,8 +12,9 @@ The prefix cache (``sglang_cache.PrefixCache``): a request's cached part is its 
 first token = queue wait + ``prefill_base`` + uncached tokens * ``prefill_per_token``; then one output token
 every ``decode_per_token``.
 
-Run-time control: ``GET /_control`` (settings and counters), ``POST /_control/faults`` (replace settings),
-``POST /_control/reset`` (zero counters, flush the cache). Never imported by runtime modules.
+Run-time control: ``GET /_control`` (settings and counters; ``?trace=1`` adds one line per request),
+``POST /_control/faults`` (replace settings), ``POST /_control/reset`` (zero counters, flush the cache). Never
+imported by runtime modules.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from hashlib import blake2b
 from typing import Any
 
 import orjson
@@ -34,6 +37,7 @@ from sidecar.testing.sglang_metrics import E2E_BUCKETS, TTFT_BUCKETS, Histogram,
 
 QUEUE_FULL = "The request queue is full."
 ABORTED = "Request running timeout reached."
+TRACE = 100_000  # requests the trace keeps (GET /_control?trace=1)
 
 
 @dataclass(slots=True)
@@ -79,6 +83,8 @@ class EngineStats:
     peak_load: int = 0  # the most requests running and waiting at once
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    trace: deque[tuple[float, str, str, int, int, int]] = field(  # see Engine.note; the last TRACE requests
+        default_factory=lambda: deque(maxlen=TRACE))
 
 
 class Engine:
@@ -133,6 +139,26 @@ class Engine:
         self.stats.prompt_tokens += len(tokens)
         self.stats.cached_tokens += cached
         return cached, self.settings.prefill_base + (len(tokens) - cached) * self.settings.prefill_per_token
+
+
+    def note(self, arrived: float, body: dict[str, Any], tokens: int, cached: int) -> None:
+        """One request's line of the trace (``GET /_control?trace=1``, for the bench's explanation of a hit
+        ratio): arrival, a hash of its messages before the first user turn (the shared system prompt) and of
+        its first user turn (the conversation), the former's tokens, the prompt's tokens and the cached ones."""
+        messages = body.get("messages")
+        head, first, shared = "", "", 0
+        if isinstance(messages, list):
+            for i, message in enumerate(messages):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    head = _digest(messages[:i])
+                    first = _digest(message)
+                    shared = len(prompt_tokens({"messages": messages[:i]})) - 1  # no <|assistant|> marker
+                    break
+        self.stats.trace.append((arrived, head, first, shared, tokens, cached))
+
+
+def _digest(value: Any) -> str:
+    return blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=6).hexdigest()
 
 
 ENGINE = web.AppKey("engine", Engine)
@@ -232,7 +258,10 @@ async def _abort(request: web.Request) -> web.Response:
 
 async def _control_get(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    stats = {f.name: getattr(engine.stats, f.name) for f in fields(engine.stats) if f.name not in ("ttft", "e2e")}
+    skip = ("ttft", "e2e") if request.query.get("trace") else ("ttft", "e2e", "trace")
+    stats = {f.name: getattr(engine.stats, f.name) for f in fields(engine.stats) if f.name not in skip}
+    if "trace" in stats:
+        stats["trace"] = list(stats["trace"])
     return _json({"settings": asdict(engine.settings), "stats": stats, "running": engine.running,
                   "waiting": engine.waiting, "cached_pages": len(engine.cache.pages)})
 
@@ -276,6 +305,7 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     try:
         tokens = prompt_tokens(body)
         cached, prefill = engine.prefill(tokens)
+        engine.note(arrived, body, len(tokens), cached)
         await asyncio.sleep(prefill)
         engine.stats.ttft.observe(time.monotonic() - arrived)
         rid = body["rid"] if isinstance(body.get("rid"), str) else uuid.uuid4().hex

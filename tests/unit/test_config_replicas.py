@@ -26,7 +26,10 @@ def test_static_replicas_are_used_instead_of_api_base() -> None:
     assert deployment.replicas.urls == ("http://10.0.0.5:30000/v1", "http://10.0.0.6:30000/v1")
     assert deployment.replicas.max_queue == 4 and deployment.replicas.refresh_seconds == 10.0
     assert deployment.api_base == "http://10.0.0.5:30000/v1"
+    assert (deployment.replicas.spread, deployment.replicas.keep_factor) == (1, None)  # the defaults
     assert not cfg.warnings
+    tuned = config.parse(_sglang(replicas=["http://10.0.0.5:30000/v1"], replica_spread=2, replica_keep_factor=2.5))
+    assert (tuned.deployments[0].replicas.spread, tuned.deployments[0].replicas.keep_factor) == (2, 2.5)
 
 
 def test_dns_replicas_resolve_the_api_base_host() -> None:

@@ -127,3 +127,59 @@ def test_within_is_the_bound_for_one_replica() -> None:
     assert within(loads, eligible, 1.25, 1) and not within(loads, eligible, 1.25, 0)
     assert within([4.0, 3.0, 3.0, 3.0], eligible, 1.25, 0)  # keeps its conversation at 5 of 4.25 new
     assert not within(loads, [True, False, True, True], 1.25, 1)
+
+
+def _home_set(ring, key, k):  # type: ignore[no-untyped-def]
+    """The first k distinct replicas clockwise from the key (every replica eligible)."""
+    order: list[int] = []
+    n = len(ring.replicas)
+    for _ in range(n):
+        choice = choose(ring, key, [0.0] * n, [j not in order for j in range(n)], 1.25)
+        assert choice.replica is not None
+        order.append(choice.replica)
+        if len(order) == k:
+            break
+    return order
+
+
+@settings(deadline=None)
+@given(replica_sets, keys, st.data())
+def test_spread_takes_the_lighter_of_the_home_set_within_the_bound(names: list[str], key: int,
+                                                                    data: st.DataObject) -> None:
+    ring = build_ring(names)
+    n = len(names)
+    loads = data.draw(st.lists(st.integers(0, 20).map(float), min_size=n, max_size=n))
+    home = _home_set(ring, key, 2)
+    bound = capacity(loads, [True] * n, 1.25)
+    choice = choose(ring, key, loads, [True] * n, 1.25, spread=2)
+    assert choice.replica is not None and loads[choice.replica] + 1 <= bound
+    fitting = [r for r in home if loads[r] + 1 <= bound]
+    if fitting:  # within the home set: the lighter one (the first clockwise among equal loads)
+        assert choice.replica == min(fitting, key=lambda r: loads[r])
+    else:  # both passed over, then the ring as without spread from there
+        assert [r for r, _ in choice.passed_over[:2]] == sorted(home, key=lambda r: loads[r])
+        assert choice.replica not in home
+    idle = choose(ring, key, [0.0] * n, [True] * n, 1.25, spread=2)
+    assert idle.replica == home[0]  # at equal loads the home, as without spread: stability is kept
+
+
+def test_spread_keeps_a_shared_key_on_two_replicas_while_they_have_room() -> None:
+    ring = build_ring(NAMES[:4])
+    loads = [8.0] * 4  # other work
+    home = _home_set(ring, 12345, 2)
+    for _ in range(8):  # one key, 8 conversations
+        choice = choose(ring, 12345, loads, [True] * 4, 1.5, spread=2)
+        assert choice.replica is not None
+        loads[choice.replica] += 1
+    assert {r for r in range(4) if loads[r] > 8} == set(home)  # cached on 2 replicas, not 4
+    assert loads[home[0]] == loads[home[1]] == 12  # and balanced between them
+    without = [8.0] * 4
+    for _ in range(8):
+        without[choose(ring, 12345, without, [True] * 4, 1.5).replica] += 1  # type: ignore[index]
+    assert sorted(without) == [8, 8, 9, 15]  # one replica, until the bound: 1.5 x the mean
+    eligible = [r != home[1] for r in range(4)]  # one of the two is out: the next on the ring joins the set
+    choice = choose(ring, 12345, [0.0] * 4, eligible, 1.25, spread=2)
+    assert choice.replica == home[0]
+    assert choose(ring, 12345, [5.0 if r == home[0] else 0.0 for r in range(4)], eligible, 1.25,
+                  spread=2).replica not in (home[0], home[1])
+

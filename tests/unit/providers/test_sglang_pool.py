@@ -169,3 +169,26 @@ def test_shared_placement_puts_a_system_prompt_on_one_replica_and_remembers_each
     homes = {pool.pick(_turns(name, 1)[0])[0] for name in ("one", "two", "three")}
     assert len(homes) == 1  # idle pool: every conversation under the long system prompt goes to its home
     assert len(pool.conversations) == 3
+
+
+def test_a_conversation_stays_until_the_keep_bound_and_a_new_one_goes_to_the_lighter_of_two() -> None:
+    clock = Clock()
+    settings = ReplicaSettings(urls=URLS, key="shared", load_factor=1.25, keep_factor=2.5, spread=2)
+    deployment = Deployment(id="sglang/m", model_name="local", provider="sglang", model="m", api_base=URLS[0],
+                            replicas=settings)
+    pool = ReplicaPool(deployment, settings, clock)
+    first, second = _turns("alpha", 2)
+    home, _ = pool.pick(first)
+    assert home is not None
+    for replica in pool.replicas:
+        replica.observe(Load(running=4 if replica is home else 2, waiting=0), 0)
+    # 4 of a mean of (8 + 1) / 3: above 1.25 x for a new conversation, well within 2.5 x to keep one
+    kept, choice = pool.pick(second)
+    assert kept is home and choice.how == "sticky"
+    newcomer, choice = pool.pick(_turns("beta", 1)[0])  # same system prompt: the other of its two replicas
+    assert newcomer is not home and choice.how == "ring"
+    assert pool.pick(_turns("gamma", 1)[0])[0] is newcomer  # and again while it is the lighter
+    home.observe(Load(running=30, waiting=0), 0)  # 31 of a mean of 11.7: past 2.5 x, the conversation moves
+    moved, choice = pool.pick(second)
+    assert moved is not home and choice.how == "ring"
+
