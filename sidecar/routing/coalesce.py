@@ -13,12 +13,17 @@ waits for it any more.
   Every waiter gets the same answer, or its own copy of the same error. When the error is
   one a retry can help (``worth_retrying``), waiters do not all retry: the first one to wake starts
   the next flight and the others join it (at most ``MAX_ROUNDS`` flights per request).
-- Streams: the flight's ``Broadcast`` is the router's stream sink. It keeps the chunks sent so far, so a
-  subscriber that joins late first receives those, then the rest, through its own sink — a well-formed
-  stream of its own in its own dialect. The buffer is bounded (``max_bytes``): once a stream outgrows it,
-  the flight takes no new joiners and drops what every subscriber already has; the upstream waits for a
-  subscriber more than ``max_bytes`` behind for at most ``LAG_TIMEOUT`` seconds, after which that
-  subscriber's stream ends with an error rather than hold the others back.
+- Streams: the request that starts the flight also makes its call inline, into the flight's ``Broadcast``,
+  which passes each step straight to that request's own sink (its *leader*) and keeps the chunks sent so far,
+  so a subscriber that joins late first receives those, then the rest, through its own sink — a well-formed
+  stream of its own in its own dialect. The leader's app reads at its own pace, as it would alone; while
+  others read too, a write to it may take at most ``LAG_TIMEOUT`` — then it is read from the buffer like any
+  other subscriber's, after the call. When the leader's app hangs up while others read, the call goes on for
+  them (``keep_running``), and ends when the last of them has gone too. The buffer is bounded
+  (``max_bytes``): once a stream outgrows it, the flight takes no new joiners and drops what every subscriber
+  already has; the upstream waits for a subscriber more than ``max_bytes`` behind for at most
+  ``LAG_TIMEOUT`` seconds, after which that subscriber's stream ends with an error rather than hold the
+  others back.
 """
 
 from __future__ import annotations
@@ -68,11 +73,13 @@ class Flight(Generic[T]):
     future of its own, which the call settles as it ends. (``asyncio.shield`` around the
     task did the same with a Python closure per waiter and two more rounds of the event loop per call.)"""
 
-    __slots__ = ("broadcast", "key", "task", "waiters", "waiting")
+    __slots__ = ("broadcast", "key", "owner", "task", "waiters", "waiting")
 
-    def __init__(self, key: Hashable, broadcast: Broadcast | None = None) -> None:
+    def __init__(self, key: Hashable, broadcast: Broadcast | None = None, owner: asyncio.Task[Any] | None = None,
+                 ) -> None:
         self.key = key
         self.task: asyncio.Task[None] | None = None
+        self.owner = owner  # the task making a stream's call inline (cancelled when nobody reads any more)
         self.broadcast = broadcast
         self.waiters = 0  # requests still waiting: at 0 the call is cancelled
         self.waiting: list[asyncio.Future[T]] = []  # their futures (one each)
@@ -96,7 +103,8 @@ class Flight(Generic[T]):
                     waiter.set_exception(error)
 
 
-LEADERS: dict[object, Flight[Any]] = {}  # whole-answer flights, by the task of the connection making the call
+LEADERS: dict[object, Flight[Any]] = {}  # flights by the task of the connection making the call
+LEADER = 0  # the position of a stream's leader left behind (subscribers are ``id(sink)``, never 0)
 
 
 class Broadcast:
@@ -105,10 +113,12 @@ class Broadcast:
     __slots__ = (
         "_moved",
         "_waiting",
+        "behind",
         "chunks",
         "dropped",
         "error",
         "finished",
+        "leader",
         "max_bytes",
         "outcome",
         "positions",
@@ -116,7 +126,9 @@ class Broadcast:
         "trimmed",
     )
 
-    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int = MAX_BYTES, leader: StreamSink | None = None) -> None:
+        self.leader = leader  # the sink of the request making the call: sent each step as the router makes it
+        self.behind: int | None = None  # the chunks the leader had when it was too slow (it follows, after)
         self.chunks: list[StreamChunk] = []
         self.trimmed = 0  # chunks dropped from the front (every subscriber had them): ``chunks[0]`` is number trimmed
         self.size = 0  # bytes of the chunks held
@@ -161,23 +173,56 @@ class Broadcast:
     async def start(self, outcome: Outcome) -> None:
         self.outcome = outcome
         self._notify()
+        if self.leader is not None:
+            outcome.cache = MISS  # the call's own outcome, as without coalescing (a copy costs ~10k instructions)
+            await self._to_leader(self.leader.start, outcome)
 
     async def send(self, chunks: list[StreamChunk]) -> None:
         self.chunks.extend(chunks)
         for chunk in chunks:
             self.size += len(chunk.raw) + len(chunk.native or b"")
         self._notify()
+        if self.leader is not None:
+            await self._to_leader(self.leader.send, chunks)
         if self.size > self.max_bytes:
             await self._trim()
 
     async def finish(self) -> None:
         self.finished = True
         self._notify()
+        if self.leader is not None:
+            await self._to_leader(self.leader.finish)
 
     async def fail(self, error: SidecarError) -> None:
         self.error = error
         self.finished = True
         self._notify()
+        if self.leader is not None:
+            await self._to_leader(self.leader.fail, error)
+
+    async def _to_leader(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """One step to the leader's app. While others read, it may take at most ``LAG_TIMEOUT``: then the
+        leader is left behind (it reads the rest from the buffer after the call). An app that went away is let
+        go; with nobody else reading, its error ends the call, as it would without coalescing."""
+        if not self.positions:
+            try:
+                await step(*args)
+            except ConnectionError:
+                self.leader = None
+                raise
+            return
+        held = self.trimmed + len(self.chunks)
+        try:
+            await asyncio.wait_for(step(*args), LAG_TIMEOUT)
+        except TimeoutError:
+            # Each sink writes a step in one write, which aiohttp hands to the transport before it waits for
+            # the app to drain it: the leader has everything up to here.
+            self.leader, self.behind = None, held
+            self.positions[LEADER] = held
+        except ConnectionError:
+            self.leader = None
+            if not self.positions:
+                raise
 
     def close(self) -> None:
         """The call is over: wake the subscribers even when the router never
@@ -218,12 +263,14 @@ class Broadcast:
 
     # ---- a subscriber's side ----------------------------------------------------------------------------
 
-    async def follow(self, sink: StreamSink, joined: bool) -> None:
+    async def follow(self, sink: StreamSink, joined: bool, subscriber: int | None = None) -> None:
         """Feed ``sink`` from the first chunk to the end (its headers name the deployment; a joiner's count no
         attempts of its own). Returns without starting ``sink`` when the call failed before the commit (the
-        flight's task has the error); ends the stream in-band when it failed after."""
-        subscriber = id(sink)
-        self.positions[subscriber] = self.trimmed
+        flight's task has the error); ends the stream in-band when it failed after. ``subscriber``: a position
+        already held (the leader left behind, ``LEADER``)."""
+        if subscriber is None:
+            subscriber = id(sink)
+            self.positions[subscriber] = self.trimmed
         try:
             while True:
                 if subscriber in self.dropped:
@@ -305,10 +352,16 @@ class Coalescer:
         elif not waiter.cancelled():
             waiter.exception()  # seen: asyncio does not log it as never retrieved
         flight.waiters -= 1
+        if flight.waiters:
+            return
         task = flight.task
-        if flight.waiters == 0 and task is not None and not task.done():
+        if task is not None and not task.done():
             task.cancel()  # nobody waits for this answer any more
             self._land(flight)
+        broadcast, owner = flight.broadcast, flight.owner
+        if owner is not None and broadcast is not None and broadcast.leader is None and broadcast.behind is None \
+                and not owner.done():
+            owner.cancel()  # a stream's leader whose app went away, and now nobody else reads either
 
     async def complete(self, key: Hashable, call: Callable[[], Awaitable[T]], owner: object) -> tuple[T, bool]:
         """(the answer, whether this request joined another's call). Raises the call's error. ``owner``: the
@@ -352,40 +405,66 @@ class Coalescer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def stream(self, key: Hashable, call: Callable[[Broadcast], Awaitable[T]],
-                     sink: StreamSink) -> tuple[T | None, bool]:
-        """Subscribe ``sink`` to the flight for ``key`` (starting it when there is none or it takes no more
-        joiners): (the call's result — for the request that started it; None for joiners and when the call
-        failed in-band — and whether this request joined another's call)."""
+                     sink: StreamSink, owner: asyncio.Task[Any] | None = None) -> tuple[T | None, bool]:
+        """Subscribe ``sink`` to the flight for ``key`` — or start it, making the call here, inline, when there
+        is none or it takes no more joiners: (the call's result — for the request that started it; None for
+        joiners and when the call failed in-band — and whether this request joined another's call).
+        ``owner``: the task of the request's connection (see ``keep_running``)."""
         for round_ in range(MAX_ROUNDS):
             flight = self.flights.get(key)
             if flight is not None and flight.broadcast is not None and not flight.broadcast.whole:
                 flight = None  # outgrew its buffer: start a call of our own
-            joined = flight is not None
             if flight is None:
-                broadcast = Broadcast(self.max_bytes)
-                flight = self._start(key, lambda b=broadcast: call(b), broadcast)  # type: ignore[misc]
                 if round_:
                     self.retried += 1
-            else:
-                self.coalesced += 1
+                return await self._lead_stream(key, call, sink, owner), False
+            self.coalesced += 1
             assert flight.broadcast is not None
             waiter = flight.wait()
             try:
-                await flight.broadcast.follow(sink, joined)
+                await flight.broadcast.follow(sink, True)
                 if not sink.started:
-                    return await waiter, joined  # failed before the commit: raises its error
-                if joined:
-                    return None, True
-                try:  # the leader's record gets the call's outcome (the call returns right after the end)
-                    return await waiter, False
-                except SidecarError:
-                    return None, False
+                    return await waiter, True  # failed before the commit: raises its error
+                return None, True
             except SidecarError as error:
-                if sink.started or not joined or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
-                    raise (_copy(error) if joined else error) from None
+                if sink.started or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
+                    raise _copy(error) from None
             finally:
                 self._leave(flight, waiter)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _lead_stream(self, key: Hashable, call: Callable[[Broadcast], Awaitable[T]], sink: StreamSink,
+                           owner: asyncio.Task[Any] | None) -> T | None:
+        """The call of a new stream flight, into a broadcast that passes it on to ``sink`` as it comes."""
+        broadcast = Broadcast(self.max_bytes, leader=sink)
+        flight: Flight[T] = Flight(key, broadcast, owner or asyncio.current_task())
+        self.flights[key] = flight
+        LEADERS[flight.owner] = flight
+        try:
+            result = await call(broadcast)
+        except Exception as error:
+            ended = broadcast.finished
+            self._land(flight)
+            flight.land(None, error)  # the joiners' streams end with the error (in-band after the commit)
+            if not sink.started or not isinstance(error, SidecarError):
+                raise
+            if not ended and broadcast.leader is not None and broadcast.error is not None:
+                await broadcast.leader.fail(broadcast.error)  # the call broke off after the commit
+            return None
+        except BaseException:  # cancelled: nobody reads any more (or the process is stopping)
+            self._land(flight)
+            flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
+            raise
+        finally:
+            if LEADERS.get(flight.owner) is flight:
+                del LEADERS[flight.owner]
+        self._land(flight)
+        flight.land(result, None)
+        if broadcast.behind is not None:  # too slow while others read: the rest from the buffer, now
+            await broadcast.follow(sink, False, LEADER)
+        elif broadcast.leader is None:  # its app hung up while others read: the call went on for them
+            raise asyncio.CancelledError  # this request ends as one whose app went away does
+        return result
 
     def render(self) -> str:
         return ("# HELP llm_sidecar_coalesced_requests_total Requests that shared another request's upstream call.\n"

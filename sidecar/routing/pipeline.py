@@ -164,7 +164,8 @@ class Pipeline:
         spend = True
         who: Principal | None = None
         try:
-            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers, decision)
+            key, hit, ask = (None, None, False) if self.cache is None else self._lookup(chat, head.headers, decision)
+            hit = await self.cache.get_shared(key) if ask else hit  # type: ignore[union-attr, arg-type]
             if hit is not None:
                 record.outcome, record.status = "cache_hit", 200
                 data = {} if chat.wire is WireFormat.OPENAI else cached.loads(hit)  # other dialects translate it
@@ -220,7 +221,8 @@ class Pipeline:
         spend = True
         who: Principal | None = None
         try:
-            key, hit = (None, None) if self.cache is None else await self._lookup(chat, head.headers, decision)
+            key, hit, ask = (None, None, False) if self.cache is None else self._lookup(chat, head.headers, decision)
+            hit = await self.cache.get_shared(key) if ask else hit  # type: ignore[union-attr, arg-type]
             replayed, place = await self._replay(chat, head, decision, hit, sink, record)
             if replayed is not None:
                 return replayed
@@ -243,7 +245,7 @@ class Pipeline:
                     result, joined = await self.coalescer.stream(
                         cached.flight_key(key, chat),
                         lambda broadcast: self._shared_stream(chat, key, broadcast, decision, session, who, place),
-                        sink)
+                        sink, head.task)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)
                     raise
@@ -323,20 +325,20 @@ class Pipeline:
 
     # ---- the cache ---------------------------------------------------------------------------------
 
-    async def _lookup(self, chat: ChatRequest, headers: Mapping[str, str],
-                      decision: RuleDecision | None) -> tuple[str | None, bytes | None]:
-        """(the key to store this request's answer under, or None; the cached answer's bytes, or None). A
-        request a rule decided has answers of its own: those of its rule's deployments, no others."""
-        assert self.cache is not None
-        key, lookup = self.cache.key_for(chat, headers, self.generation)
+    def _lookup(self, chat: ChatRequest, headers: Mapping[str, str],
+                decision: RuleDecision | None) -> tuple[str | None, bytes | None, bool]:
+        """(the key to store this request's answer under, or None; the memory tier's answer, or None; whether to
+        look in the Redis tier — memory had none). A request a rule decided has answers of its own: those of
+        its rule's deployments, no others. (Not a coroutine: most lookups end in memory.)"""
+        cache = self.cache
+        assert cache is not None
+        key, lookup = cache.key_for(chat, headers, self.generation)
         if key is not None and decision is not None:
             key = f"{key}:rule:{decision.rule}"
         if key is None or not lookup:
-            return key, None
-        found = self.cache.memory.get(key)  # the memory tier without a coroutine: most lookups end here
-        if found is None and self.cache.remote is not None:
-            found = await self.cache.get_shared(key)
-        return key, found
+            return key, None, False
+        found = cache.memory.get(key)
+        return key, found, found is None and cache.remote is not None
 
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 

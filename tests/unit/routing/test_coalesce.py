@@ -193,7 +193,52 @@ async def test_a_late_subscriber_gets_the_chunks_already_sent_then_the_rest() ->
     assert (late.outcome.cache, late.outcome.attempts, late.outcome.deployment) == ("coalesced", 0, "d1")
 
 
-async def test_a_stream_continues_for_followers_when_the_leader_leaves() -> None:
+class GoneSink(Sink):
+    """An app that hung up: every write fails as aiohttp's does on a closed connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone = False
+
+    async def send(self, chunks: list[StreamChunk]) -> None:
+        if self.gone:
+            raise ConnectionResetError("Cannot write to closing transport")
+        await super().send(chunks)
+
+
+class SlowSink(Sink):
+    """An app that stops reading: a write is handed over, then waits until ``reading`` is set (as aiohttp's
+    does: the bytes go to the transport, then the write waits for the app to drain it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.reading.set()
+
+    async def send(self, chunks: list[StreamChunk]) -> None:
+        await super().send(chunks)
+        await self.reading.wait()
+
+
+async def test_a_stream_continues_for_followers_when_the_leaders_app_hangs_up() -> None:
+    coalescer, streamer = Coalescer(), Streamer(4, pause_after=2)
+    first, second = GoneSink(), Sink()
+    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
+    await streamer.paused.wait()
+    assert not keep_running(leader)  # alone: its app hanging up cancels the call, as without coalescing
+    follower = asyncio.create_task(coalescer.stream("k", streamer, second))
+    await settle()
+    assert keep_running(leader)  # the server does not cancel it now (listener.GuardedHandler)
+    first.gone = True
+    streamer.resume.set()
+    assert await follower == (None, True)
+    assert len(second.chunks) == 4 and second.end == "finish"
+    with pytest.raises(asyncio.CancelledError):
+        await leader  # its own request ends as one whose app went away (after the call it made)
+    assert len(first.chunks) == 2 and streamer.count == 1 and LEADERS == {} and coalescer.flights == {}
+
+
+async def test_a_leader_cancelled_anyway_ends_its_followers_streams_with_an_error() -> None:
     coalescer, streamer = Coalescer(), Streamer(4, pause_after=2)
     first, second = Sink(), Sink()
     leader = asyncio.create_task(coalescer.stream("k", streamer, first))
@@ -201,10 +246,59 @@ async def test_a_stream_continues_for_followers_when_the_leader_leaves() -> None
     follower = asyncio.create_task(coalescer.stream("k", streamer, second))
     await settle()
     leader.cancel()
-    await settle()
-    streamer.resume.set()
     await follower
-    assert len(second.chunks) == 4 and second.end == "finish"
+    assert len(second.chunks) == 2 and second.end is not None and second.end.startswith("fail")  # never clean
+
+
+async def test_the_call_stops_when_the_leaders_app_is_gone_and_the_last_follower_leaves() -> None:
+    coalescer, cancelled = Coalescer(), asyncio.Event()
+    sent, more = asyncio.Event(), asyncio.Event()
+
+    async def endless(sink: Broadcast) -> Outcome:
+        await sink.start(Outcome("g"))
+        await sink.send([piece(0)])
+        sent.set()
+        await more.wait()
+        await sink.send([piece(1)])  # the leader's app is gone by now
+        try:
+            await asyncio.Event().wait()  # an upstream that never ends
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    first, second = GoneSink(), Sink()
+    leader = asyncio.create_task(coalescer.stream("k", endless, first))
+    await sent.wait()
+    follower = asyncio.create_task(coalescer.stream("k", endless, second))
+    await settle()
+    first.gone = True
+    more.set()
+    await settle()
+    assert len(second.chunks) == 2 and not leader.done()  # the follower still reads: the call goes on
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    with pytest.raises(asyncio.CancelledError):
+        await leader  # nobody reads any more: the call is cancelled
+    assert cancelled.is_set() and LEADERS == {} and coalescer.flights == {}
+
+
+async def test_a_slow_leader_does_not_hold_its_followers_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sidecar.routing.coalesce.LAG_TIMEOUT", 0.05)
+    coalescer, streamer = Coalescer(), Streamer(6, pause_after=2)
+    first, second = SlowSink(), Sink()
+    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
+    await streamer.paused.wait()
+    follower = asyncio.create_task(coalescer.stream("k", streamer, second))
+    await settle()
+    first.reading.clear()  # the leader's app stops reading
+    streamer.resume.set()
+    await asyncio.wait_for(follower, 2)
+    assert len(second.chunks) == 6 and second.end == "finish"
+    first.reading.set()
+    outcome, joined = await asyncio.wait_for(leader, 2)
+    assert outcome is not None and not joined
+    assert len(first.chunks) == 6 and first.end == "finish" and first.chunks == second.chunks
 
 
 async def test_an_in_band_failure_ends_every_subscriber_stream_with_the_error() -> None:
