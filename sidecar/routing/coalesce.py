@@ -179,8 +179,12 @@ class Broadcast:
 
     async def send(self, chunks: list[StreamChunk]) -> None:
         self.chunks.extend(chunks)
+        size = self.size
         for chunk in chunks:
-            self.size += len(chunk.raw) + len(chunk.native or b"")
+            size += len(chunk.raw)
+            if chunk.native is not None:
+                size += len(chunk.native)
+        self.size = size
         self._notify()
         if self.leader is not None:
             await self._to_leader(self.leader.send, chunks)
