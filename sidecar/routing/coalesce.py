@@ -170,12 +170,18 @@ class Broadcast:
 
     # ---- the router's side ----------------------------------------------------------------------------
 
+    # Each step goes to the leader's sink directly while nobody else reads (an app that went away then ends
+    # the call with its error, as without coalescing), through ``_to_leader`` while others do; ``_notify``
+    # only when a subscriber waits. (The hot path of every cached stream: no call it can do without.)
+
     async def start(self, outcome: Outcome) -> None:
         self.outcome = outcome
-        self._notify()
-        if self.leader is not None:
+        if self._waiting:
+            self._notify()
+        leader = self.leader
+        if leader is not None:
             outcome.cache = MISS  # the call's own outcome, as without coalescing (a copy costs ~10k instructions)
-            await self._to_leader(self.leader.start, outcome)
+            await (self._to_leader(leader.start, outcome) if self.positions else leader.start(outcome))
 
     async def send(self, chunks: list[StreamChunk]) -> None:
         self.chunks.extend(chunks)
@@ -185,36 +191,35 @@ class Broadcast:
             if chunk.native is not None:
                 size += len(chunk.native)
         self.size = size
-        self._notify()
-        if self.leader is not None:
-            await self._to_leader(self.leader.send, chunks)
-        if self.size > self.max_bytes:
+        if self._waiting:
+            self._notify()
+        leader = self.leader
+        if leader is not None:
+            await (self._to_leader(leader.send, chunks) if self.positions else leader.send(chunks))
+        if size > self.max_bytes:
             await self._trim()
 
     async def finish(self) -> None:
         self.finished = True
-        self._notify()
-        if self.leader is not None:
-            await self._to_leader(self.leader.finish)
+        if self._waiting:
+            self._notify()
+        leader = self.leader
+        if leader is not None:
+            await (self._to_leader(leader.finish) if self.positions else leader.finish())
 
     async def fail(self, error: SidecarError) -> None:
         self.error = error
         self.finished = True
-        self._notify()
-        if self.leader is not None:
-            await self._to_leader(self.leader.fail, error)
+        if self._waiting:
+            self._notify()
+        leader = self.leader
+        if leader is not None:
+            await (self._to_leader(leader.fail, error) if self.positions else leader.fail(error))
 
     async def _to_leader(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """One step to the leader's app. While others read, it may take at most ``LAG_TIMEOUT``: then the
-        leader is left behind (it reads the rest from the buffer after the call). An app that went away is let
-        go; with nobody else reading, its error ends the call, as it would without coalescing."""
-        if not self.positions:
-            try:
-                await step(*args)
-            except ConnectionError:
-                self.leader = None
-                raise
-            return
+        """One step to the leader's app while others read: it may take at most ``LAG_TIMEOUT``, then the leader
+        is left behind (it reads the rest from the buffer after the call). An app that went away is let go;
+        when nobody else reads any more, its error ends the call."""
         held = self.trimmed + len(self.chunks)
         try:
             await asyncio.wait_for(step(*args), LAG_TIMEOUT)

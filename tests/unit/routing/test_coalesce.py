@@ -220,6 +220,16 @@ class SlowSink(Sink):
         await self.reading.wait()
 
 
+async def leader_and_follower(coalescer: Coalescer, streamer: Streamer, first: Sink, second: Sink,
+                              ) -> tuple[asyncio.Task[Any], asyncio.Task[Any]]:
+    """A stream started by ``first`` and paused, which ``second`` has joined and caught up with."""
+    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
+    await streamer.paused.wait()
+    follower = asyncio.create_task(coalescer.stream("k", streamer, second))
+    await settle()
+    return leader, follower
+
+
 async def test_a_stream_continues_for_followers_when_the_leaders_app_hangs_up() -> None:
     coalescer, streamer = Coalescer(), Streamer(4, pause_after=2)
     first, second = GoneSink(), Sink()
@@ -240,11 +250,7 @@ async def test_a_stream_continues_for_followers_when_the_leaders_app_hangs_up() 
 
 async def test_a_leader_cancelled_anyway_ends_its_followers_streams_with_an_error() -> None:
     coalescer, streamer = Coalescer(), Streamer(4, pause_after=2)
-    first, second = Sink(), Sink()
-    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
-    await streamer.paused.wait()
-    follower = asyncio.create_task(coalescer.stream("k", streamer, second))
-    await settle()
+    leader, follower = await leader_and_follower(coalescer, streamer, Sink(), second := Sink())
     leader.cancel()
     await follower
     assert len(second.chunks) == 2 and second.end is not None and second.end.startswith("fail")  # never clean
@@ -287,10 +293,7 @@ async def test_a_slow_leader_does_not_hold_its_followers_back(monkeypatch: pytes
     monkeypatch.setattr("sidecar.routing.coalesce.LAG_TIMEOUT", 0.05)
     coalescer, streamer = Coalescer(), Streamer(6, pause_after=2)
     first, second = SlowSink(), Sink()
-    leader = asyncio.create_task(coalescer.stream("k", streamer, first))
-    await streamer.paused.wait()
-    follower = asyncio.create_task(coalescer.stream("k", streamer, second))
-    await settle()
+    leader, follower = await leader_and_follower(coalescer, streamer, first, second)
     first.reading.clear()  # the leader's app stops reading
     streamer.resume.set()
     await asyncio.wait_for(follower, 2)
