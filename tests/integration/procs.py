@@ -29,11 +29,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """The port ``free_port`` gave was taken by another process (another test's client) before ours bound it."""
+
+
+PORT_ATTEMPTS = 3  # fresh ports for a process whose port was taken in the meantime
+
+
 def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}:\n{log.read_text()}")
+            text = log.read_text()
+            error = PortTaken if "Address already in use" in text else RuntimeError
+            raise error(f"process exited with {process.returncode}:\n{text}")
         try:
             if requests.get(url, timeout=0.5).status_code == 200:
                 return
@@ -48,14 +57,20 @@ class FakeProvider:
 
     def __init__(self, name: str, workdir: Path) -> None:
         self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"fake-{name}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "fake-provider", "--port", str(self.port), "--name", name],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        _wait_http(f"{self.url}/_control", self.process, self.log)
+        for attempt in range(PORT_ATTEMPTS):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "fake-provider", "--port", str(self.port), "--name", name],
+                stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+            try:
+                _wait_http(f"{self.url}/_control", self.process, self.log)
+                return
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
 
     @property
     def api_base(self) -> str:
@@ -88,21 +103,27 @@ class Sidecar:
     def __init__(self, config: dict[str, Any] | Path, workdir: Path, name: str = "sidecar",
                  env: dict[str, str] | None = None) -> None:
         """``config``: a dict written to a temp file, or the path of a config file to serve as it is."""
-        self.port, self.admin_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         if isinstance(config, Path):
             self.config_path = config
         else:
             self.config_path = workdir / f"{name}.yaml"
             self.config_path.write_text(yaml.safe_dump(config))
         self.log = workdir / f"{name}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path), "--port",
-             str(self.port), "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
-        )
-        _wait_http(f"{self.admin_url}/readyz", self.process, self.log)
+        for attempt in range(PORT_ATTEMPTS):
+            self.port, self.admin_port = free_port(), free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path), "--port",
+                 str(self.port), "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port)],
+                stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
+            )
+            try:
+                _wait_http(f"{self.admin_url}/readyz", self.process, self.log)
+                return
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
 
     @property
     def base_url(self) -> str:
