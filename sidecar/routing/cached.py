@@ -64,9 +64,11 @@ class Folding:
         self.usage = usage
 
     def __call__(self) -> bytes | None:
+        """The answer, or None — also for chunks of an unexpected shape: it runs in the lookup of a request
+        that did not make this stream, which must get a miss, never an error."""
         try:
             return _fold(orjson.loads(b"[" + self.raw + b"]"), self.usage)
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
             return None
 
 

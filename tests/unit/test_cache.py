@@ -293,6 +293,9 @@ def test_a_kept_stream_that_spells_no_answer_is_a_miss_and_is_dropped() -> None:
     memory = MemoryTier(4)
     memory.set("k", cached.stored_stream(_stream(["Hel"], finish=None), Outcome("g")), 60)  # type: ignore[arg-type]
     assert memory.get("k") is None and "k" not in memory.entries
+    odd = [StreamChunk(b'{"choices":"not a list"}', {}), StreamChunk(b'{"choices":[7]}', {})]
+    memory.set("odd", cached.stored_stream(odd, Outcome("g")), 60)  # type: ignore[arg-type]
+    assert memory.get("odd") is None and "odd" not in memory.entries  # a miss for the reader, not an error
 
 
 def test_a_long_stream_is_folded_when_stored() -> None:
