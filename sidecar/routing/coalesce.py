@@ -46,8 +46,8 @@ MISS, COALESCED = "miss", "coalesced"  # x-sidecar-cache on a stream: the one th
 
 
 def keep_running(owner: object) -> bool:
-    """Does the request of ``owner`` (its connection's task) make a whole-answer call that others wait for?
-    Then it must not be cancelled when its own app hangs up."""
+    """Does the request of ``owner`` (its connection's task) make a call — a whole answer or a stream — that
+    others wait for? Then it must not be cancelled when its own app hangs up."""
     flight = LEADERS.get(owner)
     return flight is not None and flight.waiters > 0
 
@@ -68,20 +68,17 @@ def _copy(error: SidecarError) -> SidecarError:
 
 
 class Flight(Generic[T]):
-    """One shared upstream call and the requests waiting for it (``task``: a stream's call, made by
-    ``Coalescer._start``; None for a whole answer's, which its leader makes inline): each waiter waits on a
-    future of its own, which the call settles as it ends. (``asyncio.shield`` around the
-    task did the same with a Python closure per waiter and two more rounds of the event loop per call.)"""
+    """One shared upstream call, made inline by the request that started it, and the requests waiting for it:
+    each waiter waits on a future of its own, which the call settles as it ends."""
 
-    __slots__ = ("broadcast", "key", "owner", "task", "waiters", "waiting")
+    __slots__ = ("broadcast", "key", "owner", "waiters", "waiting")
 
     def __init__(self, key: Hashable, broadcast: Broadcast | None = None, owner: asyncio.Task[Any] | None = None,
                  ) -> None:
         self.key = key
-        self.task: asyncio.Task[None] | None = None
         self.owner = owner  # the task making a stream's call inline (cancelled when nobody reads any more)
         self.broadcast = broadcast
-        self.waiters = 0  # requests still waiting: at 0 the call is cancelled
+        self.waiters = 0  # requests still waiting for the call (joiners)
         self.waiting: list[asyncio.Future[T]] = []  # their futures (one each)
 
     def wait(self) -> asyncio.Future[T]:
@@ -226,6 +223,8 @@ class Broadcast:
         except TimeoutError:
             # Each sink writes a step in one write, which aiohttp hands to the transport before it waits for
             # the app to drain it: the leader has everything up to here.
+            if self.finished:
+                return  # its stream's end was handed over too: nothing is left to send it
             self.leader, self.behind = None, held
             self.positions[LEADER] = held
         except ConnectionError:
@@ -275,7 +274,7 @@ class Broadcast:
     async def follow(self, sink: StreamSink, joined: bool, subscriber: int | None = None) -> None:
         """Feed ``sink`` from the first chunk to the end (its headers name the deployment; a joiner's count no
         attempts of its own). Returns without starting ``sink`` when the call failed before the commit (the
-        flight's task has the error); ends the stream in-band when it failed after. ``subscriber``: a position
+        leader's call raises the error); ends the stream in-band when it failed after. ``subscriber``: a position
         already held (the leader left behind, ``LEADER``)."""
         if subscriber is None:
             subscriber = id(sink)
@@ -308,7 +307,7 @@ class Broadcast:
                             await sink.finish()
                         return
                 elif self.finished:
-                    return  # failed before the commit: the flight's task raises the error
+                    return  # failed before the commit: the leader's call raises the error
                 change = asyncio.get_running_loop().create_future()
                 self._waiting.append(change)
                 await change
@@ -327,30 +326,6 @@ class Coalescer:
         self.coalesced = 0
         self.retried = 0  # flights started by a waiter after a retryable failure
 
-    def _start(self, key: Hashable, call: Callable[[], Awaitable[T]], broadcast: Broadcast | None) -> Flight[T]:
-        flight: Flight[T] = Flight(key, broadcast)
-        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
-        self.flights[key] = flight
-        return flight
-
-    async def _fly(self, flight: Flight[T], call: Callable[[], Awaitable[T]]) -> None:
-        """The flight's task: the call, then its result or error to every waiter (off the table first, so a
-        waiter that retries starts a new flight)."""
-        try:
-            result = await call()
-        except Exception as error:
-            self._land(flight)
-            flight.land(None, error)
-        except BaseException:  # cancelled: nobody waits any more (or the process is stopping)
-            self._land(flight)
-            error = UpstreamServerError("the shared upstream call was cancelled")
-            error.retryable = False
-            flight.land(None, error)
-            raise
-        else:
-            self._land(flight)
-            flight.land(result, None)
-
     def _land(self, flight: Flight[Any]) -> None:
         if self.flights.get(flight.key) is flight:
             del self.flights[flight.key]
@@ -363,10 +338,6 @@ class Coalescer:
         flight.waiters -= 1
         if flight.waiters:
             return
-        task = flight.task
-        if task is not None and not task.done():
-            task.cancel()  # nobody waits for this answer any more
-            self._land(flight)
         broadcast, owner = flight.broadcast, flight.owner
         if owner is not None and broadcast is not None and broadcast.leader is None and broadcast.behind is None \
                 and not owner.done():

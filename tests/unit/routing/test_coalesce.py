@@ -219,6 +219,11 @@ class SlowSink(Sink):
         await super().send(chunks)
         await self.reading.wait()
 
+    async def finish(self) -> None:
+        self.ends = getattr(self, "ends", 0) + 1
+        await super().finish()
+        await self.reading.wait()
+
 
 async def leader_and_follower(coalescer: Coalescer, streamer: Streamer, first: Sink, second: Sink,
                               ) -> tuple[asyncio.Task[Any], asyncio.Task[Any]]:
@@ -364,3 +369,18 @@ async def test_a_call_that_fails_after_its_subscribers_are_done_leaves_no_unretr
     gc.collect()
     await settle()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_leader_too_slow_at_its_streams_end_is_not_sent_the_end_twice(monkeypatch: pytest.MonkeyPatch,
+                                                                             ) -> None:
+    monkeypatch.setattr("sidecar.routing.coalesce.LAG_TIMEOUT", 0.05)
+    coalescer, streamer = Coalescer(), Streamer(3, pause_after=3)
+    first, second = SlowSink(), Sink()
+    leader, follower = await leader_and_follower(coalescer, streamer, first, second)
+    first.reading.clear()  # stops reading just as the end comes
+    streamer.resume.set()
+    await asyncio.wait_for(follower, 2)
+    await asyncio.sleep(0.1)  # past the time a write to the leader may take while the follower read
+    first.reading.set()
+    await asyncio.wait_for(leader, 2)
+    assert first.end == second.end == "finish" and first.ends == 1 and first.chunks == second.chunks
