@@ -53,6 +53,7 @@ SMG_VENV = ROOT / ".bench-cache" / "smg"
 PREFILL_PER_TOKEN = 0.00005  # 50 µs per uncached prompt token: 2,000 uncached tokens add 100 ms to the TTFT
 DECODE_PER_TOKEN = 0.002
 MAX_RUNNING = 8
+POLL_SECONDS = 0.5  # the sidecars' replica_poll_seconds
 
 
 # ---- the workload ------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def start_sidecar(procs: Processes, workdir: Path, name: str, config: dict[str, 
 
 def pool_config(urls: list[str], **extra: Any) -> dict[str, Any]:
     return {"model_list": [{"model_name": "bench-model", "litellm_params": {
-        "model": "sglang/bench-model", "replicas": [f"{u}/v1" for u in urls], "replica_poll_seconds": 0.5,
+        "model": "sglang/bench-model", "replicas": [f"{u}/v1" for u in urls], "replica_poll_seconds": POLL_SECONDS,
         **extra}}], "router_settings": {"timeout": 60}, "sidecar_settings": {"log_level": "warning"}}
 
 
@@ -286,7 +287,9 @@ def explain(traces: list[list[list[Any]]]) -> dict[str, Any]:
     first request anywhere: the ideal pays it too), at its ``first_contact`` with this replica (another replica
     had it), or ``system_evicted`` (this replica had it before); the rest of the prompt missed on a conversation
     ``moved`` from the replica of its previous turn, or ``new_tokens`` (the new turn, or history evicted).
-    Also: (system prompt, replica) pairs, replicas per system prompt, conversations that moved."""
+    Also: (system prompt, replica) pairs, replicas per system prompt, conversations that moved; the run's length
+    (first to last arrival) and the pairs that appeared in its first ``POLL_SECONDS``, before any sidecar's poll
+    could have shown it the load its peers had sent (each sidecar knew only its own requests and the ring)."""
     rows = sorted((t, replica, head, first, shared, tokens, cached)
                   for replica, trace in enumerate(traces) for t, head, first, shared, tokens, cached in trace)
     missed = dict.fromkeys(MISSES, 0)
@@ -294,7 +297,9 @@ def explain(traces: list[list[list[Any]]]) -> dict[str, Any]:
     where: dict[str, int] = {}
     moved: set[str] = set()
     total = 0
-    for _, replica, head, first, shared, tokens, cached in rows:
+    start = rows[0][0] if rows else 0.0
+    early: set[tuple[str, int]] = set()
+    for arrived, replica, head, first, shared, tokens, cached in rows:
         total += tokens
         miss = tokens - cached
         system = min(miss, max(0, shared - cached)) if head else 0
@@ -302,6 +307,8 @@ def explain(traces: list[list[list[Any]]]) -> dict[str, Any]:
             kind = "system_evicted" if (head, replica) in pairs else "first_contact" if any(
                 h == head for h, _ in pairs) else "cold"
             missed[kind] += system
+        if (head, replica) not in pairs and arrived - start < POLL_SECONDS:
+            early.add((head, replica))
         pairs.add((head, replica))
         conversation = head + first
         before = where.get(conversation)
@@ -313,7 +320,8 @@ def explain(traces: list[list[list[Any]]]) -> dict[str, Any]:
         where[conversation] = replica
     heads = {head for head, _ in pairs}
     return {**{k: round(v / total, 4) if total else 0.0 for k, v in missed.items()}, "pairs": len(pairs),
-            "system_prompts": len(heads), "conversations": len(where), "conversations_moved": len(moved)}
+            "system_prompts": len(heads), "conversations": len(where), "conversations_moved": len(moved),
+            "early_pairs": len(early), "seconds": round(rows[-1][0] - start, 2) if rows else 0.0}
 
 
 # ---- spill-over ------------------------------------------------------------------------------------------
@@ -428,12 +436,13 @@ def render(result: dict[str, Any]) -> str:
     explained = {name: row["explain"] for name, row in result["policies"].items() if "explain" in row}
     if explained:
         lines += ["", "where the uncached prompt tokens went (shares of all prompt tokens; `--explain`), and "
-                  "(system prompt, replica) pairs, conversations moved", "",
-                  "| policy | " + " | ".join(MISSES) + " | pairs | moved |", "| --- " * (len(MISSES) + 3) + "|"]
+                  "(system prompt, replica) pairs (in the first poll interval), conversations moved, the run's length",
+                  "", "| policy | " + " | ".join(MISSES) + " | pairs | moved | run |",
+                  "| --- " * (len(MISSES) + 4) + "|"]
         for name, row in explained.items():
             lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in MISSES) +
-                         f" | {row['pairs']:.1f} / {row['system_prompts']:.0f} | {row['conversations_moved']:.1f} / "
-                         f"{row['conversations']:.0f} |")
+                         f" | {row['pairs']:.1f} / {row['system_prompts']:.0f} ({row['early_pairs']:.1f}) | "
+                         f"{row['conversations_moved']:.1f} / {row['conversations']:.0f} | {row['seconds']:.2f} s |")
     spill = result["spill_over"]
     lines += ["", f"spill-over ({spill['samples']} requests): direct to the remote {spill['direct_p50_ms']} ms p50, "
                   f"through a sidecar past the saturated pool {spill['spilled_p50_ms']} ms p50: "
