@@ -288,8 +288,8 @@ def explain(traces: list[list[list[Any]]]) -> dict[str, Any]:
     had it), or ``system_evicted`` (this replica had it before); the rest of the prompt missed on a conversation
     ``moved`` from the replica of its previous turn, or ``new_tokens`` (the new turn, or history evicted).
     Also: (system prompt, replica) pairs, replicas per system prompt, conversations that moved; the run's length
-    (first to last arrival) and the pairs that appeared in its first ``POLL_SECONDS``, before any sidecar's poll
-    could have shown it the load its peers had sent (each sidecar knew only its own requests and the ring)."""
+    (first to last arrival) and the pairs that appeared in its first ``POLL_SECONDS`` (one poll interval: each
+    sidecar knew its own requests, the ring and at most one poll of what its peers had sent)."""
     rows = sorted((t, replica, head, first, shared, tokens, cached)
                   for replica, trace in enumerate(traces) for t, head, first, shared, tokens, cached in trace)
     missed = dict.fromkeys(MISSES, 0)
