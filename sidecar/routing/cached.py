@@ -10,6 +10,7 @@ goes to Redis or the semantic cache is folded when stored.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, StreamChunk, Usage
 from sidecar.formats.stream_answer import Incomplete, assemble
 from sidecar.formats.stream_answer import replay as replay_chunks
-from sidecar.routing.coalesce import COALESCED, MAX_BYTES, MISS
+from sidecar.routing.coalesce import COALESCED, MAX_BYTES, MISS, RAW, stream_bytes
 from sidecar.routing.outcome import Outcome, StreamSink
 
 HIT = "hit"
@@ -77,7 +78,7 @@ def stored_stream(chunks: list[StreamChunk] | None, outcome: Outcome) -> bytes |
     ``LAZY_MAX_BYTES``: see ``state.cache.Stored``) — or None when it was not kept whole."""
     if chunks is None:
         return None
-    raw = b",".join([c.raw for c in chunks if c.raw])
+    raw = b",".join(filter(None, map(RAW, chunks)))  # every payload, joined in C
     if len(raw) <= LAZY_MAX_BYTES:
         return Folding(raw, outcome.usage)
     return _fold([c.data for c in chunks], outcome.usage)
@@ -118,21 +119,22 @@ class Recorder:
     def started(self) -> bool:
         return self.sink.started
 
-    async def start(self, outcome: Outcome) -> None:
-        outcome.cache = self.verdict
-        await self.sink.start(outcome)
+    # Not coroutines: each step returns the app's sink's own (one coroutine fewer per step).
 
-    async def send(self, chunks: list[StreamChunk]) -> None:
+    def start(self, outcome: Outcome) -> Awaitable[None]:
+        outcome.cache = self.verdict
+        return self.sink.start(outcome)
+
+    def send(self, chunks: list[StreamChunk]) -> Awaitable[None]:
         if self.whole:
             self.chunks.extend(chunks)
-            for chunk in chunks:
-                self.size += len(chunk.raw)
+            self.size += stream_bytes(chunks)
             if self.size > self.max_bytes:
                 self.whole, self.chunks = False, []
-        await self.sink.send(chunks)
+        return self.sink.send(chunks)
 
-    async def finish(self) -> None:
-        await self.sink.finish()
+    def finish(self) -> Awaitable[None]:
+        return self.sink.finish()
 
-    async def fail(self, error: SidecarError) -> None:
-        await self.sink.fail(error)
+    def fail(self, error: SidecarError) -> Awaitable[None]:
+        return self.sink.fail(error)

@@ -31,7 +31,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Generator, Hashable
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 from sidecar.core.errors import NoHealthyUpstream, SidecarError, UpstreamServerError
@@ -43,6 +44,24 @@ MAX_ROUNDS = 3  # flights one request may wait for (the first, plus retries afte
 MAX_BYTES = 4 * 1024 * 1024  # a stream's buffer for late joiners and slow subscribers
 LAG_TIMEOUT = 10.0  # how long the upstream waits for a subscriber that is MAX_BYTES behind
 MISS, COALESCED = "miss", "coalesced"  # x-sidecar-cache on a stream: the one that called, and those that joined
+
+
+class Done:
+    """An awaitable that is already over: a sink step with nothing to wait for (no coroutine to make)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+DONE = Done()
+RAW, NATIVE = attrgetter("raw"), attrgetter("native")  # a chunk's payload, its native event
+
+
+def stream_bytes(chunks: list[StreamChunk]) -> int:
+    """The bytes ``chunks`` hold (their payloads, and their native events when they carry them), counted in C."""
+    return sum(map(len, map(RAW, chunks))) + sum(map(len, filter(None, map(NATIVE, chunks))))
 
 
 def keep_running(owner: object) -> bool:
@@ -120,7 +139,9 @@ class Broadcast:
         "outcome",
         "positions",
         "size",
+        "started",
         "trimmed",
+        "whole",
     )
 
     def __init__(self, max_bytes: int = MAX_BYTES, leader: StreamSink | None = None) -> None:
@@ -131,6 +152,8 @@ class Broadcast:
         self.size = 0  # bytes of the chunks held
         self.max_bytes = max_bytes
         self.outcome: Outcome | None = None
+        self.started = False  # the router committed the stream (``outcome`` is set)
+        self.whole = True  # all chunks are still held (the stream can still take joiners and be stored)
         self.finished = False
         self.error: SidecarError | None = None  # in-band failure after the commit
         self.positions: dict[int, int] = {}  # subscriber id -> chunks it has been sent (absolute)
@@ -140,15 +163,6 @@ class Broadcast:
         # would be cancelled with the first waiter cancelled); the router waits on ``_moved`` only when trimming.
         self._waiting: list[asyncio.Future[None]] = []  # subscribers waiting for the next change
         self._moved: asyncio.Future[None] | None = None  # the router waiting for a subscriber to move on
-
-    @property
-    def started(self) -> bool:
-        return self.outcome is not None
-
-    @property
-    def whole(self) -> bool:
-        """All chunks are still held (the stream can still take joiners and be stored)."""
-        return self.trimmed == 0
 
     def _notify(self) -> None:
         waiting = self._waiting
@@ -169,49 +183,56 @@ class Broadcast:
 
     # Each step goes to the leader's sink directly while nobody else reads (an app that went away then ends
     # the call with its error, as without coalescing), through ``_to_leader`` while others do; ``_notify``
-    # only when a subscriber waits. (The hot path of every cached stream: no call it can do without.)
+    # only when a subscriber waits. (The hot path of every cached stream: no call it can do without.) The
+    # steps are not coroutines: each does its bookkeeping and returns the leader's own step for the router to
+    # await — one coroutine fewer per step.
 
-    async def start(self, outcome: Outcome) -> None:
+    def start(self, outcome: Outcome) -> Awaitable[None]:
         self.outcome = outcome
+        self.started = True
         if self._waiting:
             self._notify()
         leader = self.leader
-        if leader is not None:
-            outcome.cache = MISS  # the call's own outcome, as without coalescing (a copy costs ~10k instructions)
-            await (self._to_leader(leader.start, outcome) if self.positions else leader.start(outcome))
+        if leader is None:
+            return DONE
+        outcome.cache = MISS  # the call's own outcome, as without coalescing (a copy costs ~10k instructions)
+        return self._to_leader(leader.start, outcome) if self.positions else leader.start(outcome)
 
-    async def send(self, chunks: list[StreamChunk]) -> None:
+    def send(self, chunks: list[StreamChunk]) -> Awaitable[None]:
         self.chunks.extend(chunks)
-        size = self.size
-        for chunk in chunks:
-            size += len(chunk.raw)
-            if chunk.native is not None:
-                size += len(chunk.native)
-        self.size = size
+        self.size = size = self.size + stream_bytes(chunks)
         if self._waiting:
             self._notify()
         leader = self.leader
-        if leader is not None:
-            await (self._to_leader(leader.send, chunks) if self.positions else leader.send(chunks))
+        step = None if leader is None else (
+            self._to_leader(leader.send, chunks) if self.positions else leader.send(chunks))
         if size > self.max_bytes:
-            await self._trim()
+            return self._then_trim(step)
+        return DONE if step is None else step
 
-    async def finish(self) -> None:
+    def finish(self) -> Awaitable[None]:
         self.finished = True
         if self._waiting:
             self._notify()
         leader = self.leader
-        if leader is not None:
-            await (self._to_leader(leader.finish) if self.positions else leader.finish())
+        if leader is None:
+            return DONE
+        return self._to_leader(leader.finish) if self.positions else leader.finish()
 
-    async def fail(self, error: SidecarError) -> None:
+    def fail(self, error: SidecarError) -> Awaitable[None]:
         self.error = error
         self.finished = True
         if self._waiting:
             self._notify()
         leader = self.leader
-        if leader is not None:
-            await (self._to_leader(leader.fail, error) if self.positions else leader.fail(error))
+        if leader is None:
+            return DONE
+        return self._to_leader(leader.fail, error) if self.positions else leader.fail(error)
+
+    async def _then_trim(self, step: Awaitable[None] | None) -> None:
+        if step is not None:
+            await step
+        await self._trim()
 
     async def _to_leader(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
         """One step to the leader's app while others read: it may take at most ``LAG_TIMEOUT``, then the leader
@@ -252,7 +273,8 @@ class Broadcast:
                 gone = self.chunks[:low - self.trimmed]
                 del self.chunks[:low - self.trimmed]
                 self.trimmed = low
-                self.size -= sum(len(c.raw) + len(c.native or b"") for c in gone)
+                self.whole = False
+                self.size -= stream_bytes(gone)
             if self.size <= self.max_bytes:
                 return
             if waited:
@@ -343,85 +365,89 @@ class Coalescer:
                 and not owner.done():
             owner.cancel()  # a stream's leader whose app went away, and now nobody else reads either
 
-    async def complete(self, key: Hashable, call: Callable[[], Awaitable[T]], owner: object) -> tuple[T, bool]:
+    async def complete(self, key: Hashable, call: Callable[..., Awaitable[T]], owner: object,
+                       *args: Any) -> tuple[T, bool]:
         """(the answer, whether this request joined another's call). Raises the call's error. ``owner``: the
         task of the request's connection (see ``keep_running``). The request that starts a flight makes the
-        call here, inline."""
+        call here, inline: ``call(*args)`` (its arguments passed on, not a closure: a lambda would make every
+        variable it reads a cell in its maker, and cost each request one more call)."""
         flights = self.flights
-        for round_ in range(MAX_ROUNDS):
+        round_ = 0
+        while True:
             flight = flights.get(key)
             if flight is None:
                 if round_:
                     self.retried += 1
+                # Only the request that starts a whole-answer flight adds or removes it: deleted without a look
                 flight = flights[key] = Flight(key)
                 LEADERS[owner] = flight
                 try:
-                    result = await call()
+                    result = await call(*args)
                 except Exception as error:
-                    self._land(flight)
+                    del flights[key]
                     flight.land(None, error)
                     raise
                 except BaseException:  # cancelled (nobody else waited, or the process is stopping)
-                    self._land(flight)
+                    del flights[key]
                     flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
                     raise
                 finally:
-                    if LEADERS.get(owner) is flight:
-                        del LEADERS[owner]
-                if flights.get(key) is flight:
-                    del flights[key]
+                    LEADERS.pop(owner, None)
+                del flights[key]
                 if flight.waiting:
                     flight.land(result, None)
                 return result, False
             self.coalesced += 1
             waiter = flight.wait()
+            round_ += 1
             try:
                 return await waiter, True
             except SidecarError as error:
-                if not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
+                if not worth_retrying(error) or round_ == MAX_ROUNDS:
                     raise _copy(error) from None
             finally:
                 self._leave(flight, waiter)
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def stream(self, key: Hashable, call: Callable[[Broadcast], Awaitable[T]],
-                     sink: StreamSink, owner: asyncio.Task[Any] | None = None) -> tuple[T | None, bool]:
+    async def stream(self, key: Hashable, call: Callable[..., Awaitable[T]], sink: StreamSink,
+                     owner: asyncio.Task[Any] | None = None, *args: Any) -> tuple[T | None, bool]:
         """Subscribe ``sink`` to the flight for ``key`` — or start it, making the call here, inline, when there
         is none or it takes no more joiners: (the call's result — for the request that started it; None for
         joiners and when the call failed in-band — and whether this request joined another's call).
-        ``owner``: the task of the request's connection (see ``keep_running``)."""
-        for round_ in range(MAX_ROUNDS):
-            flight = self.flights.get(key)
-            if flight is not None and flight.broadcast is not None and not flight.broadcast.whole:
-                flight = None  # outgrew its buffer: start a call of our own
-            if flight is None:
+        ``owner``: the task of the request's connection (see ``keep_running``). The call is
+        ``call(broadcast, *args)``."""
+        flights = self.flights
+        round_ = 0
+        while True:
+            flight = flights.get(key)
+            if flight is None or not flight.broadcast.whole:  # type: ignore[union-attr]  # none, or outgrown: our own call
                 if round_:
                     self.retried += 1
-                return await self._lead_stream(key, call, sink, owner), False
+                return await self._lead_stream(key, call, sink, owner, args), False
             self.coalesced += 1
-            assert flight.broadcast is not None
             waiter = flight.wait()
+            round_ += 1
             try:
                 await flight.broadcast.follow(sink, True)
                 if not sink.started:
                     return await waiter, True  # failed before the commit: raises its error
                 return None, True
             except SidecarError as error:
-                if sink.started or not worth_retrying(error) or round_ == MAX_ROUNDS - 1:
+                if sink.started or not worth_retrying(error) or round_ == MAX_ROUNDS:
                     raise _copy(error) from None
             finally:
                 self._leave(flight, waiter)
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _lead_stream(self, key: Hashable, call: Callable[[Broadcast], Awaitable[T]], sink: StreamSink,
-                           owner: asyncio.Task[Any] | None) -> T | None:
+    async def _lead_stream(self, key: Hashable, call: Callable[..., Awaitable[T]], sink: StreamSink,
+                           owner: asyncio.Task[Any] | None, args: tuple[Any, ...]) -> T | None:
         """The call of a new stream flight, into a broadcast that passes it on to ``sink`` as it comes."""
-        broadcast = Broadcast(self.max_bytes, leader=sink)
-        flight: Flight[T] = Flight(key, broadcast, owner or asyncio.current_task())
+        broadcast = Broadcast(self.max_bytes, sink)
+        if owner is None:
+            owner = asyncio.current_task()
+        flight: Flight[T] = Flight(key, broadcast, owner)
         self.flights[key] = flight
-        LEADERS[flight.owner] = flight
+        LEADERS[owner] = flight
         try:
-            result = await call(broadcast)
+            result = await call(broadcast, *args)
         except Exception as error:
             ended = broadcast.finished
             self._land(flight)
@@ -436,9 +462,10 @@ class Coalescer:
             flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
             raise
         finally:
-            if LEADERS.get(flight.owner) is flight:
-                del LEADERS[flight.owner]
+            LEADERS.pop(owner, None)
         self._land(flight)
+        if not flight.waiting:  # nobody joined: no subscriber to wake, the leader had it all
+            return result
         flight.land(result, None)
         if broadcast.behind is not None:  # too slow while others read: the rest from the buffer, now
             await broadcast.follow(sink, False, LEADER)

@@ -71,19 +71,20 @@ FAILED = object()  # what an attempt returns when its deployment is done for thi
 
 
 class StreamSink(Protocol):
-    """Where a stream goes: the handler renders chunks in the app's wire format."""
+    """Where a stream goes: the handler renders chunks in the app's wire format. Each step returns something to
+    await — a coroutine, or what a sink in front of another returns from that one's step."""
 
     @property
     def started(self) -> bool: ...
 
-    async def start(self, outcome: Outcome) -> None:
+    def start(self, outcome: Outcome) -> Awaitable[None]:
         """Commit: send status and headers. After this the router cannot fail over transparently."""
 
-    async def send(self, chunks: list[StreamChunk]) -> None: ...
+    def send(self, chunks: list[StreamChunk]) -> Awaitable[None]: ...
 
-    async def finish(self) -> None: ...
+    def finish(self) -> Awaitable[None]: ...
 
-    async def fail(self, error: SidecarError) -> None:
+    def fail(self, error: SidecarError) -> Awaitable[None]:
         """End the stream with an in-band error event (never a clean end)."""
 
 

@@ -164,7 +164,8 @@ class Pipeline:
         spend = True
         who: Principal | None = None
         try:
-            key, hit, ask = (None, None, False) if self.cache is None else self._lookup(chat, head.headers, decision)
+            key, hit, ask = (None, None, False) if self.cache is None else self.cache.lookup(
+                chat, head.headers, self.generation, "" if decision is None else decision.rule)
             hit = await self.cache.get_shared(key) if ask else hit  # type: ignore[union-attr, arg-type]
             if hit is not None:
                 record.outcome, record.status = "cache_hit", 200
@@ -184,7 +185,7 @@ class Pipeline:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     (response, outcome, earlier), joined = await self.coalescer.complete(
-                        cached.flight_key(key, chat), lambda: self._shared_call(chat, key, who, route), head.task)
+                        cached.flight_key(key, chat), self._shared_call, head.task, chat, key, who, route)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)  # what the shared call did, for this request's record
                     raise
@@ -221,7 +222,8 @@ class Pipeline:
         spend = True
         who: Principal | None = None
         try:
-            key, hit, ask = (None, None, False) if self.cache is None else self._lookup(chat, head.headers, decision)
+            key, hit, ask = (None, None, False) if self.cache is None else self.cache.lookup(
+                chat, head.headers, self.generation, "" if decision is None else decision.rule)
             hit = await self.cache.get_shared(key) if ask else hit  # type: ignore[union-attr, arg-type]
             replayed, place = await self._replay(chat, head, decision, hit, sink, record)
             if replayed is not None:
@@ -238,14 +240,13 @@ class Pipeline:
                 outcome = await self.router.stream(chat, sink, decision, session)
             elif key is None or self.coalescer is None:  # kept for the cache, or the semantic cache only
                 recorder = cached.Recorder(sink, verdict=None if key is None else cached.MISS)
-                outcome = await self._shared_stream(chat, key, recorder, decision, session, place=place)
+                outcome = await self._shared_stream(recorder, chat, key, decision, session, None, place)
             else:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
                 try:
                     result, joined = await self.coalescer.stream(
-                        cached.flight_key(key, chat),
-                        lambda broadcast: self._shared_stream(chat, key, broadcast, decision, session, who, place),
-                        sink, head.task)
+                        cached.flight_key(key, chat), self._shared_stream, sink, head.task,
+                        chat, key, decision, session, who, place)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)
                     raise
@@ -323,23 +324,6 @@ class Pipeline:
         if record.cost is None and record.usage is not None:
             record.cost = request_cost(record.usage, self.prices.get(record.deployment))
 
-    # ---- the cache ---------------------------------------------------------------------------------
-
-    def _lookup(self, chat: ChatRequest, headers: Mapping[str, str],
-                decision: RuleDecision | None) -> tuple[str | None, bytes | None, bool]:
-        """(the key to store this request's answer under, or None; the memory tier's answer, or None; whether to
-        look in the Redis tier — memory had none). A request a rule decided has answers of its own: those of
-        its rule's deployments, no others. (Not a coroutine: most lookups end in memory.)"""
-        cache = self.cache
-        assert cache is not None
-        key, lookup = cache.key_for(chat, headers, self.generation)
-        if key is not None and decision is not None:
-            key = f"{key}:rule:{decision.rule}"
-        if key is None or not lookup:
-            return key, None, False
-        found = cache.memory.get(key)
-        return key, found, found is None and cache.remote is not None
-
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 
     async def _replay(self, chat: ChatRequest, head: InboundHead, decision: RuleDecision | None,
@@ -364,7 +348,7 @@ class Pipeline:
         """The semantic cache is opt-in per group, and never serves a compliance-restricted request (its
         entries may come from any tenant's deployments)."""
         return (self.semantic is not None and (decision is None or not decision.restricted)
-                and self.semantic.applies(chat) and response_cache.directives(head.headers)[0])
+                and self.semantic.applies(chat) and response_cache.directives(head.headers.get("cache-control"))[0])
 
     async def _check_budgets(self, chat: ChatRequest, head: InboundHead, record: RequestRecord) -> Principal | None:
         """Who the request spends for; raises ``BudgetExceeded`` before any upstream call (from memory, once the
@@ -405,7 +389,11 @@ class Pipeline:
             if found is not None:
                 return ChatResponse({} if chat.wire is WireFormat.OPENAI else cached.loads(found), raw=found), None, 0.0
         try:
-            response, outcome, earlier = await self._route(chat, route)
+            if route.cascade is None:  # ``_route``, without a coroutine of its own
+                response, outcome = await self.router.complete(chat, route.decision, route.session)
+                earlier = 0.0
+            else:
+                response, outcome, earlier = await self._route(chat, route)
             if outcome.catch_all is None:  # a stand-in answer is not the upstream's: never cached
                 stored = self.cache.put(key, response_bytes(response))  # type: ignore[union-attr]
         except SidecarError as error:
@@ -418,9 +406,9 @@ class Pipeline:
             self._spend_shared(route.group, outcome, who, earlier)
         return response, outcome, earlier
 
-    async def _shared_stream(self, chat: ChatRequest, key: str | None, sink: cached.Recorder | StreamSink,
-                             decision: RuleDecision | None, session: str | None, who: Principal | None = None,
-                             place: tuple[str, list[float]] | None = None) -> Outcome:
+    async def _shared_stream(self, sink: cached.Recorder | StreamSink, chat: ChatRequest, key: str | None,
+                             decision: RuleDecision | None, session: str | None, who: Principal | None,
+                             place: tuple[str, list[float]] | None) -> Outcome:
         """One streamed call into ``sink`` (a coalescing broadcast, or a recorder in front of the app's sink);
         the finished answer is stored as a whole one, under ``key`` in the cache and at ``place`` in the
         semantic cache. Spends the budgets when shared (a broadcast)."""

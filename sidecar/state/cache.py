@@ -73,19 +73,21 @@ def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
     return (zlib.decompress(body) if tag == COMPRESSED else body), expires_at
 
 
-def cache_key(request: ChatRequest, generation: str = "") -> str:
-    """A stable digest of what determines the answer: endpoint, model group and canonical body, and the
-    ``generation`` — the digest of the deployment set, so answers from a replaced set are never served."""
+def cache_key(request: ChatRequest, generation: str = "", rule: str = "") -> str:
+    """A stable digest of what determines the answer: endpoint, model group and canonical body, the
+    ``generation`` — the digest of the deployment set, so answers from a replaced set are never served — and the
+    request ``rule`` that decided it (its answers are its own deployments', no others')."""
     body = request.body
-    if not EXCLUDED_FIELDS.isdisjoint(body):  # copied only when there is something to leave out
+    excluded = EXCLUDED_FIELDS.intersection(body)
+    if excluded:  # copied only when there is something to leave out
         body = body.copy()
-        for name in EXCLUDED_FIELDS.intersection(body):
+        for name in excluded:
             del body[name]
-    # One blake2b call over body and names (``endpoint`` is a str enum: ``+`` gives its value, without the
+    # One blake2b call over body and names (``endpoint`` is a str enum: ``join`` takes its value without the
     # enum's ``.value`` property, a Python-level call)
-    suffix = ("\0" + request.endpoint + "\0" + request.model + "\0" + generation).encode()
-    return blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS) + suffix, digest_size=20,
-                   person=b"llm-sidecar").hexdigest()
+    return blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+                   + "\0".join((request.endpoint, request.model, generation, rule)).encode(),
+                   digest_size=20).hexdigest()
 
 
 def cacheable(request: ChatRequest, mode: str = "deterministic") -> bool:
@@ -103,10 +105,9 @@ def cacheable(request: ChatRequest, mode: str = "deterministic") -> bool:
     return type(temperature) in (int, float) and temperature == 0 and body.get("n") in (None, 1)
 
 
-def directives(headers: Mapping[str, str]) -> tuple[bool, bool]:
-    """(lookup, store) from the request's ``Cache-Control``: ``no-cache`` skips the lookup (the fresh
-    answer is still stored); ``no-store`` skips both."""
-    value = headers.get("cache-control")
+def directives(value: str | None) -> tuple[bool, bool]:
+    """(lookup, store) from the request's ``Cache-Control`` header value: ``no-cache`` skips the lookup (the
+    fresh answer is still stored); ``no-store`` skips both."""
     if not value:
         return True, True
     tokens = {t.strip().lower() for t in value.split(",")}
@@ -220,18 +221,27 @@ class ResponseCache:
             return cache
         return cls(settings)
 
-    def key_for(self, request: ChatRequest, headers: Mapping[str, str],
-                generation: str = "") -> tuple[str | None, bool]:
-        """(key to store the answer under, whether to look it up first); key None: the cache stays out."""
+    def lookup(self, request: ChatRequest, headers: Mapping[str, str], generation: str = "",
+               rule: str = "") -> tuple[str | None, bytes | None, bool]:
+        """(the key to store the answer under — None: the cache stays out; the memory tier's answer, or None;
+        whether to look in the Redis tier — memory had none). One call, not a coroutine: most lookups end in
+        memory, and every cacheable request makes one."""
         if not cacheable(request, self.mode):
-            return None, False
-        lookup, store = directives(headers)
-        if not (store or lookup):
-            return None, False
+            return None, None, False
+        value = headers.get("cache-control")
+        lookup = True
+        if value:
+            lookup, store = directives(value)
+            if not (store or lookup):
+                return None, None, False
         try:
-            return cache_key(request, generation), lookup
+            key = cache_key(request, generation, rule)
         except TypeError:  # a value orjson cannot encode (bodies parsed by orjson never have one)
-            return None, False
+            return None, None, False
+        if not lookup:
+            return key, None, False
+        found = self.memory.get(key)
+        return key, found, found is None and self.remote is not None
 
     async def get(self, key: str) -> bytes | None:
         """The stored answer, or None (also when the remote tier fails or is slow)."""
@@ -290,14 +300,14 @@ class ResponseCache:
         """Store ``body``: in memory at once, in Redis in the background (the app's answer does not wait).
         Returns the store in the shared tier (None: no shared tier, or Redis is skipped) — a fleet lease ends
         after it. A ``body`` made on first read is made now when it goes to Redis."""
-        shared = self.remote is not None and (self.gate is None or self.gate.open)
-        if shared and body.__class__ is not bytes:
+        if self.remote is None or (self.gate is not None and not self.gate.open):  # memory only
+            self.memory.set(key, body, self.ttl)
+            return None
+        if body.__class__ is not bytes:
             body = body()  # type: ignore[operator]
             if body is None:
                 return None
         self.memory.set(key, body, self.ttl)
-        if not shared:
-            return None
         task = asyncio.create_task(self._put_remote(key, body))  # type: ignore[arg-type]
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)

@@ -67,6 +67,7 @@ def test_the_key_is_stable_and_names_the_group_and_endpoint() -> None:
     assert key != cache_key(request(model="other"))
     assert key != cache_key(request(endpoint=Endpoint.COMPLETIONS))
     assert cache_key(request({"messages": [{"role": "user", "content": "hi", "name": "x"}]})) != key
+    assert key != cache_key(request(), rule="r1") != cache_key(request(), rule="r2")
 
 
 @pytest.mark.parametrize(("body", "kwargs", "expected"), [
@@ -101,20 +102,23 @@ def test_mode_all_caches_sampled_answers_and_chat_streams_only() -> None:
     ("max-age=0, no-cache", (False, True)), ("no-cache, no-store", (False, False)), ("max-age=60", (True, True)),
 ])
 def test_cache_control_directives(header: str | None, expected: tuple[bool, bool]) -> None:
-    assert directives({"cache-control": header} if header else {}) == expected
+    assert directives(header) == expected
 
 
 async def test_the_memory_cache_stores_looks_up_and_stays_bounded() -> None:
     cache = ResponseCache.from_settings(CacheSettings(max_size=2))
-    keys = [cache.key_for(request({"seed": i}), {})[0] for i in range(3)]
+    keys = [cache.lookup(request({"seed": i}), {})[0] for i in range(3)]
     assert all(keys)
     for i, key in enumerate(keys):
         cache.put(key, f"answer {i}".encode())  # type: ignore[arg-type]
     assert not cache._stores  # memory only: stored at once, no task
     assert await cache.get(keys[0]) is None  # type: ignore[arg-type]
     assert await cache.get(keys[2]) == b"answer 2"  # type: ignore[arg-type]
-    assert cache.key_for(request({"temperature": 1}), {}) == (None, False)
-    assert cache.key_for(request(), {"cache-control": "no-store"}) == (None, False)
+    assert cache.lookup(request({"temperature": 1}), {}) == (None, None, False)
+    assert cache.lookup(request(), {"cache-control": "no-store"}) == (None, None, False)
+    key, found, ask = cache.lookup(request({"seed": 2}), {"cache-control": "no-cache"})
+    assert (key, found, ask) == (keys[2], None, False)  # stored under the same key, not looked up
+    assert cache.lookup(request({"seed": 2}), {}) == (keys[2], b"answer 2", False)
     await cache.aclose()
 
 
