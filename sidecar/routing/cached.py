@@ -19,15 +19,16 @@ from sidecar.core.errors import SidecarError
 from sidecar.core.types import ChatRequest, StreamChunk, Usage
 from sidecar.formats.stream_answer import Incomplete, assemble
 from sidecar.formats.stream_answer import replay as replay_chunks
-from sidecar.routing.coalesce import COALESCED, MAX_BYTES, MISS, RAW, stream_bytes
+from sidecar.routing.coalesce import COALESCED, MAX_BYTES, MISS, stream_bytes
 from sidecar.routing.outcome import Outcome, StreamSink
+from sidecar.state.cache import Key
 
 HIT = "hit"
 __all__ = ["COALESCED", "HIT", "MISS", "Folding", "Recorder", "flight_key", "folded", "loads", "replay",
            "stored_stream"]
 
 
-def flight_key(key: str, chat: ChatRequest) -> tuple[str, str, bool, bool]:
+def flight_key(key: Key, chat: ChatRequest) -> tuple[Key, str, bool, bool]:
     """Requests share a call only when they also want the same bytes: dialect, streaming, usage chunk."""
     return key, chat.wire, chat.stream, chat.include_usage
 
@@ -78,7 +79,7 @@ def stored_stream(chunks: list[StreamChunk] | None, outcome: Outcome) -> bytes |
     ``LAZY_MAX_BYTES``: see ``state.cache.Stored``) — or None when it was not kept whole."""
     if chunks is None:
         return None
-    raw = b",".join(filter(None, map(RAW, chunks)))  # every payload, joined in C
+    raw = b",".join([c.raw for c in chunks if c.raw])
     if len(raw) <= LAZY_MAX_BYTES:
         return Folding(raw, outcome.usage)
     return _fold([c.data for c in chunks], outcome.usage)

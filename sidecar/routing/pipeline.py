@@ -41,7 +41,7 @@ from sidecar.routing.semantic import SEMANTIC_HIT, SemanticCache
 from sidecar.routing.shadow import Shadows
 from sidecar.state import cache as response_cache
 from sidecar.state.budgets import Budgets, principal
-from sidecar.state.cache import ResponseCache
+from sidecar.state.cache import Key, ResponseCache
 from sidecar.state.locks import FleetLocks, Lease
 from sidecar.telemetry import RequestMetrics
 from sidecar.telemetry.logs import log_request
@@ -378,14 +378,14 @@ class Pipeline:
         return await cascading.complete(self.router, chat, route.group, *route.cascade, route.decision,
                                         route.session, self.prices)
 
-    async def _shared_call(self, chat: ChatRequest, key: str, who: Principal | None,
+    async def _shared_call(self, chat: ChatRequest, key: Key, who: Principal | None,
                            route: Route) -> tuple[ChatResponse, Outcome | None, float]:
         """One whole-answer call on behalf of every request that joins it: stores and spends once. With a
         cross-pod lock another pod may be making it: its stored answer, with no outcome (nothing spent here)."""
         lease: Lease | None = None
         stored: asyncio.Task[None] | None = None
         if self.locks is not None:
-            found, lease = await self.locks.claim(key, self.router.timeout)
+            found, lease = await self.locks.claim(key, self.router.timeout)  # type: ignore[arg-type]  # locks: Redis keys
             if found is not None:
                 return ChatResponse({} if chat.wire is WireFormat.OPENAI else cached.loads(found), raw=found), None, 0.0
         try:
@@ -406,13 +406,13 @@ class Pipeline:
             self._spend_shared(route.group, outcome, who, earlier)
         return response, outcome, earlier
 
-    async def _shared_stream(self, sink: cached.Recorder | StreamSink, chat: ChatRequest, key: str | None,
+    async def _shared_stream(self, sink: cached.Recorder | StreamSink, chat: ChatRequest, key: Key | None,
                              decision: RuleDecision | None, session: str | None, who: Principal | None,
                              place: tuple[str, list[float]] | None) -> Outcome:
         """One streamed call into ``sink`` (a coalescing broadcast, or a recorder in front of the app's sink);
         the finished answer is stored as a whole one, under ``key`` in the cache and at ``place`` in the
         semantic cache. Spends the budgets when shared (a broadcast)."""
-        lease = None if self.locks is None or key is None else await self.locks.take(key)  # for other pods
+        lease = None if self.locks is None or key is None else await self.locks.take(key)  # type: ignore[arg-type]  # for other pods
         put: asyncio.Task[None] | None = None
         try:
             outcome = await self.router.stream(chat, sink, decision, session)

@@ -1,7 +1,9 @@
 """The response cache: whole answers to identical, deterministic requests, kept in memory or in Redis.
 
-``cache_key`` is pure: a digest of the endpoint, the model group and the canonical request body (sorted
-keys, without the fields that do not change the answer). ``cacheable`` says which requests qualify:
+``canonical`` is pure: the bytes of what determines an answer (endpoint, model group, the request body with
+sorted keys and without the fields that do not change the answer). With a Redis tier an answer's key is their
+blake2b digest (``cache_key``: alike in every pod); in memory alone, their hash (see ``ResponseCache.lookup``).
+``cacheable`` says which requests qualify:
 OpenAI-format chat, completions and embeddings, and Anthropic-format chat without Anthropic-only features —
 chat and completions only when deterministic (``temperature`` 0, ``n`` absent or 1) unless the mode is
 ``all``; streams only for chat (a stream is stored as the whole answer it spelt, see ``routing.cached``).
@@ -46,6 +48,8 @@ _EXPIRY = struct.Struct(">d")
 # What the memory tier keeps: answer bytes, or a function that makes them when the entry is first read (None:
 # no answer after all) — a finished stream is folded into its answer only if somebody asks for it.
 Stored = bytes | Callable[[], bytes | None]
+# An answer's key: ``shared_key`` with a Redis tier (the same in every pod), else a hash only this process knows
+Key = str | int
 # Enum members as module constants: ``Endpoint.CHAT`` is a lookup through the enum's metaclass (~800 instructions)
 _CHAT, _EMBEDDINGS = Endpoint.CHAT, Endpoint.EMBEDDINGS
 _OPENAI, _ANTHROPIC = WireFormat.OPENAI, WireFormat.ANTHROPIC
@@ -73,21 +77,30 @@ def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
     return (zlib.decompress(body) if tag == COMPRESSED else body), expires_at
 
 
-def cache_key(request: ChatRequest, generation: str = "", rule: str = "") -> str:
-    """A stable digest of what determines the answer: endpoint, model group and canonical body, the
-    ``generation`` — the digest of the deployment set, so answers from a replaced set are never served — and the
-    request ``rule`` that decided it (its answers are its own deployments', no others')."""
+def canonical(request: ChatRequest, generation: str = "", rule: str = "") -> bytes:
+    """What determines the answer, as bytes: the canonical body (sorted keys, without the fields that do not
+    change it), the endpoint, the model group, the ``generation`` — the digest of the deployment set, so answers
+    from a replaced set are never served — and the request ``rule`` that decided it (its answers are its own
+    deployments', no others')."""
     body = request.body
     excluded = EXCLUDED_FIELDS.intersection(body)
     if excluded:  # copied only when there is something to leave out
         body = body.copy()
         for name in excluded:
             del body[name]
-    # One blake2b call over body and names (``endpoint`` is a str enum: ``join`` takes its value without the
-    # enum's ``.value`` property, a Python-level call)
-    return blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-                   + "\0".join((request.endpoint, request.model, generation, rule)).encode(),
-                   digest_size=20).hexdigest()
+    # ``endpoint`` is a str enum: ``join`` takes its value without the enum's ``.value`` property (Python code)
+    return (orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            + "\0".join((request.endpoint, request.model, generation, rule)).encode())
+
+
+def cache_key(request: ChatRequest, generation: str = "", rule: str = "") -> str:
+    """The key of a request's answer in Redis: a digest of ``canonical``, the same in every pod."""
+    return shared_key(canonical(request, generation, rule))
+
+
+def shared_key(canonical: bytes) -> str:
+    """A digest every pod makes alike: the key of Redis entries and cross-pod locks."""
+    return blake2b(canonical, digest_size=20).hexdigest()
 
 
 def cacheable(request: ChatRequest, mode: str = "deterministic") -> bool:
@@ -144,11 +157,11 @@ class MemoryTier:
         # key -> (expiry, answer or the function that makes it), oldest stored first. An OrderedDict: dropping
         # a dict's first entry again and again leaves holes that every later next(iter(...)) walks over;
         # popitem(last=False) does not.
-        self.entries: OrderedDict[str, tuple[float, Stored]] = OrderedDict()
+        self.entries: OrderedDict[Key, tuple[float, Stored]] = OrderedDict()
         self.max_size = max_size
         self.clock = clock
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: Key) -> bytes | None:
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -164,7 +177,7 @@ class MemoryTier:
             self.entries[key] = (expires_at, body)  # an existing key: its place in the order stays
         return body  # type: ignore[return-value]
 
-    def set(self, key: str, body: Stored, ttl: float) -> None:
+    def set(self, key: Key, body: Stored, ttl: float) -> None:
         entries = self.entries
         entries.pop(key, None)  # stored again: it is now the newest
         entries[key] = (self.clock() + ttl, body)
@@ -222,7 +235,7 @@ class ResponseCache:
         return cls(settings)
 
     def lookup(self, request: ChatRequest, headers: Mapping[str, str], generation: str = "",
-               rule: str = "") -> tuple[str | None, bytes | None, bool]:
+               rule: str = "") -> tuple[Key | None, bytes | None, bool]:
         """(the key to store the answer under — None: the cache stays out; the memory tier's answer, or None;
         whether to look in the Redis tier — memory had none). One call, not a coroutine: most lookups end in
         memory, and every cacheable request makes one."""
@@ -235,20 +248,25 @@ class ResponseCache:
             if not (store or lookup):
                 return None, None, False
         try:
-            key = cache_key(request, generation, rule)
+            data = canonical(request, generation, rule)
         except TypeError:  # a value orjson cannot encode (bodies parsed by orjson never have one)
             return None, None, False
+        # Only this process keeps the answer: Python's own keyed SipHash of it, a tenth of blake2b's cost and as
+        # safe here. Its 64 bits make an accidental collision among the memory tier's entries a one in ~10^16
+        # event per lookup, and its key is random per process and never leaves it: nobody can aim a collision
+        # (to be served another's answer they would need a second preimage without the key).
+        key: Key = hash(data) if self.remote is None else shared_key(data)
         if not lookup:
             return key, None, False
         found = self.memory.get(key)
         return key, found, found is None and self.remote is not None
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: Key) -> bytes | None:
         """The stored answer, or None (also when the remote tier fails or is slow)."""
         body = self.memory.get(key)
         if body is not None or self.remote is None:
             return body
-        return await self.get_shared(key)
+        return await self.get_shared(key)  # type: ignore[arg-type]
 
     async def get_shared(self, key: str) -> bytes | None:
         """The Redis tier's answer, for a key the memory tier does not have. One Redis lookup per key at a time: a
@@ -296,7 +314,7 @@ class ResponseCache:
         self.memory.set(key, body, left)
         return body
 
-    def put(self, key: str, body: Stored) -> asyncio.Task[None] | None:
+    def put(self, key: Key, body: Stored) -> asyncio.Task[None] | None:
         """Store ``body``: in memory at once, in Redis in the background (the app's answer does not wait).
         Returns the store in the shared tier (None: no shared tier, or Redis is skipped) — a fleet lease ends
         after it. A ``body`` made on first read is made now when it goes to Redis."""
@@ -308,7 +326,7 @@ class ResponseCache:
             if body is None:
                 return None
         self.memory.set(key, body, self.ttl)
-        task = asyncio.create_task(self._put_remote(key, body))  # type: ignore[arg-type]
+        task = asyncio.create_task(self._put_remote(key, body))  # type: ignore[arg-type]  # a shared_key
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
         return task
