@@ -1,5 +1,5 @@
-"""The response cache's part in streams and shared calls: a streamed answer stored as a whole one, a cache
-hit replayed as a stream, and the key identical in-flight requests meet under.
+"""The response cache's part in streams and shared calls: a streamed answer stored as a whole one, and a cache
+hit replayed as a stream.
 
 A stream is stored only when it finished cleanly, was kept whole (at most ``coalesce.MAX_BYTES``) and folds
 into one answer (``formats.stream_answer``); the stored value is the ``chat.completion`` the request would
@@ -21,16 +21,10 @@ from sidecar.formats.stream_answer import Incomplete, assemble
 from sidecar.formats.stream_answer import replay as replay_chunks
 from sidecar.routing.coalesce import COALESCED, MAX_BYTES, MISS, stream_bytes
 from sidecar.routing.outcome import Outcome, StreamSink
-from sidecar.state.cache import Key
 
 HIT = "hit"
-__all__ = ["COALESCED", "HIT", "MISS", "Folding", "Recorder", "flight_key", "folded", "loads", "replay",
+__all__ = ["COALESCED", "HIT", "MISS", "Folding", "Recorder", "folded", "loads", "replay",
            "stored_stream"]
-
-
-def flight_key(key: Key, chat: ChatRequest) -> tuple[Key, str, bool, bool]:
-    """Requests share a call only when they also want the same bytes: dialect, streaming, usage chunk."""
-    return key, chat.wire, chat.stream, chat.include_usage
 
 
 def loads(raw: bytes) -> dict[str, Any]:

@@ -347,7 +347,7 @@ class Coalescer:
     """The flights in progress, by key. ``coalesced`` counts requests that joined a flight."""
 
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self.flights: dict[Hashable, Flight[Any]] = {}
+        self.flights: dict[Hashable, Flight[Any] | object] = {}  # a flight, or the owner of a call none joined
         self.max_bytes = max_bytes
         self.coalesced = 0
         self.retried = 0  # flights started by a waiter after a retryable failure
@@ -378,29 +378,25 @@ class Coalescer:
         flights = self.flights
         round_ = 0
         while True:
-            flight = flights.get(key)
-            if flight is None:
+            if key not in flights:
                 if round_:
                     self.retried += 1
-                # Only the request that starts a whole-answer flight adds or removes it: deleted without a look
-                flight = flights[key] = Flight(key)
-                LEADERS[owner] = flight
+                # Until somebody joins, a whole answer's flight is only its leader's ``owner`` in ``flights``; the
+                # first to join makes the Flight (``_join``). Most calls nobody joins: they make no Flight and
+                # write nothing to LEADERS.
+                flights[key] = owner
                 try:
                     result = await call(*args)
                 except Exception as error:
-                    del flights[key]
-                    flight.land(None, error)
+                    self._settle(key, owner, None, error)
                     raise
                 except BaseException:  # cancelled (nobody else waited, or the process is stopping)
-                    del flights[key]
-                    flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
+                    self._settle(key, owner, None,
+                                 UpstreamServerError("the request making the shared upstream call went away"))
                     raise
-                finally:
-                    LEADERS.pop(owner, None)
-                del flights[key]
-                if flight.waiting:
-                    flight.land(result, None)
+                self._settle(key, owner, result, None)
                 return result, False
+            flight = self._join(key)
             self.coalesced += 1
             waiter = flight.wait()
             round_ += 1
@@ -411,6 +407,22 @@ class Coalescer:
                     raise _copy(error) from None
             finally:
                 self._leave(flight, waiter)
+
+    def _join(self, key: Hashable) -> Flight[Any]:
+        """The whole-answer flight for ``key`` (in ``flights``), made now when this is its first joiner."""
+        flight = self.flights[key]
+        if flight.__class__ is not Flight:  # the leader's owner, until now
+            owner, flight = flight, Flight(key)
+            self.flights[key] = LEADERS[owner] = flight
+        return flight
+
+    def _settle(self, key: Hashable, owner: object, result: Any, error: BaseException | None) -> None:
+        """A whole answer's call is over: its flight leaves ``flights`` (only the request that made the call
+        removes it), and those who joined it get its result or error."""
+        flight = self.flights.pop(key)
+        if flight.__class__ is Flight:
+            LEADERS.pop(owner, None)
+            flight.land(result, error)
 
     async def stream(self, key: Hashable, call: Callable[..., Awaitable[T]], sink: StreamSink,
                      owner: asyncio.Task[Any] | None = None, *args: Any) -> tuple[T | None, bool]:

@@ -183,9 +183,9 @@ class Pipeline:
                                    else await self._route_for(chat, head, record, decision))
             if key is not None and self.coalescer is not None:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
-                try:
+                try:  # requests share a call only when they also want the same bytes: same dialect
                     (response, outcome, earlier), joined = await self.coalescer.complete(
-                        cached.flight_key(key, chat), self._shared_call, head.task, chat, key, who, route)
+                        (key, chat.wire), self._shared_call, head.task, chat, key, who, route)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)  # what the shared call did, for this request's record
                     raise
@@ -243,9 +243,9 @@ class Pipeline:
                 outcome = await self._shared_stream(recorder, chat, key, decision, session, None, place)
             else:
                 spend = False  # the shared call spends the budgets itself (its leader may go away)
-                try:
+                try:  # the same bytes: dialect and usage chunk (the 3-tuple never meets a whole answer's flight)
                     result, joined = await self.coalescer.stream(
-                        cached.flight_key(key, chat), self._shared_stream, sink, head.task,
+                        (key, chat.wire, chat.include_usage), self._shared_stream, sink, head.task,
                         chat, key, decision, session, who, place)
                 except SidecarError as error:
                     CURRENT_OUTCOME.set(error.outcome)

@@ -3,7 +3,7 @@
 ``canonical`` is pure: the bytes of what determines an answer (endpoint, model group, the request body with
 sorted keys and without the fields that do not change the answer). With a Redis tier an answer's key is their
 blake2b digest (``cache_key``: alike in every pod); in memory alone, their hash (see ``ResponseCache.lookup``).
-``cacheable`` says which requests qualify:
+``ResponseCache.lookup`` says which requests qualify:
 OpenAI-format chat, completions and embeddings, and Anthropic-format chat without Anthropic-only features —
 chat and completions only when deterministic (``temperature`` 0, ``n`` absent or 1) unless the mode is
 ``all``; streams only for chat (a stream is stored as the whole answer it spelt, see ``routing.cached``).
@@ -53,6 +53,7 @@ Key = str | int
 # Enum members as module constants: ``Endpoint.CHAT`` is a lookup through the enum's metaclass (~800 instructions)
 _CHAT, _EMBEDDINGS = Endpoint.CHAT, Endpoint.EMBEDDINGS
 _OPENAI, _ANTHROPIC = WireFormat.OPENAI, WireFormat.ANTHROPIC
+_NUMBERS, _ONE = (int, float), (None, 1)
 
 
 def encode_entry(body: bytes, expires_at: float, compress_above: int = COMPRESS_ABOVE) -> bytes:
@@ -101,21 +102,6 @@ def cache_key(request: ChatRequest, generation: str = "", rule: str = "") -> str
 def shared_key(canonical: bytes) -> str:
     """A digest every pod makes alike: the key of Redis entries and cross-pod locks."""
     return blake2b(canonical, digest_size=20).hexdigest()
-
-
-def cacheable(request: ChatRequest, mode: str = "deterministic") -> bool:
-    """May this request's answer be cached (and answered from the cache)?"""
-    endpoint, wire = request.endpoint, request.wire
-    if request.continuation or (request.stream and endpoint is not _CHAT):
-        return False
-    if wire is not _OPENAI and (wire is not _ANTHROPIC or request.native_only):
-        return False
-    if endpoint is _EMBEDDINGS or mode == "all":
-        return True
-    body = request.body
-    temperature = body.get("temperature")
-    # type(), not isinstance: True is not a temperature of 0
-    return type(temperature) in (int, float) and temperature == 0 and body.get("n") in (None, 1)
 
 
 def directives(value: str | None) -> tuple[bool, bool]:
@@ -218,7 +204,7 @@ class ResponseCache:
         self.gate = gate
         self.clock = clock  # wall clock: Redis entries' expiry is shared by every pod
         self.ttl = settings.ttl
-        self.mode = settings.mode
+        self.deterministic_only = settings.mode != "all"  # else sampled answers are cached too
         self._stores: set[asyncio.Task[None]] = set()
         self._fetching: dict[str, asyncio.Future[bytes | None]] = {}  # Redis lookups in flight, by key
         self.warming: asyncio.Task[None] | None = None  # the first contact (connect, AUTH; Sentinel's primary
@@ -239,8 +225,18 @@ class ResponseCache:
         """(the key to store the answer under — None: the cache stays out; the memory tier's answer, or None;
         whether to look in the Redis tier — memory had none). One call, not a coroutine: most lookups end in
         memory, and every cacheable request makes one."""
-        if not cacheable(request, self.mode):
+        # Which requests qualify (see the module's docstring). Inline, not a function of its own: every
+        # cacheable request asks, and a call costs as much as the checks.
+        endpoint, wire = request.endpoint, request.wire
+        if request.continuation or (request.stream and endpoint is not _CHAT) or (
+                wire is not _OPENAI and (wire is not _ANTHROPIC or request.native_only)):
             return None, None, False
+        if self.deterministic_only and endpoint is not _EMBEDDINGS:
+            body = request.body
+            temperature = body.get("temperature")
+            # type(), not isinstance: True is not a temperature of 0
+            if type(temperature) not in _NUMBERS or temperature != 0 or body.get("n") not in _ONE:
+                return None, None, False
         value = headers.get("cache-control")
         lookup = True
         if value:
@@ -258,6 +254,8 @@ class ResponseCache:
         key: Key = hash(data) if self.remote is None else shared_key(data)
         if not lookup:
             return key, None, False
+        if key not in self.memory.entries:  # a miss without the memory tier's call (most are misses)
+            return key, None, self.remote is not None
         found = self.memory.get(key)
         return key, found, found is None and self.remote is not None
 

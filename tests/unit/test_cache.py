@@ -1,5 +1,5 @@
-"""cache_key and cacheable are pure: same meaning, same key; ResponseCache over a memory backend, and a
-failing backend that is a miss, never an error."""
+"""cache_key and which requests the cache takes are pure: same meaning, same key; ResponseCache over a memory
+backend, and a failing backend that is a miss, never an error."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from sidecar.state.cache import (
     MemoryTier,
     ResponseCache,
     cache_key,
-    cacheable,
     decode_entry,
     directives,
     encode_entry,
@@ -95,6 +94,11 @@ def test_mode_all_caches_sampled_answers_and_chat_streams_only() -> None:
     assert cacheable(request({"temperature": 0.9, "n": 3}), "all")
     assert cacheable(request({"temperature": 0.9}, stream=True), "all")
     assert not cacheable(request(stream=True, endpoint=Endpoint.COMPLETIONS), "all")
+
+
+def cacheable(chat: ChatRequest, mode: str = "deterministic") -> bool:
+    """Does the cache take part in ``chat`` (a key to store its answer under)?"""
+    return ResponseCache(CacheSettings(mode=mode)).lookup(chat, {})[0] is not None
 
 
 @pytest.mark.parametrize(("header", "expected"), [
