@@ -8,8 +8,9 @@ waits for it any more.
 
 - Whole answers: the request that starts the flight makes the call itself, inline (a task of its own would
   cost every cache miss a task and two more rounds of the event loop). Its *owner* — the task of its app's
-  connection — is noted in ``LEADERS``: when that app hangs up, the server asks ``keep_running`` before it
-  cancels the handler, and lets a leader that others wait for finish (its own answer then goes nowhere).
+  connection — is noted in ``LEADERS`` once somebody joins: when that app hangs up, the server asks
+  ``keep_running`` before it cancels the handler, and lets a leader that others wait for finish (its own
+  answer then goes nowhere).
   Every waiter gets the same answer, or its own copy of the same error. When the error is
   one a retry can help (``worth_retrying``), waiters do not all retry: the first one to wake starts
   the next flight and the others join it (at most ``MAX_ROUNDS`` flights per request).
@@ -24,6 +25,10 @@ waits for it any more.
   already has; the upstream waits for a subscriber more than ``max_bytes`` behind for at most
   ``LAG_TIMEOUT`` seconds, after which that subscriber's stream ends with an error rather than hold the
   others back.
+
+Most calls nobody joins, and they pay for nothing they do not use: until its first joiner makes the ``Flight``
+(the waiters' futures, the entry in ``LEADERS``), a call's entry in ``flights`` is only its leader's owner (a
+whole answer) or its ``Broadcast`` (a stream).
 """
 
 from __future__ import annotations
@@ -94,11 +99,9 @@ class Flight(Generic[T]):
     """One shared upstream call, made inline by the request that started it, and the requests waiting for it:
     each waiter waits on a future of its own, which the call settles as it ends."""
 
-    __slots__ = ("broadcast", "key", "owner", "waiters", "waiting")
+    __slots__ = ("broadcast", "owner", "waiters", "waiting")
 
-    def __init__(self, key: Hashable, broadcast: Broadcast | None = None, owner: asyncio.Task[Any] | None = None,
-                 ) -> None:
-        self.key = key
+    def __init__(self, broadcast: Broadcast | None = None, owner: Any = None) -> None:
         self.owner = owner  # the task making a stream's call inline (cancelled when nobody reads any more)
         self.broadcast = broadcast
         self.waiters = 0  # requests still waiting for the call (joiners)
@@ -138,9 +141,11 @@ class Broadcast:
         "dropped",
         "error",
         "finished",
+        "flight",
         "leader",
         "max_bytes",
         "outcome",
+        "owner",
         "positions",
         "size",
         "started",
@@ -148,8 +153,10 @@ class Broadcast:
         "whole",
     )
 
-    def __init__(self, max_bytes: int = MAX_BYTES, leader: StreamSink | None = None) -> None:
+    def __init__(self, max_bytes: int = MAX_BYTES, leader: StreamSink | None = None, owner: Any = None) -> None:
         self.leader = leader  # the sink of the request making the call: sent each step as the router makes it
+        self.owner = owner  # the task of the leader's connection
+        self.flight: Flight[Any] | None = None  # made by the first to join
         self.behind: int | None = None  # the chunks the leader had when it was too slow (it follows, after)
         self.chunks: list[StreamChunk] = []
         self.trimmed = 0  # chunks dropped from the front (every subscriber had them): ``chunks[0]`` is number trimmed
@@ -347,14 +354,11 @@ class Coalescer:
     """The flights in progress, by key. ``coalesced`` counts requests that joined a flight."""
 
     def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self.flights: dict[Hashable, Flight[Any] | object] = {}  # a flight, or the owner of a call none joined
+        # A flight; or, for a call nobody joined yet, its leader's owner (a whole answer) or its Broadcast (a stream)
+        self.flights: dict[Hashable, Flight[Any] | Broadcast | object] = {}
         self.max_bytes = max_bytes
         self.coalesced = 0
         self.retried = 0  # flights started by a waiter after a retryable failure
-
-    def _land(self, flight: Flight[Any]) -> None:
-        if self.flights.get(flight.key) is flight:
-            del self.flights[flight.key]
 
     def _leave(self, flight: Flight[Any], waiter: asyncio.Future[Any]) -> None:
         if not waiter.done():
@@ -412,7 +416,7 @@ class Coalescer:
         """The whole-answer flight for ``key`` (in ``flights``), made now when this is its first joiner."""
         flight = self.flights[key]
         if flight.__class__ is not Flight:  # the leader's owner, until now
-            owner, flight = flight, Flight(key)
+            owner, flight = flight, Flight()
             self.flights[key] = LEADERS[owner] = flight
         return flight
 
@@ -435,13 +439,19 @@ class Coalescer:
         round_ = 0
         while True:
             flight = flights.get(key)
-            if flight is None or not flight.broadcast.whole:  # type: ignore[union-attr]  # none, or outgrown
+            if flight is None:
+                break
+            if flight.__class__ is Broadcast:  # nobody joined it yet: the Flight is made now (if it takes joiners)
+                if not flight.whole:
+                    break
+                flight = self._first_join(key, flight)
+            elif not flight.broadcast.whole:  # outgrew its buffer: a call of our own
                 break
             self.coalesced += 1
             waiter = flight.wait()
             round_ += 1
             try:
-                await flight.broadcast.follow(sink, True)  # type: ignore[union-attr]
+                await flight.broadcast.follow(sink, True)
                 if not sink.started:
                     return await waiter, True  # failed before the commit: raises its error
                 return None, True
@@ -451,35 +461,61 @@ class Coalescer:
             finally:
                 self._leave(flight, waiter)
         # A call of our own, into a broadcast that passes it on to ``sink`` as it comes (here, not in a coroutine
-        # of its own: one fewer for every stream)
+        # of its own: one fewer for every stream). Until somebody joins, the broadcast is the flight.
         if round_:
             self.retried += 1
-        broadcast = Broadcast(self.max_bytes, sink)
-        if owner is None:
-            owner = asyncio.current_task()
-        flight = flights[key] = Flight(key, broadcast, owner)
-        LEADERS[owner] = flight
+        broadcast = flights[key] = Broadcast(self.max_bytes, sink, owner or asyncio.current_task())
         try:
             result = await call(broadcast, *args)
         except Exception as error:
-            ended = broadcast.finished
-            self._land(flight)
-            flight.land(None, error)  # the joiners' streams end with the error (in-band after the commit)
-            if not sink.started or not isinstance(error, SidecarError):
+            if not await self._broke_off(key, broadcast, sink, error):
                 raise
-            if not ended and broadcast.leader is not None and broadcast.error is not None:
-                await broadcast.leader.fail(broadcast.error)  # the call broke off after the commit
             return None, False
         except BaseException:  # cancelled: nobody reads any more (or the process is stopping)
-            self._land(flight)
-            flight.land(None, UpstreamServerError("the request making the shared upstream call went away"))
+            self._end(key, broadcast, UpstreamServerError("the request making the shared upstream call went away"))
             raise
-        finally:
-            LEADERS.pop(owner, None)
-        self._land(flight)
-        if flight.waiting:  # others joined (else there is nobody to wake, and the leader had it all)
+        flight = self._land_stream(key, broadcast)
+        if flight is not None:  # others joined (else there is nobody to wake, and the leader had it all)
             await self._landed(flight, result, sink)
         return result, False
+
+    def _first_join(self, key: Hashable, broadcast: Broadcast) -> Flight[Any]:
+        """The Flight of a stream nobody had joined yet, made by its first joiner (its leader is in LEADERS from
+        now on: it must not be cancelled when its own app hangs up)."""
+        flight = broadcast.flight = self.flights[key] = Flight(broadcast, broadcast.owner)
+        LEADERS[broadcast.owner] = flight
+        return flight
+
+    def _land_stream(self, key: Hashable, broadcast: Broadcast) -> Flight[Any] | None:
+        """The stream's call is over: it leaves ``flights`` (unless a newer call holds its key). Returns its Flight,
+        None when nobody joined."""
+        flight = broadcast.flight
+        entry = self.flights.get(key)
+        if entry is not None and (entry is broadcast or entry is flight):
+            del self.flights[key]
+        if flight is not None:
+            LEADERS.pop(broadcast.owner, None)
+        return flight
+
+    async def _broke_off(self, key: Hashable, broadcast: Broadcast, sink: StreamSink, error: Exception) -> bool:
+        """The stream's call raised ``error``: the joiners' streams end with it (in-band after the commit). True
+        when the leader's app has it in-band too (its stream was committed); False: the leader raises it."""
+        ended = broadcast.finished
+        self._end(key, broadcast, error)
+        if not sink.started or not isinstance(error, SidecarError):
+            return False
+        if not ended and broadcast.leader is not None and broadcast.error is not None:
+            await broadcast.leader.fail(broadcast.error)  # the call broke off after the commit
+        return True
+
+    def _end(self, key: Hashable, broadcast: Broadcast, error: BaseException) -> None:
+        """The stream's call failed: its subscribers are woken (a truncated stream must not end cleanly) and
+        its waiters get ``error``."""
+        flight = self._land_stream(key, broadcast)
+        if flight is None:
+            broadcast.close()
+        else:
+            flight.land(None, error)
 
     @staticmethod
     async def _landed(flight: Flight[T], result: T, sink: StreamSink) -> None:

@@ -337,8 +337,8 @@ async def test_a_stream_past_the_buffer_takes_no_joiners_and_keeps_only_what_is_
     leader = asyncio.create_task(coalescer.stream("k", streamer, first))
     await streamer.paused.wait()
     await settle()
-    broadcast = coalescer.flights["k"].broadcast
-    assert broadcast is not None and not broadcast.whole and broadcast.size <= 200
+    broadcast = coalescer.flights["k"]  # nobody joined: the broadcast is the flight
+    assert isinstance(broadcast, Broadcast) and not broadcast.whole and broadcast.size <= 200
     other = Streamer(2, pause_after=0)
     second = Sink()
     await coalescer.stream("k", other, second)  # the big stream takes no joiners: a call of its own
