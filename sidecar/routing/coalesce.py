@@ -168,7 +168,7 @@ class Broadcast:
         self.finished = False
         self.error: SidecarError | None = None  # in-band failure after the commit
         self.positions: dict[int, int] = {}  # subscriber id -> chunks it has been sent (absolute)
-        self.dropped: set[int] = set()  # subscribers too far behind, ended with an error
+        self.dropped: set[int] | None = None  # subscribers too far behind, ended with an error (made when one is)
         # Futures rather than asyncio.Events: a new Event per chunk (and per batch a subscriber is sent) was most
         # of what a stream pays for coalescing. Each waiting subscriber has a future of its own (a shared one
         # would be cancelled with the first waiter cancelled); the router waits on ``_moved`` only when trimming.
@@ -182,6 +182,13 @@ class Broadcast:
             for future in waiting:
                 if not future.done():
                     future.set_result(None)
+
+    def _gone(self, subscriber: int) -> None:
+        """A subscriber stopped reading (its id may be another's next)."""
+        del self.positions[subscriber]
+        if self.dropped is not None:
+            self.dropped.discard(subscriber)
+        self._moved_on()
 
     def _moved_on(self) -> None:
         moved = self._moved
@@ -278,7 +285,8 @@ class Broadcast:
         """Drop what every subscriber has; wait (bounded) for subscribers too far behind, then drop them."""
         waited = False
         while True:
-            live = [p for s, p in self.positions.items() if s not in self.dropped]
+            dropped = self.dropped or ()
+            live = [p for s, p in self.positions.items() if s not in dropped]
             low = min(live, default=self.trimmed + len(self.chunks))
             if low > self.trimmed:
                 gone = self.chunks[:low - self.trimmed]
@@ -289,6 +297,8 @@ class Broadcast:
             if self.size <= self.max_bytes:
                 return
             if waited:
+                if self.dropped is None:
+                    self.dropped = set()
                 for subscriber, position in self.positions.items():
                     if position == low:
                         self.dropped.add(subscriber)
@@ -314,7 +324,7 @@ class Broadcast:
             self.positions[subscriber] = self.trimmed
         try:
             while True:
-                if subscriber in self.dropped:
+                if subscriber in (self.dropped or ()):
                     if sink.started:
                         await sink.fail(UpstreamServerError("the app read the stream too slowly for a shared answer"))
                     return
@@ -345,9 +355,7 @@ class Broadcast:
                 self._waiting.append(change)
                 await change
         finally:
-            del self.positions[subscriber]
-            self.dropped.discard(subscriber)
-            self._moved_on()
+            self._gone(subscriber)
 
 
 class Coalescer:
@@ -398,7 +406,10 @@ class Coalescer:
                     self._settle(key, owner, None,
                                  UpstreamServerError("the request making the shared upstream call went away"))
                     raise
-                self._settle(key, owner, result, None)
+                flight = flights.pop(key)  # ``_settle``, inline: every call nobody joined ends here
+                if flight.__class__ is Flight:
+                    LEADERS.pop(owner, None)
+                    flight.land(result, None)
                 return result, False
             flight = self._join(key)
             self.coalesced += 1

@@ -384,3 +384,19 @@ async def test_a_leader_too_slow_at_its_streams_end_is_not_sent_the_end_twice(mo
     first.reading.set()
     await asyncio.wait_for(leader, 2)
     assert first.end == second.end == "finish" and first.ends == 1 and first.chunks == second.chunks
+
+
+async def test_a_follower_too_far_behind_is_dropped_with_an_error_and_the_others_go_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sidecar.routing.coalesce.LAG_TIMEOUT", 0.05)
+    coalescer, streamer = Coalescer(max_bytes=300), Streamer(20, pause_after=2, size=40)
+    first, second = Sink(), SlowSink()
+    leader, follower = await leader_and_follower(coalescer, streamer, first, second)
+    second.reading.clear()  # the follower's app stops reading
+    streamer.resume.set()
+    outcome, joined = await asyncio.wait_for(leader, 2)  # the upstream waited for it at most LAG_TIMEOUT
+    assert outcome is not None and not joined and len(first.chunks) == 20 and first.end == "finish"
+    second.reading.set()
+    await asyncio.wait_for(follower, 2)
+    assert second.end == "fail: the app read the stream too slowly for a shared answer" and len(second.chunks) < 20
+    assert LEADERS == {} and coalescer.flights == {}
