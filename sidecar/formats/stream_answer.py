@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.core.types import StreamChunk
+from sidecar.core.types import StreamChunk, Usage
 from sidecar.formats.openai import chunks_from_completion
 
 
@@ -59,6 +59,29 @@ def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     if usage is not None:
         completion["usage"] = usage
     return completion
+
+
+def answer_bytes(chunks: list[dict[str, Any]], usage: Usage | None) -> bytes | None:
+    """The answer ``chunks`` spell, as the cache stores it — with ``usage`` when the chunks carry none; None
+    when they spell none."""
+    try:
+        completion = assemble(chunks)
+    except Incomplete:
+        return None
+    if "usage" not in completion and usage is not None:
+        completion["usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                               "total_tokens": usage.total_tokens}
+    return orjson.dumps(completion)
+
+
+def fold_payloads(raw: bytes, usage: Usage | None) -> bytes | None:
+    """``answer_bytes`` of chunks kept as their JSON payloads, comma-separated; None also for payloads of an
+    unexpected shape: this runs in the cache lookup of a request that did not make the stream, which must get a
+    miss, never an error."""
+    try:
+        return answer_bytes(orjson.loads(b"[" + raw + b"]"), usage)
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
+        return None
 
 
 def _merge_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ hit replayed as a stream.
 A stream is stored only when it finished cleanly, was kept whole (at most ``coalesce.MAX_BYTES``) and folds
 into one answer (``formats.stream_answer``); the stored value is the ``chat.completion`` the request would
 have got without ``stream``, with the usage — so one entry serves plain and streaming requests alike. The
-memory tier keeps a short stream as its chunks (``Folding``) and folds it when the entry is first read; what
+memory tier keeps a short stream as its chunks' payloads and folds it when the entry is first read; what
 goes to Redis or the semantic cache is folded when stored.
 """
 
@@ -16,14 +16,15 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import SidecarError
-from sidecar.core.types import ChatRequest, StreamChunk, Usage
-from sidecar.formats.stream_answer import Incomplete, assemble
+from sidecar.core.types import ChatRequest, StreamChunk
+from sidecar.formats.stream_answer import answer_bytes, fold_payloads
 from sidecar.formats.stream_answer import replay as replay_chunks
 from sidecar.routing.coalesce import COALESCED, MAX_BYTES, MISS, stream_bytes
 from sidecar.routing.outcome import Outcome, StreamSink
+from sidecar.state.cache import Stored
 
 HIT = "hit"
-__all__ = ["COALESCED", "HIT", "MISS", "Folding", "Recorder", "folded", "loads", "replay",
+__all__ = ["COALESCED", "HIT", "MISS", "Recorder", "folded", "loads", "replay",
            "stored_stream"]
 
 
@@ -48,52 +49,22 @@ async def replay(raw: bytes, chat: ChatRequest, sink: StreamSink, verdict: str =
 LAZY_MAX_BYTES = 64 * 1024  # a finished stream up to this size is kept as its chunks and folded when first read
 
 
-class Folding:
-    """A finished stream kept in the memory tier as its chunks' JSON, folded into the answer by the first
-    lookup that finds it (``__call__``; None when it does not fold into one answer). Most entries are never
-    read: a miss then costs a join of the chunks' bytes, not their fold (~55k instructions for 11 chunks)."""
-
-    __slots__ = ("raw", "usage")
-
-    def __init__(self, raw: bytes, usage: Usage | None) -> None:
-        self.raw = raw  # the chunks' JSON payloads, comma-separated
-        self.usage = usage
-
-    def __call__(self) -> bytes | None:
-        """The answer, or None — also for chunks of an unexpected shape: it runs in the lookup of a request
-        that did not make this stream, which must get a miss, never an error."""
-        try:
-            return _fold(orjson.loads(b"[" + self.raw + b"]"), self.usage)
-        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
-            return None
-
-
-def stored_stream(chunks: list[StreamChunk] | None, outcome: Outcome) -> bytes | Folding | None:
-    """What to store for a finished stream — its answer, or a ``Folding`` of it (a stream of at most
-    ``LAZY_MAX_BYTES``: see ``state.cache.Stored``) — or None when it was not kept whole."""
+def stored_stream(chunks: list[StreamChunk] | None, outcome: Outcome) -> Stored | None:
+    """What to store for a finished stream — its answer, or (a stream of at most ``LAZY_MAX_BYTES``) its
+    payloads and usage, folded by the first lookup that reads them (``state.cache.Stored``) — or None when it
+    was not kept whole. Most entries are never read: a miss then costs a join of the chunks' bytes, not their
+    fold (~55k instructions for 11 chunks)."""
     if chunks is None:
         return None
     raw = b",".join([c.raw for c in chunks if c.raw])
     if len(raw) <= LAZY_MAX_BYTES:
-        return Folding(raw, outcome.usage)
-    return _fold([c.data for c in chunks], outcome.usage)
+        return fold_payloads, raw, outcome.usage
+    return answer_bytes([c.data for c in chunks], outcome.usage)
 
 
-def folded(stored: bytes | Folding | None) -> bytes | None:
-    """A stored stream's answer bytes (folding it now when it was kept as chunks)."""
-    return stored() if isinstance(stored, Folding) else stored
-
-
-def _fold(chunks: list[dict[str, Any]], usage: Usage | None) -> bytes | None:
-    """The answer ``chunks`` spell, with ``usage`` when the chunks carry none; None when they spell none."""
-    try:
-        completion = assemble(chunks)
-    except Incomplete:
-        return None
-    if "usage" not in completion and usage is not None:
-        completion["usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                               "total_tokens": usage.total_tokens}
-    return orjson.dumps(completion)
+def folded(stored: Stored | None) -> bytes | None:
+    """A stored stream's answer bytes (folding it now when it was kept as payloads)."""
+    return stored[0](stored[1], stored[2]) if stored.__class__ is tuple else stored  # type: ignore[index, return-value]
 
 
 class Recorder:

@@ -458,19 +458,9 @@ class Coalescer:
                 flight = self._first_join(key, flight)
             elif not flight.broadcast.whole:  # outgrew its buffer: a call of our own
                 break
-            self.coalesced += 1
-            waiter = flight.wait()
             round_ += 1
-            try:
-                await flight.broadcast.follow(sink, True)
-                if not sink.started:
-                    return await waiter, True  # failed before the commit: raises its error
+            if await self._subscribe(flight, sink, round_ == MAX_ROUNDS):
                 return None, True
-            except SidecarError as error:
-                if sink.started or not worth_retrying(error) or round_ == MAX_ROUNDS:
-                    raise _copy(error) from None
-            finally:
-                self._leave(flight, waiter)
         # A call of our own, into a broadcast that passes it on to ``sink`` as it comes (here, not in a coroutine
         # of its own: one fewer for every stream). Until somebody joins, the broadcast is the flight.
         if round_:
@@ -485,10 +475,29 @@ class Coalescer:
         except BaseException:  # cancelled: nobody reads any more (or the process is stopping)
             self._end(key, broadcast, UpstreamServerError("the request making the shared upstream call went away"))
             raise
-        flight = self._land_stream(key, broadcast)
-        if flight is not None:  # others joined (else there is nobody to wake, and the leader had it all)
-            await self._landed(flight, result, sink)
+        if broadcast.flight is None:  # nobody joined: nobody to wake, the leader had it all (``_land_stream``, inline)
+            if flights.get(key) is broadcast:
+                del flights[key]
+        else:
+            await self._landed(self._land_stream(key, broadcast), result, sink)  # type: ignore[arg-type]
         return result, False
+
+    async def _subscribe(self, flight: Flight[Any], sink: StreamSink, last: bool) -> bool:
+        """Feed ``sink`` from a stream flight. True: it had the stream (whole, or ended in-band); False: the call
+        failed before the commit with an error a call of its own may not meet (not when ``last``: raises it)."""
+        self.coalesced += 1
+        waiter = flight.wait()
+        try:
+            await flight.broadcast.follow(sink, True)
+            if not sink.started:
+                await waiter  # failed before the commit: raises its error
+            return True
+        except SidecarError as error:
+            if sink.started or not worth_retrying(error) or last:
+                raise _copy(error) from None
+            return False
+        finally:
+            self._leave(flight, waiter)
 
     def _first_join(self, key: Hashable, broadcast: Broadcast) -> Flight[Any]:
         """The Flight of a stream nobody had joined yet, made by its first joiner (its leader is in LEADERS from

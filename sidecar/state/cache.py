@@ -45,9 +45,10 @@ COMPRESS_ABOVE = 4096  # bytes: larger answers go to Redis compressed
 # A Redis entry: a tag byte, the expiry (UNIX seconds, big-endian double), the answer (compressed for Z).
 PLAIN, COMPRESSED = b"P", b"Z"
 _EXPIRY = struct.Struct(">d")
-# What the memory tier keeps: answer bytes, or a function that makes them when the entry is first read (None:
-# no answer after all) — a finished stream is folded into its answer only if somebody asks for it.
-Stored = bytes | Callable[[], bytes | None]
+# What the memory tier keeps: answer bytes, or (fold, payloads, usage) — a finished stream's chunks as their JSON
+# payloads, comma-separated, folded into its answer only if somebody asks for it (``fold(payloads, usage)``;
+# None: no answer after all). A tuple, not an object that folds itself: one object fewer per stored stream.
+Stored = bytes | tuple[Callable[[bytes, Any], bytes | None], bytes, Any]
 # An answer's key: ``shared_key`` with a Redis tier (the same in every pod), else a hash only this process knows
 Key = str | int
 # Enum members as module constants: ``Endpoint.CHAT`` is a lookup through the enum's metaclass (~800 instructions)
@@ -156,7 +157,7 @@ class MemoryTier:
             del self.entries[key]
             return None
         if body.__class__ is not bytes:  # made on first read (a finished stream's fold)
-            body = body()  # type: ignore[operator]
+            body = body[0](body[1], body[2])  # type: ignore[index, operator]
             if body is None:
                 del self.entries[key]
                 return None
@@ -315,12 +316,12 @@ class ResponseCache:
     def put(self, key: Key, body: Stored) -> asyncio.Task[None] | None:
         """Store ``body``: in memory at once, in Redis in the background (the app's answer does not wait).
         Returns the store in the shared tier (None: no shared tier, or Redis is skipped) — a fleet lease ends
-        after it. A ``body`` made on first read is made now when it goes to Redis."""
+        after it. A stream kept as its payloads is folded now when it goes to Redis."""
         if self.remote is None or (self.gate is not None and not self.gate.open):  # memory only
             self.memory.set(key, body, self.ttl)
             return None
         if body.__class__ is not bytes:
-            body = body()  # type: ignore[operator]
+            body = body[0](body[1], body[2])  # type: ignore[index, operator]
             if body is None:
                 return None
         self.memory.set(key, body, self.ttl)

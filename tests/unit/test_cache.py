@@ -285,7 +285,7 @@ def _stream(pieces: list[str], finish: str | None = "stop") -> list[StreamChunk]
 def test_a_short_stream_is_kept_as_its_chunks_and_folded_by_the_first_lookup() -> None:
     usage = Usage(prompt_tokens=3, completion_tokens=2)
     stored = cached.stored_stream(_stream(["Hel", "lo"]), Outcome("g", usage=usage))
-    assert isinstance(stored, cached.Folding)
+    assert isinstance(stored, tuple)  # its payloads and usage, folded when first read
     memory = MemoryTier(4)
     memory.set("k", stored, 60)
     memory.set("later", b"x", 60)
@@ -319,7 +319,7 @@ async def test_a_kept_stream_is_folded_before_it_goes_to_redis() -> None:
     cache = ResponseCache(CacheSettings(type="redis", ttl=60, max_size=10), remote,
                           RedisGate("response cache", RedisSettings()))
     stored = cached.stored_stream(_stream(["Hi"]), Outcome("g"))
-    assert isinstance(stored, cached.Folding)
+    assert isinstance(stored, tuple)  # its payloads and usage, folded when first read
     await asyncio.gather(cache.put("k", stored))  # type: ignore[arg-type]
     body, _ = decode_entry(remote.data["k"])
     assert orjson.loads(body)["choices"][0]["message"]["content"] == "Hi"
