@@ -1,8 +1,8 @@
 """The response cache: whole answers to identical, deterministic requests, kept in memory or in Redis.
 
-``canonical`` is pure: the bytes of what determines an answer (endpoint, model group, the request body with
-sorted keys and without the fields that do not change the answer). With a Redis tier an answer's key is their
-blake2b digest (``cache_key``: alike in every pod); in memory alone, their hash (see ``ResponseCache.lookup``).
+An answer's key is made of what determines it: endpoint, model group and ``canonical_body`` (the request body
+with sorted keys and without the fields that do not change the answer). With a Redis tier it is their blake2b
+digest (``cache_key``: alike in every pod); in memory alone, their hash (see ``ResponseCache.lookup``).
 ``ResponseCache.lookup`` says which requests qualify:
 OpenAI-format chat, completions and embeddings, and Anthropic-format chat without Anthropic-only features —
 chat and completions only when deterministic (``temperature`` 0, ``n`` absent or 1) unless the mode is
@@ -79,30 +79,29 @@ def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
     return (zlib.decompress(body) if tag == COMPRESSED else body), expires_at
 
 
-def canonical(request: ChatRequest, generation: str = "", rule: str = "") -> bytes:
-    """What determines the answer, as bytes: the canonical body (sorted keys, without the fields that do not
-    change it), the endpoint, the model group, the ``generation`` — the digest of the deployment set, so answers
-    from a replaced set are never served — and the request ``rule`` that decided it (its answers are its own
-    deployments', no others')."""
+def canonical_body(request: ChatRequest) -> bytes:
+    """The request's body as far as it determines the answer: sorted keys, without the fields that do not change
+    it. (With the endpoint, the model group, the ``generation`` — the digest of the deployment set, so answers
+    from a replaced set are never served — and the request ``rule`` that decided it, it makes an answer's key.)"""
     body = request.body
     excluded = EXCLUDED_FIELDS.intersection(body)
     if excluded:  # copied only when there is something to leave out
         body = body.copy()
         for name in excluded:
             del body[name]
-    # ``endpoint`` is a str enum: ``join`` takes its value without the enum's ``.value`` property (Python code)
-    return (orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-            + "\0".join((request.endpoint, request.model, generation, rule)).encode())
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def cache_key(request: ChatRequest, generation: str = "", rule: str = "") -> str:
-    """The key of a request's answer in Redis: a digest of ``canonical``, the same in every pod."""
-    return shared_key(canonical(request, generation, rule))
+    """The key of a request's answer in Redis (and its cross-pod lock's), the same in every pod."""
+    return shared_key(canonical_body(request), request, generation, rule)
 
 
-def shared_key(canonical: bytes) -> str:
-    """A digest every pod makes alike: the key of Redis entries and cross-pod locks."""
-    return blake2b(canonical, digest_size=20).hexdigest()
+def shared_key(body: bytes, request: ChatRequest, generation: str, rule: str) -> str:
+    """A blake2b digest of ``canonical_body`` and the names beside it. (``endpoint`` is a str enum: ``join``
+    takes its value without the enum's ``.value`` property, Python code.)"""
+    return blake2b(body + "\0".join((request.endpoint, request.model, generation, rule)).encode(),
+                   digest_size=20).hexdigest()
 
 
 def directives(value: str | None) -> tuple[bool, bool]:
@@ -245,14 +244,16 @@ class ResponseCache:
             if not (store or lookup):
                 return None, None, False
         try:
-            data = canonical(request, generation, rule)
+            body = canonical_body(request)
         except TypeError:  # a value orjson cannot encode (bodies parsed by orjson never have one)
             return None, None, False
-        # Only this process keeps the answer: Python's own keyed SipHash of it, a tenth of blake2b's cost and as
-        # safe here. Its 64 bits make an accidental collision among the memory tier's entries a one in ~10^16
-        # event per lookup, and its key is random per process and never leaves it: nobody can aim a collision
-        # (to be served another's answer they would need a second preimage without the key).
-        key: Key = hash(data) if self.remote is None else shared_key(data)
+        # Only this process keeps the answer: Python's own hash of the body and names — the body's by keyed
+        # SipHash — a tenth of blake2b's cost and as safe here. Its 64 bits make an accidental collision among
+        # the memory tier's entries a one in ~10^16 event per lookup, and its key is random per process and never
+        # leaves it: nobody can aim a collision (to be served another's answer they would need a second preimage
+        # without the key).
+        key: Key = (hash((body, request.endpoint, request.model, generation, rule)) if self.remote is None
+                    else shared_key(body, request, generation, rule))
         if not lookup:
             return key, None, False
         if key not in self.memory.entries:  # a miss without the memory tier's call (most are misses)

@@ -69,6 +69,17 @@ def test_the_key_is_stable_and_names_the_group_and_endpoint() -> None:
     assert key != cache_key(request(), rule="r1") != cache_key(request(), rule="r2")
 
 
+def test_a_memory_only_key_names_the_body_group_endpoint_generation_and_rule() -> None:
+    cache = ResponseCache(CacheSettings())
+    key = cache.lookup(request(), {}, "gen")[0]
+    assert key is not None and key == cache.lookup(request({"user": "u", "stream": False}), {}, "gen")[0]
+    others = [cache.lookup(request(model="other"), {}, "gen")[0],
+              cache.lookup(request(endpoint=Endpoint.COMPLETIONS), {}, "gen")[0],
+              cache.lookup(request(), {}, "gen2")[0], cache.lookup(request(), {}, "gen", "r1")[0],
+              cache.lookup(request({"seed": 1}), {}, "gen")[0]]
+    assert key not in others and len(set(others)) == len(others)
+
+
 @pytest.mark.parametrize(("body", "kwargs", "expected"), [
     ({}, {}, True),
     ({"temperature": 0.0, "n": 1}, {}, True),
