@@ -139,7 +139,7 @@ class MemoryTier:
     __slots__ = ("clock", "entries", "max_size")
 
     def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
-        # key -> (expiry, answer or the function that makes it), oldest stored first. An OrderedDict: dropping
+        # key -> (expiry, answer or a stream to fold when first read), oldest stored first. An OrderedDict: dropping
         # a dict's first entry again and again leaves holes that every later next(iter(...)) walks over;
         # popitem(last=False) does not.
         self.entries: OrderedDict[Key, tuple[float, Stored]] = OrderedDict()
