@@ -87,4 +87,5 @@ bench-instructions: install
 # The shared SGLang pool: prefix-cache hit ratio, balance and TTFT per policy, against SGLang's own router (smg,
 # installed from PyPI into .bench-cache/smg by the script, not a project dependency), and the spill-over cost.
 bench-sglang: install
+	@$(REDIS_SERVER)
 	$(PY) bench/sglang.py $(BENCH_ARGS)

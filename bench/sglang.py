@@ -133,10 +133,42 @@ def start_sidecar(procs: Processes, workdir: Path, name: str, config: dict[str, 
     return f"http://127.0.0.1:{port}"
 
 
-def pool_config(urls: list[str], **extra: Any) -> dict[str, Any]:
+def pool_config(urls: list[str], redis: str | None = None, **extra: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {"log_level": "warning"}
+    if extra.get("replica_share") == "redis":
+        settings["redis"] = {"url": redis}
     return {"model_list": [{"model_name": "bench-model", "litellm_params": {
         "model": "sglang/bench-model", "replicas": [f"{u}/v1" for u in urls], "replica_poll_seconds": POLL_SECONDS,
-        **extra}}], "router_settings": {"timeout": 60}, "sidecar_settings": {"log_level": "warning"}}
+        **extra}}], "router_settings": {"timeout": 60}, "sidecar_settings": settings}
+
+
+class Redis:
+    """A redis-server on loopback for ``replica_share: redis`` (Debian's package; emptied before each run)."""
+
+    def __init__(self, procs: Processes, workdir: Path) -> None:
+        import shutil
+
+        self.port = free_port()
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("replica_share: redis needs redis-server (apt-get install -y redis-server)")
+        log = workdir / "redis.log"
+        child = procs.start([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], log)
+        wait_until(self._ping, child, log)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _ping(self) -> bool:
+        return self.flush() is None
+
+    def flush(self) -> Exception | None:
+        import redis
+
+        try:
+            redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2).flushall()
+        except redis.RedisError as error:
+            return error
+        return None
 
 
 def ensure_smg() -> Path | None:
@@ -262,8 +294,10 @@ def _pct(values: list[float], p: float) -> float:
 
 
 async def measure(session: aiohttp.ClientSession, replicas: Replicas, load: Any, target: Target,
-                  args: argparse.Namespace) -> dict[str, Any]:
+                  args: argparse.Namespace, redis: Redis | None = None) -> dict[str, Any]:
     await replicas.reset(session)
+    if redis is not None:
+        redis.flush()  # the fleet's placements of the previous run: their caches are gone too
     ttfts = await run_workload(session, load, target, args.concurrency, args.seed)
     stats = await replicas.stats(session, trace=args.explain)
     prompt = sum(s["prompt_tokens"] for s in stats)
@@ -384,9 +418,11 @@ async def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> di
             "round-robin (per pod)": lambda: round_robin(args.pods, replicas.urls),
             "least-loaded (per pod)": lambda: least_loaded(args.pods, replicas.urls)}
         variants = [(f"ours, {v}", yaml.safe_load("{" + v.replace("=", ": ") + "}")) for v in args.variant] or [
-            ("ours (4 sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"})]
+            ("ours (4 sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"}),
+            ("ours, replica_share: redis", {"replica_share": "redis"})]
+        redis = Redis(procs, workdir) if any(v.get("replica_share") == "redis" for _, v in variants) else None
         for name, extra in variants:
-            config = pool_config(replicas.urls, **{**tuning, **extra})
+            config = pool_config(replicas.urls, redis.url if redis is not None else None, **{**tuning, **extra})
             pods = [start_sidecar(procs, workdir, f"pod-{len(targets)}-{i}", config) for i in range(args.pods)]
             targets[name] = lambda pods=pods: per_pod(pods)
         smg = None if args.no_smg else ensure_smg()
@@ -399,7 +435,7 @@ async def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> di
             await replicas.set(session, cache_tokens=ws // 3)
             await ideal.set(session, cache_tokens=ws // 3 * 4)
             for name, target in targets.items():
-                runs.setdefault(name, []).append(await measure(session, replicas, load, target(), args))
+                runs.setdefault(name, []).append(await measure(session, replicas, load, target(), args, redis))
             runs.setdefault("ideal (1 replica, 4x cache)", []).append(
                 await measure(session, ideal, load, fixed(ideal.urls[0]), args))
         spill = await spill_over(session, procs, workdir, replicas, args.spill_samples)

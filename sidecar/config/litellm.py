@@ -250,6 +250,7 @@ LITELLM_PARAMS: dict[str, Key] = {
             replica_keep_factor="sglang replicas: load factor under which a conversation keeps its replica (ours)",
             replica_spread="sglang replicas: a ring key's home set, the lighter of its first k replicas first (ours)",
             replica_key="sglang replicas: the ring key, conversation or shared (ours)",
+            replica_share="sglang replicas: redis — long shared prefixes placed through Redis, fleet-wide (ours)",
             replica_health_path="sglang replicas: the health probe's path, /health or /ready (ours)"),
     **_done(**{name: "see AWS Bedrock" for name in (
         "aws_region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_role_name",

@@ -235,6 +235,9 @@ def parse(data: object, *, resolve_secrets: bool = True, environ: Mapping[str, s
     root.finish()
     if groups or patterns:
         router = resolve_groups(router, groups, patterns, problems)
+    if sidecar.shared.redis is None:
+        problems.extend(f"deployment '{d.id}': replica_share: redis needs a Redis (sidecar_settings.redis, or the "
+                        "cache's)" for g in groups.values() for d in g.deployments if d.replicas and d.replicas.share)
     for key, named in (("hedging", sidecar.hedging), ("breaker.groups", sidecar.breaker.groups)):
         problems.extend(f"sidecar_settings.{key}.{name}: unknown model group" for name in named
                         if groups and name not in groups)

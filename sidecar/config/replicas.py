@@ -14,6 +14,7 @@
       replica_keep_factor: 1.25         # a conversation leaves its replica above this x the mean (default: load)
       replica_spread: 1                 # a ring key's home set: the lighter of its first k replicas first
       replica_key: conversation         # or shared: a long system prompt (not the first user turn) is the key
+      replica_share: redis              # the fleet agrees, through Redis, where each long shared prefix lives
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ReplicaSettings:
     health_path: str = "/health"  # SGLang's generating probe; "/ready" checks a flag and generates nothing
     keep_factor: float | None = None  # the bound for keeping a conversation on its replica; None: load_factor
     spread: int = 1  # a ring key's home set: its first ``spread`` replicas, the lighter first (policy.ring.choose)
+    share: bool = False  # replica_share: redis — a long shared prefix's replicas are placed through Redis
 
 
 def replica_settings(params: Section, provider: str | None) -> ReplicaSettings | None:
@@ -56,6 +58,7 @@ def replica_settings(params: Section, provider: str | None) -> ReplicaSettings |
         "health_path": params.string("replica_health_path", "/health"),
         "keep_factor": params.number("replica_keep_factor", None, minimum=1.0),
         "spread": params.integer("replica_spread", 1, minimum=1),
+        "share": params.choice("replica_share", "none", ("none", "redis")) == "redis",
     }
     if not tuning["health_path"].startswith("/") or "?" in tuning["health_path"]:
         params.problem("replica_health_path", "expected a path such as /health or /ready")

@@ -59,7 +59,8 @@ class RingChoice:
     """A replica chosen (index into the ring's replicas, None when none may be chosen); ``position``: the
     key's point on the ring (-1 when least loaded); ``passed_over``: (replica index, load) of replicas skipped
     for their load, in ring order; ``how``: "ring", "sticky" (the replica this sidecar sent the conversation's
-    earlier turns to) or "least_loaded"."""
+    earlier turns to), "shared" (where the fleet's placement in Redis put the conversation's long shared prefix)
+    or "least_loaded"."""
 
     replica: int | None
     position: int
@@ -69,9 +70,9 @@ class RingChoice:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaChoice:
-    """The trail's record of one attempt's replica (names, never addresses): ``how`` is ring, sticky or least_loaded;
-    ``position`` the key's point on the ring; ``passed_over``: (replica, load) skipped for their load; ``load``
-    the chosen replica's load before this attempt."""
+    """The trail's record of one attempt's replica (names, never addresses): ``how`` is ring, sticky, shared or
+    least_loaded; ``position`` the key's point on the ring; ``passed_over``: (replica, load) skipped for their
+    load; ``load`` the chosen replica's load before this attempt."""
 
     deployment: str
     replica: str
@@ -134,6 +135,13 @@ def choose(ring: Ring, key: int, loads: Sequence[float], eligible: Sequence[bool
             return RingChoice(owner, start, tuple(passed), "ring")
         passed.append((owner, loads[owner]))
     return RingChoice(None, start, tuple(passed), "ring")
+
+
+def ring_order(ring: Ring, key: int, eligible: Sequence[bool]) -> list[int]:
+    """The eligible replicas in ring order from ``key``'s point, each once: the same on every sidecar."""
+    if not ring.points:
+        return []
+    return list(_clockwise(ring, bisect.bisect_left(ring.points, key) % len(ring.points), eligible))
 
 
 def _clockwise(ring: Ring, start: int, eligible: Sequence[bool]) -> Iterator[int]:

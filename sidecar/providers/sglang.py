@@ -22,10 +22,10 @@ per replica.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from hashlib import blake2b
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sidecar.config import Deployment
 from sidecar.config.replicas import ReplicaSettings
@@ -40,6 +40,7 @@ from sidecar.policy.ring import (
     choose,
     least_loaded,
     prefix_keys,
+    ring_order,
     within,
 )
 from sidecar.providers.base import Adapter, UpstreamCall, WrappingAdapter
@@ -91,14 +92,23 @@ class Replica:
 
 
 class Lease:
-    """One attempt's hold on a replica: set by ``SGLangAdapter.prepare``, released when the attempt ends."""
+    """One attempt's hold on a replica: set by ``SGLangAdapter.prepare``, released when the attempt ends.
+    ``placed``: where the fleet's placement (``replica_share: redis``) sent a new conversation, asked before."""
 
-    __slots__ = ("choice", "pool", "replica")
+    __slots__ = ("choice", "placed", "pool", "replica")
 
     def __init__(self, pool: ReplicaPool) -> None:
         self.pool = pool
         self.replica: Replica | None = None
         self.choice: ReplicaChoice | None = None
+        self.placed: Replica | None = None
+
+
+class Placement(Protocol):
+    """Where the fleet puts a new conversation under a long shared prefix (``state.placement``)."""
+
+    async def place(self, pool: str, prefix: int, replicas: list[str], factor: float) -> tuple[str, str] | None:
+        """(replica name, how) among ``replicas`` (eligible, in the prefix's ring order); None: place alone."""
 
 
 LEASE: ContextVar[Lease | None] = ContextVar("sidecar_sglang_lease", default=None)
@@ -118,6 +128,7 @@ class ReplicaPool:
         self.shared_first = settings.key == "shared"
         self.keep_factor = max(settings.keep_factor or settings.load_factor, settings.load_factor)
         self.conversations: OrderedDict[int, Replica] = OrderedDict()  # conversation key → its last replica
+        self.placement: Placement | None = None  # replica_share: redis (set by the server's assembly)
         self.on_change: Callable[[list[Replica], list[Replica]], None] | None = None  # pollers follow the set
         self.set_urls(settings.urls)
 
@@ -150,7 +161,9 @@ class ReplicaPool:
             return "pool_saturated"
         return None
 
-    def pick(self, body: Mapping[str, Any]) -> tuple[Replica | None, RingChoice]:
+    def pick(self, body: Mapping[str, Any], placed: Replica | None = None) -> tuple[Replica | None, RingChoice]:
+        """The replica for a request: its conversation's (sticky), else ``placed`` (the fleet's placement) while
+        it is eligible, else the ring's choice for its placement key; least loaded without a useful prefix."""
         eligible = self._eligible(self.clock())
         loads = [r.load() for r in self.replicas]
         keys = prefix_keys(body, self.shared_first)
@@ -161,11 +174,17 @@ class ReplicaPool:
         known = self.conversations.get(conversation)
         if known is not None and not known.removed:
             index = self.replicas.index(known)
-            if within(loads, eligible, self.keep_factor, index):
+            # placed by the fleet, a conversation stays while its replica is eligible: new conversations keep
+            # the balance, and moving one loses its cached history
+            if eligible[index] if self.placement is not None else within(loads, eligible, self.keep_factor, index):
                 self.conversations.move_to_end(conversation)
                 return known, RingChoice(index, -1, (), "sticky")
-        replica, choice = self._at(choose(self.ring, placement, loads, eligible, self.settings.load_factor,
-                                          self.settings.spread))
+        index = self.replicas.index(placed) if placed is not None and not placed.removed else -1
+        if index >= 0 and eligible[index]:
+            replica, choice = placed, RingChoice(index, -1, (), "shared")
+        else:
+            replica, choice = self._at(choose(self.ring, placement, loads, eligible, self.settings.load_factor,
+                                              self.settings.spread))
         if replica is not None:
             self.conversations[conversation] = replica
             self.conversations.move_to_end(conversation)
@@ -173,20 +192,42 @@ class ReplicaPool:
                 self.conversations.popitem(last=False)
         return replica, choice
 
+    async def place(self, body: Mapping[str, Any]) -> Replica | None:
+        """Where the fleet's placement sends a new conversation under a long shared prefix (one Redis round
+        trip, bounded); None for anything else — a later turn, no long shared prefix, Redis away."""
+        keys = prefix_keys(body, True)
+        if self.placement is None or keys is None or keys[0] == keys[1]:
+            return None
+        shared, conversation = keys
+        known = self.conversations.get(conversation)
+        if known is not None and not known.removed:
+            return None
+        order = ring_order(self.ring, shared, self._eligible(self.clock()))
+        if not order:
+            return None
+        replicas = self.replicas
+        answer = await self.placement.place(self.deployment.id, shared, [replicas[i].name for i in order],
+                                            self.settings.load_factor)
+        if answer is None:
+            return None
+        return next((replicas[i] for i in order if replicas[i].name == answer[0]), None)
+
     def _at(self, choice: RingChoice) -> tuple[Replica | None, RingChoice]:
         return (self.replicas[choice.replica] if choice.replica is not None else None), choice
 
     def lease(self, request: ChatRequest) -> Replica:
         """Choose the attempt's replica and count it in flight (under the current ``Lease`` if any)."""
-        replica, choice = self.pick(request.body)
+        lease = LEASE.get()
+        if lease is not None and lease.pool is not self:
+            lease = None
+        replica, choice = self.pick(request.body, lease.placed if lease is not None else None)
         if replica is None:
             error = UpstreamServerError("every replica of the shared deployment is busy", cause="pool_saturated")
             error.counts_as_failure = False
             raise error
         replica.inflight += 1
         replica.requests += 1
-        lease = LEASE.get()
-        if lease is not None and lease.pool is self:
+        if lease is not None:
             if lease.replica is not None:  # a second prepare in one attempt: hand the first back
                 lease.replica.inflight -= 1
             lease.replica = replica
@@ -194,9 +235,18 @@ class ReplicaPool:
                 (self.replicas[i].name, load) for i, load in choice.passed_over), replica.load() - 1)
         return replica
 
-    async def attempt(self, call: Awaitable[T], trail: list[object], usage: Callable[[T], Usage | None]) -> T:
-        """Run one attempt under a lease: in flight while it runs, what it teaches noted on its replica."""
+    async def attempt(self, call: Awaitable[T], trail: list[object], usage: Callable[[T], Usage | None],
+                      request: ChatRequest | None = None) -> T:
+        """Run one attempt under a lease: in flight while it runs, what it teaches noted on its replica. With
+        ``replica_share: redis``, a new conversation's placement is asked of Redis first (``place``)."""
         lease = Lease(self)
+        if self.placement is not None and request is not None:
+            try:
+                lease.placed = await self.place(request.body)
+            except BaseException:  # cancelled while asking: the attempt never starts
+                if isinstance(call, Coroutine):
+                    call.close()
+                raise
         token = LEASE.set(lease)
         try:
             result = await call

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from sidecar.config import Deployment
 from sidecar.core.errors import ContextWindowExceeded, SidecarError
-from sidecar.core.types import StreamChunk, Usage
+from sidecar.core.types import ChatRequest, StreamChunk, Usage
 from sidecar.policy.breaker import CircuitBreaker
 from sidecar.policy.limits import TokenBucket
 from sidecar.policy.quota import Quota
@@ -101,10 +101,11 @@ class Walk:
     it is made for every request, and a dataclass with default factories costs twice as much.)"""
 
     __slots__ = ("attempt", "deadline", "decision", "eligible", "limited", "needed", "needs", "opened", "outcome",
-                 "pending", "race", "refused", "rejected", "session", "too_long", "tried", "unlimited")
+                 "pending", "race", "refused", "rejected", "request", "session", "too_long", "tried", "unlimited")
 
-    def __init__(self, outcome: Outcome, attempt: Callable[[Target, float], Awaitable[object]], deadline: float,
-                 pending: deque[str], race: RaceState | None = None) -> None:
+    def __init__(self, request: ChatRequest, outcome: Outcome, attempt: Callable[[Target, float], Awaitable[object]],
+                 deadline: float, pending: deque[str], race: RaceState | None = None) -> None:
+        self.request = request
         self.outcome = outcome
         self.attempt = attempt
         self.deadline = deadline

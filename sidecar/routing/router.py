@@ -249,7 +249,7 @@ class Router:
     async def _route(self, request: ChatRequest, outcome: Outcome,
                      attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None,
                      decision: RuleDecision | None = None, session: str | None = None) -> T:
-        walk = Walk(outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
+        walk = Walk(request, outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
         walk.decision = decision
         if session is not None and (not self.affinity_groups or outcome.group in self.affinity_groups):
             walk.session = session
@@ -451,7 +451,8 @@ class Router:
                     result = await walk.attempt(target, walk.deadline)
                 else:
                     result = await target.pool.attempt(walk.attempt(target, walk.deadline), outcome.trail,
-                                                       lambda r: getattr(r, "usage", None) or outcome.usage)
+                                                       lambda r: getattr(r, "usage", None) or outcome.usage,
+                                                       walk.request)
             except UpstreamError as error:
                 if span is not None:
                     span.failed(error)

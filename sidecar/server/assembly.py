@@ -32,6 +32,7 @@ from sidecar.state.budgets import Budgets
 from sidecar.state.cache import ResponseCache
 from sidecar.state.fleet import Fleet, FleetBucket
 from sidecar.state.locks import FleetLocks
+from sidecar.state.placement import ReplicaPlacement
 from sidecar.state.semantic_share import SemanticShare
 from sidecar.telemetry import RequestMetrics
 
@@ -56,6 +57,7 @@ class Assembly:
     budgets: Budgets | None
     tasks: tuple[asyncio.Task[None], ...] = ()  # background work owned by this config (budget sync)
     fleet: Fleet | None = None  # fleet-wide rate limits' Redis side
+    placement: ReplicaPlacement | None = None  # sglang pools' replica_share: redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +84,12 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
     budgets, tasks = _budgets(config, previous)
     fleet = _fleet(config, previous, router)
     tasks = (*tasks, *(PoolWatcher(pool).start() for pool in router.pools()))  # sglang replicas' pollers
+    placement = _placement(config, previous, router)
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
                         generation=deployment_set_digest(config), coalescer=_coalescer(cache, previous))
     pipeline.semantic = _semantic(config, router, previous)
     pipeline.locks = _locks(pipeline, previous)
-    return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks, fleet)
+    return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks, fleet, placement)
 
 
 def _carried(previous: Assembly | None, changes: Changes | None) -> Mapping[str, Target]:
@@ -172,6 +175,21 @@ def _fleet(config: Config, previous: Assembly | None, router: Router) -> Fleet |
     return fleet
 
 
+def _placement(config: Config, previous: Assembly | None, router: Router) -> ReplicaPlacement | None:
+    """The Redis side of the sglang pools with ``replica_share: redis`` (the same one across a reload that
+    keeps the Redis and namespace: its client stays connected)."""
+    shared = config.sidecar.shared
+    pools = router.pools()
+    placement = previous.placement if previous is not None else None
+    if not any(pool.settings.share for pool in pools) or shared.redis is None:
+        placement = None
+    elif placement is None or placement.settings != shared.redis or placement.namespace != shared.namespace:
+        placement = ReplicaPlacement(shared.redis, shared.namespace)
+    for pool in pools:  # a pool carried over from a config that shared it may no longer
+        pool.placement = placement if pool.settings.share else None
+    return placement
+
+
 def _coalescer(cache: ResponseCache | None, previous: Assembly | None) -> Coalescer | None:
     """In-flight coalescing when the cache is on with ``coalesce`` (the same one across reloads: its flights'
     keys carry the deployment set's digest, and its counters go on)."""
@@ -241,6 +259,8 @@ async def retire(old: Assembly, successor: Assembly | None) -> None:
         await old.cache.aclose()
     if old.fleet is not None and (successor is None or successor.fleet is not old.fleet):
         await old.fleet.aclose()
+    if old.placement is not None and (successor is None or successor.placement is not old.placement):
+        await old.placement.aclose()
     semantic = old.pipeline.semantic
     if semantic is not None and (successor is None or successor.pipeline.semantic is not semantic):
         await semantic.aclose()

@@ -41,7 +41,8 @@ async def metrics(request: web.Request) -> web.Response:
     if state.budgets is not None:
         text += state.budgets.render()
     pipeline = state.pipeline
-    parts: list[Renders | None] = [state.assembly.fleet if state.assembly is not None else None]
+    assembly = state.assembly
+    parts: list[Renders | None] = [assembly.fleet, assembly.placement] if assembly is not None else []
     if pipeline is not None:
         parts += [pipeline.semantic, pipeline.coalescer, pipeline.locks]
     text += "".join(part.render() for part in parts if part is not None)

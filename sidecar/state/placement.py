@@ -1,0 +1,138 @@
+"""Where the fleet placed each long shared prefix of a shared SGLang pool: ``replica_share: redis``.
+
+Independent sidecars agree on a conversation's replica through the ring (``policy.ring``), but a system
+prompt shared by many conversations is placed by what each sidecar alone knows: in a pool's first seconds,
+or when many conversations start at once, every pod spreads its own new conversations, and the prompt ends up
+cached on every replica. With a Redis, a new conversation's first turn asks one Lua script (``PLACE``) where
+to go — the same question SGLang's cache-aware router answers from the tree of everything it routed:
+
+- Redis keeps, per pool, each replica's count of conversations placed (decayed with a half-life of
+  ``HALF_LIFE`` seconds: the fleet's recent placements, every pod's) and, per long prefix, the replicas it
+  was placed on (its holders, kept ``TTL`` seconds after the last placement);
+- the script sends the conversation to the least loaded holder still within the pool's load bound: ``factor``
+  x the mean, this conversation counted, but at least the mean + ``SLACK`` conversations — a new (prefix,
+  replica) pair costs a whole prefill of the prefix on that replica, while a few conversations over the mean
+  cost little and even out as other prefixes are placed; the slack matters while counts are small (a pool's
+  first seconds), the factor after. When no holder is within it, the least loaded eligible replica becomes one
+  more holder (ties: the prefix's ring order, so prefixes do not all start on the same replica);
+- the sidecar passes the replicas it may use now (healthy, not avoided, under the queue limit), so its own
+  view of health and queues still decides; later turns stay where the first went (the pool's memory).
+
+One round trip per new conversation under a long shared prefix, never per turn; bounded by
+``PLACE_TIMEOUT``; Redis slow, down or still being contacted → the sidecar places on its own (the ring), and
+the ``RedisGate`` keeps requests from each paying the timeout while Redis is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from hashlib import blake2b
+from typing import Any
+
+from sidecar.config.shared import RedisSettings
+from sidecar.state.redis import RedisGate, client, warm_up
+
+PLACE_TIMEOUT = 0.05  # seconds: slower, and the sidecar places on its own
+HALF_LIFE = 60.0  # seconds: the half-life of a replica's count of conversations placed
+SLACK = 4.0  # conversations a holder may carry over the mean before the prefix gets another holder (below)
+TTL = 600  # seconds a prefix's holders (and a pool's counts) are kept after the last placement
+
+# KEYS[1]: the pool's counts (replica name -> conversations placed, decayed; '@t': when last decayed);
+# KEYS[2]: the prefix's holders (replica name -> conversations placed). ARGV: load factor, slack, half-life, TTL, then
+# the eligible replicas' names in the prefix's ring order. Returns the chosen name and "holder" or "new".
+PLACE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local factor, slack, half, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local all = redis.call('HGETALL', KEYS[1])
+local counts = {}
+local at = now
+for i = 1, #all, 2 do
+  if all[i] == '@t' then at = tonumber(all[i + 1]) else counts[all[i]] = tonumber(all[i + 1]) end
+end
+local decay = 1
+if now > at then decay = math.pow(0.5, (now - at) / half) end
+local names, load, sum = {}, {}, 0
+for i = 5, #ARGV do
+  names[#names + 1] = ARGV[i]
+  load[#names] = (counts[ARGV[i]] or 0) * decay
+  sum = sum + load[#names]
+end
+local n = #names
+local mean = (sum + 1) / n
+local cap = math.max(factor * mean, mean + slack)
+local held = redis.call('HMGET', KEYS[2], unpack(names))
+local best, how = nil, 'holder'
+for i = 1, n do
+  if held[i] and load[i] + 1 <= cap and (best == nil or load[i] < load[best]) then best = i end
+end
+if best == nil then
+  how = 'new'
+  for i = 1, n do
+    if best == nil or load[i] < load[best] then best = i end
+  end
+end
+for name, count in pairs(counts) do counts[name] = count * decay end
+counts[names[best]] = (counts[names[best]] or 0) + 1
+local fields = {'@t', tostring(now)}
+for name, count in pairs(counts) do
+  if count >= 0.01 then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = tostring(count)
+  else
+    redis.call('HDEL', KEYS[1], name)
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('HINCRBY', KEYS[2], names[best], 1)
+redis.call('EXPIRE', KEYS[2], ttl)
+return {names[best], how}
+"""
+
+
+class ReplicaPlacement:
+    """The Redis side of ``replica_share: redis`` for every pool of one config: client, gate, counters."""
+
+    def __init__(self, settings: RedisSettings, namespace: str) -> None:
+        self.settings = settings
+        self.namespace = namespace
+        self.redis = client(settings)
+        self.gate = RedisGate("sglang replica placement", settings)
+        self.prefix = f"{namespace}:sglang:"
+        self.script: Any = self.redis.register_script(PLACE)
+        self.asked = 0  # placements asked of Redis
+        self.unanswered = 0  # of them, failed or too slow (the sidecar placed on its own)
+        self.warming = asyncio.ensure_future(warm_up(self.redis, self.gate))
+
+    async def place(self, pool: str, prefix: int, replicas: list[str], factor: float) -> tuple[str, str] | None:
+        """(replica name, "holder" or "new") for a new conversation under ``prefix`` in ``pool`` (a deployment
+        id), among ``replicas`` (eligible, in the prefix's ring order); None when Redis did not answer in time."""
+        if not self.warming.done() or not self.gate.open:
+            return None
+        tag = blake2b(pool.encode(), digest_size=6).hexdigest()  # one Cluster slot for a pool's keys
+        keys = [f"{self.prefix}{{{tag}}}:load", f"{self.prefix}{{{tag}}}:{prefix:016x}"]
+        self.asked += 1
+        try:
+            name, how = await asyncio.wait_for(self.script(keys=keys, args=[factor, SLACK, HALF_LIFE, TTL, *replicas]),
+                                               PLACE_TIMEOUT)
+        except Exception as error:
+            self.unanswered += 1
+            self.gate.failed(error)
+            return None
+        self.gate.succeeded()
+        return name.decode(), how.decode()
+
+    async def aclose(self) -> None:
+        self.warming.cancel()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    def render(self) -> str:
+        return ("# HELP llm_sidecar_sglang_placements_total New conversations' replicas asked of Redis "
+                "(replica_share: redis).\n# TYPE llm_sidecar_sglang_placements_total counter\n"
+                f"llm_sidecar_sglang_placements_total {self.asked}\n"
+                "# HELP llm_sidecar_sglang_placements_unanswered_total Of them, unanswered in time (placed by "
+                "this sidecar alone).\n# TYPE llm_sidecar_sglang_placements_unanswered_total counter\n"
+                f"llm_sidecar_sglang_placements_unanswered_total {self.unanswered}\n")
