@@ -112,6 +112,8 @@ def _plain_value(name: str) -> Any:
         return "none"
     if name == "replica_key":
         return "conversation"
+    if name == "replica_share":
+        return "none"
     if name == "replica_health_path":
         return "/ready"
     if name in ("organization", "api_version", "vertex_project", "vertex_location", "replica_dns_server"):
@@ -128,7 +130,7 @@ def test_every_implemented_deployment_key_is_read() -> None:
                               "stream_options": {"include_usage": True}, "modalities": ["text"],
                               "audio": {"voice": "x"}, "prediction": {"type": "content"},
                               "web_search_options": {}, "tool_choice": "auto", "user": "u", "service_tier": "auto",
-                              "reasoning_effort": "low", "verbosity": "low", "replica_share": "none"}
+                              "reasoning_effort": "low", "verbosity": "low"}
     skip = {"model", "api_key", "aws_role_name", "aws_web_identity_token", "model_id", "vertex_credentials",
             "litellm_credential_name", "custom_llm_provider", "anthropic_betas",
             "replicas"}  # anthropic_betas: anthropic and bedrock only; replicas: sglang only

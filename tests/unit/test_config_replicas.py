@@ -53,3 +53,14 @@ def test_the_health_path_is_a_path() -> None:
     assert config.parse(_sglang(replicas=["http://a:1/v1"])).deployments[0].replicas.health_path == "/health"
     assert any("replica_health_path" in p for p in _problems(_sglang(replicas=["http://a:1/v1"],
                                                                      replica_health_path="ready")))
+
+
+def test_replica_share_needs_a_redis() -> None:
+    assert any("replica_share: redis needs a Redis" in p for p in _problems(
+        _sglang(replicas=["http://a:1/v1"], replica_share="redis")))
+    assert any("replica_share" in p and "one of none, redis" in p for p in _problems(
+        _sglang(replicas=["http://a:1/v1"], replica_share="gossip")))
+    shared = config.parse({**_sglang(replicas=["http://a:1/v1"], replica_share="redis"),
+                           "sidecar_settings": {"redis": {"url": "redis://redis.infra:6379/0"}}})
+    assert shared.deployments[0].replicas.share and not shared.warnings
+    assert not config.parse(_sglang(replicas=["http://a:1/v1"])).deployments[0].replicas.share

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
@@ -11,6 +12,7 @@ from sidecar.config.replicas import ReplicaSettings
 from sidecar.core.errors import UpstreamServerError
 from sidecar.core.types import ChatRequest
 from sidecar.formats.sglang import Load
+from sidecar.policy.ring import prefix_keys
 from sidecar.providers.sglang import LEASE, Lease, Replica, ReplicaPool
 
 URLS = ("http://10.0.0.1:30000/v1", "http://10.0.0.2:30000/v1", "http://10.0.0.3:30000/v1")
@@ -192,3 +194,111 @@ def test_a_conversation_stays_until_the_keep_bound_and_a_new_one_goes_to_the_lig
     moved, choice = pool.pick(second)
     assert moved is not home and choice.how == "ring"
 
+
+
+class FakePlacement:
+    """The fleet's placement (``state.placement``) without Redis: answers with a chosen replica's name."""
+
+    def __init__(self, answer: str | None) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, int, list[str], float]] = []
+
+    async def place(self, pool: str, prefix: int, replicas: list[str], factor: float) -> tuple[str, str] | None:
+        self.asked.append((pool, prefix, replicas, factor))
+        return (self.answer, "holder") if self.answer is not None else None
+
+
+def _shared_pool(answer: str | None) -> tuple[ReplicaPool, FakePlacement]:
+    pool, _ = _pool(max_queue=8)
+    placement = FakePlacement(answer)
+    pool.placement = placement
+    return pool, placement
+
+
+def _run(pool: ReplicaPool, body: dict) -> tuple[Replica, object]:
+    """One attempt through ``pool.attempt``: the replica its lease chose and the trail's record."""
+    class Request:
+        pass
+
+    request = Request()
+    request.body = body  # type: ignore[attr-defined]
+    trail: list[object] = []
+
+    async def attempt() -> Replica:
+        return pool.lease(request)  # type: ignore[arg-type]
+
+    replica = asyncio.run(pool.attempt(attempt(), trail, lambda _: None, request))  # type: ignore[arg-type]
+    return replica, trail[0]
+
+
+def test_the_fleets_placement_decides_a_new_conversations_replica_and_later_turns_stay() -> None:
+    pool, placement = _shared_pool(None)
+    target = pool.replicas[2]
+    placement.answer = target.name
+    first, second, third = _turns("alpha", 3)
+    replica, record = _run(pool, first)
+    assert replica is target and record.how == "shared"  # type: ignore[attr-defined]
+    (name, prefix, offered, factor), = placement.asked
+    assert prefix == prefix_keys(first, True)[0]  # type: ignore[index]  # the system prompt's, not the conversation's
+    assert name == "sglang/m" and factor == 1.25 and sorted(offered) == sorted(r.name for r in pool.replicas)
+    # Later turns are not asked about, and stay even where the keep bound alone would move them: the fleet's
+    # placement keeps the balance; only an ineligible replica (unhealthy, avoided, queue full) lets one go.
+    target.observe(Load(running=6, waiting=0), 0)
+    replica, record = _run(pool, second)
+    assert replica is target and record.how == "sticky" and len(placement.asked) == 1  # type: ignore[attr-defined]
+    target.healthy = False
+    replica, record = _run(pool, third)
+    assert replica is not target and record.how == "ring"  # type: ignore[attr-defined]
+
+
+def test_the_fleet_is_asked_only_for_a_long_shared_prefix_and_offered_only_eligible_replicas() -> None:
+    pool, placement = _shared_pool(None)
+    short = {"model": "local", "messages": [{"role": "system", "content": "short"}, {"role": "user", "content": "x"}]}
+    _, record = _run(pool, short)
+    assert not placement.asked and record.how == "ring"  # type: ignore[attr-defined]
+    pool.replicas[0].healthy = False
+    placement.answer = pool.replicas[1].name
+    replica, record = _run(pool, _turns("beta", 1)[0])
+    assert pool.replicas[0].name not in placement.asked[0][2]
+    assert replica is pool.replicas[1] and record.how == "shared"  # type: ignore[attr-defined]
+
+
+def test_no_answer_or_an_answer_no_longer_eligible_falls_back_to_the_ring() -> None:
+    pool, placement = _shared_pool(None)
+    _, record = _run(pool, _turns("gamma", 1)[0])  # Redis away: the sidecar places alone
+    assert len(placement.asked) == 1 and record.how == "ring"  # type: ignore[attr-defined]
+    placement.answer = "r-unknown"  # a replica this sidecar no longer has
+    _, record = _run(pool, _turns("delta", 1)[0])
+    assert record.how == "ring"  # type: ignore[attr-defined]
+
+
+def test_an_attempt_cancelled_while_the_fleet_is_asked_never_starts() -> None:
+    pool, _ = _pool()
+    started: list[bool] = []
+
+    class Slow:
+        async def place(self, *args: object) -> tuple[str, str] | None:
+            await asyncio.sleep(10)
+            return None
+
+    pool.placement = Slow()
+
+    async def attempt() -> None:
+        started.append(True)
+
+    class Request:
+        body = _turns("epsilon", 1)[0]
+
+    call = attempt()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(pool.attempt(call, [], lambda _: None, Request()))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    # closed, not left to be collected unawaited ("coroutine ... was never awaited")
+    assert inspect.getcoroutinestate(call) == inspect.CORO_CLOSED
+    assert not started and all(r.inflight == 0 for r in pool.replicas)

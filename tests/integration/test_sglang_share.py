@@ -1,0 +1,152 @@
+"""``replica_share: redis``: sidecars agree through a real Redis where each long shared prefix of a shared SGLang
+pool lives — the placement script on its own, then two sidecars in front of emulated replicas, and a sidecar
+whose Redis is not there."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import requests
+
+from sidecar.config.shared import RedisSettings
+from sidecar.state import placement as placement_module
+from sidecar.state.placement import SLACK, ReplicaPlacement
+from sidecar.testing.sglang_cache import PAGE
+from tests.integration.procs import APP_KEY, RedisServer, Sidecar, free_port
+from tests.integration.sglang_procs import SGLangReplicas
+
+SYSTEM = "You are the support assistant of a large shop. " * 60  # a long shared prefix (> 2,048 characters)
+
+
+def _place(server: RedisServer, namespace: str, calls: list[tuple[str, int, list[str]]],
+           factor: float = 1.25) -> list[tuple[str, str] | None]:
+    """Each call's answer, through one ``ReplicaPlacement`` (warmed up first, as a sidecar's is)."""
+    async def main() -> list[tuple[str, str] | None]:
+        placement = ReplicaPlacement(RedisSettings(port=server.port), namespace)
+        await asyncio.wait({placement.warming})
+        try:
+            return [await placement.place(pool, prefix, names, factor) for pool, prefix, names in calls]
+        finally:
+            await placement.aclose()
+    return asyncio.run(main())
+
+
+def test_a_prefix_stays_on_its_holder_until_the_bound_then_gains_the_least_loaded(redis_server: RedisServer) -> None:
+    names = ["a", "b", "c"]
+    first = int(SLACK) + 2  # holder a takes conversations until a + 1 > mean + SLACK (the mean counting the new one)
+    answers = _place(redis_server, f"share{time.time_ns()}", [("pool", 1, names)] * (first + 2) + [
+        ("pool", 2, ["c", "b", "a"]), ("other-pool", 1, names)])
+    assert answers[0] == ("a", "new")  # nothing placed yet: the ring order breaks the tie
+    assert answers[1:first] == [("a", "holder")] * (first - 1)
+    assert answers[first] == ("b", "new")  # a is past the bound: the least loaded replica joins the holders
+    assert answers[first + 1] == ("b", "holder")  # the lighter holder
+    assert answers[first + 2] == ("c", "new")  # another prefix: the least loaded, in its own ring order
+    assert answers[first + 3] == ("a", "new")  # another pool counts apart
+
+
+def test_counts_decay_and_every_key_expires(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement_module, "HALF_LIFE", 0.02)
+    namespace = f"share{time.time_ns()}"
+    _place(redis_server, namespace, [("pool", 1, ["a", "b"])] * 3)
+    time.sleep(0.3)  # 15 half-lives: a's 3 decay below 0.01
+    assert _place(redis_server, namespace, [("pool", 2, ["b", "a"])]) == [("b", "new")]
+    client = redis.Redis(port=redis_server.port)
+    keys = client.keys(f"{namespace}:*")
+    assert len(keys) == 3  # the pool's counts and two prefixes' holders, in one Cluster slot (hash tag)
+    assert len({key.split(b"{")[1].split(b"}")[0] for key in keys}) == 1
+    counts = client.hgetall(next(k for k in keys if k.endswith(b":load")))
+    assert set(counts) == {b"@t", b"b"}  # a's decayed count was dropped
+    assert all(0 < client.ttl(key) <= placement_module.TTL for key in keys)
+
+
+def test_redis_away_costs_nothing_but_the_fleets_agreement() -> None:
+    async def main() -> tuple[Any, float, int]:
+        placement = ReplicaPlacement(RedisSettings(port=free_port()), "away")  # nothing listens there
+        await asyncio.wait({placement.warming})
+        started = time.monotonic()
+        answers = [await placement.place("pool", 1, ["a"], 1.25) for _ in range(20)]
+        spent = time.monotonic() - started
+        await placement.aclose()
+        return answers, spent, placement.asked
+    answers, spent, asked = asyncio.run(main())
+    assert answers == [None] * 20 and spent < 0.2
+    assert asked == 0  # the warm-up failed: the gate is shut, nobody pays a timeout
+
+
+# ---- two sidecars in front of emulated replicas -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicas(workdir: Path) -> Iterator[SGLangReplicas]:
+    procs = SGLangReplicas(workdir, 3, "--decode-per-token", "0.001", name="share")
+    yield procs
+    procs.stop()
+
+
+def _config(replicas: SGLangReplicas, redis_url: str, namespace: str) -> dict[str, Any]:
+    return {"model_list": [{"model_name": "local", "litellm_params": {
+        "model": "sglang/my-model", "replicas": replicas.api_bases, "replica_poll_seconds": 0.1,
+        "replica_share": "redis"}}],
+        "router_settings": {"timeout": 20, "num_retries": 0},
+        "sidecar_settings": {"redis": {"url": redis_url, "namespace": namespace}}}
+
+
+def _ask(sidecar: Sidecar, conversation: int, turns: int) -> list[str]:
+    """The replica that answered each turn of a conversation under ``SYSTEM``."""
+    client = openai.OpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+    messages: list[Any] = [{"role": "system", "content": SYSTEM},
+                           {"role": "user", "content": f"conversation {conversation} starts"}]
+    served = []
+    for turn in range(turns):
+        answer = client.chat.completions.create(model="local", messages=messages)
+        text = answer.choices[0].message.content or ""
+        served.append(text.split(":")[0])  # the emulator answers "<replica name>:0 <replica name>:1 …"
+        messages += [{"role": "assistant", "content": text}, {"role": "user", "content": f"turn {turn}"}]
+    return served
+
+
+def _metric(sidecar: Sidecar, name: str) -> float:
+    text = requests.get(f"{sidecar.admin_url}/metrics", timeout=5).text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_two_sidecars_put_a_shared_system_prompt_on_one_replica(workdir: Path, redis_server: RedisServer,
+                                                               replicas: SGLangReplicas) -> None:
+    namespace = f"share{time.time_ns()}"
+    sidecars = [Sidecar(_config(replicas, redis_server.url, namespace), workdir, f"share-{i}") for i in range(2)]
+    try:
+        deadline = time.monotonic() + 5
+        while _metric(sidecars[0], "llm_sidecar_sglang_placements_total") == 0 and time.monotonic() < deadline:
+            _ask(sidecars[0], 0, 1)  # until its Redis warm-up is done (it answers meanwhile, placed alone)
+            time.sleep(0.05)
+        replicas.reset()
+        served = [_ask(sidecars[n % 2], n + 1, 3) for n in range(4)]  # two conversations through each
+    finally:
+        for sidecar in sidecars:
+            sidecar.stop()
+    homes = {turns[0] for turns in served}
+    assert len(homes) == 1, served  # both sidecars placed all four where the first went (within the bound)
+    assert all(len(set(turns)) == 1 for turns in served), served  # and every later turn stayed
+    stats = sorted((replicas.state(i)["stats"] for i in range(3)), key=lambda s: s["requests"])
+    assert [s["requests"] for s in stats] == [0, 0, 12]
+    # the system prompt was prefilled once there, then reused by every conversation of both sidecars
+    assert stats[2]["cached_tokens"] >= 11 * (len(SYSTEM.split()) // PAGE * PAGE)
+
+
+def test_a_sidecar_whose_redis_is_away_still_routes(workdir: Path, replicas: SGLangReplicas) -> None:
+    sidecar = Sidecar(_config(replicas, f"redis://127.0.0.1:{free_port()}/0", "away"), workdir, "share-away")
+    try:
+        started = time.monotonic()
+        served = [_ask(sidecar, n, 2) for n in range(3)]
+        assert time.monotonic() - started < 10
+        assert all(len(set(turns)) == 1 for turns in served)  # the ring and the pool's memory, as without Redis
+        assert _metric(sidecar, "llm_sidecar_sglang_placements_unanswered_total") == 0  # the gate shut at start
+    finally:
+        sidecar.stop()
