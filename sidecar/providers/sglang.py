@@ -8,7 +8,8 @@ waiting on a poll: ``spill_reason`` (before an attempt: is any replica healthy a
 ``max_queue_per_replica``? if not, the deployment is skipped and the request goes straight to the group's other
 deployments and its fallbacks) and, through ``attempt``, which replica takes the attempt — the choice itself is
 ``policy.ring``: the conversation's prefix on a consistent-hash ring with bounded loads, least loaded when the
-request has no useful prefix.
+request has no useful prefix. With ``replica_share: redis`` a new conversation under a long shared prefix is
+placed by the fleet first (``place``, through ``state.placement``, before the attempt's ``prepare``).
 
 ``attempt`` wraps one attempt: it opens a ``Lease`` the adapter's ``prepare`` fills with the chosen replica
 (``SGLangAdapter`` rewrites the call's URL to it), counts the attempt in flight until it ends, and learns from
