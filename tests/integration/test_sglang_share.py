@@ -150,3 +150,27 @@ def test_a_sidecar_whose_redis_is_away_still_routes(workdir: Path, replicas: SGL
         assert _metric(sidecar, "llm_sidecar_sglang_placements_unanswered_total") == 0  # the gate shut at start
     finally:
         sidecar.stop()
+
+
+def test_the_script_runs_on_a_redis_cluster(workdir: Path) -> None:
+    from sidecar import config
+    from tests.integration.redis_ha import RedisClusterProcs
+
+    cluster = RedisClusterProcs(workdir, "share-cluster")
+    try:
+        settings = config.parse({"model_list": [{"model_name": "m", "litellm_params": {
+            "model": "openai/m", "api_key": "k"}}], "sidecar_settings": {"redis": {"url": cluster.url}}}
+        ).sidecar.shared.redis
+        assert settings is not None and settings.mode == "cluster"
+
+        async def main() -> list[tuple[str, str] | None]:
+            placement = ReplicaPlacement(settings, f"share{time.time_ns()}")
+            await asyncio.wait({placement.warming})
+            try:  # the pools' keys hash to different slots; each call's two keys share one (the hash tag)
+                return [await placement.place(f"pool-{n}", n, ["a", "b"], 1.25) for n in range(8)]
+            finally:
+                await placement.aclose()
+        assert asyncio.run(main()) == [("a", "new")] * 8
+        assert sum(1 for n in cluster.keys_per_node() if n) >= 2
+    finally:
+        cluster.stop()
