@@ -111,3 +111,35 @@ async def test_a_reload_keeps_an_sglang_pool_with_its_adapter_and_stops_only_the
     assert not pollers[0].done()
     await retire(new, None)
     assert pollers[0].cancelled() or pollers[0].done()
+
+
+async def test_a_reload_keeps_the_pools_redis_placement_and_retire_closes_it_once_unused() -> None:
+    def pool(share: bool) -> Any:
+        def edit(data: dict[str, Any]) -> None:
+            data["model_list"].append({"model_name": "local", "litellm_params": {
+                "model": "sglang/m", "replicas": ["http://10.0.0.1:30000/v1"],
+                **({"replica_share": "redis"} if share else {})}})
+            data["sidecar_settings"]["redis"] = {"url": "redis://127.0.0.1:1/0"}  # never reached here
+        return edit
+
+    proc = process()
+    old = await assemble(config(pool(True)), "d1", proc)
+    new = await assemble(config(pool(True)), "d2", proc, old)
+    placement = old.placement
+    assert placement is not None and new.placement is placement
+    shared_pool = new.router.pools()[0]
+    assert shared_pool.placement is placement
+    closed: list[bool] = []
+
+    async def aclose() -> None:
+        closed.append(True)
+
+    placement.aclose = aclose  # type: ignore[method-assign]
+    await retire(old, new)
+    assert not closed  # still the new assembly's
+    off = await assemble(config(pool(False)), "d3", proc, new)
+    assert off.placement is None and all(p.placement is None for p in off.router.pools())
+    await retire(new, off)
+    assert closed == [True]
+    await retire(off, None)
+    placement.warming.cancel()
