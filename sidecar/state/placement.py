@@ -7,8 +7,10 @@ cached on every replica. With a Redis, a new conversation's first turn asks one 
 to go — the same question SGLang's cache-aware router answers from the tree of everything it routed:
 
 - Redis keeps, per pool, each replica's count of conversations placed (decayed with a half-life of
-  ``HALF_LIFE`` seconds: the fleet's recent placements, every pod's) and, per long prefix, the replicas it
-  was placed on (its holders, kept ``TTL`` seconds after the last placement);
+  ``HALF_LIFE`` seconds: the fleet's recent placements, every pod's; one small hash per pool) and, per long
+  prefix, the replicas it was placed on (its holders, kept ``TTL`` seconds after the last placement, only
+  ``TTL_ONCE`` while one conversation has used it: apps that put a per-user detail in the system prompt make
+  one key per conversation, about 100 bytes each, for a minute);
 - the script sends the conversation to the least loaded holder still within the pool's load bound: ``factor``
   x the mean, this conversation counted, but at least the mean + ``SLACK`` conversations — a new (prefix,
   replica) pair costs a whole prefill of the prefix on that replica, while a few conversations over the mean
@@ -37,14 +39,17 @@ PLACE_TIMEOUT = 0.05  # seconds: slower, and the sidecar places on its own
 HALF_LIFE = 60.0  # seconds: the half-life of a replica's count of conversations placed
 SLACK = 4.0  # conversations a holder may carry over the mean before the prefix gets another holder (below)
 TTL = 600  # seconds a prefix's holders (and a pool's counts) are kept after the last placement
+TTL_ONCE = 60  # seconds for a prefix placed only once so far (a system prompt unique to one conversation)
 
 # KEYS[1]: the pool's counts (replica name -> conversations placed, decayed; '@t': when last decayed);
-# KEYS[2]: the prefix's holders (replica name -> conversations placed). ARGV: load factor, slack, half-life, TTL, then
-# the eligible replicas' names in the prefix's ring order. Returns the chosen name and "holder" or "new".
+# KEYS[2]: the prefix's holders (replica name -> conversations placed). ARGV: load factor, slack, half-life, TTL,
+# the TTL of a prefix placed once, then the eligible replicas' names in the prefix's ring order. Returns the chosen
+# name and "holder" or "new".
 PLACE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local factor, slack, half, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local factor, slack, half, ttl, once = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5])
 local all = redis.call('HGETALL', KEYS[1])
 local counts = {}
 local at = now
@@ -54,7 +59,7 @@ end
 local decay = 1
 if now > at then decay = math.pow(0.5, (now - at) / half) end
 local names, load, sum = {}, {}, 0
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   names[#names + 1] = ARGV[i]
   load[#names] = (counts[ARGV[i]] or 0) * decay
   sum = sum + load[#names]
@@ -86,8 +91,12 @@ for name, count in pairs(counts) do
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('HINCRBY', KEYS[2], names[best], 1)
-redis.call('EXPIRE', KEYS[2], ttl)
+local placed = redis.call('HINCRBY', KEYS[2], names[best], 1)
+if how == 'new' and placed == 1 and redis.call('HLEN', KEYS[2]) == 1 then
+  redis.call('EXPIRE', KEYS[2], math.min(ttl, once))  -- placed once: a prompt no other conversation shares, yet
+else
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 return {names[best], how}
 """
 
@@ -115,7 +124,7 @@ class ReplicaPlacement:
         keys = [f"{self.prefix}{{{tag}}}:load", f"{self.prefix}{{{tag}}}:{prefix:016x}"]
         self.asked += 1
         try:
-            name, how = await asyncio.wait_for(self.script(keys=keys, args=[factor, SLACK, HALF_LIFE, TTL, *replicas]),
+            name, how = await asyncio.wait_for(self.script(keys=keys, args=[factor, SLACK, HALF_LIFE, TTL, TTL_ONCE, *replicas]),
                                                PLACE_TIMEOUT)
         except Exception as error:
             self.unanswered += 1

@@ -5,6 +5,8 @@ whose Redis is not there."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +65,10 @@ def test_counts_decay_and_every_key_expires(redis_server: RedisServer, monkeypat
     assert len({key.split(b"{")[1].split(b"}")[0] for key in keys}) == 1
     counts = client.hgetall(next(k for k in keys if k.endswith(b":load")))
     assert set(counts) == {b"@t", b"b"}  # a's decayed count was dropped
-    assert all(0 < client.ttl(key) <= placement_module.TTL for key in keys)
+    ttls = {key: client.ttl(key) for key in keys}
+    assert all(0 < ttl <= placement_module.TTL for ttl in ttls.values())
+    assert [ttl <= placement_module.TTL_ONCE for key, ttl in sorted(ttls.items())] == [
+        key.endswith(f"{2:016x}".encode()) for key in sorted(ttls)]  # prefix 2, placed once, goes first
 
 
 def test_redis_away_costs_nothing_but_the_fleets_agreement() -> None:
@@ -174,3 +179,30 @@ def test_the_script_runs_on_a_redis_cluster(workdir: Path) -> None:
         assert sum(1 for n in cluster.keys_per_node() if n) >= 2
     finally:
         cluster.stop()
+
+
+def test_a_hung_redis_costs_one_timeout_then_nothing_until_it_answers_again(workdir: Path) -> None:
+    server = RedisServer(workdir, "share-hung")
+    try:
+        async def main() -> None:
+            placement = ReplicaPlacement(RedisSettings(port=server.port), f"share{time.time_ns()}")
+            placement.gate.backoff = 0.3
+            await asyncio.wait({placement.warming})
+            assert await placement.place("pool", 1, ["a", "b"], 1.25) == ("a", "new")
+            os.kill(server.process.pid, signal.SIGSTOP)  # Redis hangs: accepts nothing, answers nothing
+            try:
+                started = time.monotonic()
+                assert await placement.place("pool", 1, ["a", "b"], 1.25) is None
+                assert time.monotonic() - started < 0.25  # PLACE_TIMEOUT, not the socket's
+                asked = placement.asked
+                assert [await placement.place("pool", 1, ["a", "b"], 1.25) for _ in range(5)] == [None] * 5
+                assert placement.asked == asked and placement.unanswered == 1  # the gate is shut: nobody waits
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            await asyncio.sleep(0.4)  # past the backoff: the next call probes, and Redis answers again
+            answers = [await placement.place("pool", 1, ["a", "b"], 1.25) for _ in range(3)]
+            assert ("a", "holder") in answers
+            await placement.aclose()
+        asyncio.run(main())
+    finally:
+        server.stop()
