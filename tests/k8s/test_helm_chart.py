@@ -272,8 +272,20 @@ def test_sglang_deployment_and_sidecar_entry(chart):
 
     entries = {e["model_name"]: e["litellm_params"] for e in config_of(objects)["model_list"]}
     assert entries["qwen2.5-7b"]["model"] == "sglang/qwen2.5-7b"
-    assert entries["qwen2.5-7b"]["api_base"] == "http://demo-llm-sidecar-sglang:30000/v1"
+    # every replica's address from the headless Service: the sidecars route among them (prefix- and load-aware)
+    assert entries["qwen2.5-7b"]["api_base"] == "http://demo-llm-sidecar-sglang-headless:30000/v1"
+    assert entries["qwen2.5-7b"]["replicas"] == "dns"
     assert "gpt-4o-mini" in entries
+    from sidecar import config as sidecar_config  # the sidecar reads it: a pool discovered through DNS
+
+    pool = next(d for d in sidecar_config.parse(config_of(objects), resolve_secrets=False).deployments
+                if d.provider == "sglang")
+    assert pool.replicas is not None and pool.replicas.dns
+    through_service = render(chart, {**VALUE_SETS["sglang-jaeger"],
+                                     "sglang": {**SGLANG, "replicaRouting": False}})
+    entries = {e["model_name"]: e["litellm_params"] for e in config_of(through_service)["model_list"]}
+    assert entries["qwen2.5-7b"]["api_base"] == "http://demo-llm-sidecar-sglang:30000/v1"
+    assert "replicas" not in entries["qwen2.5-7b"]
 
 
 def test_jaeger_receives_the_sidecars_traces(chart):

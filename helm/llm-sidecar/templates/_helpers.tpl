@@ -104,7 +104,12 @@ sidecar_settings from values; with sglang.enabled a model_list entry for the sha
 {{- range $v.config.modelList }}{{ $models = append $models . }}{{ end -}}
 {{- if $v.sglang.enabled -}}
 {{- $served := default $v.sglang.modelPath $v.sglang.servedModelName -}}
-{{- $params := dict "model" (printf "sglang/%s" $served) "api_base" (printf "http://%s:%d/v1" (include "llm-sidecar.sglangService" .) (int $v.sglang.port)) -}}
+{{- $service := include "llm-sidecar.sglangService" . -}}
+{{- $params := dict "model" (printf "sglang/%s" $served) "api_base" (printf "http://%s:%d/v1" $service (int $v.sglang.port)) -}}
+{{- if $v.sglang.replicaRouting -}}
+{{- /* every replica's address from the headless Service: the sidecars choose among them (prefix- and load-aware) */ -}}
+{{- $params = dict "model" (printf "sglang/%s" $served) "api_base" (printf "http://%s-headless:%d/v1" $service (int $v.sglang.port)) "replicas" "dns" -}}
+{{- end -}}
 {{- $params = merge $params (deepCopy (default dict $v.sglang.litellmParams)) -}}
 {{- $models = append $models (dict "model_name" (default $served $v.sglang.modelName) "litellm_params" $params) -}}
 {{- end -}}
