@@ -76,7 +76,7 @@ def test_native_sidecar_reads_the_generated_config(built):
             assert key.removeprefix("file:/etc/llm-sidecar/keys/") in key_files
 
 
-def test_with_sglang_points_the_sidecar_at_its_service():
+def test_with_sglang_points_the_sidecar_at_its_replicas():
     objects = build("k8s/overlays/with-sglang")
     service = the(objects, "Service", "sglang")
     assert service["spec"]["type"] == "ClusterIP"
@@ -87,7 +87,8 @@ def test_with_sglang_points_the_sidecar_at_its_service():
     assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     config = yaml.safe_load(the(objects, "ConfigMap", "llm-sidecar-config")["data"]["config.yaml"])
     sglang = [e["litellm_params"] for e in config["model_list"] if e["litellm_params"]["model"].startswith("sglang/")]
-    assert [p["api_base"] for p in sglang] == [f"http://{service['metadata']['name']}:30000/v1"]
+    # every replica through the headless Service: the sidecar routes among them
+    assert [(p["api_base"], p["replicas"]) for p in sglang] == [("http://sglang-headless:30000/v1", "dns")]
 
 
 def test_k8s_root_builds_the_remote_only_variant():
