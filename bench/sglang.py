@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench-sglang`: how well independent sidecars fill a shared SGLang pool, against SGLang's own router.
 
-    python bench/sglang.py [--pods 4] [--conversations 16] [--turns 4] [--concurrency 6] [--no-smg] [--explain]
+    python bench/sglang.py [--pods 4] [--conversations 16] [--turns 4] [--concurrency 6] [--think 0.05]
+                           [--ramp 0] [--no-smg] [--explain]
                            [--variant 'replica_key=shared, replica_spread=2' ...]
 
 Four emulated SGLang replicas (``fake-provider --sglang``: the prefix-cache model, TTFT growing with uncached
@@ -212,8 +213,10 @@ Target = Callable[[int, list[dict]], Awaitable[tuple[str, Callable[[], None]]]] 
 
 
 async def run_workload(session: aiohttp.ClientSession, load: list[list[list[list[dict]]]], target: Target,
-                       concurrency: int, seed: int) -> list[float]:
-    """Every pod's conversations, ``concurrency`` at a time per pod; the TTFT of every request."""
+                       concurrency: int, seed: int, think: float = 0.05, ramp: float = 0.0) -> list[float]:
+    """Every pod's conversations, ``concurrency`` at a time per pod; the TTFT of every request. ``think``: the
+    longest pause between a conversation's turns; ``ramp``: each of a pod's ``concurrency`` slots starts at a
+    random moment within it (0: every slot at once, a cold start's burst)."""
     ttfts: list[float] = []
     rng = random.Random(seed)
 
@@ -224,9 +227,10 @@ async def run_workload(session: aiohttp.ClientSession, load: list[list[list[list
                 ttfts.append(await stream_ttft(session, url, messages))
             finally:
                 done()
-            await asyncio.sleep(rng.uniform(0.0, 0.05))  # the user reads, types
+            await asyncio.sleep(rng.uniform(0.0, think))  # the user reads, types
 
     async def pod_worker(pod: int, queue: asyncio.Queue[list[list[dict]]]) -> None:
+        await asyncio.sleep(rng.uniform(0.0, ramp))
         while not queue.empty():
             await conversation(pod, queue.get_nowait())
 
@@ -298,7 +302,7 @@ async def measure(session: aiohttp.ClientSession, replicas: Replicas, load: Any,
     await replicas.reset(session)
     if redis is not None:
         redis.flush()  # the fleet's placements of the previous run: their caches are gone too
-    ttfts = await run_workload(session, load, target, args.concurrency, args.seed)
+    ttfts = await run_workload(session, load, target, args.concurrency, args.seed, args.think, args.ramp)
     stats = await replicas.stats(session, trace=args.explain)
     prompt = sum(s["prompt_tokens"] for s in stats)
     cached = sum(s["cached_tokens"] for s in stats)
@@ -493,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--groups", type=int, default=6, help="distinct long system prompts")
     parser.add_argument("--concurrency", type=int, default=6, help="conversations at once per pod")
+    parser.add_argument("--think", type=float, default=0.05, help="the longest pause between turns (seconds)")
+    parser.add_argument("--ramp", type=float, default=0.0,
+                        help="each conversation slot starts within this many seconds (0: all at once)")
     parser.add_argument("--spill-samples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=3, help="workloads (seeds) each policy runs; rows are means")
