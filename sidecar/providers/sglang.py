@@ -96,13 +96,14 @@ class Lease:
     """One attempt's hold on a replica: set by ``SGLangAdapter.prepare``, released when the attempt ends.
     ``placed``: where the fleet's placement (``replica_share: redis``) sent a new conversation, asked before."""
 
-    __slots__ = ("choice", "placed", "pool", "replica")
+    __slots__ = ("choice", "keys", "placed", "pool", "replica")
 
     def __init__(self, pool: ReplicaPool) -> None:
         self.pool = pool
         self.replica: Replica | None = None
         self.choice: ReplicaChoice | None = None
         self.placed: Replica | None = None
+        self.keys: tuple[int, int] | None = None  # the request's prefix keys, when the placement computed them
 
 
 class Placement(Protocol):
@@ -162,16 +163,20 @@ class ReplicaPool:
             return "pool_saturated"
         return None
 
-    def pick(self, body: Mapping[str, Any], placed: Replica | None = None) -> tuple[Replica | None, RingChoice]:
+    def pick(self, body: Mapping[str, Any], placed: Replica | None = None,
+             keys: tuple[int, int] | None = None) -> tuple[Replica | None, RingChoice]:
         """The replica for a request: its conversation's (sticky), else ``placed`` (the fleet's placement) while
-        it is eligible, else the ring's choice for its placement key; least loaded without a useful prefix."""
+        it is eligible, else the ring's choice for its placement key; least loaded without a useful prefix.
+        ``keys``: ``prefix_keys(body, True)`` when already computed."""
         eligible = self._eligible(self.clock())
         loads = [r.load() for r in self.replicas]
-        keys = prefix_keys(body, self.shared_first)
+        if keys is None:
+            keys = prefix_keys(body, True)
         if keys is None:
             self.turn += 1
             return self._at(least_loaded(loads, eligible, self.turn))
-        placement, conversation = keys
+        shared, conversation = keys
+        placement = shared if self.shared_first else conversation
         known = self.conversations.get(conversation)
         if known is not None and not known.removed:
             index = self.replicas.index(known)
@@ -193,10 +198,10 @@ class ReplicaPool:
                 self.conversations.popitem(last=False)
         return replica, choice
 
-    async def place(self, body: Mapping[str, Any]) -> Replica | None:
-        """Where the fleet's placement sends a new conversation under a long shared prefix (one Redis round
-        trip, bounded); None for anything else — a later turn, no long shared prefix, Redis away."""
-        keys = prefix_keys(body, True)
+    async def place(self, keys: tuple[int, int] | None) -> Replica | None:
+        """Where the fleet's placement sends a new conversation under a long shared prefix (``keys``:
+        ``prefix_keys(body, True)``; one Redis round trip, bounded); None for anything else — a later turn, no
+        long shared prefix, Redis away."""
         if self.placement is None or keys is None or keys[0] == keys[1]:
             return None
         shared, conversation = keys
@@ -221,7 +226,8 @@ class ReplicaPool:
         lease = LEASE.get()
         if lease is not None and lease.pool is not self:
             lease = None
-        replica, choice = self.pick(request.body, lease.placed if lease is not None else None)
+        replica, choice = (self.pick(request.body) if lease is None else
+                           self.pick(request.body, lease.placed, lease.keys))
         if replica is None:
             error = UpstreamServerError("every replica of the shared deployment is busy", cause="pool_saturated")
             error.counts_as_failure = False
@@ -243,7 +249,8 @@ class ReplicaPool:
         lease = Lease(self)
         if self.placement is not None and request is not None:
             try:
-                lease.placed = await self.place(request.body)
+                lease.keys = prefix_keys(request.body, True)
+                lease.placed = await self.place(lease.keys)
             except BaseException:  # cancelled while asking: the attempt never starts
                 if isinstance(call, Coroutine):
                     call.close()

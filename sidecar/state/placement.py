@@ -92,7 +92,7 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
 local placed = redis.call('HINCRBY', KEYS[2], names[best], 1)
-if how == 'new' and placed == 1 and redis.call('HLEN', KEYS[2]) == 1 then
+if placed == 1 and redis.call('HLEN', KEYS[2]) == 1 then
   redis.call('EXPIRE', KEYS[2], math.min(ttl, once))  -- placed once: a prompt no other conversation shares, yet
 else
   redis.call('EXPIRE', KEYS[2], ttl)
@@ -124,8 +124,8 @@ class ReplicaPlacement:
         keys = [f"{self.prefix}{{{tag}}}:load", f"{self.prefix}{{{tag}}}:{prefix:016x}"]
         self.asked += 1
         try:
-            name, how = await asyncio.wait_for(self.script(keys=keys, args=[factor, SLACK, HALF_LIFE, TTL, TTL_ONCE, *replicas]),
-                                               PLACE_TIMEOUT)
+            args = [factor, SLACK, HALF_LIFE, TTL, TTL_ONCE, *replicas]
+            name, how = await asyncio.wait_for(self.script(keys=keys, args=args), PLACE_TIMEOUT)
         except Exception as error:
             self.unanswered += 1
             self.gate.failed(error)
