@@ -65,11 +65,15 @@ def client(settings: RedisSettings, socket_timeout: float = SOCKET_TIMEOUT) -> A
         return sentinel.master_for(settings.service or "mymaster", check_connection=False)
     if settings.mode == "cluster":
         from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         options = connection_options(settings, socket_timeout)
-        options.pop("retry")  # the cluster client retries on MOVED/ASK itself; the gate bounds the time
+        # the cluster client follows MOVED/ASK itself; one more try after a cluster error, at once (the gate
+        # bounds the time)
+        options["retry"] = Retry(NoBackoff(), 1)
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in settings.nodes], password=password,
-                            ssl=settings.ssl, cluster_error_retry_attempts=1, **options)
+                            ssl=settings.ssl, **options)
     return redis.asyncio.Redis(host=settings.host, port=settings.port, db=settings.db, password=password,
                                ssl=settings.ssl, **connection_options(settings, socket_timeout))
 
