@@ -422,7 +422,7 @@ async def bench(args: argparse.Namespace, procs: Processes, workdir: Path) -> di
             "round-robin (per pod)": lambda: round_robin(args.pods, replicas.urls),
             "least-loaded (per pod)": lambda: least_loaded(args.pods, replicas.urls)}
         variants = [(f"ours, {v}", yaml.safe_load("{" + v.replace("=", ": ") + "}")) for v in args.variant] or [
-            ("ours (4 sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"}),
+            (f"ours ({args.pods} sidecars, ring)", {}), ("ours, replica_key: shared", {"replica_key": "shared"}),
             ("ours, replica_share: redis", {"replica_share": "redis"})]
         redis = Redis(procs, workdir) if any(v.get("replica_share") == "redis" for _, v in variants) else None
         for name, extra in variants:
