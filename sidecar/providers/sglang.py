@@ -112,6 +112,9 @@ class Placement(Protocol):
     async def place(self, pool: str, prefix: int, replicas: list[str], factor: float) -> tuple[str, str] | None:
         """(replica name, how) among ``replicas`` (eligible, in the prefix's ring order); None: place alone."""
 
+    def record(self, pool: str, replica: str) -> None:
+        """A conversation this sidecar placed alone (the ring, least loaded): counted with the fleet's."""
+
 
 LEASE: ContextVar[Lease | None] = ContextVar("sidecar_sglang_lease", default=None)
 
@@ -174,7 +177,10 @@ class ReplicaPool:
             keys = prefix_keys(body, True)
         if keys is None:
             self.turn += 1
-            return self._at(least_loaded(loads, eligible, self.turn))
+            replica, choice = self._at(least_loaded(loads, eligible, self.turn))
+            if replica is not None and self.placement is not None:
+                self.placement.record(self.deployment.id, replica.name)
+            return replica, choice
         shared, conversation = keys
         placement = shared if self.shared_first else conversation
         known = self.conversations.get(conversation)
@@ -192,6 +198,8 @@ class ReplicaPool:
             replica, choice = self._at(choose(self.ring, placement, loads, eligible, self.settings.load_factor,
                                               self.settings.spread))
         if replica is not None:
+            if self.placement is not None and choice.how == "ring":
+                self.placement.record(self.deployment.id, replica.name)
             self.conversations[conversation] = replica
             self.conversations.move_to_end(conversation)
             if len(self.conversations) > CONVERSATIONS:

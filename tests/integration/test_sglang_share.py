@@ -206,3 +206,24 @@ def test_a_hung_redis_costs_one_timeout_then_nothing_until_it_answers_again(work
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_conversations_placed_alone_join_the_counts_in_batches(redis_server: RedisServer) -> None:
+    namespace = f"share{time.time_ns()}"
+
+    async def main() -> tuple[list[tuple[str, str] | None], int]:
+        placement = ReplicaPlacement(RedisSettings(port=redis_server.port), namespace)
+        await asyncio.wait({placement.warming})
+        for _ in range(10):
+            placement.record("pool", "a")  # the ring put ten conversations on a
+        placement.record("pool", "b")
+        await asyncio.sleep(placement_module.FLUSH_SECONDS + 0.2)
+        try:  # a new prefix whose ring order starts at a goes to the least loaded, c
+            return [await placement.place("pool", 7, ["a", "b", "c"], 1.25)], placement.flushes
+        finally:
+            await placement.aclose()
+    answers, flushes = asyncio.run(main())
+    assert answers == [("c", "new")] and flushes == 1  # one batch for the eleven
+    client = redis.Redis(port=redis_server.port)
+    counts = client.hgetall(next(k for k in client.keys(f"{namespace}:*") if k.endswith(b":load")))
+    assert 9.9 < float(counts[b"a"]) <= 10 and 0.99 < float(counts[b"b"]) <= 1 and 0.99 < float(counts[b"c"]) <= 1

@@ -202,6 +202,10 @@ class FakePlacement:
     def __init__(self, answer: str | None) -> None:
         self.answer = answer
         self.asked: list[tuple[str, int, list[str], float]] = []
+        self.recorded: list[str] = []
+
+    def record(self, pool: str, replica: str) -> None:
+        self.recorded.append(replica)
 
     async def place(self, pool: str, prefix: int, replicas: list[str], factor: float) -> tuple[str, str] | None:
         self.asked.append((pool, prefix, replicas, factor))
@@ -302,3 +306,18 @@ def test_an_attempt_cancelled_while_the_fleet_is_asked_never_starts() -> None:
     # closed, not left to be collected unawaited ("coroutine ... was never awaited")
     assert inspect.getcoroutinestate(call) == inspect.CORO_CLOSED
     assert not started and all(r.inflight == 0 for r in pool.replicas)
+
+
+def test_what_the_sidecar_places_alone_is_recorded_with_the_fleets_counts() -> None:
+    pool, placement = _shared_pool(None)
+    short = {"model": "local", "messages": [{"role": "user", "content": "no long system prompt"}]}
+    replica, record = _run(pool, short)  # the ring: recorded
+    assert record.how == "ring" and placement.recorded == [replica.name]  # type: ignore[attr-defined]
+    replica, record = _run(pool, {**short, "messages": [*short["messages"], {"role": "assistant", "content": "a"},
+                                                        {"role": "user", "content": "again"}]})
+    assert record.how == "sticky" and len(placement.recorded) == 1  # type: ignore[attr-defined]  # a later turn
+    placement.answer = pool.replicas[0].name
+    _, record = _run(pool, _turns("zeta", 1)[0])  # placed by the script, which counted it already
+    assert record.how == "shared" and len(placement.recorded) == 1  # type: ignore[attr-defined]
+    replica, record = _run(pool, {"model": "local", "messages": [{"role": "system", "content": "no user turn"}]})
+    assert record.how == "least_loaded" and placement.recorded[-1] == replica.name  # type: ignore[attr-defined]
