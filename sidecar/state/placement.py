@@ -151,12 +151,13 @@ class ReplicaPlacement:
         try:
             args = [HALF_LIFE, TTL, factor, SLACK, TTL_ONCE, *replicas]
             name, how = await asyncio.wait_for(self.place_script(keys=keys, args=args), PLACE_TIMEOUT)
+            answer = name.decode(), how.decode()  # anything else from Redis is a failure too
         except Exception as error:
             self.unanswered += 1
             self.gate.failed(error)
             return None
         self.gate.succeeded()
-        return name.decode(), how.decode()
+        return answer
 
     def record(self, pool: str, replica: str) -> None:
         """A new conversation the sidecar placed without the script (no long shared prefix; Redis away): it

@@ -227,3 +227,19 @@ def test_conversations_placed_alone_join_the_counts_in_batches(redis_server: Red
     client = redis.Redis(port=redis_server.port)
     counts = client.hgetall(next(k for k in client.keys(f"{namespace}:*") if k.endswith(b":load")))
     assert 9.9 < float(counts[b"a"]) <= 10 and 0.99 < float(counts[b"b"]) <= 1 and 0.99 < float(counts[b"c"]) <= 1
+
+
+def test_a_reply_that_is_not_a_placement_is_a_failure_not_a_crash(redis_server: RedisServer) -> None:
+    async def main() -> tuple[tuple[str, str] | None, int]:
+        placement = ReplicaPlacement(RedisSettings(port=redis_server.port), f"share{time.time_ns()}")
+        await asyncio.wait({placement.warming})
+
+        async def odd(**_: object) -> list[int]:
+            return [1, 2]  # what a wrong server (or a script of another version) might answer
+
+        placement.place_script = odd
+        try:
+            return await placement.place("pool", 1, ["a"], 1.25), placement.unanswered
+        finally:
+            await placement.aclose()
+    assert asyncio.run(main()) == (None, 1)
