@@ -243,3 +243,37 @@ def test_a_reply_that_is_not_a_placement_is_a_failure_not_a_crash(redis_server: 
         finally:
             await placement.aclose()
     assert asyncio.run(main()) == (None, 1)
+
+
+def test_the_route_span_says_the_fleet_placed_the_conversation(workdir: Path, redis_server: RedisServer,
+                                                               replicas: SGLangReplicas) -> None:
+    import uuid
+
+    from tests.integration.test_telemetry import Receiver, Tree
+
+    receiver = Receiver()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "50",
+           "OTEL_TRACES_SAMPLER": "always_on"}
+    sidecar = Sidecar(_config(replicas, redis_server.url, f"share{time.time_ns()}"), workdir, "share-traced", env=env)
+    try:
+        deadline = time.monotonic() + 5
+        while _metric(sidecar, "llm_sidecar_sglang_placements_total") == 0 and time.monotonic() < deadline:
+            _ask(sidecar, 0, 1)  # until the Redis warm-up is done
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+        messages: list[Any] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "traced"}]
+        hows = []
+        for _ in range(2):
+            request_id = uuid.uuid4().hex
+            answer = client.chat.completions.create(model="local", messages=messages,
+                                                    extra_headers={"x-request-id": request_id})
+            (event,) = Tree.of(receiver.trace(request_id)).events("replica")
+            hows.append(event["sidecar.sglang.how"])
+            assert event["sidecar.sglang.replica"].startswith("r-")  # a name, never an address
+            messages += [{"role": "assistant", "content": answer.choices[0].message.content},
+                         {"role": "user", "content": "and again"}]
+        assert hows == ["shared", "sticky"]
+    finally:
+        sidecar.stop()
+        receiver.stop()
