@@ -13,7 +13,9 @@ fresh caches, under each policy:
 
 - round-robin and least-loaded: per pod, client-side (each pod knows only its own requests), straight to the
   replicas;
-- ours: one sidecar process per pod, each with ``replicas: [the 4 URLs]`` (the bounded-load ring);
+- ours: one sidecar process per pod, each with ``replicas: [the 4 URLs]``: the defaults (the bounded-load
+  ring), ``replica_key: shared``, and ``replica_share: redis`` (a ``redis-server`` on loopback, started here and
+  emptied before each run);
 - SGLang's router ``smg`` (PyPI, installed into ``.bench-cache/smg``, never a project dependency) in front of the
   replicas, with ``--policy cache_aware`` and with ``--policy prefix_hash``; every pod sends to it;
 - the ideal: one replica with the combined cache capacity (for the hit ratio; its latency is one replica's).
