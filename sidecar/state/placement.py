@@ -173,22 +173,27 @@ class ReplicaPlacement:
         try:
             await asyncio.sleep(FLUSH_SECONDS)
             batch, self.pending = self.pending, {}
-            for pool, placed in batch.items():
-                if not self.warming.done() or not self.gate.open:
-                    return
-                args: list[object] = [HALF_LIFE, TTL]
-                for replica, count in placed.items():
-                    args += (replica, count)
-                try:
-                    await asyncio.wait_for(self.record_script(keys=[self._key(pool, "load")], args=args),
-                                           RECORD_TIMEOUT)
-                except Exception as error:
-                    self.gate.failed(error)
-                    return
-                self.gate.succeeded()
-                self.flushes += 1
+            await self._send(batch)
         finally:
             self.flushing = None
+        if self.pending:  # placed while this batch was on its way: the next batch, not whenever one more comes
+            self.flushing = asyncio.ensure_future(self._flush())
+
+    async def _send(self, batch: dict[str, dict[str, int]]) -> None:
+        for pool, placed in batch.items():
+            if not self.warming.done() or not self.gate.open:
+                return
+            args: list[object] = [HALF_LIFE, TTL]
+            for replica, count in placed.items():
+                args += (replica, count)
+            try:
+                await asyncio.wait_for(self.record_script(keys=[self._key(pool, "load")], args=args),
+                                       RECORD_TIMEOUT)
+            except Exception as error:
+                self.gate.failed(error)
+                return
+            self.gate.succeeded()
+            self.flushes += 1
 
     async def aclose(self) -> None:
         self.warming.cancel()

@@ -229,6 +229,32 @@ def test_conversations_placed_alone_join_the_counts_in_batches(redis_server: Red
     assert 9.9 < float(counts[b"a"]) <= 10 and 0.99 < float(counts[b"b"]) <= 1 and 0.99 < float(counts[b"c"]) <= 1
 
 
+def test_a_conversation_placed_while_a_batch_is_on_its_way_goes_in_the_next(redis_server: RedisServer) -> None:
+    namespace = f"share{time.time_ns()}"
+
+    async def main() -> int:
+        placement = ReplicaPlacement(RedisSettings(port=redis_server.port), namespace)
+        await asyncio.wait({placement.warming})
+        script, late = placement.record_script, ["b"]
+
+        async def sending(**kwargs: object) -> object:
+            while late:  # the ring places one more conversation while the first batch is on its way
+                placement.record("pool", late.pop())
+            return await script(**kwargs)
+
+        placement.record_script = sending
+        placement.record("pool", "a")
+        await asyncio.sleep(placement_module.FLUSH_SECONDS * 2 + 0.3)  # no further record() comes
+        try:
+            return placement.flushes
+        finally:
+            await placement.aclose()
+    assert asyncio.run(main()) == 2
+    client = redis.Redis(port=redis_server.port)
+    counts = client.hgetall(next(k for k in client.keys(f"{namespace}:*") if k.endswith(b":load")))
+    assert 0.99 < float(counts[b"a"]) <= 1 and 0.99 < float(counts[b"b"]) <= 1
+
+
 def test_a_reply_that_is_not_a_placement_is_a_failure_not_a_crash(redis_server: RedisServer) -> None:
     async def main() -> tuple[tuple[str, str] | None, int]:
         placement = ReplicaPlacement(RedisSettings(port=redis_server.port), f"share{time.time_ns()}")
