@@ -129,6 +129,8 @@ def _validate_message(message: object, where: str) -> None:
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise InvalidRequest("each content part must be an object with a 'type'",
                                      param=f"{where}.content[{j}]")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):  # read as text everywhere after
+                raise InvalidRequest("a text part's 'text' must be a string", param=f"{where}.content[{j}].text")
     elif content is None:
         if role != "assistant":
             raise InvalidRequest(f"'{where}.content' is required", param=f"{where}.content")

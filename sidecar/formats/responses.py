@@ -155,9 +155,9 @@ def _message(item: dict[str, Any], where: str, native: list[str]) -> dict[str, A
 def _part(part: object, at: str, native: list[str]) -> dict[str, Any] | None:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind in ("input_text", "output_text"):
-        return {"type": "text", "text": str(part.get("text", ""))}  # type: ignore[union-attr]
+        return {"type": "text", "text": _string(part, "text", at)}  # type: ignore[arg-type]
     if kind == "refusal":
-        return {"type": "refusal", "refusal": str(part.get("refusal", ""))}  # type: ignore[union-attr]
+        return {"type": "refusal", "refusal": _string(part, "refusal", at)}  # type: ignore[arg-type]
     if kind == "input_image":
         url = part.get("image_url")  # type: ignore[union-attr]
         if not isinstance(url, str) or not url:
@@ -175,6 +175,14 @@ def _part(part: object, at: str, native: list[str]) -> dict[str, Any] | None:
     raise InvalidRequest(f"'{at}.type': unknown content part type '{kind}'", param=f"{at}.type")
 
 
+def _string(part: dict[str, Any], field: str, at: str) -> str:
+    """A part's text, which must be a string (not stringified: that would change what was said)."""
+    value = part.get(field)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{at}.{field}' must be a string", param=f"{at}.{field}")
+    return value
+
+
 def _output_text(output: object, where: str) -> str:
     if isinstance(output, str):
         return output
@@ -184,7 +192,7 @@ def _output_text(output: object, where: str) -> str:
             if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text"):
                 raise InvalidRequest(f"'{where}[{k}]': only text can go back as a tool result to this upstream",
                                      param=f"{where}[{k}]")
-            texts.append(str(part.get("text", "")))
+            texts.append(_string(part, "text", f"{where}[{k}]"))
         return "".join(texts)
     raise InvalidRequest(f"'{where}' must be a string or an array of parts", param=where)
 

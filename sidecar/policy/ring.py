@@ -201,4 +201,14 @@ def prefix_keys(body: Mapping[str, Any], shared_first: bool = False) -> tuple[in
 
 
 def _text_length(messages: list[Any]) -> int:
-    return sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
+    """The characters of text in ``messages``: a string content, or the text parts of a list of parts (how
+    SDKs send a system prompt with ``cache_control`` or several blocks)."""
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(part["text"]) for part in content
+                         if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return total

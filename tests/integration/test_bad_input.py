@@ -141,20 +141,22 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.di
 DEEP = st.integers(100, 1030).map(lambda n: f"\u0000DEEP{n}\u0000")  # nested arrays, spliced in by ``encode``
 ANY = VALUES | DEEP
 TEXT = st.text(max_size=20)
+PARTS = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), min_size=1, max_size=2)
 TOOL = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
     {"name": st.sampled_from(["get_weather", "f"]), "parameters": st.just({"type": "object", "properties": {}})})})
 CHAT = st.fixed_dictionaries(
     {"model": st.sampled_from(list(GROUPS)),
-     "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user"]), "content": TEXT}),
+     "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user"]), "content": TEXT | PARTS}),
                           min_size=1, max_size=3)},
     optional={"temperature": st.floats(0, 2), "max_tokens": st.integers(1, 50), "stop": st.lists(TEXT, max_size=2),
               "tools": st.lists(TOOL, min_size=1, max_size=2), "stream": st.booleans(), "seed": st.integers(0, 9),
               "stream_options": st.just({"include_usage": True}), "user": TEXT})
 CHAT_PATHS = ["model", "messages", "messages.0", "messages.0.role", "messages.0.content", "messages.0.content.0",
+              "messages.0.content.0.type", "messages.0.content.0.text",
               "messages.0.name", "messages.0.tool_calls", "temperature", "top_p", "max_tokens", "n", "stop", "tools",
               "tools.0", "tools.0.function", "tool_choice", "response_format", "stream", "stream_options", "seed",
               "logit_bias", "metadata"]
-BLOCKS = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), min_size=1, max_size=2)
+BLOCKS = PARTS  # Anthropic's text blocks have the same shape
 MESSAGES_BODY = st.fixed_dictionaries(
     {"model": st.sampled_from(list(GROUPS)), "max_tokens": st.integers(1, 50),
      "messages": st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": TEXT | BLOCKS}), min_size=1,
@@ -227,3 +229,10 @@ def test_fuzzed_bodies_never_get_a_500(sidecar: Sidecar, primary: FakeProvider, 
 
 def test_the_fuzz_run_left_no_traceback(sidecar: Sidecar) -> None:
     assert "Traceback" not in sidecar.logs() and "unexpected error" not in sidecar.logs()
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+@pytest.mark.parametrize("text", [5, None, ["x"], {"a": 1}])
+def test_a_text_part_whose_text_is_not_a_string_is_a_400(sidecar: Sidecar, group: str, text: Any) -> None:
+    body = {"model": group, "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}
+    assert_error(post(sidecar, "/v1/chat/completions", body), 400, "messages[0].content[0].text")

@@ -76,6 +76,12 @@ def test_what_only_openai_can_serve_is_native_only() -> None:
     ({"input": [{"type": "function_call_output"}]}, "input[0].call_id"),
     ({"input": [{"type": "mystery"}]}, "input[0].type"), ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input[0].content[0].text"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text"),
+    ({"input": [{"role": "assistant", "content": [{"type": "refusal", "refusal": None}]}]},
+     "input[0].content[0].refusal"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": [1]}]}]},
+     "input[0].output[0].text"),
 ])
 def test_bad_requests_name_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:

@@ -120,6 +120,16 @@ def test_shared_placement_is_a_long_system_prompt() -> None:
     assert prefix_keys({"messages": [short, one[1]]}, True) == prefix_keys({"messages": [short, one[1]]})
 
 
+def test_a_system_prompt_sent_as_text_parts_is_as_long_as_its_text() -> None:
+    parts = {"role": "system", "content": [{"type": "text", "text": "x " * 600, "cache_control": {"type": "ephemeral"}},
+                                           {"type": "text", "text": "y " * 600}]}
+    one, two = ([parts, {"role": "user", "content": text}] for text in ("first", "second"))
+    shared_one, shared_two = prefix_keys({"messages": one}, True), prefix_keys({"messages": two}, True)
+    assert shared_one is not None and shared_two is not None and shared_one[0] == shared_two[0] != shared_one[1]
+    odd = {"role": "system", "content": [{"type": "text", "text": 5}, "x" * 4000, None]}  # no text: not counted
+    assert prefix_keys({"messages": [odd, one[1]]}, True) == prefix_keys({"messages": [odd, one[1]]})
+
+
 def test_within_is_the_bound_for_one_replica() -> None:
     loads, eligible = [6.0, 2.0, 2.0, 2.0], [True] * 4
     assert capacity(loads, eligible, 1.25) == 4.25  # mean (12 + 1) / 4 = 3.25: 1.25 x 3.25 = 4.06, mean + 1
