@@ -7,6 +7,7 @@ backend and ``/v1/loads?format=prometheus`` use ``sglang_…`` — both are acce
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,32 +26,48 @@ class Load:
     max_running: int | None = None
 
 
+MAX_COUNT = 1_000_000  # requests one rank may report running or waiting; past it (or not finite): a bad answer
+MAX_RANKS = 1024  # data-parallel ranks (or schedulers) one answer may list
+
+
 def parse_loads(body: bytes) -> Load:
-    """``GET /v1/loads`` → Load; ``ValueError`` when it is not the shape SGLang sends (no ``loads``)."""
+    """``GET /v1/loads`` → Load; ``ValueError`` when it is not the shape SGLang sends (no ``loads``) or a count
+    is not a plausible number (negative, huge, not finite: it would skew every choice in the pool)."""
     data = orjson.loads(body)
     loads = data.get("loads") if isinstance(data, dict) else None
-    if not isinstance(loads, list) or not loads or not all(isinstance(x, dict) for x in loads):
+    if not isinstance(loads, list) or not 0 < len(loads) <= MAX_RANKS or not all(isinstance(x, dict) for x in loads):
         raise ValueError("no loads in the answer")
     limits = [x.get("max_running_requests") for x in loads]
     return Load(
-        running=_sum(loads, "num_running_reqs"),
-        waiting=_sum(loads, "num_waiting_reqs"),
-        token_usage=max(_number(x.get("token_usage")) for x in loads),
-        cache_hit_rate=sum(_number(x.get("cache_hit_rate")) for x in loads) / len(loads),
-        max_running=sum(int(v) for v in limits) if all(isinstance(v, int) for v in limits) else None,
+        running=sum(_count(x.get("num_running_reqs")) for x in loads),
+        waiting=sum(_count(x.get("num_waiting_reqs")) for x in loads),
+        token_usage=max(_ratio(x.get("token_usage")) for x in loads),
+        cache_hit_rate=sum(_ratio(x.get("cache_hit_rate")) for x in loads) / len(loads),
+        max_running=sum(limits) if all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_COUNT
+                                       for v in limits) else None,
     )
 
 
-def _sum(loads: list[dict[str, Any]], key: str) -> float:
-    return sum(_number(x.get(key)) for x in loads)
+def _count(value: Any) -> float:
+    """A reported count: absent or not a number reads 0; out of range is a bad answer."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    if not 0 <= value <= MAX_COUNT:  # NaN fails this too
+        raise ValueError("a load count out of range")
+    return float(value)
 
 
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+def _ratio(value: Any) -> float:
+    """A reported ratio (token usage, cache hit rate), clamped to 0 to 1; anything else reads 0."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return 0.0
+    return min(max(float(value), 0.0), 1.0)
 
 
-_SAMPLE = re.compile(rb"^sglang[:_](num_running_reqs|num_queue_reqs|token_usage|cache_hit_rate)(?:\{[^}]*\})?\s+"
-                     rb"([-+0-9.eE]+|NaN)", re.MULTILINE)
+# one sample per line: a label set never spans lines (``[^}\n]``: an unclosed '{' must not scan the whole body)
+_SAMPLE = re.compile(rb"^sglang[:_](num_running_reqs|num_queue_reqs|token_usage|cache_hit_rate)(?:\{[^}\n]*\})?"
+                     rb"[ \t]+([-+0-9.eE]+|NaN)", re.MULTILINE)
+_COUNTS = (b"num_running_reqs", b"num_queue_reqs")
 
 
 def parse_metrics(text: bytes) -> Load:
@@ -62,9 +79,11 @@ def parse_metrics(text: bytes) -> Load:
         except ValueError:
             continue
         if number == number:  # not NaN
-            values.setdefault(name, []).append(number)
+            values.setdefault(name, []).append(_count(number) if name in _COUNTS else _ratio(number))
     if b"num_running_reqs" not in values and b"num_queue_reqs" not in values:
         raise ValueError("no SGLang load gauges in the exposition")
+    if max(len(v) for v in values.values()) > MAX_RANKS:
+        raise ValueError("more samples than schedulers")
     hit = values.get(b"cache_hit_rate", [0.0])
     return Load(running=sum(values.get(b"num_running_reqs", [])), waiting=sum(values.get(b"num_queue_reqs", [])),
                 token_usage=max(values.get(b"token_usage", [0.0])), cache_hit_rate=sum(hit) / len(hit))

@@ -30,7 +30,8 @@ from sidecar.providers.sglang import Replica, ReplicaPool
 log = logging.getLogger("sidecar.sglang")
 JITTER = 0.2
 POOL_TASK = "sglang-pool:"  # the name prefix of a pool's task (a reload keeps budget tasks, never these)
-MAX_POLL_BODY = 1024 * 1024  # a /metrics exposition is tens of KiB
+MAX_POLL_BODY = 1024 * 1024  # a /metrics exposition is tens of KiB; past this a poll answer is a bad answer
+MAX_HEALTH_BODY = 64 * 1024  # /health answers with an empty body: read at most this (the rest closes the connection)
 
 
 class PoolWatcher:
@@ -51,7 +52,9 @@ class PoolWatcher:
     async def _run(self) -> None:
         settings = self.pool.settings
         timeout = aiohttp.ClientTimeout(total=settings.poll_timeout)
-        self.session = aiohttp.ClientSession(timeout=timeout, trust_env=False,
+        # identity encoding, and no decompression: a small gzip answer must not inflate into a huge one
+        self.session = aiohttp.ClientSession(timeout=timeout, trust_env=False, auto_decompress=False,
+                                             headers={"Accept-Encoding": "identity"},
                                              connector=aiohttp.TCPConnector(limit=32, ttl_dns_cache=None))
         try:
             self._changed(list(self.pool.replicas), [])
@@ -120,31 +123,52 @@ class PoolWatcher:
     async def _health(self, replica: Replica) -> bool:
         assert self.session is not None
         try:
-            async with self.session.get(replica.root + self.pool.settings.health_path) as answer:
-                await answer.read()
+            url = replica.root + self.pool.settings.health_path
+            async with self.session.get(url, allow_redirects=False) as answer:
+                await _body(answer, MAX_HEALTH_BODY, strict=False)  # read, so the connection is kept
                 return answer.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
     async def _load(self, replica: Replica) -> Load | None:
+        """The replica's load from ``/v1/loads``, or from ``/metrics`` when the server has no ``/v1/loads``
+        (a 404: from then on) or its answer this time is not SGLang's shape; None when neither answers."""
         assert self.session is not None
         if replica.load_source == "loads":
             try:
-                async with self.session.get(f"{replica.root}/v1/loads", params={"include": "core,queues"}) as answer:
+                async with self.session.get(f"{replica.root}/v1/loads", params={"include": "core,queues"},
+                                            allow_redirects=False) as answer:
                     if answer.status == 200:
-                        return parse_loads(await answer.content.read(MAX_POLL_BODY))
+                        return parse_loads(await _body(answer, MAX_POLL_BODY))
                     if answer.status != 404:
                         return None
+                    replica.load_source = "metrics"  # an older server: read its gauges from now on
             except ValueError:
-                pass  # not the shape SGLang's /v1/loads has
+                pass  # not SGLang's shape, too large, or an implausible number: try the gauges this time
             except (aiohttp.ClientError, TimeoutError, OSError):
                 return None
-            replica.load_source = "metrics"  # no /v1/loads on this server: read its gauges instead
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError, ValueError):
-            async with self.session.get(f"{replica.root}/metrics") as answer:
+            async with self.session.get(f"{replica.root}/metrics", allow_redirects=False) as answer:
                 if answer.status == 200:
-                    return parse_metrics(await answer.content.read(MAX_POLL_BODY))
+                    return parse_metrics(await _body(answer, MAX_POLL_BODY))
         return None
+
+
+async def _body(answer: aiohttp.ClientResponse, cap: int, strict: bool = True) -> bytes:
+    """The whole body (however many reads it arrives in), at most ``cap`` bytes: past it, ``ValueError`` when
+    ``strict``, else what was read (leaving the rest unread closes the connection instead of reusing it)."""
+    if answer.content_length is not None and answer.content_length > cap and strict:
+        raise ValueError("poll answer too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in answer.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            if strict:
+                raise ValueError("poll answer too large")
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _host(ip: str) -> str:
