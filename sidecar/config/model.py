@@ -378,6 +378,11 @@ def _deployment(entry: Section, context: deployments.Context, seen_ids: set[str]
     if provider == "bedrock" and model is not None:
         aws, model, base_default, api_key = bedrock_settings(params, context.secrets, model)
     pool = replica_settings(params, provider)
+    if pool is not None and name is not None and WILDCARD in name:
+        # a wildcard entry becomes one deployment per model name asked for, each a pool nobody polls
+        params.problem("replicas", "a wildcard model_name cannot have replicas: give each served model its own "
+                                   "model_list entry")
+        pool = None
     if pool is not None and pool.urls:
         base_default = pool.urls[0]  # the static replicas are used instead of api_base
     api_base = params.string("api_base", base_default)

@@ -45,6 +45,9 @@ def test_replica_problems_have_locations() -> None:
         {"model_list": [{"model_name": "x", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k",
                                                                "replicas": ["http://a:1/v1"]}}]}))
     assert any("replicas" in p for p in _problems(_sglang(replicas=[])))
+    wildcard = {"model_list": [{"model_name": "sglang/*", "litellm_params": {
+        "model": "sglang/*", "api_base": "http://sglang:30000/v1", "replicas": ["http://a:1/v1", "http://b:1/v1"]}}]}
+    assert any("wildcard model_name cannot have replicas" in p for p in _problems(wildcard))
 
 
 def test_the_health_path_is_a_path() -> None:
