@@ -123,16 +123,17 @@ class Tracing:
         self.prices = {d.id: d.model_info for d in config.deployments}
         self.clients: dict[str, tuple[bytes, bytes]] = {}  # deployment id → (span name, fixed attributes)
         for d in config.deployments:
-            address = urlsplit(d.api_base)
             fixed: dict[str, Any] = {
                 "gen_ai.operation.name": "chat",
                 "gen_ai.provider.name": GENAI_PROVIDERS.get(d.provider, d.provider),
                 "gen_ai.request.model": d.model,
-                "server.address": address.hostname or "",
                 "sidecar.deployment": d.id,
             }
-            if address.port:
-                fixed["server.port"] = address.port
+            if d.replicas is None:  # an SGLang pool's attempt names its replica (sidecar.sglang.replica), no address
+                address = urlsplit(d.api_base)
+                fixed["server.address"] = address.hostname or ""
+                if address.port:
+                    fixed["server.port"] = address.port
             self.clients[d.id] = (otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed))
         self.strategy_label = ("sidecar.routing.strategy", config.router.routing_strategy)
 

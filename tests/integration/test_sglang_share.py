@@ -294,9 +294,13 @@ def test_the_route_span_says_the_fleet_placed_the_conversation(workdir: Path, re
             request_id = uuid.uuid4().hex
             answer = client.chat.completions.create(model="local", messages=messages,
                                                     extra_headers={"x-request-id": request_id})
-            (event,) = Tree.of(receiver.trace(request_id)).events("replica")
+            spans = receiver.trace(request_id)
+            (event,) = Tree.of(spans).events("replica")
             hows.append(event["sidecar.sglang.how"])
             assert event["sidecar.sglang.replica"].startswith("r-")  # a name, never an address
+            said = repr([(s.attributes, s.events) for s in spans])
+            assert not any(base.split("/")[2].split(":")[1] in said for base in replicas.api_bases)  # no port
+            assert "server.address" not in said
             messages += [{"role": "assistant", "content": answer.choices[0].message.content},
                          {"role": "user", "content": "and again"}]
         assert hows == ["shared", "sticky"]
