@@ -22,6 +22,7 @@ per replica.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
@@ -47,6 +48,8 @@ from sidecar.policy.ring import (
 from sidecar.providers.base import Adapter, UpstreamCall, WrappingAdapter
 
 T = TypeVar("T")
+log = logging.getLogger("sidecar.sglang")
+MAX_REPLICAS = 256  # replicas a pool routes among (the first in URL order); a set's change re-sorts their ring
 QUEUE_FULL = "queue is full"
 CONVERSATIONS = 8192  # conversations a pool remembers the replica of (about 1 MiB at most)
 AVOID_SECONDS = 1.0  # at least this long a replica that failed an attempt gets no new one (outlasts a retry's wait)
@@ -61,7 +64,7 @@ class Replica:
     def __init__(self, url: str) -> None:
         self.url = url
         self.root = url[:-3] if url.endswith("/v1") else url
-        self.name = "r-" + blake2b(url.encode(), digest_size=3).hexdigest()  # stable, and no address in spans
+        self.name = "r-" + blake2b(url.encode(), digest_size=6).hexdigest()  # stable, and no address in spans
         self.healthy = True  # until a poll says otherwise: a new sidecar routes at once
         self.running = self.waiting = 0.0
         self.max_running: int | None = None
@@ -141,16 +144,20 @@ class ReplicaPool:
         """A new replica set (static at start, or from DNS): kept replicas keep their state; removed ones
         get no new request while their requests finish."""
         known = {r.url: r for r in self.replicas}
-        wanted = sorted(set(urls))
+        found = sorted(set(urls))
+        wanted = found[:MAX_REPLICAS]  # a huge or hostile DNS answer: bounded, the same subset in every pod
         if wanted == [r.url for r in self.replicas]:
             return
+        if len(found) > MAX_REPLICAS:
+            log.warning("sglang replicas of %s: %d found, routing among the first %d", self.deployment.id,
+                        len(found), MAX_REPLICAS)
         replicas = [known.get(url) or Replica(url) for url in wanted]
         added = [r for r in replicas if r.url not in known]
         removed = [r for r in self.replicas if r.url not in set(wanted)]
         for replica in removed:
             replica.removed = True
         self.replicas = replicas
-        self.ring = build_ring([r.url for r in replicas])
+        self.ring = build_ring([r.url for r in replicas], previous=self.ring)
         if self.on_change is not None:
             self.on_change(added, removed)
 

@@ -78,6 +78,14 @@ def test_every_sidecar_builds_the_same_ring() -> None:
     assert build_ring(NAMES[:4]) == build_ring(list(NAMES[:4]))
 
 
+@settings(deadline=None, max_examples=50)
+@given(replica_sets, replica_sets)
+def test_a_ring_rebuilt_from_the_one_it_replaces_is_the_same_ring(before: list[str], after: list[str]) -> None:
+    """A DNS change re-sorts the kept replicas' points and hashes only the newcomers: the same ring."""
+    assert build_ring(after, previous=build_ring(before)) == build_ring(after)
+    assert build_ring(after, previous=build_ring([])) == build_ring(after)
+
+
 @given(st.lists(st.integers(0, 50).map(float), min_size=4, max_size=4), st.integers(0, 100))
 def test_bounded_loads_keep_max_within_the_factor(loads: list[float], key: int) -> None:
     choice = choose(build_ring(NAMES[:4]), key, loads, [True] * 4, 1.25)

@@ -13,7 +13,7 @@ from sidecar.core.errors import UpstreamServerError
 from sidecar.core.types import ChatRequest
 from sidecar.formats.sglang import Load
 from sidecar.policy.ring import prefix_keys
-from sidecar.providers.sglang import LEASE, Lease, Replica, ReplicaPool
+from sidecar.providers.sglang import LEASE, MAX_REPLICAS, Lease, Replica, ReplicaPool
 
 URLS = ("http://10.0.0.1:30000/v1", "http://10.0.0.2:30000/v1", "http://10.0.0.3:30000/v1")
 
@@ -321,3 +321,15 @@ def test_what_the_sidecar_places_alone_is_recorded_with_the_fleets_counts() -> N
     assert record.how == "shared" and len(placement.recorded) == 1  # type: ignore[attr-defined]
     replica, record = _run(pool, {"model": "local", "messages": [{"role": "system", "content": "no user turn"}]})
     assert record.how == "least_loaded" and placement.recorded[-1] == replica.name  # type: ignore[attr-defined]
+
+
+def test_a_pool_routes_among_at_most_max_replicas_the_same_ones_everywhere(caplog: pytest.LogCaptureFixture) -> None:
+    pool, _ = _pool()
+    urls = [f"http://10.0.{i // 250}.{i % 250}:30000/v1" for i in range(MAX_REPLICAS + 50)]
+    with caplog.at_level("WARNING", logger="sidecar.sglang"):
+        pool.set_urls(list(reversed(urls)))
+        pool.set_urls(urls)  # the same answer again: nothing changes, nothing said
+    assert [r.url for r in pool.replicas] == sorted(urls)[:MAX_REPLICAS]
+    assert len(pool.ring.replicas) == MAX_REPLICAS
+    assert [r.message for r in caplog.records] == [f"sglang replicas of sglang/m: {MAX_REPLICAS + 50} found, "
+                                                   f"routing among the first {MAX_REPLICAS}"]
