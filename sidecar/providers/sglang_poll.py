@@ -47,7 +47,7 @@ class PoolWatcher:
 
     def start(self) -> asyncio.Task[None]:
         """One task that owns everything (cancel it to stop the pollers and close their session)."""
-        return asyncio.create_task(self._run(), name=f"{POOL_TASK}{self.pool.deployment.id}")
+        return asyncio.create_task(self._run(), name=poller_name(self.pool))
 
     async def _run(self) -> None:
         settings = self.pool.settings
@@ -169,6 +169,11 @@ async def _body(answer: aiohttp.ClientResponse, cap: int, strict: bool = True) -
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def poller_name(pool: ReplicaPool) -> str:
+    """The name of ``pool``'s watcher task: this pool object's, not another pool's of the same deployment id."""
+    return f"{POOL_TASK}{pool.deployment.id}#{id(pool):x}"
 
 
 def _host(ip: str) -> str:

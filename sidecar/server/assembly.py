@@ -22,7 +22,7 @@ from sidecar.config.changes import Changes, compare, deployment_set_digest, equa
 from sidecar.config.shared import RedisSettings
 from sidecar.policy.limits import TokenBucket
 from sidecar.providers import http
-from sidecar.providers.sglang_poll import POOL_TASK, PoolWatcher
+from sidecar.providers.sglang_poll import POOL_TASK, PoolWatcher, poller_name
 from sidecar.routing.coalesce import Coalescer
 from sidecar.routing.outcome import Target
 from sidecar.routing.pipeline import Pipeline
@@ -83,13 +83,20 @@ async def assemble(config: Config, digest: str, process: Process, previous: Asse
     cache = _cache(config, previous)
     budgets, tasks = _budgets(config, previous)
     fleet = _fleet(config, previous, router)
-    tasks = (*tasks, *(PoolWatcher(pool).start() for pool in router.pools()))  # sglang replicas' pollers
+    tasks = (*tasks, *_pollers(router, previous))
     placement = _placement(config, previous, router)
     pipeline = Pipeline(router, process.metrics, cache=cache, budgets=budgets, tracing=tracing,
                         generation=deployment_set_digest(config), coalescer=_coalescer(cache, previous))
     pipeline.semantic = _semantic(config, router, previous)
     pipeline.locks = _locks(pipeline, previous)
     return Assembly(config, digest, router, pipeline, tracing, cache, budgets, tasks, fleet, placement)
+
+
+def _pollers(router: Router, previous: Assembly | None) -> tuple[asyncio.Task[None], ...]:
+    """The replicas' pollers of each SGLang pool; a pool carried over from ``previous`` keeps its task (a second
+    one would poll every replica twice until the old config's requests have drained)."""
+    running = {t.get_name(): t for t in previous.tasks} if previous is not None else {}
+    return tuple(running.get(poller_name(pool)) or PoolWatcher(pool).start() for pool in router.pools())
 
 
 def _carried(previous: Assembly | None, changes: Changes | None) -> Mapping[str, Target]:

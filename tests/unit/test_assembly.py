@@ -106,11 +106,21 @@ async def test_a_reload_keeps_an_sglang_pool_with_its_adapter_and_stops_only_the
     new_target = next(t for t in new.router.all_targets() if t.pool is not None)
     assert new_target.pool is old_target.pool and new_target.adapter.pool is new_target.pool  # type: ignore[attr-defined]
     pollers = [t for t in new.tasks if t.get_name().startswith("sglang-pool:")]
-    assert len(pollers) == 1 and pollers[0] not in old.tasks
+    assert len(pollers) == 1 and pollers[0] in old.tasks  # the kept pool's poller: one per replica, not two
     await retire(old, new)
     assert not pollers[0].done()
-    await retire(new, None)
+
+    def other(data: dict[str, Any]) -> None:
+        data["model_list"].append({"model_name": "local", "litellm_params": {
+            "model": "sglang/m", "replicas": ["http://10.0.0.1:30000/v1", "http://10.0.0.3:30000/v1"]}})
+
+    changed = await assemble(config(other), "d3", proc, new)
+    fresh = [t for t in changed.tasks if t.get_name().startswith("sglang-pool:")]
+    assert len(fresh) == 1 and fresh[0] is not pollers[0]  # another replica set: another pool, its own poller
+    await retire(new, changed)
     assert pollers[0].cancelled() or pollers[0].done()
+    await retire(changed, None)
+    assert fresh[0].cancelled() or fresh[0].done()
 
 
 async def test_a_reload_keeps_the_pools_redis_placement_and_retire_closes_it_once_unused() -> None:
