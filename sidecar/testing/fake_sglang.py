@@ -128,7 +128,8 @@ class Engine:
     async def release(self) -> None:
         self.running -= 1
         async with self.wakeup:
-            self.wakeup.notify()
+            # every waiter re-checks: one woken alone and cancelled before it runs (a client gone) loses the wakeup
+            self.wakeup.notify_all()
 
     def prefill(self, tokens: Sequence[str]) -> tuple[int, float]:
         """Cached tokens of the prompt and the prefill time; the prompt's pages become cached."""
