@@ -153,6 +153,14 @@ class UpstreamServerError(UpstreamError):
     error_class = "server_error"
 
 
+def unreadable(error: Exception, what: str) -> UpstreamServerError:
+    """``what`` (an answer, an event) from the upstream that a reader could not make sense of — its own
+    ``KeyError``, ``TypeError``, ``struct.error``…: a broken answer, failed over like a 5xx, never the sidecar's
+    own 500. The message names the exception's type only, never the upstream's text."""
+    return UpstreamServerError(f"the upstream sent {what} the sidecar could not read ({type(error).__name__})",
+                               upstream_status=200, cause="bad_answer")
+
+
 class UpstreamTimeout(UpstreamError):
     """``phase`` says which limit fired: connect, first_byte, idle, stall (the stream's own pace) or total."""
 

@@ -25,6 +25,7 @@ class Translated:
 
     event: Event
     chunks: list[dict[str, Any]] = field(default_factory=list)
+    parsed: bool = False  # a JSON object the translator read: only such an event rides along to a native app
 
 
 class AnthropicToOpenAI:
@@ -64,6 +65,7 @@ class AnthropicToOpenAI:
         if not isinstance(data, dict):
             self.skipped += 1
             return out
+        out.parsed = True
         kind = event.event or data.get("type")
         if kind == "error":
             raise common.StreamErrorEvent(data)

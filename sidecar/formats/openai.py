@@ -225,8 +225,29 @@ def parse_chunk(raw: bytes) -> StreamChunk:
         raise ValueError(f"stream event is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("stream event is not a JSON object")
+    if not _chunk_shaped(data):
+        raise ValueError("stream event is not a chat completion chunk")
     usage = data.get("usage")
     return StreamChunk(raw, data, usage_from(usage) if usage else None)
+
+
+def _chunk_shaped(data: dict[str, Any]) -> bool:
+    """Whether the parts every reader and encoder walks have their types: ``choices`` a list of objects,
+    each ``delta`` an object whose ``tool_calls`` is a list, ``usage`` an object (each may be absent)."""
+    choices = data.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list):
+            return False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                return False
+            delta = choice.get("delta")
+            if delta is None:
+                continue
+            if not isinstance(delta, dict) or not isinstance(delta.get("tool_calls") or [], list):
+                return False
+    usage = data.get("usage")
+    return usage is None or isinstance(usage, dict)
 
 
 def response_bytes(response: ChatResponse) -> bytes:

@@ -118,7 +118,10 @@ def _parse_block(block: bytes) -> Event | None:
 
 
 def encode_event(data: bytes, event: str | None = None) -> bytes:
-    """One SSE event. ``data`` must not contain a blank line (JSON from orjson never does)."""
+    """One SSE event. ``data`` with line breaks (an upstream's event of several ``data:`` lines) gets one
+    ``data:`` line per line, so that no line inside it can end the event or start another."""
+    if b"\n" in data:
+        data = data.replace(b"\n", b"\ndata: ")
     if event is None:
         return b"data: " + data + b"\n\n"
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"

@@ -136,7 +136,7 @@ class AnthropicStreamReader(TranslatingReader):
         out: list[StreamChunk] = []
         for item in translated:
             chunks = [StreamChunk(orjson.dumps(c), c, usage_from(c.get("usage"))) for c in item.chunks]
-            if self.native and item.event.data:
+            if self.native and item.parsed:  # an event nobody could read is skipped, not forwarded
                 if not chunks:
                     chunks = [StreamChunk(b"", {})]
                 chunks[0].native = encode_event(item.event.data, item.event.event)

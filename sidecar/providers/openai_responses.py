@@ -69,7 +69,7 @@ class ResponsesStreamReader(TranslatingReader):
         out: list[StreamChunk] = []
         for item in translated:
             chunks = [StreamChunk(orjson.dumps(c), c, usage_from(c.get("usage"))) for c in item.chunks]
-            if item.event.data:
+            if item.data is not None:  # an event nobody could read is skipped, not forwarded
                 if not chunks:
                     chunks = [StreamChunk(b"", {})]
                 chunks[0].native = encode_event(item.event.data, item.event.event)

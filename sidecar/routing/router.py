@@ -37,6 +37,7 @@ from sidecar.core.errors import (
     RuleRefused,
     SidecarError,
     UpstreamError,
+    unreadable,
 )
 from sidecar.core.types import ChatRequest, ChatResponse, Usage
 from sidecar.policy.affinity import AffinityTable, Sticky
@@ -581,7 +582,12 @@ class Router:
         fields = answer.quota_fields()  # a 429 is the breaker's (Retry-After); a success says what is left
         if fields is not None:
             self.observe_quota(target, fields)
-        return adapter.read_response(request, answer.body)
+        try:
+            return adapter.read_response(request, answer.body)
+        except UpstreamError:
+            raise
+        except Exception as error:  # the reader choked on what the upstream sent: a broken answer, failed over
+            raise unreadable(error, "an answer") from None
 
     def observe_quota(self, target: Target, fields: Mapping[str, str]) -> None:
         """An answer's rate-limit headers set the deployment's upstream quota (``policy.quota``)."""

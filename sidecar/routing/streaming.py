@@ -23,6 +23,7 @@ from sidecar.core.errors import (
     UpstreamBadRequest,
     UpstreamError,
     UpstreamServerError,
+    unreadable,
 )
 from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
 from sidecar.formats.continuation import Diverged, Splicer, StreamProgress, prefill_body
@@ -113,8 +114,9 @@ class StreamAttempt:
                 reader = adapter.stream_reader(request)
                 until, phase = first_byte, "first_byte"
                 pace = StallDetector(limits.idle(deployment), limits.stall)
-                waiting: float | None = None  # when the last wait for bytes began (after the first byte)
-                data = b"-"
+                waiting: float | None = None  # when the last wait for bytes began (after the first chunk)
+                answering = False  # the reader has made a chunk: keep-alive bytes before it (pings, comments) do
+                data = b"-"        # not stop the time-to-first-token limit
                 while data:
                     data = await upstream.next_chunk(until, phase)
                     if waiting is not None:
@@ -123,18 +125,15 @@ class StreamAttempt:
                     for piece in pieces:
                         chunks, failure = self._translate(reader, piece, splicer)
                         if chunks:
-                            if not sink.started:
-                                await self._commit(target, started)
-                            elif self.owner is not target and splicer is None:
-                                raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
-                            self.progress.observe(chunks)
-                            await sink.send(chunks)
+                            answering = True
+                            await self._deliver(target, chunks, started, splicer)
                         if failure is not None:
                             raise failure
                         if len(pieces) > 1:
                             await asyncio.sleep(0)  # a large read: the others run between its pieces
-                    waiting = limits.clock()
-                    until, phase = waiting + pace.limit, pace.phase
+                    if answering:
+                        waiting = limits.clock()
+                        until, phase = waiting + pace.limit, pace.phase
                 outcome.usage = reader.usage
                 outcome.skipped_events += reader.skipped
                 if not (reader.done or self.progress.finished):
@@ -146,6 +145,16 @@ class StreamAttempt:
         except UpstreamError as error:
             raise self._mark(error) from None
         await sink.finish()
+
+    async def _deliver(self, target: Target, chunks: list[StreamChunk], started: float,
+                       splicer: Splicer | None) -> None:
+        """Chunks for the app; the first commits this attempt (status and headers go out)."""
+        if not self.sink.started:
+            await self._commit(target, started)
+        elif self.owner is not target and splicer is None:
+            raise asyncio.CancelledError  # a hedged twin won the race; leave quietly
+        self.progress.observe(chunks)
+        await self.sink.send(chunks)
 
     def _translate(self, reader: StreamReader, data: bytes,
                    splicer: Splicer | None) -> tuple[list[StreamChunk], UpstreamError | None]:
@@ -160,6 +169,8 @@ class StreamAttempt:
             if not error.partial:
                 raise
             chunks, failure, error.partial = list(error.partial), error, ()
+        except Exception as error:  # the reader choked on what the upstream sent: a broken stream, failed over
+            raise unreadable(error, "an event") from None
         self.bytes_left -= len(data)
         self.events_left -= len(chunks)
         if self.bytes_left < 0 or self.events_left < 0:

@@ -59,8 +59,9 @@ class AnthropicStreamSink(SSESink):
 
     def _observe(self, native: bytes) -> None:
         """One native piece may hold several events (a translated upstream's, e.g. Bedrock's)."""
-        self.native_blocks += native.count(b"event: content_block_start")
-        if b"event: message_stop" in native:
+        lines = b"\n" + native  # an event line starts a line; the same words inside a text delta do not count
+        self.native_blocks += lines.count(b"\nevent: content_block_start\n")
+        if b"\nevent: message_stop\n" in lines:
             self.native_ended = True
 
     def _resumed(self, data: dict[str, Any]) -> bytes:

@@ -43,6 +43,8 @@ class Faults:
     stall_after: int | None = None
     malformed: bool = False
     malformed_event_at: int | None = None
+    odd_event: str | None = None  # the raw bytes written at malformed_event_at instead of the dialect's bad JSON
+    ping_every: float = 0.0  # streams: an SSE comment (": ping") this often while waiting the ttft, no tokens
     no_done: bool = False
     chunks: int = 5
     text: str = ""
@@ -185,7 +187,7 @@ async def stream_events(request: web.Request, events: list[bytes], *, malformed:
     response = web.StreamResponse(headers=headers or {"content-type": "text/event-stream",
                                                       "cache-control": "no-cache"})
     await response.prepare(request)
-    await sleep_watching(request, faults.ttft)
+    await _first_token_wait(request, response, faults)
     finished = False
     try:
         for i, data in enumerate(events):
@@ -199,7 +201,7 @@ async def stream_events(request: web.Request, events: list[bytes], *, malformed:
                 await response.write(error_event(faults))
                 break
             if faults.malformed_event_at == i:
-                await response.write(malformed)
+                await response.write(malformed if faults.odd_event is None else faults.odd_event.encode())
             await response.write(data)
             if faults.chunk_delay:
                 await asyncio.sleep(faults.chunk_delay)
@@ -212,6 +214,18 @@ async def stream_events(request: web.Request, events: list[bytes], *, malformed:
         if not finished:
             stats.disconnects += 1
     return response
+
+
+async def _first_token_wait(request: web.Request, response: web.StreamResponse, faults: Faults) -> None:
+    """The time to first token, with keep-alive comments in it when ``ping_every`` is set (as Anthropic's
+    ``ping`` events and OpenRouter's ``: OPENROUTER PROCESSING`` comments keep a slow answer's connection)."""
+    if faults.ping_every <= 0:
+        await sleep_watching(request, faults.ttft)
+        return
+    end = time.monotonic() + faults.ttft
+    while (left := end - time.monotonic()) > 0:
+        await sleep_watching(request, min(left, faults.ping_every))
+        await response.write(b": ping\n\n")
 
 
 async def sleep_watching(request: web.Request, seconds: float) -> None:

@@ -83,7 +83,8 @@ class FakeProvider:
         self.set(error_rate=0.0, fail_next=0, error_status=429, error_code=None, error_message=None,
                  error_param=None, error_event_at=None, endless=False, retry_after=None, latency=0.0,
                  ttft=0.0, chunk_delay=0.0, hang=False, reset=False, drop_after=None, stall_after=None,
-                 malformed=False, malformed_event_at=None, no_done=False, chunks=5, text="",
+                 malformed=False, malformed_event_at=None, odd_event=None, ping_every=0.0,
+                 no_done=False, chunks=5, text="",
                  require_key=None, reject_prefill=False, stream_exception=None, tool_call=None,
                  tool_arguments=None, reasoning="", quota_requests=None, finish_reason=None,
                  embedding_model="digest")

@@ -76,3 +76,11 @@ def test_a_long_line_is_decoded_in_linear_time() -> None:
     [event] = decoder.feed(b"\n\n")
     assert len(event.data) == 2048 * 16384
     assert time.process_time() - started < 10
+
+
+def test_an_event_of_several_data_lines_is_encoded_as_several_data_lines() -> None:
+    """A blank line inside an upstream's data must not end the event, nor let a line start another."""
+    encoded = encode_event(b"x\n\nevent: error\ndata: {}", "ping")
+    assert encoded == b"event: ping\ndata: x\ndata: \ndata: event: error\ndata: data: {}\n\n"
+    (event,) = SSEDecoder().feed(encoded)
+    assert (event.event, event.data) == ("ping", b"x\n\nevent: error\ndata: {}")
