@@ -72,8 +72,21 @@ class ChatRequest:
     extras: AnthropicExtras | None = None  # an Anthropic app's headers and translation hints
 
 
+MAX_TOKENS = 100_000_000  # tokens one answer may claim; an upstream saying more (or less than 0) is not believed
+
+
+def token_count(value: object) -> int:
+    """A token count an upstream reported: an int from 0 to ``MAX_TOKENS``; anything else reads 0 (a negative or
+    absurd count would run costs, budgets and metrics backwards or to the moon)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts of one answer (from the parsers' ``token_count``); cached tokens are part of the prompt."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.types import Usage
+from sidecar.core.types import MAX_TOKENS, Usage
 from sidecar.formats import common
 
 VERSION = "2023-06-01"
@@ -194,7 +194,7 @@ def usage_of(data: object, previous: Usage | None = None) -> Usage | None:
 
     def count(name: str) -> int | None:
         value = data.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS else None
 
     fresh, write, read = count("input_tokens"), count("cache_creation_input_tokens"), count("cache_read_input_tokens")
     prompt = base.prompt_tokens

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.types import Usage
+from sidecar.core.types import Usage, token_count
 from sidecar.formats import common
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -252,9 +252,9 @@ def usage_of(data: object) -> Usage | None:
     """Converse ``usage`` → Usage: ``inputTokens`` excludes cache reads and writes (as LiteLLM reads it)."""
     if not isinstance(data, dict):
         return None
-    fresh, read, write = _int(data.get("inputTokens")), _int(data.get("cacheReadInputTokens")), \
-        _int(data.get("cacheWriteInputTokens"))
-    return Usage(prompt_tokens=fresh + read + write, completion_tokens=_int(data.get("outputTokens")),
+    fresh, read, write = token_count(data.get("inputTokens")), token_count(data.get("cacheReadInputTokens")), \
+        token_count(data.get("cacheWriteInputTokens"))
+    return Usage(prompt_tokens=fresh + read + write, completion_tokens=token_count(data.get("outputTokens")),
                  cached_tokens=read)
 
 
@@ -264,14 +264,10 @@ def usage_dict(data: object) -> dict[str, Any] | None:
     if usage is None:
         return None
     out = common.usage_dict(usage)
-    write = _int(data.get("cacheWriteInputTokens"))  # type: ignore[union-attr]
+    write = token_count(data.get("cacheWriteInputTokens"))  # type: ignore[union-attr]
     if write:
         out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens, "cache_write_tokens": write}
     return out
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def finish_reason(stop_reason: object) -> str:

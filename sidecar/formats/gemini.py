@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.types import Usage
+from sidecar.core.types import Usage, token_count
 from sidecar.formats import common
 from sidecar.formats.sse import MAX_EVENT, Event, SSEDecoder
 
@@ -189,12 +189,11 @@ def usage_of(data: object) -> Usage | None:
         return None
 
     def count(name: str) -> int:
-        value = data.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        return token_count(data.get(name))
 
-    return Usage(prompt_tokens=count("promptTokenCount") + count("toolUsePromptTokenCount"),
-                 completion_tokens=count("candidatesTokenCount") + count("thoughtsTokenCount"),
-                 cached_tokens=count("cachedContentTokenCount"))
+    prompt = count("promptTokenCount") + count("toolUsePromptTokenCount")
+    return Usage(prompt_tokens=prompt, completion_tokens=count("candidatesTokenCount") + count("thoughtsTokenCount"),
+                 cached_tokens=min(count("cachedContentTokenCount"), prompt))
 
 
 class _Parts:

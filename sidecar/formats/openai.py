@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk, Usage
+from sidecar.core.types import ChatRequest, ChatResponse, Endpoint, StreamChunk, Usage, token_count
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -194,15 +194,9 @@ def usage_from(data: object) -> Usage | None:
         return None
     details = data.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(
-        prompt_tokens=_int(data.get("prompt_tokens")),
-        completion_tokens=_int(data.get("completion_tokens")),
-        cached_tokens=_int(cached),
-    )
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    prompt = token_count(data.get("prompt_tokens"))
+    return Usage(prompt_tokens=prompt, completion_tokens=token_count(data.get("completion_tokens")),
+                 cached_tokens=min(token_count(cached), prompt))
 
 
 def parse_response(raw: bytes, endpoint: Endpoint) -> ChatResponse:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.core.types import Usage
+from sidecar.core.types import Usage, token_count
 from sidecar.formats import common
 from sidecar.formats.sse import MAX_EVENT, Event, SSEDecoder
 
@@ -25,10 +25,10 @@ def chat_usage(usage: object) -> dict[str, Any] | None:
         return None
     details = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
     reasoning = usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else {}
-    prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    prompt, completion = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": int(details.get("cached_tokens") or 0)},
-            "completion_tokens_details": {"reasoning_tokens": int(reasoning.get("reasoning_tokens") or 0)}}
+            "prompt_tokens_details": {"cached_tokens": min(token_count(details.get("cached_tokens")), prompt)},
+            "completion_tokens_details": {"reasoning_tokens": token_count(reasoning.get("reasoning_tokens"))}}
 
 
 def finish_reason(response: dict[str, Any]) -> str:
