@@ -1,6 +1,6 @@
 """ConverseStream events → OpenAI chunks (and, for Anthropic apps, → Messages events: ``bedrock_anthropic``).
 
-The binary ``vnd.amazon.eventstream`` framing is botocore's job (``providers.bedrock``); what arrives here is
+The binary ``vnd.amazon.eventstream`` framing is ``formats.eventstream``'s job; what arrives here is
 each event's name and its decoded JSON payload (reference §A4). Per-block state is keyed on
 ``contentBlockIndex``; tool calls are numbered by tool blocks, not block indexes. The finish chunk is sent at
 ``messageStop``; usage (final) at ``metadata``, which sets ``done``.

@@ -33,7 +33,9 @@ from sidecar.formats import bedrock as wire
 from sidecar.formats.bedrock_anthropic import ConverseToAnthropic, converse_request, converse_to_message
 from sidecar.formats.bedrock_stream import ConverseToOpenAI
 from sidecar.formats.common import refuse_native_only
+from sidecar.formats.eventstream import FrameDecoder, FrameError, TooLarge
 from sidecar.formats.openai import usage_from
+from sidecar.formats.sse import MAX_EVENT
 from sidecar.policy import betas
 from sidecar.providers import aws_auth
 from sidecar.providers.anthropic import passthrough
@@ -130,7 +132,7 @@ class BedrockAdapter:
         translator = ConverseToOpenAI(id_=new_id("chatcmpl-"), model=model, created=int(time.time()),
                                       include_usage=request.include_usage)
         native = ConverseToAnthropic(id_=new_id("msg_"), model=model) if passthrough(request) else None
-        return BedrockStreamReader(translator, native)
+        return BedrockStreamReader(translator, native, self.deployment.max_sse_event_bytes)
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         error = classify_bedrock_error(status, headers, body)
@@ -142,41 +144,42 @@ class BedrockAdapter:
 class BedrockStreamReader(TranslatingReader):
     """ConverseStream bytes (any split) → OpenAI chunks; with ``native``, Anthropic events ride along."""
 
-    __slots__ = ("buffer", "native", "pending")
+    __slots__ = ("frames", "native")
     translator: ConverseToOpenAI
 
-    def __init__(self, translator: ConverseToOpenAI, native: ConverseToAnthropic | None) -> None:
-        from botocore.eventstream import EventStreamBuffer
-
+    def __init__(self, translator: ConverseToOpenAI, native: ConverseToAnthropic | None,
+                 max_event: int = MAX_EVENT) -> None:
         super().__init__(translator)
-        self.buffer = EventStreamBuffer()
+        self.frames = FrameDecoder(max_event)
         self.native = native
-        self.pending = 0  # bytes received that are not yet a whole message
 
     def feed(self, data: bytes) -> list[StreamChunk]:
-        from botocore.eventstream import ParserError
-
-        self.buffer.add_data(data)
-        self.pending += len(data)
+        broken: FrameError | None = None
+        try:
+            frames = self.frames.feed(data)
+        except FrameError as error:  # a bad CRC, length or header: the framing cannot be trusted past this point
+            frames, broken = error.frames, error
         out: list[StreamChunk] = []
         try:
-            for message in self.buffer:
-                self.pending -= message.prelude.total_length
-                out += self._message(message.headers, message.payload)
-        except ParserError:  # a bad CRC or length: the framing cannot be trusted past this point
-            raise with_partial(UpstreamServerError("the upstream's event stream is corrupt", upstream_status=200),
-                               out) from None
+            for headers, payload in frames:
+                out += self._message(headers, payload)
         except UpstreamError as error:  # an error or exception message
             raise with_partial(error, out) from None
+        if isinstance(broken, TooLarge):
+            raise with_partial(UpstreamServerError(f"an event of the upstream's stream is longer than "
+                                                   f"{self.frames.max_frame} bytes", upstream_status=200,
+                                                   cause="sse_event_too_large"), out)
+        if broken is not None:
+            raise with_partial(UpstreamServerError("the upstream's event stream is corrupt", upstream_status=200), out)
         return out
 
     def finish(self) -> list[StreamChunk]:
-        if self.pending and not (self.translator.done or self.translator.stopped):
+        if self.frames.pending and not (self.translator.done or self.translator.stopped):
             raise UpstreamServerError("the upstream's event stream was cut off mid-event", upstream_status=200)
         tail = self.native.finish() if self.native is not None else b""
         return [StreamChunk(b"", {}, native=tail)] if tail else []
 
-    def _message(self, headers: Mapping[str, Any], payload: bytes) -> list[StreamChunk]:
+    def _message(self, headers: Mapping[str, object], payload: bytes) -> list[StreamChunk]:
         kind = headers.get(":message-type")
         if kind == "error":
             raise classify_exception(str(headers.get(":error-code") or "InternalServerException"),
