@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import re
 import threading
 import time
@@ -221,9 +222,10 @@ def _retry_delay(details: list[Any]) -> float | None:
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             delay = str(detail.get("retryDelay", ""))
             try:
-                return float(delay.removesuffix("s"))
+                seconds = float(delay.removesuffix("s"))
             except ValueError:
                 return None
+            return seconds if math.isfinite(seconds) and seconds >= 0 else None  # "nan", "-5s": no advice
     return None
 
 

@@ -36,6 +36,9 @@ def test_gemini_errors() -> None:
     retry = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "34s"}]
     limited = classify_gemini_error(429, {}, gemini_body(429, "RESOURCE_EXHAUSTED", retry))
     assert isinstance(limited, RateLimited) and limited.retry_after == 34.0
+    for odd in ("nan", "-5s", "inf", "soon"):  # no advice, not a negative or endless pause
+        retry = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": odd}]
+        assert classify_gemini_error(429, {}, gemini_body(429, "RESOURCE_EXHAUSTED", retry)).retry_after is None
     assert isinstance(classify_gemini_error(503, {}, gemini_body(503, "UNAVAILABLE", [])), UpstreamServerError)
     bad_key = gemini_body(400, "INVALID_ARGUMENT", [{"reason": "API_KEY_INVALID"}])
     assert isinstance(classify_gemini_error(400, {}, bad_key), UpstreamAuthError)
