@@ -219,29 +219,34 @@ def parse_chunk(raw: bytes) -> StreamChunk:
         raise ValueError(f"stream event is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("stream event is not a JSON object")
-    if not _chunk_shaped(data):
-        raise ValueError("stream event is not a chat completion chunk")
     usage = data.get("usage")
     return StreamChunk(raw, data, usage_from(usage) if usage else None)
 
 
-def _chunk_shaped(data: dict[str, Any]) -> bool:
-    """Whether the parts every reader and encoder walks have their types: ``choices`` a list of objects,
-    each ``delta`` an object whose ``tool_calls`` is a list, ``usage`` an object (each may be absent)."""
+NO_CALLS: list[Any] = []
+
+
+def chunk_aborted(data: dict[str, Any]) -> bool:
+    """Whether a stream chunk ends in an ``abort`` finish (SGLang's), in the same pass that checks the parts every
+    reader and encoder walks: ``ValueError`` unless ``choices`` is a list of objects, each ``delta`` an object
+    whose ``tool_calls`` is a list, and ``usage`` an object (each may be absent)."""
+    aborted = False
     choices = data.get("choices")
     if choices is not None:
-        if not isinstance(choices, list):
-            return False
+        if type(choices) is not list:
+            raise ValueError("stream event's choices is not a list")
         for choice in choices:
-            if not isinstance(choice, dict):
-                return False
+            if type(choice) is not dict:
+                raise ValueError("stream event's choice is not an object")
             delta = choice.get("delta")
-            if delta is None:
-                continue
-            if not isinstance(delta, dict) or not isinstance(delta.get("tool_calls") or [], list):
-                return False
+            if delta is not None and (type(delta) is not dict or type(delta.get("tool_calls") or NO_CALLS) is not list):
+                raise ValueError("stream event's delta is not an object with a list of tool calls")
+            if choice.get("finish_reason") == "abort":
+                aborted = True
     usage = data.get("usage")
-    return usage is None or isinstance(usage, dict)
+    if usage is not None and type(usage) is not dict:
+        raise ValueError("stream event's usage is not an object")
+    return aborted
 
 
 def response_bytes(response: ChatResponse) -> bytes:

@@ -189,7 +189,8 @@ class OpenAIStreamReader:
                 continue
             try:
                 chunk = wire.parse_chunk(event.data)
-            except ValueError:
+                aborted = wire.chunk_aborted(chunk.data)
+            except ValueError:  # not JSON, or not shaped as a chunk
                 self.skipped += 1
                 continue
             if "error" in chunk.data:
@@ -198,7 +199,7 @@ class OpenAIStreamReader:
                 self.usage = chunk.usage
                 if self.drop_usage_chunk and not chunk.data.get("choices"):
                     continue
-            if _aborted(chunk.data):
+            if aborted:
                 raise with_partial(UpstreamServerError("the upstream aborted the generation mid-stream",
                                                        upstream_status=200), out)
             if self.fix_finish:
@@ -214,11 +215,6 @@ class OpenAIStreamReader:
         if openai_hosts.fix_finish(chunk.data, tools_seen=self.tools_seen):
             return StreamChunk(orjson.dumps(chunk.data), chunk.data, chunk.usage)
         return chunk
-
-
-def _aborted(data: dict) -> bool:  # type: ignore[type-arg]
-    choices = data.get("choices")
-    return bool(choices) and any(isinstance(c, dict) and c.get("finish_reason") == "abort" for c in choices)
 
 
 def in_band_error(data: dict) -> UpstreamError:  # type: ignore[type-arg]
