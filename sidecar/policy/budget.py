@@ -3,8 +3,9 @@ request for a model group may go ahead. Pure: the time (seconds since the UTC ep
 
 Windows are aligned to the epoch — window ``n`` of a budget with period ``p`` is ``[n·p, (n+1)·p)`` — so
 every sidecar agrees on them without talking. Spend is a local view: ``add`` counts this process's
-answers, ``observe`` merges a shared total (a Redis counter's reply) by taking the larger value, so a
-reply never undoes spend counted while it was in flight or while Redis was unreachable.
+answers (in ``spent`` and in ``own``, this process's part alone, which is what it shares), ``observe`` merges
+a shared total (the sum of every pod's part in Redis) by taking the larger value, so a reply never undoes
+spend counted while it was in flight or while Redis was unreachable.
 
 A budget may look at who asked (``Principal``: the inbound key's name and team, and the user): it covers only
 the teams, keys or users it names, and with ``per`` it is one limit per team, key or user — a window each,
@@ -64,13 +65,14 @@ class Exceeded:
 class BudgetWindow:
     """One budget's spend in its current window (for one team, key or user when the budget is ``per`` one)."""
 
-    __slots__ = ("id", "settings", "soft_noted", "spent", "synced", "window")
+    __slots__ = ("id", "own", "settings", "soft_noted", "spent", "synced", "window")
 
     def __init__(self, settings: BudgetSettings, id_: str | None = None) -> None:
         self.settings = settings
         self.id = id_ or settings.name  # the budget's name, or name/scope: its Redis key and metric label
         self.window = -1
         self.spent = 0.0
+        self.own = 0.0  # this process's part of ``spent`` (what it writes to Redis as its own field)
         self.soft_noted = False  # the soft limit was reported in this window
         self.synced = -1  # the window whose shared total was last merged (-1: none yet)
 
@@ -78,7 +80,7 @@ class BudgetWindow:
         """Move to the window ``now`` falls in (spend starts at zero there); return its number."""
         window = int(now // self.settings.period)
         if window != self.window:
-            self.window, self.spent, self.soft_noted = window, 0.0, False
+            self.window, self.spent, self.own, self.soft_noted = window, 0.0, 0.0, False
         return window
 
     def ends_at(self, window: int) -> float:
@@ -117,6 +119,7 @@ class BudgetLedger:
             window = self._carried(id_, previous)
             if window is not None and previous.settings.period == window.settings.period:
                 window.window, window.spent, window.synced = previous.window, previous.spent, previous.synced
+                window.own = previous.own
 
     def _carried(self, id_: str, previous: BudgetWindow) -> BudgetWindow | None:
         window = self.windows.get(id_)
@@ -192,16 +195,19 @@ class BudgetLedger:
                     continue
                 touched.append((window, window.roll(now)))
                 window.spent += cost
+                window.own += cost
         return touched
 
-    def observe(self, id_: str, window: int, total: float) -> BudgetWindow | None:
-        """Merge a shared total for window ``id_`` (ignored when that window is not the current one); the
-        window is synced."""
+    def observe(self, id_: str, window: int, total: float, own: float = 0.0) -> BudgetWindow | None:
+        """Merge a shared total for window ``id_`` (ignored when that window is not the current one), and
+        ``own``, this process's part of it as Redis has it (a window evicted and made again starts from it, so
+        this process never writes a smaller part over a larger one); the window is synced."""
         budget = self.windows.get(id_)
         if budget is None or window < budget.window:
             return None
         if window > budget.window:
-            budget.window, budget.spent, budget.soft_noted = window, 0.0, False
+            budget.window, budget.spent, budget.own, budget.soft_noted = window, 0.0, 0.0, False
         budget.spent = max(budget.spent, total)
+        budget.own = max(budget.own, own)
         budget.synced = window
         return budget

@@ -384,13 +384,15 @@ class Pipeline:
         cross-pod lock another pod may be making it: its stored answer, with no outcome (nothing spent here)."""
         lease: Lease | None = None
         stored: asyncio.Task[None] | None = None
-        if self.locks is not None:
+        deadline = None
+        if self.locks is not None:  # one timeout for the wait and the call: the wait counts against it
+            deadline = self.router.clock() + self.router.timeout
             found, lease = await self.locks.claim(key, self.router.timeout)  # type: ignore[arg-type]  # locks: Redis keys
             if found is not None:
                 return ChatResponse({} if chat.wire is WireFormat.OPENAI else cached.loads(found), raw=found), None, 0.0
         try:
             if route.cascade is None:  # ``_route``, without a coroutine of its own
-                response, outcome = await self.router.complete(chat, route.decision, route.session)
+                response, outcome = await self.router.complete(chat, route.decision, route.session, deadline=deadline)
                 earlier = 0.0
             else:
                 response, outcome, earlier = await self._route(chat, route)

@@ -182,10 +182,12 @@ class Router:
     # ---- entry points ---------------------------------------------------------------------------
 
     async def complete(self, request: ChatRequest, decision: RuleDecision | None = None,
-                       session: str | None = None, *, catch_all: bool = True) -> tuple[ChatResponse, Outcome]:
+                       session: str | None = None, *, catch_all: bool = True,
+                       deadline: float | None = None) -> tuple[ChatResponse, Outcome]:
         """A whole answer, from the first deployment that gives one (or the catch-all). ``decision``: the
         request rule that applies (``policy.rules``), whose tags no attempt of this request may leave;
-        ``session``: its affinity key; ``catch_all`` False: no stand-in answer, nothing remembered (shadows)."""
+        ``session``: its affinity key; ``catch_all`` False: no stand-in answer, nothing remembered (shadows);
+        ``deadline`` (``clock`` time): when the request's time was already counting (else ``timeout`` from now)."""
         outcome = self._outcome(request, decision)
         # A restricted request's remembered answers may come from deployments its rule excludes: none.
         remembered = catch_all and (decision is None or not decision.restricted)
@@ -194,7 +196,7 @@ class Router:
             return await self._call(target, request, deadline, outcome)
 
         try:
-            response = await self._route(request, outcome, attempt, None, decision, session)
+            response = await self._route(request, outcome, attempt, None, decision, session, deadline)
         except (NoHealthyUpstream, AllRateLimited, DeadlineExceeded) as error:
             fallback = self.catch_all.response(request, remembered=remembered) if catch_all else None
             if fallback is None:
@@ -249,8 +251,10 @@ class Router:
 
     async def _route(self, request: ChatRequest, outcome: Outcome,
                      attempt: Callable[[Target, float], Awaitable[T]], race: RaceState | None = None,
-                     decision: RuleDecision | None = None, session: str | None = None) -> T:
-        walk = Walk(request, outcome, attempt, self.clock() + self.timeout, deque(self.plans[outcome.group]), race)
+                     decision: RuleDecision | None = None, session: str | None = None,
+                     deadline: float | None = None) -> T:
+        deadline = self.clock() + self.timeout if deadline is None else deadline
+        walk = Walk(request, outcome, attempt, deadline, deque(self.plans[outcome.group]), race)
         walk.decision = decision
         if session is not None and (not self.affinity_groups or outcome.group in self.affinity_groups):
             walk.session = session

@@ -33,6 +33,7 @@ from sidecar.config.shared import KeyOwner, SharedSettings
 from sidecar.core.errors import BudgetExceeded
 from sidecar.policy.budget import BudgetLedger, BudgetWindow, Principal
 from sidecar.state.redis import RedisGate, client, warm_up
+from sidecar.state.semantic_share import pod_id
 
 log = logging.getLogger("sidecar.budgets")
 INBOUND_KEY: ContextVar[KeyOwner | None] = ContextVar("inbound_key", default=None)  # set by the server's auth
@@ -53,6 +54,21 @@ REFRESH_SECONDS = 1.0
 REDIS_TIMEOUT = 0.5
 LOAD_TIMEOUT = 0.1  # a request waits this long at most for a window's shared total read on its behalf
 EXPIRE_MARGIN_SECONDS = 3600  # keys outlive their window a little, for late increments and inspection
+MAX_PENDING = 20_000  # windows whose part waits for Redis (~300 bytes each); beyond, spend stays local
+# KEYS[1]: a budget window's hash, one field per pod: that pod's own spend in the window. ARGV: this pod's
+# field, its spend, the key's expiry (s). Setting a value, not adding to one, makes a write sent twice (a reply
+# lost, a pipeline retried) count once. A counter of an earlier version (a string, INCRBYFLOAT'd) becomes the
+# field "counter". Returns every field. One key per call: Redis Cluster routes it by that key.
+WRITE = """
+if redis.call('type', KEYS[1]).ok == 'string' then
+  local old = redis.call('get', KEYS[1])
+  redis.call('del', KEYS[1])
+  redis.call('hset', KEYS[1], 'counter', old)
+end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[3])
+return redis.call('hgetall', KEYS[1])
+"""
 
 
 class Budgets:
@@ -65,7 +81,12 @@ class Budgets:
         self.redis = redis
         self.gate = gate
         self.clock = clock  # wall clock: windows are aligned to the UTC epoch so all pods agree
-        self.pending: dict[tuple[str, int], float] = {}
+        self.pod = pod_id()  # this process's field in every budget key
+        self._field = self.pod.encode()
+        # (window id, number) -> (this process's part of the window, when the window ends): sent, then dropped
+        self.pending: dict[tuple[str, int], tuple[float, float]] = {}
+        self.dropped = 0  # windows whose part was not queued: ``MAX_PENDING`` were waiting already
+        self._damage_noted = False
         self._loading: dict[tuple[str, int], asyncio.Task[None]] = {}  # windows being read for ``admit``
         self._flush: asyncio.Task[None] | None = None
         self.soft_reached: dict[str, int] = {}  # budget name -> soft limits reached (metric)
@@ -109,44 +130,68 @@ class Budgets:
         if self.redis is None or not touched:
             return
         for window, number in touched:
-            key = (window.id, number)
-            self.pending[key] = self.pending.get(key, 0.0) + cost
+            self._queue(window, number, cost)
         if self._flush is None or self._flush.done():
             self._flush = asyncio.create_task(self.flush())
 
     # ---- Redis, off the request path ------------------------------------------------------------
 
+    def _queue(self, window: BudgetWindow, number: int, cost: float) -> None:
+        """Queue this process's part of ``window`` (its whole part so far: sending it twice counts it once)."""
+        key = (window.id, number)
+        queued = self.pending.get(key)
+        if queued is not None:  # a window evicted and made again while its part waited: it goes on from there
+            window.own = max(window.own, queued[0] + cost)
+        elif len(self.pending) >= MAX_PENDING:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % MAX_PENDING == 0:
+                log.warning("budgets: %d windows' spend waits for redis; spend of further ones stays local",
+                            MAX_PENDING, extra={"fields": {"dropped": self.dropped}})
+            return
+        self.pending[key] = (window.own, window.ends_at(number))
+
     def _key(self, name: str, window: int) -> str:
         return f"{self.prefix}{name}:{window}"
 
+    def _gate_open(self) -> bool:
+        """Asked once per operation: after a failure the gate lets one probe through, and a second ask
+        in the same operation would be refused."""
+        return self.gate is None or self.gate.open
+
+    def _failed(self, error: BaseException) -> None:
+        if self.gate is not None:
+            self.gate.failed(error)
+
+    def _succeeded(self) -> None:
+        if self.gate is not None:
+            self.gate.succeeded()
+
     async def flush(self) -> None:
-        """Send the queued amounts; merge the shared totals they return. Kept queued if Redis fails."""
-        while self.pending and self.redis is not None:
-            if self.gate is not None and not self.gate.open:
-                return
+        """Send the queued parts; merge the shared totals they return. Kept queued if Redis fails."""
+        if self.redis is not None and self._gate_open():
+            await self._send()
+
+    async def _send(self) -> None:
+        while self.pending:
             batch, self.pending = self.pending, {}
-            sent: list[tuple[str, int]] = []
+            now = self.clock()
+            # a window whose key has expired anyway is not written again
+            sent = [(key, own, ends) for key, (own, ends) in batch.items() if ends + EXPIRE_MARGIN_SECONDS > now]
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for (name, window), amount in batch.items():
-                        budget = self.ledger.windows.get(name)
-                        if budget is None:  # a per-user window evicted meanwhile: drop its amount
-                            continue
-                        sent.append((name, window))
-                        expire = int(budget.ends_at(window) - self.clock()) + EXPIRE_MARGIN_SECONDS
-                        pipe.incrbyfloat(self._key(name, window), amount)
-                        pipe.expire(self._key(name, window), max(1, expire))
-                    replies = await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
+                    for (name, window), own, ends in sent:
+                        pipe.eval(WRITE, 1, self._key(name, window), self.pod, repr(own),
+                                  max(1, int(ends - now) + EXPIRE_MARGIN_SECONDS))
+                    replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), REDIS_TIMEOUT)
             except Exception as error:
-                for key, amount in batch.items():
-                    self.pending[key] = self.pending.get(key, 0.0) + amount
-                if self.gate is not None:
-                    self.gate.failed(error)
+                for key, queued in batch.items():  # parts only grow: the larger is the newer
+                    if key not in self.pending or self.pending[key][0] < queued[0]:
+                        self.pending[key] = queued
+                self._failed(error)
                 return
-            if self.gate is not None:
-                self.gate.succeeded()
-            for (name, window), total in zip(sent, replies[::2], strict=True):
-                self._observe(name, window, total)
+            self._succeeded()
+            for ((name, window), _, _), reply in zip(sent, replies, strict=True):
+                self._observe(name, window, reply)
 
     async def _load(self, stale: list[tuple[str, int]]) -> None:
         missing = [w for w in stale if w not in self._loading]
@@ -164,38 +209,62 @@ class Budgets:
 
     async def _read(self, windows: list[tuple[str, int]]) -> None:
         """Read and merge the shared totals of ``windows`` (a window with no key yet has spent nothing)."""
-        if self.redis is None or (self.gate is not None and not self.gate.open):
-            return
+        if self.redis is not None and self._gate_open():
+            await self._fetch(windows)
+
+    async def _fetch(self, windows: list[tuple[str, int]]) -> None:
         try:
-            keys = [self._key(n, w) for n, w in windows]
-            # a cluster spreads the keys over slots: one MGET per node (redis-py's mget_nonatomic)
-            read = self.redis.mget_nonatomic(keys) if hasattr(self.redis, "mget_nonatomic") else self.redis.mget(keys)
-            totals = await asyncio.wait_for(read, REDIS_TIMEOUT)
+            # one HGETALL per key, pipelined (a cluster client splits the pipeline per node)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, window in windows:
+                    pipe.hgetall(self._key(name, window))
+                replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), REDIS_TIMEOUT)
         except Exception as error:
-            if self.gate is not None:
-                self.gate.failed(error)
+            self._failed(error)
             return
-        if self.gate is not None:
-            self.gate.succeeded()
-        for (name, window), total in zip(windows, totals, strict=True):
-            self._observe(name, window, 0.0 if total is None else total)
+        self._succeeded()
+        for (name, window), reply in zip(windows, replies, strict=True):
+            self._observe(name, window, reply)
 
     async def refresh(self) -> None:
         """Read every budget's shared total for its current window (and send anything still queued)."""
-        if self.redis is None or (self.gate is not None and not self.gate.open):
+        if self.redis is None or not self._gate_open():
             return
         if self.pending:
-            await self.flush()
+            await self._send()
             return
         now = self.clock()
         current = [(name, int(now // w.settings.period)) for name, w in self.ledger.windows.items()]
         if current:
-            await self._read(current)
+            await self._fetch(current)
 
-    def _observe(self, name: str, window: int, total: object) -> None:
-        merged = self.ledger.observe(name, window, float(total))  # type: ignore[arg-type]
+    def _observe(self, name: str, window: int, reply: object) -> None:
+        """Merge a key's reply: its fields (a dict from HGETALL, a flat list from the script), one per pod."""
+        if isinstance(reply, list):
+            reply = dict(zip(reply[::2], reply[1::2], strict=True))
+        if not isinstance(reply, dict):  # an error for this key alone (a value of another type)
+            self._damaged(name, reply)
+            return
+        total = own = 0.0
+        for field, value in reply.items():
+            amount = _amount(value)
+            if amount is None:
+                self._damaged(name, value)
+                continue
+            total += amount
+            if field == self._field:
+                own = amount
+        merged = self.ledger.observe(name, window, total, own)
         if merged is not None:
             self._soft(merged)
+
+    def _damaged(self, name: str, what: object) -> None:
+        """A budget key's value that is not a spend (not a number, NaN, infinite, negative): left out, logged
+        once per process."""
+        if not self._damage_noted:
+            self._damage_noted = True
+            log.warning("budgets: a value in redis that is not a spend was ignored",
+                        extra={"fields": {"budget": name, "value": repr(what)[:80]}})
 
     def _soft(self, window: BudgetWindow) -> None:
         if window.past_soft():
@@ -206,11 +275,21 @@ class Budgets:
                 "soft_budget_usd": window.settings.soft_budget_usd, "max_budget_usd": window.settings.max_budget_usd}})
 
     async def run(self) -> None:
-        """The refresh timer (started by the server when a Redis is configured); reads at once first."""
+        """The refresh timer (started by the server when a Redis is configured); reads at once first. An
+        error does not end it: it is logged (once per series) and the next tick tries again."""
         if self.redis is not None and self.gate is not None:
             await warm_up(self.redis, self.gate)
+        failing = False
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                if not failing:
+                    log.exception("budgets: reading the shared spend failed; trying again every %g s",
+                                  REFRESH_SECONDS)
+                failing = True
+            else:
+                failing = False
             await asyncio.sleep(REFRESH_SECONDS)
 
     async def drain(self) -> None:
@@ -243,7 +322,19 @@ class Budgets:
             "# HELP llm_sidecar_budget_spend_usd Spend in USD of each budget in its current window.",
             "# TYPE llm_sidecar_budget_spend_usd gauge", *spend,
             "# HELP llm_sidecar_budget_soft_limit_total Times a budget's spend reached its soft limit in a window.",
-            "# TYPE llm_sidecar_budget_soft_limit_total counter", *soft, ""])
+            "# TYPE llm_sidecar_budget_soft_limit_total counter", *soft,
+            "# HELP llm_sidecar_budget_unshared_total Spends not queued for Redis (too many windows waiting for it).",
+            "# TYPE llm_sidecar_budget_unshared_total counter",
+            f"llm_sidecar_budget_unshared_total {self.dropped}", ""])
+
+
+def _amount(value: object) -> float | None:
+    """A pod's spend as Redis holds it, or None when it is not one (not a number, NaN, infinite, negative)."""
+    try:
+        amount = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return amount if math.isfinite(amount) and amount >= 0 else None
 
 
 def _esc(value: str) -> str:

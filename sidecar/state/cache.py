@@ -42,6 +42,10 @@ GET_TIMEOUT = 0.05  # a lookup slower than this is a miss
 SET_TIMEOUT = 0.5  # stores happen after the answer is sent
 HIT, MISS = "hit", "miss"
 COMPRESS_ABOVE = 4096  # bytes: larger answers go to Redis compressed
+# The largest answer either tier stores or takes from Redis (routing.coalesce.MAX_BYTES, semantic_share's cap):
+# a larger entry would make every pod's GET pass its time limit and shut the gate; a larger one read is damage.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+MEMORY_BYTES = 256 * 1024 * 1024  # the memory tier's answers together, beside its ``max_size`` entries
 # A Redis entry: a tag byte, the expiry (UNIX seconds, big-endian double), the answer (compressed for Z).
 PLAIN, COMPRESSED = b"P", b"Z"
 _EXPIRY = struct.Struct(">d")
@@ -68,7 +72,8 @@ def encode_entry(body: bytes, expires_at: float, compress_above: int = COMPRESS_
 
 def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
     """(the answer, its expiry) from a Redis entry; an entry written before entries were tagged (a JSON
-    answer, ``{``…) has no expiry. ``ValueError`` (or ``zlib.error``) when the entry is damaged."""
+    answer, ``{``…) has no expiry. ``ValueError`` (or ``zlib.error``) when the entry is damaged or inflates
+    past ``MAX_ANSWER_BYTES``."""
     tag = raw[:1]
     if tag == b"{":
         return raw, None
@@ -76,7 +81,26 @@ def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
         raise ValueError("not a cache entry")
     (expires_at,) = _EXPIRY.unpack_from(raw, 1)
     body = raw[1 + _EXPIRY.size:]
-    return (zlib.decompress(body) if tag == COMPRESSED else body), expires_at
+    return (_inflate(body) if tag == COMPRESSED else body), expires_at
+
+
+def _inflate(body: bytes) -> bytes:
+    """A compressed answer, inflated no further than ``MAX_ANSWER_BYTES`` (a small entry may inflate to
+    gigabytes: memory, and the event loop, would go to it)."""
+    inflate = zlib.decompressobj()
+    answer = inflate.decompress(body, MAX_ANSWER_BYTES + 1)
+    if len(answer) > MAX_ANSWER_BYTES or inflate.unconsumed_tail or not inflate.eof:
+        raise ValueError("a compressed entry over the cap, or cut short")
+    return answer
+
+
+def shared_answer(raw: bytes) -> tuple[bytes, float | None]:
+    """``decode_entry`` for an entry read from Redis, which any client may have written: the answer must be a
+    JSON object within ``MAX_ANSWER_BYTES`` (the pipeline translates and replays it). ``ValueError`` if not."""
+    body, expires_at = decode_entry(raw)
+    if len(body) > MAX_ANSWER_BYTES or not isinstance(orjson.loads(body), dict):  # JSONDecodeError: a ValueError
+        raise ValueError("not an answer")
+    return body, expires_at
 
 
 def canonical_body(request: ChatRequest) -> bytes:
@@ -128,7 +152,7 @@ class BytesSerializer:
 
 class MemoryTier:
     """Answer bytes by key in this process, each with its expiry (``clock``: monotonic seconds), at most
-    ``max_size`` entries (the oldest stored goes first).
+    ``max_size`` entries and ``max_bytes`` of answers (the oldest stored goes first).
 
     Plain dict operations, not aiocache's memory cache: that one costs every miss a chain of coroutines
     (its enable, timeout and plugin wrappers) and every store a task and a timer of the event loop to drop
@@ -136,14 +160,17 @@ class MemoryTier:
     dropped when it is next looked up, or pushed out by newer ones (``max_size`` bounds memory either way).
     """
 
-    __slots__ = ("clock", "entries", "max_size")
+    __slots__ = ("clock", "entries", "max_bytes", "max_size", "size")
 
-    def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic,
+                 max_bytes: int = MEMORY_BYTES) -> None:
         # key -> (expiry, answer or a stream to fold when first read), oldest stored first. An OrderedDict: dropping
         # a dict's first entry again and again leaves holes that every later next(iter(...)) walks over;
         # popitem(last=False) does not.
         self.entries: OrderedDict[Key, tuple[float, Stored]] = OrderedDict()
         self.max_size = max_size
+        self.max_bytes = max_bytes
+        self.size = 0  # the bytes of the answers (or streams' payloads) kept
         self.clock = clock
 
     def get(self, key: Key) -> bytes | None:
@@ -152,22 +179,39 @@ class MemoryTier:
             return None
         expires_at, body = entry
         if expires_at <= self.clock():
-            del self.entries[key]
+            self._drop(key, body)
             return None
         if body.__class__ is not bytes:  # made on first read (a finished stream's fold)
-            body = body[0](body[1], body[2])  # type: ignore[index, operator]
-            if body is None:
-                del self.entries[key]
+            folded = body[0](body[1], body[2])  # type: ignore[index, operator]
+            if folded is None:
+                self._drop(key, body)
                 return None
+            self.size += len(folded) - _size(body)
+            body = folded
             self.entries[key] = (expires_at, body)  # an existing key: its place in the order stays
         return body  # type: ignore[return-value]
 
+    def _drop(self, key: Key, body: Stored) -> None:
+        del self.entries[key]
+        self.size -= _size(body)
+
     def set(self, key: Key, body: Stored, ttl: float) -> None:
         entries = self.entries
-        entries.pop(key, None)  # stored again: it is now the newest
+        previous = entries.pop(key, None)  # stored again: it is now the newest
+        if previous is not None:
+            self.size -= _size(previous[1])
         entries[key] = (self.clock() + ttl, body)
-        if len(entries) > self.max_size:
-            entries.popitem(False)  # the oldest (positional: a keyword costs more to parse)
+        self.size += _size(body)
+        while len(entries) > self.max_size or (self.size > self.max_bytes and entries):
+            self.size -= _size(entries.popitem(False)[1][1])  # the oldest (positional: a keyword costs more)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0
+
+
+def _size(body: Stored) -> int:
+    return len(body) if body.__class__ is bytes else len(body[1])  # type: ignore[arg-type, index]
 
 
 def redis_backend(settings: CacheSettings) -> Any:
@@ -303,7 +347,7 @@ class ResponseCache:
         if raw is None:
             return None
         try:
-            body, expires_at = decode_entry(raw)
+            body, expires_at = shared_answer(raw)
         except (ValueError, zlib.error):
             log.warning("a damaged entry in the response cache was ignored")
             return None
@@ -316,13 +360,16 @@ class ResponseCache:
     def put(self, key: Key, body: Stored) -> asyncio.Task[None] | None:
         """Store ``body``: in memory at once, in Redis in the background (the app's answer does not wait).
         Returns the store in the shared tier (None: no shared tier, or Redis is skipped) — a fleet lease ends
-        after it. A stream kept as its payloads is folded now when it goes to Redis."""
+        after it. A stream kept as its payloads is folded now when it goes to Redis. An answer over
+        ``MAX_ANSWER_BYTES`` is not stored."""
+        if body.__class__ is bytes and len(body) > MAX_ANSWER_BYTES:  # type: ignore[arg-type]
+            return None  # in neither tier (a stream kept as its payloads is at most 64 KiB of them)
         if self.remote is None or (self.gate is not None and not self.gate.open):  # memory only
             self.memory.set(key, body, self.ttl)
             return None
         if body.__class__ is not bytes:
             body = body[0](body[1], body[2])  # type: ignore[index, operator]
-            if body is None:
+            if body is None or len(body) > MAX_ANSWER_BYTES:
                 return None
         self.memory.set(key, body, self.ttl)
         task = asyncio.create_task(self._put_remote(key, body))  # type: ignore[arg-type]  # a shared_key
@@ -347,7 +394,7 @@ class ResponseCache:
             await asyncio.gather(self.warming, return_exceptions=True)
         if self._stores:
             await asyncio.gather(*self._stores, return_exceptions=True)
-        self.memory.entries.clear()
+        self.memory.clear()
         if self.remote is not None:
             try:
                 await self.remote.close()

@@ -47,8 +47,8 @@ class SemanticIndex:
         """Keep ``answer`` for ``ttl`` seconds (default the index's: an entry from another pod keeps what is
         left of its own time)."""
         norm = _norm(vector)
-        if norm == 0:
-            return  # no direction: nothing is similar to it
+        if norm == 0 or not math.isfinite(norm):
+            return  # no direction, or not a vector (NaN, inf: it would compare with nothing, or win every scan)
         entry = Entry(bucket, tuple(vector), norm, answer, self.clock() + (self.ttl if ttl is None else ttl))
         self._next += 1
         self.entries[self._next] = entry
@@ -67,7 +67,7 @@ class SemanticIndex:
         """(similarity, answer) of the closest live entry of ``bucket``, or None."""
         members = self.buckets.get(bucket)
         norm = _norm(vector)
-        if not members or norm == 0:
+        if not members or norm == 0 or not math.isfinite(norm):
             return None
         now = self.clock()
         found: tuple[float, bytes] | None = None
@@ -78,6 +78,8 @@ class SemanticIndex:
             if len(entry.vector) != len(vector):
                 continue
             similarity = sum(a * b for a, b in zip(entry.vector, vector, strict=True)) / (entry.norm * norm)
+            if not math.isfinite(similarity):  # a NaN kept as the best would hide every later entry
+                continue
             if found is None or similarity > found[0]:
                 found = (similarity, entry.answer)
         return found

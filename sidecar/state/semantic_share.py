@@ -31,6 +31,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from sidecar.config.shared import RedisSettings, SemanticSettings
 from sidecar.state.redis import RedisGate, client
 from sidecar.state.semantic import SemanticIndex
@@ -78,7 +80,8 @@ def encode(entry: SharedEntry, compress_above: int = COMPRESS_ABOVE) -> dict[byt
 
 
 def decode(fields: dict[bytes, bytes]) -> SharedEntry:
-    """The entry in a stream's fields; ``ValueError`` when it is damaged or too large."""
+    """The entry in a stream's fields; ``ValueError`` when it is damaged or too large, its vector holds a NaN
+    or an infinity, or its answer is not a JSON object."""
     try:
         raw_vector, raw_answer = fields[b"vector"], fields[b"answer"]
         bucket, pod, generation = fields[b"bucket"].decode(), fields[b"pod"].decode(), fields[b"gen"].decode()
@@ -88,23 +91,32 @@ def decode(fields: dict[bytes, bytes]) -> SharedEntry:
     dimensions, rest = divmod(len(raw_vector), 4)
     if rest or not 0 < dimensions <= MAX_DIMENSIONS or not math.isfinite(expires_at):
         raise ValueError("not a semantic cache entry")
-    return SharedEntry(bucket, struct.unpack(f"<{dimensions}f", raw_vector), _answer(raw_answer), expires_at,
-                       pod, generation)
+    vector = struct.unpack(f"<{dimensions}f", raw_vector)
+    if not all(map(math.isfinite, vector)):
+        raise ValueError("a vector with NaN or infinite values")
+    return SharedEntry(bucket, vector, _answer(raw_answer), expires_at, pod, generation)
 
 
 def _answer(raw: bytes) -> bytes:
     tag, body = raw[:1], raw[1:]
     if tag == PLAIN and len(body) <= MAX_ANSWER_BYTES:
-        return body
+        return _json_object(body)
     if tag == COMPRESSED:
         inflate = zlib.decompressobj()
         try:
             answer = inflate.decompress(body, MAX_ANSWER_BYTES + 1)
         except zlib.error as error:
             raise ValueError("a damaged answer") from error
-        if len(answer) <= MAX_ANSWER_BYTES and not inflate.unconsumed_tail:
-            return answer
+        if len(answer) <= MAX_ANSWER_BYTES and not inflate.unconsumed_tail and inflate.eof:
+            return _json_object(answer)
     raise ValueError("not an answer, or one over the cap")
+
+
+def _json_object(answer: bytes) -> bytes:
+    """``answer`` when it is a JSON object (the pipeline translates and replays it); ``ValueError`` if not."""
+    if not isinstance(orjson.loads(answer), dict):  # orjson.JSONDecodeError is a ValueError
+        raise ValueError("not a JSON object")
+    return answer
 
 
 def backoff(failures: int, draw: float) -> float:

@@ -161,7 +161,8 @@ async def test_the_redis_sync_merges_totals_and_queues_spend_while_redis_is_away
         pod_a.redis = client(RedisSettings(port=broken.port))  # A's Redis goes away
         pod_a.spend(["g"], 0.1)
         await pod_a.drain()
-        assert pod_a.pending == {("pods", 2): pytest.approx(0.1)} and not pod_a.gate.open  # queued, gate shut
+        # queued: A's whole part of the window (0.4 + 0.1) and the window's end; the gate is shut
+        assert pod_a.pending == {("pods", 2): (pytest.approx(0.5), 10800.0)} and not pod_a.gate.open
         assert pod_a.ledger.windows["pods"].spent == pytest.approx(0.9)  # still counted locally
     finally:
         await pod_a.aclose()

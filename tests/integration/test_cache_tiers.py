@@ -3,11 +3,13 @@ large answers compressed in Redis, streams shared by two sidecars."""
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 
 import openai
 import redis
+import requests
 
 from tests.integration.procs import APP_KEY, FakeProvider, RedisServer, Sidecar, deployment
 from tests.integration.test_cache import chat, unique
@@ -68,6 +70,37 @@ def test_a_stream_stored_by_one_sidecar_is_replayed_by_another(
             redis_server.wait_for_keys(stored + 1)
         assert [verdict for verdict, _ in texts] == ["miss", "hit"] and texts[0][1] == texts[1][1]
         assert primary.stats()["requests"] == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_redis_entry_that_is_not_an_answer_is_a_miss_in_both_dialects(
+        workdir: Path, primary: FakeProvider, redis_server: RedisServer) -> None:
+    namespace = f"tiers{time.time_ns()}"
+    first, second = (Sidecar(config(primary, redis_server, namespace, 60), workdir, f"tiers-bad{i}") for i in range(2))
+    try:
+        messages = unique()
+        anthropic_body = {"model": "c", "temperature": 0, "max_tokens": 50, "messages": messages}
+        headers = {"x-api-key": APP_KEY, "anthropic-version": "2023-06-01"}
+        assert chat(first, messages, temperature=0).headers["x-sidecar-cache"] == "miss"
+        assert requests.post(f"{first.url}/v1/messages", json=anthropic_body, headers=headers,
+                             timeout=20).headers["x-sidecar-cache"] == "miss"
+        client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+        deadline = time.monotonic() + 10
+        while len(client.keys(f"{namespace}*")) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for key in client.keys(f"{namespace}*"):  # another client's damage, or its writes
+            client.set(key, b"P" + struct.pack(">d", time.time() + 600) + b"<html>not json</html>")
+        client.close()
+        answer = chat(second, messages, temperature=0)  # a fresh memory tier: the lookup goes to Redis
+        assert answer.headers["x-sidecar-cache"] == "miss"
+        assert answer.parse().choices[0].message.content
+        anthropic_answer = requests.post(f"{second.url}/v1/messages", json=anthropic_body, headers=headers, timeout=20)
+        assert anthropic_answer.status_code == 200 and anthropic_answer.headers["x-sidecar-cache"] == "miss"
+        assert anthropic_answer.json()["content"][0]["text"]
+        assert primary.stats()["requests"] == 4
     finally:
         first.stop()
         second.stop()

@@ -152,3 +152,41 @@ def test_no_request_fails_when_redis_stops(workdir: Path, primary: FakeProvider)
         first.stop()
         second.stop()
         server.stop()
+
+
+def test_a_wait_for_another_pods_lock_counts_against_the_requests_timeout(
+        workdir: Path, primary: FakeProvider, redis_server: RedisServer) -> None:
+    """A pod whose request waited its whole timeout on the other pod's lock does not then call with a fresh
+    timeout: its time is spent, so it makes no upstream call."""
+    namespace = f"fleet-deadline-{time.time_ns()}"
+    patient = Sidecar(config(primary, redis_server, namespace), workdir, "fleet-deadline-a")  # 20 s
+    hasty_config = config(primary, redis_server, namespace)
+    hasty_config["router_settings"]["timeout"] = 1.0
+    hasty = Sidecar(hasty_config, workdir, "fleet-deadline-b")
+    try:
+        primary.set(latency=3.0)  # the patient pod's call holds the lock past the hasty pod's timeout
+        messages = unique("deadline")
+        results: dict[str, Any] = {}
+
+        def ask(name: str, pod: Sidecar) -> None:
+            client = openai.OpenAI(base_url=pod.base_url, api_key=APP_KEY, max_retries=0, timeout=30)
+            try:
+                results[name] = client.chat.completions.with_raw_response.create(
+                    model="c", messages=messages, temperature=0)
+            except openai.APIStatusError as error:
+                results[name] = error
+
+        first = threading.Thread(target=ask, args=("patient", patient))
+        first.start()
+        deadline = time.monotonic() + 10
+        while primary.stats()["requests"] < 1:  # the patient pod holds the lock and calls
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ask("hasty", hasty)
+        first.join()
+        assert results["patient"].headers["x-sidecar-cache"] == "miss"
+        assert isinstance(results["hasty"], openai.APIStatusError) and results["hasty"].status_code == 504
+        assert primary.stats()["requests"] == 1  # the hasty pod did not call after its time was spent
+    finally:
+        patient.stop()
+        hasty.stop()

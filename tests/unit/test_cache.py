@@ -4,7 +4,9 @@ backend, and a failing backend that is a miss, never an error."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
+import zlib
 from typing import Any
 
 import orjson
@@ -18,6 +20,7 @@ from sidecar.routing import cached
 from sidecar.routing.outcome import Outcome
 from sidecar.state.cache import (
     EXCLUDED_FIELDS,
+    MAX_ANSWER_BYTES,
     MemoryTier,
     ResponseCache,
     cache_key,
@@ -226,18 +229,18 @@ async def test_memory_sits_in_front_of_redis_and_a_redis_hit_fills_it_for_the_ti
     settings = CacheSettings(type="redis", ttl=60, max_size=10)
     remote = DictBackend()
     writer = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()), clock=lambda: now[0])
-    writer.put("k", b"answer")
+    writer.put("k", b"{}")
     await asyncio.gather(*writer._stores)
-    assert decode_entry(remote.data["k"]) == (b"answer", 1060.0)
+    assert decode_entry(remote.data["k"]) == (b"{}", 1060.0)
 
     reader_memory = MemoryTier(settings.max_size)
     reader = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()), memory=reader_memory,
                            clock=lambda: now[0])
     now[0] = 1050.0
-    assert await reader.get("k") == b"answer" and remote.gets == 1
+    assert await reader.get("k") == b"{}" and remote.gets == 1
     expiry = reader_memory.entries["k"][0] - time.monotonic()
     assert 9 < expiry <= 10  # what was left, not a fresh minute
-    assert await reader.get("k") == b"answer" and remote.gets == 1  # from memory now
+    assert await reader.get("k") == b"{}" and remote.gets == 1  # from memory now
     now[0] = 1061.0
     other = ResponseCache(settings, remote, RedisGate("response cache", RedisSettings()), clock=lambda: now[0])
     assert await other.get("k") is None  # Redis still has it, but it is out of time
@@ -255,7 +258,7 @@ class SlowDictBackend(DictBackend):
 async def test_identical_lookups_at_once_ask_redis_once_and_one_leaving_does_not_end_the_others() -> None:
     now = [1000.0]
     remote = SlowDictBackend()
-    remote.data["k"] = encode_entry(b"answer", 1060.0)
+    remote.data["k"] = encode_entry(b"{}", 1060.0)
     cache = ResponseCache(CacheSettings(type="redis", ttl=60), remote, RedisGate("response cache", RedisSettings()),
                           clock=lambda: now[0])
     lookups = [asyncio.create_task(cache.get("k")) for _ in range(20)]
@@ -264,7 +267,7 @@ async def test_identical_lookups_at_once_ask_redis_once_and_one_leaving_does_not
     results = await asyncio.gather(*lookups, return_exceptions=True)
     assert remote.gets == 1
     assert isinstance(results[1], asyncio.CancelledError)
-    assert [r for i, r in enumerate(results) if i != 1] == [b"answer"] * 19
+    assert [r for i, r in enumerate(results) if i != 1] == [b"{}"] * 19
     assert cache._fetching == {}
     await cache.aclose()
 
@@ -338,3 +341,63 @@ async def test_a_kept_stream_is_folded_before_it_goes_to_redis() -> None:
     assert cache.put("never", cached.stored_stream(_stream(["Hi"], finish=None), Outcome("g"))) is None  # type: ignore[arg-type]
     assert "never" not in cache.memory.entries and "never" not in remote.data
     await cache.aclose()
+
+
+def _bomb(size: int) -> bytes:
+    """A compressed entry of a few KiB that inflates to ``size`` bytes."""
+    deflate = zlib.compressobj(9)
+    return b"Z" + struct.pack(">d", 1060.0) + deflate.compress(b"{" + b" " * (size - 2) + b"}") + deflate.flush()
+
+
+def test_a_compressed_entry_is_inflated_no_further_than_the_cap() -> None:
+    with pytest.raises(ValueError):
+        decode_entry(_bomb(MAX_ANSWER_BYTES + 1))
+    assert decode_entry(_bomb(MAX_ANSWER_BYTES))[0][-1:] == b"}"
+    with pytest.raises(ValueError):  # cut short: zlib.decompress would refuse it too
+        decode_entry(_bomb(1000)[:-6])
+
+
+@pytest.mark.parametrize("raw", [
+    b"P" + struct.pack(">d", 1060.0) + b"<html>not json</html>",
+    b"P" + struct.pack(">d", 1060.0) + b"[1, 2]",  # JSON, not an object
+    b"{not json",  # an untagged (older) entry
+    b"P" + struct.pack(">d", 1060.0) + b"{" + b" " * MAX_ANSWER_BYTES + b"}",  # over the cap
+    _bomb(MAX_ANSWER_BYTES + 1),
+])
+async def test_a_redis_entry_that_is_not_an_answer_is_a_miss_and_stays_out_of_memory(raw: bytes) -> None:
+    remote = DictBackend()
+    remote.data["k"] = raw
+    cache = ResponseCache(CacheSettings(type="redis", ttl=60), remote, RedisGate("response cache", RedisSettings()),
+                          clock=lambda: 1000.0)
+    assert await cache.get("k") is None
+    assert "k" not in cache.memory.entries and not cache.gate.down  # damage, not a Redis failure
+    await cache.aclose()
+
+
+async def test_an_answer_over_the_cap_is_stored_in_neither_tier() -> None:
+    remote = DictBackend()
+    cache = ResponseCache(CacheSettings(type="redis", ttl=60), remote, RedisGate("response cache", RedisSettings()))
+    assert cache.put("big", b"{" + b" " * MAX_ANSWER_BYTES + b"}") is None
+    local = ResponseCache(CacheSettings(type="local", ttl=60))
+    local.put("big", b"{" + b" " * MAX_ANSWER_BYTES + b"}")
+    assert "big" not in cache.memory.entries and "big" not in local.memory.entries
+    stored = cache.put("small", b"{}")
+    assert stored is not None
+    await stored
+    assert list(remote.data) == ["small"]
+    await cache.aclose()
+
+
+def test_the_memory_tier_keeps_at_most_max_bytes_of_answers() -> None:
+    memory = MemoryTier(100, max_bytes=10)
+    memory.set("a", b"1234", 60)
+    memory.set("b", b"5678", 60)
+    memory.set("a", b"12", 60)  # stored again: its old bytes no longer count
+    assert memory.size == 6
+    memory.set("c", b"abcdef", 60)  # 12 bytes: the oldest goes
+    assert list(memory.entries) == ["a", "c"] and memory.size == 8
+    stream = cached.stored_stream(_stream(["Hel", "lo"]), Outcome("g"))
+    memory = MemoryTier(100, max_bytes=10_000)
+    memory.set("s", stream, 60)  # type: ignore[arg-type]
+    body = memory.get("s")  # folded: its size is now the answer's
+    assert body is not None and memory.size == len(body)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sidecar.routing.semantic import question
-from sidecar.state.semantic import SemanticIndex
+from sidecar.state.semantic import Entry, SemanticIndex
 
 
 def test_the_best_entry_of_the_same_bucket_wins_and_others_never_answer() -> None:
@@ -42,3 +42,22 @@ def test_the_question_is_the_last_user_message_and_the_rest_are_the_parameters()
     parts = {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
     assert question(parts)[0] == "Hi"  # type: ignore[index]
     assert question({"messages": [{"role": "assistant", "content": "x"}]}) is None
+
+
+def test_a_vector_with_nan_or_inf_is_not_kept_and_finds_nothing() -> None:
+    index = SemanticIndex(max_entries=10, ttl=60, clock=lambda: 0.0)
+    index.add("g\0p", [float("nan"), 0.0, 0.0], b"poison")
+    index.add("g\0p", [float("inf"), 0.0, 0.0], b"poison")
+    index.add("g\0p", [1.0, 0.0, 0.0], b"good")
+    assert len(index) == 1
+    assert index.best("g\0p", [1.0, 0.0, 0.0]) == (1.0, b"good")
+    assert index.best("g\0p", [float("nan"), 1.0, 0.0]) is None
+
+
+def test_an_entry_whose_similarity_is_not_a_number_never_hides_the_others() -> None:
+    index = SemanticIndex(max_entries=10, ttl=60, clock=lambda: 0.0)
+    index.add("g\0p", [1.0, 0.0, 0.0], b"first")
+    first = next(iter(index.entries))
+    index.entries[first] = index.buckets["g\0p"][first] = Entry("g\0p", (float("nan"), 0.0, 0.0), 1.0, b"nan", 60.0)
+    index.add("g\0p", [1.0, 0.0, 0.0], b"good")
+    assert index.best("g\0p", [1.0, 0.0, 0.0]) == (1.0, b"good")

@@ -59,6 +59,12 @@ def test_a_vector_loses_only_float32_precision() -> None:
     lambda f: f.update({b"answer": b"X{}"}),  # an unknown tag
     lambda f: f.update({b"answer": b"Znot zlib"}),
     lambda f: f.update({b"bucket": b"\xff\xfe"}),
+    lambda f: f.update({b"vector": struct.pack("<3f", float("nan"), 0.0, 1.0)}),
+    lambda f: f.update({b"vector": struct.pack("<3f", float("inf"), 0.0, 1.0)}),
+    lambda f: f.update({b"answer": b"P<html>not json</html>"}),
+    lambda f: f.update({b"answer": b"P[1, 2]"}),  # JSON, not an object
+    lambda f: f.update({b"answer": b"Z" + zlib.compress(b"not json " * 1000)}),
+    lambda f: f.update({b"answer": b"Z" + zlib.compress(b"{}")[:-4]}),  # cut short
 ])
 def test_a_damaged_entry_is_refused(damage: object) -> None:
     fields = encode(entry())
@@ -68,12 +74,13 @@ def test_a_damaged_entry_is_refused(damage: object) -> None:
 
 
 def test_answers_over_the_cap_are_refused_even_when_they_compress_well() -> None:
-    over = b" " * (MAX_ANSWER_BYTES + 1)
+    over = b"{" + b" " * (MAX_ANSWER_BYTES - 1) + b"}"  # a JSON object a byte over the cap
     with pytest.raises(ValueError):
         decode({**encode(entry()), b"answer": b"P" + over})
     with pytest.raises(ValueError):  # a zlib bomb inflates no further than the cap
         decode({**encode(entry()), b"answer": b"Z" + zlib.compress(over)})
-    assert decode({**encode(entry()), b"answer": b"Z" + zlib.compress(over[:-1])}).answer == over[:-1]
+    at_cap = over[:-2] + b"}"
+    assert decode({**encode(entry()), b"answer": b"Z" + zlib.compress(at_cap)}).answer == at_cap
 
 
 def test_the_backoff_doubles_to_its_cap_jittered_in_the_upper_half() -> None:
