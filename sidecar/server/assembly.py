@@ -259,7 +259,7 @@ async def retire(old: Assembly, successor: Assembly | None) -> None:
         task.cancel()
     await asyncio.gather(*stopping, return_exceptions=True)
     if old.budgets is not None and (successor is None or successor.budgets is not old.budgets):
-        await old.budgets.aclose()
+        await old.budgets.aclose(final=successor is None)
     if old.cache is not None and (successor is None or successor.cache is not old.cache):
         if old.pipeline.locks is not None:
             await old.pipeline.locks.aclose()

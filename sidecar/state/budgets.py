@@ -32,8 +32,7 @@ from typing import Any
 from sidecar.config.shared import KeyOwner, SharedSettings
 from sidecar.core.errors import BudgetExceeded
 from sidecar.policy.budget import BudgetLedger, BudgetWindow, Principal
-from sidecar.state.redis import RedisGate, client, warm_up
-from sidecar.state.semantic_share import pod_id
+from sidecar.state.redis import RedisGate, client, pod_id, warm_up
 
 log = logging.getLogger("sidecar.budgets")
 INBOUND_KEY: ContextVar[KeyOwner | None] = ContextVar("inbound_key", default=None)  # set by the server's auth
@@ -68,6 +67,15 @@ end
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('expire', KEYS[1], ARGV[3])
 return redis.call('hgetall', KEYS[1])
+"""
+# KEYS[1]: a budget window's hash; ARGV[1]: this pod's field. At shutdown the pod's part joins the field "counter"
+# (the same total, one field fewer): the hash holds the pods alive, not every process that ever ran in the window.
+FOLD = """
+local own = redis.call('hget', KEYS[1], ARGV[1])
+if own then
+  redis.call('hincrbyfloat', KEYS[1], 'counter', own)
+  redis.call('hdel', KEYS[1], ARGV[1])
+end
 """
 
 
@@ -299,11 +307,31 @@ class Budgets:
         if self.pending and self.redis is not None:
             await self.flush()
 
-    async def aclose(self) -> None:
+    async def aclose(self, final: bool = True) -> None:
+        """Send what is queued and close. ``final``: the process is stopping (not a reload handing the same
+        fields on to the next config's budgets), so its fields fold into "counter"."""
         await self.drain()
+        if final:
+            await self._fold()
         if self.redis is not None:
             with contextlib.suppress(Exception):  # closing a connection to a Redis that is gone
                 await self.redis.aclose()
+
+    async def _fold(self) -> None:
+        """At shutdown, once everything is sent: this process's field of each window it spent in joins the
+        field "counter" (best effort, bounded: a pod that dies leaves its field until the key expires)."""
+        if self.redis is None or self.pending or not self._gate_open():
+            return
+        spent = [w for w in self.ledger.windows.values() if w.own > 0 and w.window >= 0]
+        if not spent:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for window in spent:
+                    pipe.eval(FOLD, 1, self._key(window.id, window.window), self.pod)
+                await asyncio.wait_for(pipe.execute(raise_on_error=False), REDIS_TIMEOUT)
+        except Exception as error:
+            self._failed(error)
 
     # ---- /metrics -------------------------------------------------------------------------------
 

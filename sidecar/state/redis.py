@@ -7,7 +7,11 @@ after one the gate stays shut for ``BACKOFF_SECONDS`` so requests do not each pa
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -117,3 +121,10 @@ class RedisGate:
         if self.down:
             self.down = False
             log.warning("redis is back for the %s", self.what, extra={"fields": {"redis": self.address}})
+
+
+@functools.cache
+def pod_id() -> str:
+    """This process among the fleet's: the host (the pod's name in Kubernetes) and a random part; the same for
+    the life of the process, across config reloads (a budget's field must stay this process's own)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

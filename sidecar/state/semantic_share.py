@@ -21,10 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
-import secrets
-import socket
 import struct
 import time
 import zlib
@@ -34,7 +31,7 @@ from dataclasses import dataclass
 import orjson
 
 from sidecar.config.shared import RedisSettings, SemanticSettings
-from sidecar.state.redis import RedisGate, client
+from sidecar.state.redis import RedisGate, client, pod_id
 from sidecar.state.semantic import SemanticIndex
 
 log = logging.getLogger("sidecar.semantic")
@@ -125,11 +122,6 @@ def backoff(failures: int, draw: float) -> float:
     in step."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
     return ceiling * (0.5 + draw / 2)
-
-
-def pod_id() -> str:
-    """This process among the fleet's: the host (the pod's name in Kubernetes) and a random part."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class SemanticShare:

@@ -37,6 +37,8 @@ def pod(server: RedisServer, *budgets: BudgetSettings, namespace: str, clock: li
     settings = RedisSettings(port=server.port)
     shared = SharedSettings(budgets=budgets or (HOUR,), redis=settings, namespace=namespace)
     budgets_ = Budgets.from_settings(shared, ["g"])
+    budgets_.pod = f"pod-{time.time_ns()}"  # a process of its own (one process holds one id for its life)
+    budgets_._field = budgets_.pod.encode()
     budgets_.gate = RedisGate("budgets", settings, backoff=0.0) if clock is None else RedisGate(
         "budgets", settings, backoff=5.0, clock=lambda: clock[0])
     return budgets_
@@ -203,3 +205,48 @@ async def test_queued_spend_is_bounded_and_evicted_users_spend_still_reaches_red
         client.close()
     finally:
         await budgets.aclose()
+
+
+async def test_a_pod_that_stops_folds_its_field_into_the_counter(own_redis: RedisServer) -> None:
+    """The hash holds the pods alive: a stopping pod's part joins "counter", the fleet total unchanged."""
+    namespace = f"fold-{time.time_ns()}"
+    first, second = pod(own_redis, namespace=namespace), pod(own_redis, namespace=namespace)
+    try:
+        first.spend(["g"], 1.5)
+        second.spend(["g"], 2.0)
+        await first.drain()
+        await second.drain()
+        await first.aclose()
+        client = redis.Redis(port=own_redis.port)
+        try:
+            fields = client.hgetall(key(namespace, "hour"))
+        finally:
+            client.close()
+        assert set(fields) == {b"counter", second.pod.encode()} and float(fields[b"counter"]) == pytest.approx(1.5)
+        assert total(own_redis, key(namespace, "hour")) == pytest.approx(3.5)
+    finally:
+        await second.aclose()
+
+
+async def test_a_reload_hands_this_processs_field_on_and_counts_nothing_twice(own_redis: RedisServer) -> None:
+    """The next config's budgets write the same field (one id per process) from the spend they adopted; the old
+    ones, retired, do not fold it into "counter" (that would count it again)."""
+    from sidecar.state.redis import pod_id
+
+    assert pod_id() == pod_id()
+    namespace = f"reload-{time.time_ns()}"
+    old = pod(own_redis, namespace=namespace)
+    old.spend(["g"], 1.0)
+    await old.drain()
+    raised = BudgetSettings("hour", 200.0, 3600.0, "1h")
+    new = pod(own_redis, raised, namespace=namespace)
+    new.pod, new._field = old.pod, old._field
+    new.ledger.adopt(old.ledger)
+    try:
+        new.spend(["g"], 0.5)
+        await new.drain()
+        await old.aclose(final=False)
+        assert total(own_redis, key(namespace, "hour")) == pytest.approx(1.5)
+    finally:
+        await new.aclose()
+    assert total(own_redis, key(namespace, "hour")) == pytest.approx(1.5)  # folded at the end: the same total

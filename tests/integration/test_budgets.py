@@ -140,8 +140,9 @@ async def test_the_redis_sync_merges_totals_and_queues_spend_while_redis_is_away
                             namespace=f"sync-{time.time_ns()}")
     now = [7200.5]
     pod_a, pod_b = (Budgets.from_settings(shared, ["g"]) for _ in range(2))
-    for pod in (pod_a, pod_b):
+    for name, pod in (("a", pod_a), ("b", pod_b)):
         pod.clock = lambda: now[0]
+        pod.pod, pod._field = name, name.encode()  # two processes (one process holds one id for its life)
     try:
         pod_a.spend(["g"], 0.4)
         await pod_a.drain()
