@@ -49,6 +49,8 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
         except requests.RequestException:
             pass
         time.sleep(0.05)
+    process.kill()  # nobody will stop a process whose start failed
+    process.wait(10)
     raise RuntimeError(f"{url} not ready in {timeout}s:\n{log.read_text()}")
 
 
