@@ -12,6 +12,7 @@ answers the local charges stand in for the calls the upstream has not reported y
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from datetime import datetime
 from sidecar.policy.limits import TokenBucket
 
 DEFAULT_RESET = 60.0  # seconds to a full bucket when the upstream gives a remainder but no reset (Azure)
+MAX_NUMBER = 1e15  # a remainder or limit past this is not a quota (nor is inf): the header is ignored
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -61,29 +63,37 @@ def _number(value: str | None) -> float | None:
         number = float(value)
     except ValueError:
         return None
-    return number if number >= 0 else None  # Azure's -1: "not known", as if absent
+    # Azure's -1: "not known", as if absent; inf, NaN or an absurd number: not a quota either
+    return number if 0 <= number <= MAX_NUMBER else None
 
 
-def readings(headers: Mapping[str, str], wall: float) -> tuple[Reading | None, Reading | None]:
-    """(requests, tokens) from an answer's headers (lower-case names); None for a kind it does not report."""
+def readings(headers: Mapping[str, str], wall: float,
+             longest: float = DEFAULT_RESET) -> tuple[Reading | None, Reading | None]:
+    """(requests, tokens) from an answer's headers (lower-case names); None for a kind it does not report.
+    A reset further off than ``longest`` seconds (the router's ``retry_after_cap_seconds``) counts as
+    ``longest``: as with Retry-After, no upstream says how long a deployment is left out beyond the cap."""
     out: list[Reading | None] = []
     for openai_kind, anthropic_kinds in (("requests", ("requests",)), ("tokens", ("tokens", "input-tokens"))):
         remaining = _number(headers.get(f"x-ratelimit-remaining-{openai_kind}"))
         if remaining is not None:
             reset = headers.get(f"x-ratelimit-reset-{openai_kind}")
             out.append(Reading(remaining, _number(headers.get(f"x-ratelimit-limit-{openai_kind}")),
-                               duration(reset) if reset else None))
+                               _capped(duration(reset) if reset else None, longest)))
             continue
         for kind in anthropic_kinds:
             remaining = _number(headers.get(f"anthropic-ratelimit-{kind}-remaining"))
             if remaining is not None:
                 reset = headers.get(f"anthropic-ratelimit-{kind}-reset")
                 out.append(Reading(remaining, _number(headers.get(f"anthropic-ratelimit-{kind}-limit")),
-                                   _until(reset, wall) if reset else None))
+                                   _capped(_until(reset, wall) if reset else None, longest)))
                 break
         else:
             out.append(None)
     return out[0], out[1]
+
+
+def _capped(seconds: float | None, longest: float) -> float | None:
+    return None if seconds is None or not math.isfinite(seconds) else min(seconds, longest)
 
 
 def _bucket(reading: Reading, previous: TokenBucket | None, now: float) -> TokenBucket:

@@ -595,7 +595,7 @@ class Router:
 
     def observe_quota(self, target: Target, fields: Mapping[str, str]) -> None:
         """An answer's rate-limit headers set the deployment's upstream quota (``policy.quota``)."""
-        requests, budget = readings(fields, time.time())
+        requests, budget = readings(fields, time.time(), self.retry_after_cap)
         if requests is None and budget is None:
             return
         if target.quota is None:

@@ -63,3 +63,20 @@ def test_token_quota_checks_the_estimate() -> None:
     huge = Quota()
     huge.observe(None, Reading(10_000, 10_000, 1.0), now=0.0)
     assert huge.admit(50_000, 0.0) is None  # larger than the whole bucket: allowed when full (as TokenBucket)
+
+
+def test_headers_that_are_not_a_quota_are_ignored_and_resets_are_capped() -> None:
+    """inf or 1e400 made a bucket of infinite rate (a ValueError: every request a 500); a reset a million hours
+    off left the deployment out for good (no request could correct it): it counts as the cap."""
+    for odd in ("inf", "1e400", "nan", "-1", "1e16"):
+        assert readings({"x-ratelimit-remaining-requests": odd}, 0.0) == (None, None)
+        assert readings({"x-ratelimit-remaining-requests": "5", "x-ratelimit-limit-requests": odd},
+                        0.0) == (Reading(5), None)
+    wedge = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1000000h"}
+    (requests, _) = readings(wedge, 0.0, longest=60.0)
+    assert requests == Reading(0, None, 60.0)
+    far = {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": "2999-01-01T00:00:00Z"}
+    assert readings(far, 0.0, longest=30.0)[0] == Reading(0, None, 30.0)
+    quota = Quota()
+    quota.observe(requests, None, 0.0)
+    assert quota.admit(None, 0.0) is not None and quota.admit(None, 61.0) is None  # back within the cap
