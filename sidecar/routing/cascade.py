@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from sidecar.config import CascadeSettings, ModelInfo
 from sidecar.core.cost import request_cost
-from sidecar.core.errors import SidecarError
+from sidecar.core.errors import DeadlineExceeded, SidecarError
 from sidecar.core.types import ChatRequest, ChatResponse
 from sidecar.policy.cascade import CascadeStep, Checks
 from sidecar.policy.rules import RuleDecision
@@ -38,14 +38,15 @@ async def complete(router: Router, chat: ChatRequest, first: str, settings: Casc
         decision = dataclasses.replace(decision, group=None)
     trail: list[object] = []
     attempts, cost = 0, 0.0
+    deadline = router.clock() + router.timeout  # one request, one timeout: the steps share it
     for i, group in enumerate(steps):
         request = dataclasses.replace(chat, model=group)
         last = i == len(steps) - 1
         try:
-            response, outcome = await router.complete(request, decision, session)
+            response, outcome = await router.complete(request, decision, session, deadline=deadline)
         except SidecarError as error:
             tried = CURRENT_OUTCOME.get()
-            if last:
+            if last or isinstance(error, DeadlineExceeded):  # out of time: no step after it would have any
                 if isinstance(tried, Outcome):
                     _fold(tried, first, trail, attempts)
                 raise

@@ -94,3 +94,23 @@ def test_debug_route_names_the_cascade(cascaded: Sidecar) -> None:
     answer = requests.post(f"{cascaded.url}/debug/route", json={"model": "cheap", "messages": MESSAGES}, timeout=10)
     assert answer.status_code == 200
     assert answer.json()["cascade"] == ["strong"] and answer.json()["choice"] == CHEAP
+
+
+def test_the_steps_share_the_requests_timeout(workdir: Path, primary: FakeProvider, backup: FakeProvider) -> None:
+    """The cheap group hangs past the request's timeout: the request ends there (504), it does not begin the
+    strong group with a timeout of its own (a cascade of N groups took N x timeout)."""
+    config = {"model_list": [deployment("cheap", primary), deployment("strong", backup)],
+              "router_settings": {"timeout": 1.5, "num_retries": 0},
+              "sidecar_settings": {"cascade": {"cheap": {"escalate": ["strong"], "min_length": 12}}}}
+    sidecar = Sidecar(config, workdir, "cascade-deadline")
+    try:
+        primary.set(hang=True)
+        backup.set(text=GOOD)
+        before = backup.stats()["requests"]
+        client = openai.OpenAI(base_url=sidecar.base_url, api_key=APP_KEY, max_retries=0, timeout=20)
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="cheap", messages=MESSAGES)
+        assert caught.value.status_code == 504 and backup.stats()["requests"] == before
+    finally:
+        primary.set(hang=False)
+        sidecar.stop()
