@@ -291,8 +291,8 @@ class Pipeline:
             record.status, record.error_type = error.status, error.error_class
             tried = outcome or CURRENT_OUTCOME.get()
             error.outcome = tried if isinstance(tried, Outcome) else None
-        elif isinstance(error, asyncio.CancelledError):
-            record.outcome, record.status = "cancelled", 499
+        elif isinstance(error, asyncio.CancelledError | ConnectionResetError):
+            record.outcome, record.status = "cancelled", 499  # the app went away (a write may fail before the cancel)
 
     def _end(self, record: RequestRecord, spans: Spans, started: float, outcome: Outcome | None,
              spend: bool = True, who: Principal | None = None) -> None:

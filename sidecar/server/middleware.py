@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import logging
@@ -101,6 +102,8 @@ def guarded(handler: Handler, *, anthropic: bool = False, keys: InboundKeys | No
             elif INBOUND_KEY.get() is not None:  # keep-alive requests share a context; keys were reloaded away
                 INBOUND_KEY.set(None)
             response = await handler(request)
+        except ConnectionResetError:  # the app hung up while its answer was being written: nobody to answer
+            raise asyncio.CancelledError from None
         except Exception as exc:
             error = _as_error(exc, request_id)
             response = error_response(error, request_id, anthropic=anthropic)
