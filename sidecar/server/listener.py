@@ -5,11 +5,14 @@ may take to send a request's head, and accepts connections until the process run
 ``Listener`` here serves one app on one port through ``GuardedHandler``, aiohttp's own ``RequestHandler``
 with:
 
-* a cap on open connections (``sidecar_settings.listeners``): beyond it a new connection gets a 503 and is
-  closed at once, so a flood of connections to the admin port (reachable from the cluster) cannot take the
-  descriptors the API port needs — and the API's own cap leaves room for upstream connections;
-* a head timeout from a request's first byte to its last header (slowloris), answered with a 408;
-* the idle keep-alive timeout (also the time allowed to a new connection's first byte);
+* a cap on open connections (``sidecar_settings.listeners``): at it, the oldest connection that is idle
+  (waiting for a request, none in progress) is closed to make room; with none idle a new connection gets a
+  503 and is closed at once. So a flood of connections to the admin port (reachable from the cluster) cannot
+  take the descriptors the API port needs — the API's own cap leaves room for upstream connections — and
+  connections that only sit there cannot keep the kubelet's probes out;
+* a head timeout from a request's first byte to its last header (slowloris), answered with a 408 — for a new
+  connection, from the moment it opens (one that sends nothing holds a slot no longer than that);
+* the idle keep-alive timeout between requests;
 * low-level HTTP errors (a bad request line, oversized headers) answered in our JSON error shape and logged
   as one line, not a traceback.
 
@@ -22,7 +25,7 @@ import asyncio
 import logging
 import resource
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -69,35 +72,50 @@ class Guard:
     header_timeout: float
     open: int = 0
     refused: int = 0
+    handlers: dict[GuardedHandler, None] = field(default_factory=dict)  # the open ones, oldest first
+
+    def make_room(self) -> bool:
+        """At the cap: close the oldest idle connection (waiting for a request, none in progress); False
+        when every connection is busy."""
+        for handler in self.handlers:
+            if handler.idle():
+                handler.evict()
+                return True
+        return False
 
 
 class GuardedHandler(RequestHandler):
     """aiohttp's request handler with a connection cap, a head timeout and JSON low-level errors."""
 
-    __slots__ = ("_counted", "_guard", "_head_timer")
+    __slots__ = ("_counted", "_guard", "_head_timer", "_refused")
 
     def __init__(self, manager: Any, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
-        self._counted = False
+        self._counted = False  # in the port's count (not refused, not evicted)
+        self._refused = False  # refused at the cap: aiohttp never saw it
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
-        if guard.open >= guard.max_connections:
+        if guard.open >= guard.max_connections and not guard.make_room():
             guard.refused += 1
+            self._refused = True
             transport.write(TOO_MANY)  # type: ignore[attr-defined]
             transport.close()
             return
         guard.open += 1
+        guard.handlers[self] = None
         self._counted = True
         super().connection_made(transport)
+        # the first request's head is due within header_timeout of the connection, not of its first byte
+        self._head_timer = self._loop.call_later(guard.header_timeout, self._head_too_slow)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if not self._counted:
-            return  # refused at the cap: aiohttp never saw it
-        self._counted = False
-        self._guard.open -= 1
+        if self._refused:
+            return
+        if self._counted:  # else evicted: counted out then
+            self._uncount()
         self._stop_head_timer()
         if self._task_handler is not None and keep_running(self._task_handler):
             self._task_handler = None  # it makes a call other requests wait for: aiohttp will not cancel it
@@ -118,6 +136,23 @@ class GuardedHandler(RequestHandler):
             RequestHandler.data_received(self, data)
             if self._messages:
                 self._stop_head_timer()
+
+    def _uncount(self) -> None:
+        self._counted = False
+        self._guard.open -= 1
+        self._guard.handlers.pop(self, None)
+
+    def idle(self) -> bool:
+        """No request under way or queued: waiting for one (new, kept alive, or part of a head come so far)."""
+        return self._counted and self._awaiting_head()
+
+    def evict(self) -> None:
+        """Closed to make room for a new connection (counted out now: the slot is the newcomer's)."""
+        self._uncount()
+        self._stop_head_timer()
+        self.force_close()
+        if self.transport is not None:
+            self.transport.close()
 
     def _awaiting_head(self) -> bool:
         if self._messages:

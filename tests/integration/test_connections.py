@@ -1,6 +1,6 @@
 """No client connection can pin the sidecar (issue 13, point 2): slow heads, slow bodies and idle keep-alive
 connections are closed after their timeouts on both ports while good requests keep succeeding, and filling
-the admin port's connection cap leaves the API and ``/healthz`` serving."""
+the admin port's connection cap with idle connections leaves the API and ``/healthz`` serving."""
 
 from __future__ import annotations
 
@@ -87,30 +87,23 @@ def test_idle_connections_are_closed(sidecar: Sidecar, port: str) -> None:
     used.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # one request, then idle keep-alive
     for sock in (silent, used):
         seconds, received = _closed_after(sock, started)
-        assert seconds < 6  # the 2 s idle timeout
-        assert received in (b"",) or received.startswith(b"HTTP/1.1 200")
+        assert seconds < 6  # the 2 s idle timeout (the silent one: the 1 s head timeout, from its opening)
+        assert received in (b"",) or received.startswith((b"HTTP/1.1 200", b"HTTP/1.1 408"))
 
 
-def test_a_full_admin_port_leaves_the_api_serving(sidecar: Sidecar) -> None:
-    held = [_connect(sidecar.admin_port) for _ in range(40)]  # far past the admin cap of 6
+def test_connections_that_only_sit_there_cannot_keep_the_probes_out(sidecar: Sidecar) -> None:
+    """40 silent connections to the admin port (cap 6): each new one closes the oldest idle one, so the
+    kubelet's probe still gets through, and so does the API."""
+    held = [_connect(sidecar.admin_port) for _ in range(40)]
     try:
-        refused = [_closed_after(sock, time.monotonic())[1] for sock in held[6:]]
-        assert all(answer.startswith(b"HTTP/1.1 503") and b"too_many_connections" in answer for answer in refused)
-        response = requests.get(f"{sidecar.url}/healthz", timeout=5)
-        assert response.status_code == 200
+        assert requests.get(f"{sidecar.admin_url}/healthz", timeout=5).status_code == 200
+        assert requests.get(f"{sidecar.url}/healthz", timeout=5).status_code == 200
         _good_request_api_only(sidecar)
+        evicted = [_closed_after(sock, time.monotonic())[1] for sock in held[:30]]
+        assert evicted == [b""] * 30  # closed to make room: nothing was asked, nothing is answered
     finally:
         for sock in held:
             sock.close()
-    deadline = time.monotonic() + 10  # the held ones are gone: the admin port serves again
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{sidecar.admin_url}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    pytest.fail("the admin port did not recover")
 
 
 def _good_request_api_only(sidecar: Sidecar) -> None:
