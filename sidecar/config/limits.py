@@ -36,10 +36,11 @@ class LimitSettings:
 class ListenerSettings:
     """``sidecar_settings.listeners``: what one client connection may hold, on both ports.
 
-    A connection must send a request's head within ``header_timeout`` of its first byte and its body within
-    ``body_timeout``; an idle keep-alive connection closes after ``idle_timeout``. Each port takes at most its
-    own number of connections — the admin port's cap is small and separate, so connections to it (it listens
-    on the pod's address) can never take the descriptors the API needs.
+    A connection must send a request's head within ``header_timeout`` of its first byte (the first request's,
+    of the connection's opening) and its body within ``body_timeout``; an idle keep-alive connection closes
+    after ``idle_timeout``. Each port takes at most its own number of connections, the oldest idle one making
+    room for a newcomer — the admin port's cap is small and separate, so connections to it (it listens on the
+    pod's address) can never take the descriptors the API needs.
     """
 
     header_timeout: float = 10.0
