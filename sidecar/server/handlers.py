@@ -34,20 +34,32 @@ def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
     return headers
 
 
+MAX_JSON_VALUES = 500_000  # a 300k-token embeddings batch as token ids fits; parsed, at most ~40 MB
+
+
 async def read_body(request: web.Request, state: AppState) -> bytes:
     """The whole body, within ``max_body_size_mb`` and ``listeners.body_timeout`` (a timer only when the body
-    is not already all there, as a small body is with its head)."""
+    is not already all there, as a small body is with its head), and within ``MAX_JSON_VALUES``."""
     sidecar = state.config.sidecar
     length = request.content_length
     if length is not None and length > sidecar.max_body_bytes:
         raise BodyTooLarge(f"the request body is larger than {sidecar.max_body_size_mb:g} MiB")
     if request.content.is_eof():
-        return await request.read()
+        return _within_values(await request.read())
     try:
         async with asyncio.timeout(sidecar.listeners.body_timeout):
-            return await request.read()
+            return _within_values(await request.read())
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {sidecar.listeners.body_timeout:g} s") from None
+
+
+def _within_values(body: bytes) -> bytes:
+    """``body`` if it can hold at most ``MAX_JSON_VALUES`` values: parsed, each small value is a Python object
+    of 30-70 bytes, so a body of bytes the size cap allows (``[{},{},…]``) would take a gigabyte. Counted from
+    the separators and openings (an upper bound: those inside strings count too), in C, before any parse."""
+    if len(body) > MAX_JSON_VALUES and body.count(b",") + body.count(b"[") + body.count(b"{") > MAX_JSON_VALUES:
+        raise BodyTooLarge(f"the request body holds more than {MAX_JSON_VALUES:,} JSON values")
+    return body
 
 
 class SSESink:

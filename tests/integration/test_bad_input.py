@@ -236,3 +236,14 @@ def test_the_fuzz_run_left_no_traceback(sidecar: Sidecar) -> None:
 def test_a_text_part_whose_text_is_not_a_string_is_a_400(sidecar: Sidecar, group: str, text: Any) -> None:
     body = {"model": group, "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}
     assert_error(post(sidecar, "/v1/chat/completions", body), 400, "messages[0].content[0].text")
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+def test_a_body_of_too_many_json_values_is_a_413_before_it_is_parsed(sidecar: Sidecar, route: str) -> None:
+    """2 MB of ``{},`` would be 600,000 Python objects once parsed (the size cap allows 16 times that)."""
+    many = b"[" + b"{}," * 600_000 + b"{}]"
+    body = b'{"model": "solo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "metadata": ' + \
+        many + b"}"
+    assert_error(post(sidecar, route, body, {"content-type": "application/json"}), 413)
+    assert post(sidecar, "/v1/chat/completions", {"model": "solo", "messages": [{"role": "user", "content": "hi"}]},
+                ).status_code == 200
