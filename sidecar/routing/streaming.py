@@ -17,6 +17,7 @@ from time import perf_counter
 import aiohttp
 
 from sidecar.config import Deployment, LimitSettings, StallSettings
+from sidecar.core import tokens
 from sidecar.core.errors import (
     AnswerTooLarge,
     NoHealthyUpstream,
@@ -25,7 +26,7 @@ from sidecar.core.errors import (
     UpstreamServerError,
     unreadable,
 )
-from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk
+from sidecar.core.types import ChatRequest, ChatResponse, StreamChunk, Usage
 from sidecar.formats.continuation import Diverged, Splicer, StreamProgress, prefill_body
 from sidecar.formats.openai import chunks_from_completion
 from sidecar.policy.stall import StallDetector
@@ -112,28 +113,11 @@ class StreamAttempt:
                 if limits.quota is not None:
                     self._note_quota(upstream, target)
                 reader = adapter.stream_reader(request)
-                until, phase = first_byte, "first_byte"
-                pace = StallDetector(limits.idle(deployment), limits.stall)
-                waiting: float | None = None  # when the last wait for bytes began (after the first chunk)
-                answering = False  # the reader has made a chunk: keep-alive bytes before it (pings, comments) do
-                data = b"-"        # not stop the time-to-first-token limit
-                while data:
-                    data = await upstream.next_chunk(until, phase)
-                    if waiting is not None:
-                        pace.waited(limits.clock() - waiting)
-                    pieces = (data,) if len(data) <= PIECE else _pieces(data)
-                    for piece in pieces:
-                        chunks, failure = self._translate(reader, piece, splicer)
-                        if chunks:
-                            answering = True
-                            await self._deliver(target, chunks, started, splicer)
-                        if failure is not None:
-                            raise failure
-                        if len(pieces) > 1:
-                            await asyncio.sleep(0)  # a large read: the others run between its pieces
-                    if answering:
-                        waiting = limits.clock()
-                        until, phase = waiting + pace.limit, pace.phase
+                try:
+                    await self._relay(upstream, reader, target, first_byte, started, splicer)
+                except BaseException:
+                    self._charge_partial(target, request, reader)
+                    raise
                 outcome.usage = reader.usage
                 outcome.skipped_events += reader.skipped
                 if not (reader.done or self.progress.finished):
@@ -145,6 +129,44 @@ class StreamAttempt:
         except UpstreamError as error:
             raise self._mark(error) from None
         await sink.finish()
+
+    async def _relay(self, upstream: http.UpstreamStream, reader: StreamReader, target: Target, first_byte: float,
+                     started: float, splicer: Splicer | None) -> None:
+        """The upstream's body through ``reader`` to the app, within the time-to-first-token limit, then the
+        stream's own pace (``StallDetector``)."""
+        limits = self.limits
+        until, phase = first_byte, "first_byte"
+        pace = StallDetector(limits.idle(target.deployment), limits.stall)
+        waiting: float | None = None  # when the last wait for bytes began (after the first chunk)
+        answering = False  # the reader has made a chunk: keep-alive bytes before it (pings, comments) do not
+        data = b"-"        # stop the time-to-first-token limit
+        while data:
+            data = await upstream.next_chunk(until, phase)
+            if waiting is not None:
+                pace.waited(limits.clock() - waiting)
+            pieces = (data,) if len(data) <= PIECE else _pieces(data)
+            for piece in pieces:
+                chunks, failure = self._translate(reader, piece, splicer)
+                if chunks:
+                    answering = True
+                    await self._deliver(target, chunks, started, splicer)
+                if failure is not None:
+                    raise failure
+                if len(pieces) > 1:
+                    await asyncio.sleep(0)  # a large read: the others run between its pieces
+            if answering:
+                waiting = limits.clock()
+                until, phase = waiting + pace.limit, pace.phase
+
+    def _charge_partial(self, target: Target, request: ChatRequest, reader: StreamReader) -> None:
+        """A stream that ends early — the app hung up, the upstream broke — after the app had part of it: the
+        provider bills the prompt and what it generated, so the request is charged that (its usage if the
+        upstream sent one, else an estimate from the prompt and the text sent), unless a later attempt's
+        usage replaces it. Without it, hanging up before the end spent past any budget."""
+        if not self.sink.started or self.owner is not target or self.outcome.usage is not None:
+            return
+        self.outcome.usage = reader.usage or Usage(tokens.prompt_tokens(request),
+                                                   -(-len(self.progress.text) // tokens.CHARS_PER_TOKEN))
 
     async def _deliver(self, target: Target, chunks: list[StreamChunk], started: float,
                        splicer: Splicer | None) -> None:

@@ -168,3 +168,25 @@ async def test_the_redis_sync_merges_totals_and_queues_spend_while_redis_is_away
     finally:
         await pod_a.aclose()
         await pod_b.aclose()
+
+
+def test_a_stream_the_app_hangs_up_on_is_charged(workdir: Path, primary: FakeProvider) -> None:
+    """The provider bills a stream the app left half-way: so does the budget (an estimate when no usage came).
+    Hanging up before the end spent past any budget."""
+    budgets = [{"name": "team-a", "max_budget_usd": 1.0, "period": "1h", "models": ["b"]}]
+    sidecar = Sidecar(config(primary, {"budgets": budgets}), workdir, "budget-hangup")
+    try:
+        primary.set(text="one two three four five six seven eight", chunks=8, chunk_delay=0.3)
+        response = requests.post(f"{sidecar.base_url}/chat/completions", stream=True, timeout=20,
+                                 headers={"authorization": f"Bearer {APP_KEY}"},
+                                 json={"model": "b", "messages": MESSAGES, "stream": True})
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith(b"data: "))  # the first chunk, then hang up
+        response.close()
+        deadline = time.monotonic() + 10
+        while ratio(sidecar, "team-a") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ratio(sidecar, "team-a") > 0
+    finally:
+        primary.set(chunk_delay=0.0, chunks=5, text="")
+        sidecar.stop()
