@@ -26,7 +26,8 @@ def pointer(*parts: str | int) -> str:
 
 
 def has_sidecar(spec: dict[str, Any]) -> bool:
-    return any(c.get("name") == SIDECAR_NAME for c in _list(spec, "initContainers") + _list(spec, "containers"))
+    return any(isinstance(c, dict) and c.get("name") == SIDECAR_NAME
+               for c in _list(spec, "initContainers") + _list(spec, "containers"))
 
 
 def build(pod: dict[str, Any], template: Template, choices: Choices) -> list[Op]:

@@ -41,7 +41,8 @@ def respond(body: bytes, template: Template, *, namespace_opted_in: bool) -> Ver
     request = review["request"]
     uid = request["uid"]
     pod = request.get("object")
-    if request.get("operation", "CREATE") != "CREATE" or (request.get("kind") or {}).get("kind", "Pod") != "Pod":
+    kind = request.get("kind") if isinstance(request.get("kind"), dict) else {}
+    if request.get("operation", "CREATE") != "CREATE" or kind.get("kind", "Pod") != "Pod":
         return _allow(review, uid, "not a pod being created")
     if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
         return _refuse(review, uid, "request.object: expected a Pod with a spec")
@@ -58,6 +59,8 @@ def respond(body: bytes, template: Template, *, namespace_opted_in: bool) -> Ver
         ops = patch.build(pod, template, annotations.choices(notes))
     except annotations.AnnotationError as error:
         return _refuse(review, uid, f"llm-sidecar injector: {error}")
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError):  # a spec no API server would pass on
+        return _refuse(review, uid, "request.object: not a well-formed Pod (a field of the wrong type)")
     response = {"uid": uid, "allowed": True, "patchType": "JSONPatch",
                 "patch": base64.b64encode(orjson.dumps(ops)).decode()}
     return Verdict(True, "injected", _envelope(review, response))

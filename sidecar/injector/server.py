@@ -24,7 +24,8 @@ from sidecar.injector.review import InvalidReview, respond
 from sidecar.injector.template import Template, TemplateError, parse_template
 
 log = logging.getLogger("sidecar.injector")
-MAX_REVIEW_BYTES = 8 * 1024 * 1024  # a Pod is at most ~1.5 MiB in etcd; a review carries one
+MAX_REVIEW_BYTES = 2 * 1024 * 1024  # a Pod is at most ~1.5 MiB in etcd; a review carries one
+MAX_REVIEW_VALUES = 200_000  # JSON values a review may hold: parsed, each is a Python object of 30-70 bytes
 WATCH_SECONDS = 5.0
 
 
@@ -88,12 +89,17 @@ def create_injector_app(injector: Injector) -> web.Application:
         async def handler(request: web.Request) -> web.Response:
             started = perf_counter()
             try:
-                verdict = respond(await request.read(), injector.template, namespace_opted_in=namespace_opted_in)
+                body = await request.read()
+                if body.count(b",") + body.count(b"[") + body.count(b"{") > MAX_REVIEW_VALUES:  # before parsing
+                    return web.json_response({"error": f"the review holds more than {MAX_REVIEW_VALUES:,} JSON values"},
+                                             status=413)
+                verdict = respond(body, injector.template, namespace_opted_in=namespace_opted_in)
             except InvalidReview as error:
                 log.warning("injector: refused a malformed review: %s", error)
                 return web.json_response({"error": str(error)}, status=400)
             except web.HTTPRequestEntityTooLarge:
-                return web.json_response({"error": "the review is larger than 8 MiB"}, status=413)
+                return web.json_response({"error": f"the review is larger than {MAX_REVIEW_BYTES >> 20} MiB"},
+                                         status=413)
             except Exception:  # a bug here must not take the process down: the API server applies failurePolicy
                 log.exception("injector: unexpected error")
                 return web.json_response({"error": "internal error in the injector"}, status=500)

@@ -198,6 +198,17 @@ def test_malformed_reviews_are_refused_clearly(template, body, message) -> None:
         review.respond(body, template, namespace_opted_in=False)
 
 
+@pytest.mark.parametrize("odd", [{"containers": ["app"]}, {**BARE, "terminationGracePeriodSeconds": "30"},
+                                 {"containers": [{**APP, "env": ["X"]}]}])
+def test_a_pod_with_a_field_of_the_wrong_type_is_refused_not_crashed(template, odd) -> None:
+    answer = review.respond(admission_review(pod_of(workload("Pod", odd))), template,
+                            namespace_opted_in=False).response["response"]
+    assert answer["allowed"] is False and "not a well-formed Pod" in answer["status"]["message"]
+    body = json.loads(admission_review(pod_of(workload("Pod", BARE))))
+    body["request"]["kind"] = "Pod"  # a string, not a group-version-kind
+    assert review.respond(json.dumps(body).encode(), template, namespace_opted_in=False).response["response"]
+
+
 def test_a_review_without_a_pod_is_refused_not_crashed(template) -> None:
     body = json.loads(admission_review({"kind": "Pod"}))
     answer = review.respond(json.dumps(body).encode(), template, namespace_opted_in=True).response["response"]
@@ -244,6 +255,17 @@ def test_the_webhook_answers_over_tls_trusting_only_the_charts_ca_bundle(served)
     wrong = ssl.create_default_context()  # the system's CAs only: the chart's certificate is not among them
     with pytest.raises(ssl.SSLCertVerificationError):
         _post(address, wrong, hostname, "/healthz", None)
+
+
+def test_a_review_of_too_many_values_or_bytes_is_refused_before_parsing(served) -> None:
+    """Parsed, 8 MiB of ``{},`` took the injector to 300 MB (its limit is 128 Mi): the body is capped at 2 MiB
+    and 200,000 JSON values, both checked before any parse."""
+    address, context, hostname = served
+    many = b'{"kind": "AdmissionReview", "x": [' + b"{}," * 300_000 + b"{}]}"
+    status, answer = _post(address, context, hostname, "/mutate/pod", many)
+    assert status == 413 and "JSON values" in answer["error"]
+    status, answer = _post(address, context, hostname, "/mutate/pod", b'{"x": "' + b"a" * (3 << 20) + b'"}')
+    assert status == 413 and "2 MiB" in answer["error"]
 
 
 def test_injector_latency_per_review(served) -> None:
