@@ -17,9 +17,12 @@ async def _serve(guard: Guard) -> tuple[web.AppRunner, int]:
         await asyncio.sleep(1.0)
         return web.Response(text="ok")
 
+    async def fast(_: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
     app = web.Application()
     app.router.add_get("/slow", slow)
-    app.router.add_get("/fast", lambda _: asyncio.sleep(0, web.Response(text="ok")))
+    app.router.add_get("/fast", fast)
     runner = web.AppRunner(app)
     await runner.setup()
     probe = socket.socket()
