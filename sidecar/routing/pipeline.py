@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from sidecar.telemetry.tracing import Passthrough, RequestSpans, Tracing
 
     Spans = RequestSpans | Passthrough | None
+
+log = logging.getLogger("sidecar.telemetry")
 
 
 class InboundHead(Protocol):
@@ -280,10 +283,17 @@ class Pipeline:
         # app-chosen names are not labels; a rule's group is the one the request is routed to
         group = self.router.group_label(chat.model if decision is None or decision.group is None else decision.group)
         record = RequestRecord(request_id, group, stream=chat.stream)
-        tracing = self.tracing
-        spans = None if tracing is None else tracing.start_request(head.method, head.path, head.headers,
-                                                                    chat.model, chat.body)
-        return record, spans, started
+        return record, self._spans(head, chat), started
+
+    def _spans(self, head: InboundHead, chat: ChatRequest) -> Spans:
+        """The request's spans; telemetry that fails (an app's odd trace header, a bug) never fails the request."""
+        if self.tracing is None:
+            return None
+        try:
+            return self.tracing.start_request(head.method, head.path, head.headers, chat.model, chat.body)
+        except Exception:
+            log.exception("tracing could not start the request's spans; it goes untraced")
+            return None
 
     @staticmethod
     def _failed(error: BaseException, record: RequestRecord, outcome: Outcome | None) -> None:
@@ -303,7 +313,10 @@ class Pipeline:
         self._fill(record, tried if isinstance(tried, Outcome) else None)
         if spans is not None:
             record.trace_id = spans.trace_id
-            spans.finish(record, tried if isinstance(tried, Outcome) else None)
+            try:  # metrics, the log line and the budgets below must not depend on telemetry
+                spans.finish(record, tried if isinstance(tried, Outcome) else None)
+            except Exception:
+                log.exception("tracing could not finish the request's spans")
         self.metrics.observe(record)
         log_request(record)
         if spend and self.budgets is not None and record.cost:
@@ -313,16 +326,23 @@ class Pipeline:
         """Copy what the router did into the record (the outcome may be partial when routing raised)."""
         if outcome is None:
             return
-        record.deployment = outcome.deployment or ""
+        record.deployment = self._deployment_label(outcome.deployment or "", record.group)
         record.attempts, record.errors, record.ttft, record.usage = (outcome.attempts, outcome.errors, outcome.ttft,
                                                                      outcome.usage)
-        record.failures = outcome.failures
+        record.failures = [(self._deployment_label(d, record.group), error_class, cause)
+                           for d, error_class, cause in outcome.failures]
         record.fallback, record.panic, record.dropped = outcome.fallback, outcome.panic, outcome.dropped
         if record.fallback is not None:
             record.fallback_cause = next((s.cause for s in reversed(outcome.trail) if isinstance(s, FallbackStep)),
                                          None)
         if record.cost is None and record.usage is not None:
             record.cost = request_cost(record.usage, self.prices.get(record.deployment))
+
+    def _deployment_label(self, deployment: str, group: str) -> str:
+        """A deployment as metrics, the log line and prices name it: a configured one by its id; one a wildcard
+        built for the model name an app chose, by its wildcard (the group's label): app-chosen names would make
+        a metric series each, without bound."""
+        return deployment if not deployment or deployment in self.prices else group
 
     # ---- calls shared by identical requests (coalescing), and what they leave in the cache ---------------
 

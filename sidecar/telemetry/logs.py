@@ -40,7 +40,21 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = REDACT(self.formatException(record.exc_info))
-        return orjson.dumps(line).decode()
+        try:
+            return orjson.dumps(line).decode()
+        except TypeError:  # a lone surrogate (a client's undecodable header byte) is not UTF-8: escaped instead
+            return orjson.dumps(_escaped(line), default=str).decode()
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8 (``\\udcff`` written out)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_escaped(str(k)): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return value
 
 
 def setup_logging(level: str) -> None:
@@ -50,6 +64,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # OpenTelemetry warns, once per request and quoting it, about every malformed tracestate an app sends
+    logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
 
 
 def log_request(record: RequestRecord) -> None:

@@ -157,9 +157,9 @@ def _histogram(lines: list[str], name: str, help_text: str, names: tuple[str, ..
     for key in sorted(hist.series):
         series, labels = hist.series[key], _labels(names, key)
         for bound, n in zip(LATENCY_BUCKETS, hist.cumulative(key), strict=True):
-            lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {n:g}')
-        lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {series[-2]:g}')
-        lines.append(f"{metric}_count{{{labels}}} {series[-2]:g}")
+            lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {int(n)}')  # counts: every digit (not :g's 6)
+        lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {int(series[-2])}')
+        lines.append(f"{metric}_count{{{labels}}} {int(series[-2])}")
         lines.append(f"{metric}_sum{{{labels}}} {series[-1]:.6f}")
 
 

@@ -121,21 +121,14 @@ class Tracing:
         self.capture_content = settings.capture_content
         self.content_max_chars = settings.content_max_chars
         self.prices = {d.id: d.model_info for d in config.deployments}
-        self.clients: dict[str, tuple[bytes, bytes]] = {}  # deployment id → (span name, fixed attributes)
-        for d in config.deployments:
-            fixed: dict[str, Any] = {
-                "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": GENAI_PROVIDERS.get(d.provider, d.provider),
-                "gen_ai.request.model": d.model,
-                "sidecar.deployment": d.id,
-            }
-            if d.replicas is None:  # an SGLang pool's attempt names its replica (sidecar.sglang.replica), no address
-                address = urlsplit(d.api_base)
-                fixed["server.address"] = address.hostname or ""
-                if address.port:
-                    fixed["server.port"] = address.port
-            self.clients[d.id] = (otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed))
+        # deployment id → (span name, fixed attributes): the configured ones now; one a wildcard builds for the
+        # model name asked for is encoded when its attempt ends (``client_fields``), not kept
+        self.clients: dict[str, tuple[bytes, bytes]] = {d.id: _client_fields(d) for d in config.deployments}
         self.strategy_label = ("sidecar.routing.strategy", config.router.routing_strategy)
+
+    def client_fields(self, deployment: Deployment) -> tuple[bytes, bytes]:
+        fields = self.clients.get(deployment.id)
+        return fields if fields is not None else _client_fields(deployment)
 
     @classmethod
     def from_env(cls, config: Config, env: Mapping[str, str], post: export.Post | None = None) -> Tracing | None:
@@ -297,10 +290,28 @@ class AttemptSpan:
             labels.append(("sidecar.error.cause", error.cause_label))
             if error.upstream_status:
                 labels.append(("http.response.status_code", error.upstream_status))
-            self.status = otlp.error_status(REDACT(f"{error.message} [{error.cause_label}]"))
+            # an upstream's message may quote the prompt: only with capture_content does it go on the span
+            said = REDACT(error.message) if self.tracing.capture_content else error.error_class
+            self.status = otlp.error_status(f"{said} [{error.cause_label}]")
         else:
             labels.append(("error.type", "cancelled" if not isinstance(error, Exception) else type(error).__name__))
             self.status = otlp.ERROR
+
+
+def _client_fields(d: Deployment) -> tuple[bytes, bytes]:
+    """A deployment's client span name and fixed attributes, encoded."""
+    fixed: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": GENAI_PROVIDERS.get(d.provider, d.provider),
+        "gen_ai.request.model": d.model,
+        "sidecar.deployment": d.id,
+    }
+    if d.replicas is None:  # an SGLang pool's attempt names its replica (sidecar.sglang.replica), no address
+        address = urlsplit(d.api_base)
+        fixed["server.address"] = address.hostname or ""
+        if address.port:
+            fixed["server.port"] = address.port
+    return otlp.string(0x2A, f"chat {d.model}"), attributes(SPAN_ATTRIBUTE, fixed)
 
 
 class Passthrough:
@@ -311,8 +322,9 @@ class Passthrough:
     def __init__(self, parent: SpanContext, headers: Mapping[str, str]) -> None:
         self.trace_id: str | None = f"{parent.trace_id:032x}"
         forwarded = {"traceparent": headers["traceparent"]}
-        if headers.get("tracestate"):
-            forwarded["tracestate"] = headers["tracestate"]
+        state = headers.get("tracestate")
+        if state and state.isascii() and state.isprintable():  # W3C: printable ASCII; anything else is dropped
+            forwarded["tracestate"] = state
         self.headers = trace_fields(forwarded)  # the app's own values: checked before they go upstream
         self.var_token: Token[RequestSpans | Passthrough | None] | None = None
 
@@ -376,7 +388,7 @@ class RequestSpans:
         route_id = tracing.ids.generate_span_id().to_bytes(8, "big")
         spans = []
         for client in self.clients:
-            name, fixed = tracing.clients[client.deployment.id]
+            name, fixed = tracing.client_fields(client.deployment)
             head = otlp.ids(trace_id, client.span_id.to_bytes(8, "big"), route_id, state)
             body = fixed + _kept(tracing.labels, tuple(client.labels)) + attributes(SPAN_ATTRIBUTE, client.attributes)
             spans.append(otlp.span(head, name, otlp.CLIENT, client.start, client.end or end, body, client.status,
