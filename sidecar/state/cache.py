@@ -81,26 +81,35 @@ def decode_entry(raw: bytes) -> tuple[bytes, float | None]:
         raise ValueError("not a cache entry")
     (expires_at,) = _EXPIRY.unpack_from(raw, 1)
     body = raw[1 + _EXPIRY.size:]
-    return (_inflate(body) if tag == COMPRESSED else body), expires_at
+    return (inflate(body) if tag == COMPRESSED else body), expires_at
 
 
-def _inflate(body: bytes) -> bytes:
+def inflate(body: bytes) -> bytes:
     """A compressed answer, inflated no further than ``MAX_ANSWER_BYTES`` (a small entry may inflate to
-    gigabytes: memory, and the event loop, would go to it)."""
-    inflate = zlib.decompressobj()
-    answer = inflate.decompress(body, MAX_ANSWER_BYTES + 1)
-    if len(answer) > MAX_ANSWER_BYTES or inflate.unconsumed_tail or not inflate.eof:
-        raise ValueError("a compressed entry over the cap, or cut short")
+    gigabytes: memory, and the event loop, would go to it); ``ValueError`` past it, cut short, or damaged.
+    The response cache's and the shared semantic cache's entries both come through here."""
+    inflating = zlib.decompressobj()
+    try:
+        answer = inflating.decompress(body, MAX_ANSWER_BYTES + 1)
+    except zlib.error as error:
+        raise ValueError("a damaged compressed answer") from error
+    if len(answer) > MAX_ANSWER_BYTES or inflating.unconsumed_tail or not inflating.eof:
+        raise ValueError("a compressed answer over the cap, or cut short")
     return answer
 
 
-def shared_answer(raw: bytes) -> tuple[bytes, float | None]:
-    """``decode_entry`` for an entry read from Redis, which any client may have written: the answer must be a
-    JSON object within ``MAX_ANSWER_BYTES`` (the pipeline translates and replays it). ``ValueError`` if not."""
-    body, expires_at = decode_entry(raw)
+def json_answer(body: bytes) -> bytes:
+    """``body`` when it is an answer another process may have written: a JSON object within
+    ``MAX_ANSWER_BYTES`` (the pipeline translates and replays it); ``ValueError`` if not."""
     if len(body) > MAX_ANSWER_BYTES or not isinstance(orjson.loads(body), dict):  # JSONDecodeError: a ValueError
         raise ValueError("not an answer")
-    return body, expires_at
+    return body
+
+
+def shared_answer(raw: bytes) -> tuple[bytes, float | None]:
+    """``decode_entry`` for an entry read from Redis, which any client may have written (``json_answer``)."""
+    body, expires_at = decode_entry(raw)
+    return json_answer(body), expires_at
 
 
 def canonical_body(request: ChatRequest) -> bytes:
@@ -348,7 +357,7 @@ class ResponseCache:
             return None
         try:
             body, expires_at = shared_answer(raw)
-        except (ValueError, zlib.error):
+        except ValueError:
             log.warning("a damaged entry in the response cache was ignored")
             return None
         left = self.ttl if expires_at is None else expires_at - self.clock()

@@ -28,14 +28,12 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import orjson
-
 from sidecar.config.shared import RedisSettings, SemanticSettings
+from sidecar.state.cache import MAX_ANSWER_BYTES, inflate, json_answer
 from sidecar.state.redis import RedisGate, client, pod_id
 from sidecar.state.semantic import SemanticIndex
 
 log = logging.getLogger("sidecar.semantic")
-MAX_ANSWER_BYTES = 4 * 1024 * 1024  # the cap of stored answers (routing.coalesce.MAX_BYTES): larger ones stay local
 MAX_DIMENSIONS = 16384  # a longer vector in the stream is damage, not an embedding
 COMPRESS_ABOVE = 4096  # bytes: larger answers go to the stream zlib-compressed (when that helps)
 PLAIN, COMPRESSED = b"P", b"Z"
@@ -96,24 +94,11 @@ def decode(fields: dict[bytes, bytes]) -> SharedEntry:
 
 def _answer(raw: bytes) -> bytes:
     tag, body = raw[:1], raw[1:]
-    if tag == PLAIN and len(body) <= MAX_ANSWER_BYTES:
-        return _json_object(body)
+    if tag == PLAIN:
+        return json_answer(body)
     if tag == COMPRESSED:
-        inflate = zlib.decompressobj()
-        try:
-            answer = inflate.decompress(body, MAX_ANSWER_BYTES + 1)
-        except zlib.error as error:
-            raise ValueError("a damaged answer") from error
-        if len(answer) <= MAX_ANSWER_BYTES and not inflate.unconsumed_tail and inflate.eof:
-            return _json_object(answer)
-    raise ValueError("not an answer, or one over the cap")
-
-
-def _json_object(answer: bytes) -> bytes:
-    """``answer`` when it is a JSON object (the pipeline translates and replays it); ``ValueError`` if not."""
-    if not isinstance(orjson.loads(answer), dict):  # orjson.JSONDecodeError is a ValueError
-        raise ValueError("not a JSON object")
-    return answer
+        return json_answer(inflate(body))
+    raise ValueError("not an answer")
 
 
 def backoff(failures: int, draw: float) -> float:
